@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the Debian packages lamina's builder, tests and benchmarks need.
+# Idempotent: packages already present are not fetched again, and apt-get update runs
+# only when something is missing.
+set -euo pipefail
+
+PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+echo "lamina: installing system packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

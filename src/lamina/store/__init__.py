@@ -1,0 +1,1 @@
+"""Registry storage: metadata (SQLite) and blobs (filesystem) behind small protocols."""

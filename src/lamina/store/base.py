@@ -1,0 +1,170 @@
+"""The registry's storage seams: small role protocols the HTTP layer talks to.
+
+Two backends sit behind them: blob bytes (content-addressed; filesystem now, S3 later) and metadata
+(repositories, manifests, tags, blob links, upload sessions, push/pull times; SQLite now, PostgreSQL
+later). The HTTP layer only ever sees these protocols, so adding a backend never touches a route.
+
+Consistency rules every implementation keeps:
+- a blob is visible (``BlobStore.size``) only once complete, digest-verified and atomically in place;
+- ``MetadataStore.put_manifest`` checks that every referenced blob/manifest is linked to the repository
+  *inside the same transaction* that stores the manifest, so a concurrent delete/GC can never leave a
+  stored manifest pointing at a missing blob;
+- uploads survive restarts: session state lives in metadata, partial bytes in the blob backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from lamina.oci import Digest
+
+__all__ = [
+    "BlobStore",
+    "ManifestRecord",
+    "ManifestReference",
+    "MetadataStore",
+    "MissingReference",
+    "ReferrerRecord",
+    "StoreError",
+    "UploadConflict",
+    "UploadSession",
+    "UploadStore",
+]
+
+
+class StoreError(Exception):
+    """Base for storage errors the HTTP layer maps to spec error codes."""
+
+
+class UploadConflict(StoreError):
+    """An upload chunk does not start where the session's data ends (HTTP 416)."""
+
+    def __init__(self, message: str, current_size: int) -> None:
+        super().__init__(message)
+        self.current_size = current_size
+
+
+class MissingReference(StoreError):
+    """A manifest refers to a blob or child manifest the repository does not have."""
+
+    def __init__(self, digest: Digest, what: str) -> None:
+        super().__init__(f"{what} {digest} is not in this repository")
+        self.digest = digest
+        self.what = what
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestReference:
+    """Something a manifest points at: a blob (config, layer, legacy cache child) or a child manifest."""
+
+    digest: Digest
+    size: int
+    is_manifest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    repository: str
+    digest: Digest
+    media_type: str
+    content: bytes
+    kind: str  # lamina.oci.ManifestKind value
+    artifact_type: str | None
+    subject: Digest | None
+    annotations_json: str | None
+    pushed_at: float
+    last_pulled_at: float | None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRecord:
+    digest: Digest
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSession:
+    id: str
+    repository: str
+    size: int  # bytes received so far
+    started_at: float
+    updated_at: float
+
+
+class BlobStore(Protocol):
+    """Complete, verified, content-addressed blobs."""
+
+    def size(self, digest: Digest) -> int | None: ...
+    def local_path(self, digest: Digest) -> Path | None:
+        """A file the server may sendfile() from, or None when the backend is not local."""
+        ...
+
+    def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+    def put(self, digest: Digest, data: bytes) -> None:
+        """Store small content whose digest the caller has verified (manifests are in metadata)."""
+        ...
+
+    def delete(self, digest: Digest) -> None: ...
+    def iter_digests(self) -> Iterable[Digest]: ...
+
+
+class UploadStore(Protocol):
+    """Partial upload data, appended in order, committed into the BlobStore after verification."""
+
+    def create(self, session_id: str) -> None: ...
+    async def append(self, session_id: str, offset: int, chunks: AsyncIterator[bytes]) -> int:
+        """Append a stream at ``offset`` (must equal the current size, else UploadConflict); return the new size."""
+        ...
+
+    def current_size(self, session_id: str) -> int | None: ...
+    async def commit(self, session_id: str, expected: Digest) -> int:
+        """Verify the whole upload hashes to ``expected``, move it into the BlobStore, return its size.
+
+        Raises ValueError (digest mismatch) and leaves the session intact."""
+        ...
+
+    def discard(self, session_id: str) -> None: ...
+
+
+class MetadataStore(Protocol):
+    # repositories and blob links
+    def link_blob(self, repository: str, digest: Digest, size: int) -> None: ...
+    def linked_blob_size(self, repository: str, digest: Digest) -> int | None: ...
+    def unlink_blob(self, repository: str, digest: Digest) -> bool: ...
+    def repositories_with_blob(self, digest: Digest, limit: int = 1) -> Sequence[str]: ...
+    def repository_exists(self, repository: str) -> bool: ...
+    def list_repositories(self, last: str | None, limit: int | None) -> Sequence[str]: ...
+
+    # manifests and tags
+    def put_manifest(
+        self,
+        record: ManifestRecord,
+        references: Sequence[ManifestReference],
+        tag: str | None,
+    ) -> None:
+        """Store the manifest, its references and the tag in one transaction; raises MissingReference."""
+        ...
+
+    def get_manifest(self, repository: str, reference: str) -> ManifestRecord | None:
+        """By tag or by digest string."""
+        ...
+
+    def delete_manifest(self, repository: str, digest: Digest) -> bool: ...
+    def delete_tag(self, repository: str, tag: str) -> bool: ...
+    def list_tags(self, repository: str, last: str | None, limit: int | None) -> Sequence[str]: ...
+    def referrers(self, repository: str, subject: Digest, artifact_type: str | None) -> Sequence[ReferrerRecord]: ...
+    def record_pull(self, repository: str, digest: Digest, when: float) -> None: ...
+
+    # upload sessions
+    def create_upload(self, session: UploadSession) -> None: ...
+    def get_upload(self, session_id: str) -> UploadSession | None: ...
+    def update_upload(self, session_id: str, size: int, when: float) -> None: ...
+    def delete_upload(self, session_id: str) -> None: ...
+    def expired_uploads(self, older_than: float) -> Sequence[UploadSession]: ...
