@@ -1,0 +1,47 @@
+"""The ``lamina`` command: a thin dispatcher to ``lamina registry ...`` and ``lamina build ...``.
+
+Each program registers its own sub-commands (``lamina.registry.cli``, ``lamina.build.cli``); this module
+only parses the first word, so start-up stays fast and one program's imports never slow the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lamina import __version__
+
+_PROGRAMS = {
+    "registry": ("lamina.registry.cli", "run an OCI distribution-spec registry"),
+    "build": ("lamina.build.cli", "build an image from a Dockerfile"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: lamina {{{','.join(_PROGRAMS)}}} ...\n")
+        for name, (_, summary) in _PROGRAMS.items():
+            print(f"  {name:10} {summary}")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"lamina {__version__}")
+        return 0
+    program = _PROGRAMS.get(argv[0])
+    if program is None:
+        print(f"lamina: unknown command {argv[0]!r} (expected one of: {', '.join(_PROGRAMS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(program[0])
+    parser = argparse.ArgumentParser(prog=f"lamina {argv[0]}", description=program[1])
+    module.configure(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
