@@ -178,9 +178,8 @@ def _parse_image(doc: dict[str, Any], declared: str | None, media_type: str, all
             "image manifest: 'layers' is empty; strict registries (like ECR) refuse it - "
             "artifacts should list the empty descriptor (application/vnd.oci.empty.v1+json)"
         )
-    if media_type == mt.DOCKER_MANIFEST_V2:
-        if config.media_type != mt.DOCKER_CONFIG:
-            raise FormatError(f"Docker schema2 manifest: config mediaType must be {mt.DOCKER_CONFIG}")
+    if media_type == mt.DOCKER_MANIFEST_V2 and config.media_type != mt.DOCKER_CONFIG:
+        raise FormatError(f"Docker schema2 manifest: config mediaType must be {mt.DOCKER_CONFIG}")
     artifact_type = _artifact_type(doc)
     if artifact_type is not None and media_type != mt.OCI_MANIFEST:
         raise FormatError("artifactType is only allowed in OCI manifests")

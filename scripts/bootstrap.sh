@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Prepare this checkout: Debian packages (runc, skopeo, docker-registry, ...) and a virtualenv in .venv
+# with lamina and its pinned dependencies. Idempotent: a second run only checks.
+# Usage: scripts/bootstrap.sh [--test]   (--test also installs the test and lint tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-system-deps.sh
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "lamina: Python >= 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+# Reinstall only when pyproject.toml changed since the last successful install with these extras.
+stamp=".venv/.lamina-installed${extras:+-test}"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+  echo "$want" > "$stamp"
+fi
