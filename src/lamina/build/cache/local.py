@@ -1,0 +1,120 @@
+"""The local cache index: cache key -> result (a lazy layer chain) + the inputs that produced it.
+
+One SQLite database (``cache.db`` in the state dir, WAL mode) with one table::
+
+    records(key TEXT PRIMARY KEY,   -- the step's cache key (sha256:...)
+            slot TEXT,              -- where the step sits: its parent key, or "from:<ref> <platform>"
+            inputs TEXT,            -- the canonical inputs document (lamina.build.cachekey)
+            layers TEXT,            -- JSON array of LayerRef.dump(), bottom layer first
+            created_at TEXT, used_at TEXT)
+
+A record is inserted in one transaction after all of its local blobs are in the content store, so a
+build killed halfway never leaves a record pointing at missing bytes; two builds at once serialise on
+SQLite's lock (busy timeout) and the later insert of the same key simply replaces identical content.
+A lookup also checks that every local blob still exists, so a pruned store degrades to a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lamina.build.cache.base import CachedResult, LayerRef
+from lamina.build.cachekey import describe_difference
+from lamina.build.contentstore import ContentStore
+from lamina.oci import Digest
+
+__all__ = ["LocalCache"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key TEXT PRIMARY KEY,
+    slot TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    layers TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    used_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_slot ON records(slot, used_at);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LocalCache:
+    """CacheImporter + CacheExporter + MissExplainer over the state dir's SQLite index."""
+
+    name = "local"
+
+    def __init__(self, path: Path, content: ContentStore) -> None:
+        self.path = Path(path)
+        self.content = content
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def lookup(self, key: Digest) -> CachedResult | None:
+        with self._lock:
+            row = self._db.execute("SELECT layers, created_at FROM records WHERE key = ?", (str(key),)).fetchone()
+        if row is None:
+            return None
+        try:
+            layers = tuple(LayerRef.parse(doc) for doc in json.loads(row[0]))
+        except (ValueError, KeyError, TypeError):
+            return None  # an unreadable record is a miss, never a failed build
+        if any(layer.source is None and not self.content.has(layer.descriptor.digest) for layer in layers):
+            return None
+        with self._lock:
+            self._db.execute("UPDATE records SET used_at = ? WHERE key = ?", (_now(), str(key)))
+        return CachedResult(key, layers, row[1], "local")
+
+    def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None:
+        for layer in result.layers:
+            if layer.source is None and not self.content.has(layer.descriptor.digest):
+                raise ValueError(f"cannot record {key}: layer {layer.descriptor.digest} is not in the content store")
+        row = (
+            str(key),
+            slot,
+            json.dumps(dict(inputs), sort_keys=True),
+            json.dumps([layer.dump() for layer in result.layers]),
+            result.created_at,
+            _now(),
+        )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)", row)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    async def finalize(self) -> None:
+        return None
+
+    def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None:
+        """Compare with the most recently used record in the same slot; ``None`` if there is none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT inputs FROM records WHERE slot = ? ORDER BY used_at DESC LIMIT 1", (slot,)
+            ).fetchone()
+        if row is None:
+            return None
+        return describe_difference(json.loads(row[0]), dict(inputs))
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])

@@ -1,0 +1,170 @@
+"""Cache keys: what makes two build steps interchangeable, as a pure function of their inputs.
+
+A key is ``sha256`` over the canonical encoding of an *inputs* document. The same document is kept
+next to the result in the local cache, so "why was this step not cached" is a diff of two documents.
+
+Encoding (version ``lamina.cachekey.v1``): a JSON object with sorted keys, compact separators
+(``,`` and ``:``), UTF-8, non-ASCII kept literal, no trailing newline; the key is ``sha256`` of those
+bytes. The objects per operation are::
+
+    {"v": 1, "op": "image",   "manifest": "<manifest digest>", "platform": "linux/amd64"}
+    {"v": 1, "op": "scratch", "platform": "linux/amd64"}
+    {"v": 1, "op": "run",     "parent": K, "argv": [...], "env": [...], "user": U, "workdir": W,
+                              "network": N}
+    {"v": 1, "op": "copy",    "parent": K, "add": bool, "sources": [...], "dest": D, "chown": C|null,
+                              "chmod": M|null, "link": bool, "heredocs": [[name, content], ...],
+                              "user": U, "workdir": W, "from": null | {"stage": K2} | {"image": DIGEST},
+                              "content": "<checksum of the selected files>" | null}
+    {"v": 1, "op": "workdir", "parent": K, "path": P, "user": U}
+
+``parent`` is the key of the step below (the base image key for the first step of a stage); ``FROM
+<stage>`` continues with that stage's final key. A :class:`~lamina.build.ops.MetaStep` changes only
+the image config, so it keeps its parent's key. Line numbers, ``created_by`` text, mtimes and the
+wall clock never enter a key. The remote cache stores these keys as cacheconfig record digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from lamina.build.ops import CopyStep, MetaStep, RunStep, Step, WorkdirStep
+from lamina.oci import Digest, Platform
+
+__all__ = [
+    "VERSION",
+    "copy_inputs",
+    "describe_difference",
+    "encode",
+    "image_inputs",
+    "key_of",
+    "run_inputs",
+    "scratch_inputs",
+    "step_inputs",
+    "workdir_inputs",
+]
+
+VERSION = 1
+Inputs = dict[str, Any]
+
+
+def encode(inputs: Inputs) -> bytes:
+    """The canonical bytes of an inputs document (see the module docstring)."""
+    return json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def key_of(inputs: Inputs) -> Digest:
+    return Digest("sha256", hashlib.sha256(encode(inputs)).hexdigest())
+
+
+def image_inputs(manifest: Digest, platform: Platform) -> Inputs:
+    return {"v": VERSION, "op": "image", "manifest": str(manifest), "platform": str(platform)}
+
+
+def scratch_inputs(platform: Platform) -> Inputs:
+    return {"v": VERSION, "op": "scratch", "platform": str(platform)}
+
+
+def run_inputs(step: RunStep, parent: Digest) -> Inputs:
+    return {
+        "v": VERSION,
+        "op": "run",
+        "parent": str(parent),
+        "argv": list(step.argv),
+        "env": list(step.env),
+        "user": step.user,
+        "workdir": step.workdir,
+        "network": step.network,
+    }
+
+
+def copy_inputs(
+    step: CopyStep,
+    parent: Digest,
+    *,
+    content: str | None,
+    source_stage: Digest | None = None,
+    source_image: Digest | None = None,
+) -> Inputs:
+    """``content`` is the checksum of exactly the selected files (names, modes, bytes; never mtimes)."""
+    source: dict[str, str] | None = None
+    if source_stage is not None:
+        source = {"stage": str(source_stage)}
+    elif source_image is not None:
+        source = {"image": str(source_image)}
+    return {
+        "v": VERSION,
+        "op": "copy",
+        "parent": str(parent),
+        "add": step.is_add,
+        "sources": list(step.sources),
+        "dest": step.dest,
+        "chown": step.chown,
+        "chmod": step.chmod,
+        "link": step.link,
+        "heredocs": [list(h) for h in step.heredocs],
+        "user": step.user,
+        "workdir": step.workdir,
+        "from": source,
+        "content": content,
+    }
+
+
+def workdir_inputs(step: WorkdirStep, parent: Digest) -> Inputs:
+    return {"v": VERSION, "op": "workdir", "parent": str(parent), "path": step.path, "user": step.user}
+
+
+def step_inputs(
+    step: Step,
+    parent: Digest,
+    *,
+    content: str | None = None,
+    source_stage: Digest | None = None,
+    source_image: Digest | None = None,
+) -> Inputs | None:
+    """The inputs document of ``step`` on top of ``parent``; ``None`` for a MetaStep (keeps the parent key)."""
+    if isinstance(step, MetaStep):
+        return None
+    if isinstance(step, RunStep):
+        return run_inputs(step, parent)
+    if isinstance(step, CopyStep):
+        return copy_inputs(step, parent, content=content, source_stage=source_stage, source_image=source_image)
+    if isinstance(step, WorkdirStep):
+        return workdir_inputs(step, parent)
+    raise TypeError(f"unknown step type {type(step).__name__}")
+
+
+def _env_diff(old: list[str], new: list[str]) -> str | None:
+    def as_map(items: list[str]) -> dict[str, str]:
+        return dict(item.partition("=")[::2] for item in items)
+
+    before, after = as_map(old), as_map(new)
+    for name in sorted(before.keys() | after.keys()):
+        if before.get(name) != after.get(name):
+            return f"env/arg {name} changed"
+    return None
+
+
+def describe_difference(old: Inputs, new: Inputs) -> str:
+    """The first input that differs between a cached step (``old``) and this one, in words."""
+    if old.get("op") != new.get("op"):
+        return f"instruction changed ({old.get('op')} -> {new.get('op')})"
+    if old.get("parent") != new.get("parent"):
+        return "parent step changed"
+    if old.get("op") == "image" and old.get("manifest") != new.get("manifest"):
+        return f"base image digest changed ({old.get('manifest')} -> {new.get('manifest')})"
+    if old.get("env") != new.get("env"):
+        env = _env_diff(list(old.get("env") or []), list(new.get("env") or []))
+        if env:
+            return env
+    if old.get("content") != new.get("content") and all(
+        old.get(k) == new.get(k) for k in ("sources", "dest", "from", "heredocs")
+    ):
+        return "copied files changed in the context"
+    if old.get("from") != new.get("from"):
+        return "COPY --from source changed"
+    for name in sorted(old.keys() | new.keys()):
+        if old.get(name) != new.get(name):
+            return f"{name} changed"
+    return "no difference"
