@@ -1,0 +1,1 @@
+"""lamina build: Dockerfile frontend -> solver (cache keys, caches) -> worker (snapshots, runc) -> exporters."""

@@ -1,0 +1,131 @@
+"""The build graph: what the Dockerfile frontend hands to the solver, as plain frozen data.
+
+The frontend (``lamina.build.dockerfile``) turns a Dockerfile, build args, target and the resolved base
+image configs into a :class:`BuildGraph`: stages, each a base plus an ordered list of steps whose
+variables are already expanded and whose environment, user and working directory are already
+computed. The solver knows nothing of Dockerfile syntax; it only executes steps and derives cache
+keys from them. Every field that affects a step's result is in the step (so a cache key can be a pure
+function of it); ``line`` and ``created_by`` are for messages and image history only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lamina.oci import ContainerConfig, Platform
+
+__all__ = [
+    "BaseImage",
+    "BuildGraph",
+    "CopyStep",
+    "MetaStep",
+    "RunStep",
+    "Scratch",
+    "Stage",
+    "StageBase",
+    "Step",
+    "WorkdirStep",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BaseImage:
+    """``FROM ref``: an image in a registry, resolved for ``platform``."""
+
+    ref: str  # as written after expansion, e.g. "localhost:5000/base/busybox:latest" or "busybox@sha256:..."
+
+
+@dataclass(frozen=True, slots=True)
+class Scratch:
+    """``FROM scratch``: an empty root filesystem."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageBase:
+    """``FROM <earlier stage>``: continue from that stage's result."""
+
+    stage: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    """``RUN``: execute ``argv`` in a container on the current root filesystem; its changes form a layer."""
+
+    argv: tuple[str, ...]  # already wrapped in SHELL for the shell form, e.g. ("/bin/sh", "-c", "make")
+    env: tuple[str, ...]  # "K=V", the image Env plus the ARGs in scope (as Docker exposes them to RUN)
+    user: str  # "" = root; "name", "uid", "uid:gid", "name:group" (resolved by the worker in the rootfs)
+    workdir: str  # absolute
+    network: str = "default"  # default | host | none (from --network / RUN --network)
+    line: int = 0
+    created_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyStep:
+    """``COPY``/``ADD``: copy files from the context, an earlier stage or an image into the rootfs.
+
+    ``sources`` are the expanded source patterns (relative to the context or the source root, globs
+    allowed); ``dest`` is absolute (already resolved against WORKDIR; a trailing '/' is kept because
+    it changes the meaning). ``heredocs`` are inline files (name, content) from ``COPY <<EOF``.
+    """
+
+    sources: tuple[str, ...]
+    dest: str
+    from_stage: int | None = None  # COPY --from=<stage>
+    from_image: str | None = None  # COPY --from=<image ref>
+    chown: str | None = None  # "user[:group]" as written (expanded), resolved in the destination rootfs
+    chmod: str | None = None  # octal, e.g. "755"
+    link: bool = False
+    is_add: bool = False  # ADD: auto-extract local tar archives, fetch URLs
+    heredocs: tuple[tuple[str, str], ...] = ()
+    user: str = ""  # the USER in effect (files are owned by root unless --chown, as Docker does)
+    workdir: str = "/"
+    line: int = 0
+    created_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkdirStep:
+    """``WORKDIR``: create ``path`` if missing (owned by ``user`` as BuildKit does); makes a layer."""
+
+    path: str  # absolute
+    user: str = ""
+    line: int = 0
+    created_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MetaStep:
+    """A config-only instruction (ENV, LABEL, CMD, ...): no filesystem change, an empty_layer history entry."""
+
+    line: int = 0
+    created_by: str = ""
+
+
+Step = RunStep | CopyStep | WorkdirStep | MetaStep
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    index: int
+    name: str | None
+    base: BaseImage | Scratch | StageBase
+    platform: Platform
+    steps: tuple[Step, ...]
+    config: ContainerConfig  # the stage's final container config (Env, Cmd, Entrypoint, Labels, ...)
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BuildGraph:
+    """Only the stages the target needs (others pruned), in dependency order; the target is last."""
+
+    stages: tuple[Stage, ...]
+    target: int  # index into stages
+    warnings: tuple[str, ...] = field(default=())
+
+    def stage(self, index: int) -> Stage:
+        for stage in self.stages:
+            if stage.index == index:
+                return stage
+        raise KeyError(index)
