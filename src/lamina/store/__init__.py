@@ -1,1 +1,88 @@
-"""Registry storage: metadata (SQLite) and blobs (filesystem) behind small protocols."""
+"""Registry storage: metadata (SQLite) and blobs (filesystem) behind the small protocols of ``base``.
+
+The HTTP layer calls :func:`open_storage` once per process (or once before forking: every store is
+fork-safe, see :mod:`lamina.store.sqlite`) and talks only to the protocol methods of the three stores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import (
+    BlobStore,
+    BlobUnknown,
+    ManifestRecord,
+    ManifestReference,
+    MetadataStore,
+    MissingReference,
+    ReferenceSizeMismatch,
+    ReferrerRecord,
+    StoreError,
+    UploadConflict,
+    UploadSession,
+    UploadStore,
+    UploadUnknown,
+)
+from .filesystem import FilesystemBlobStore, FilesystemUploadStore
+from .paths import StorePaths
+from .sqlite import SqliteMetadataStore
+
+__all__ = [
+    "BlobStore",
+    "BlobUnknown",
+    "FilesystemBlobStore",
+    "FilesystemUploadStore",
+    "ManifestRecord",
+    "ManifestReference",
+    "MetadataStore",
+    "MissingReference",
+    "ReferenceSizeMismatch",
+    "ReferrerRecord",
+    "SqliteMetadataStore",
+    "Storage",
+    "StoreError",
+    "StorePaths",
+    "UploadConflict",
+    "UploadSession",
+    "UploadStore",
+    "UploadUnknown",
+    "open_storage",
+]
+
+
+@dataclass
+class Storage:
+    """The three stores over one root; ``paths`` tells where everything lives on disk."""
+
+    paths: StorePaths
+    blobs: FilesystemBlobStore
+    uploads: FilesystemUploadStore
+    metadata: SqliteMetadataStore
+
+    def close(self) -> None:
+        self.metadata.close()
+
+    def reopen(self) -> None:
+        """Drop pooled database connections (optional after fork: the stores notice a new pid themselves)."""
+        self.metadata.close()
+
+
+def open_storage(root: Path, *, synchronous: str = "FULL") -> Storage:
+    """Create (idempotently, race-safe across processes) and open the storage under ``root``.
+
+    Raises StoreError naming the root when it cannot be created or written."""
+    paths = StorePaths(Path(root).absolute())
+    try:
+        for directory in paths.directories():
+            directory.mkdir(parents=True, exist_ok=True)
+        probe = paths.tmp / f"probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"storage root {paths.root} is not a writable directory: {exc.strerror or exc}") from exc
+    metadata = SqliteMetadataStore(paths.metadata_db, synchronous=synchronous)
+    metadata.create_schema()
+    blobs = FilesystemBlobStore(paths)
+    return Storage(paths=paths, blobs=blobs, uploads=FilesystemUploadStore(paths), metadata=metadata)

@@ -23,15 +23,18 @@ from lamina.oci import Digest
 
 __all__ = [
     "BlobStore",
+    "BlobUnknown",
     "ManifestRecord",
     "ManifestReference",
     "MetadataStore",
     "MissingReference",
+    "ReferenceSizeMismatch",
     "ReferrerRecord",
     "StoreError",
     "UploadConflict",
     "UploadSession",
     "UploadStore",
+    "UploadUnknown",
 ]
 
 
@@ -54,6 +57,37 @@ class MissingReference(StoreError):
         super().__init__(f"{what} {digest} is not in this repository")
         self.digest = digest
         self.what = what
+
+
+class ReferenceSizeMismatch(MissingReference):
+    """A manifest's descriptor gives a size that differs from the stored blob/manifest (MANIFEST_INVALID).
+
+    A subclass of MissingReference because the repository has no content with *that* digest and size."""
+
+    def __init__(self, digest: Digest, what: str, declared: int, actual: int) -> None:
+        StoreError.__init__(
+            self, f"{what} {digest} is {actual} bytes in this repository, but the manifest says {declared}"
+        )
+        self.digest = digest
+        self.what = what
+        self.declared = declared
+        self.actual = actual
+
+
+class BlobUnknown(StoreError):
+    """The blob store has no complete blob with this digest (BLOB_UNKNOWN)."""
+
+    def __init__(self, digest: Digest) -> None:
+        super().__init__(f"blob {digest} is not in the blob store")
+        self.digest = digest
+
+
+class UploadUnknown(StoreError):
+    """No upload session with this id has data here (BLOB_UPLOAD_UNKNOWN): never created, committed or discarded."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"upload session {session_id!r} does not exist")
+        self.session_id = session_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,352 @@
+"""Blob bytes on a local filesystem, written like containerd's content store writer.
+
+Why this shape: a blob must become visible only complete and verified, several registry worker processes
+share one root, and multi-GiB layers must never sit in memory. So uploads stream to a per-session file,
+hashed as they stream; commit verifies the digest, fsyncs, makes the file read-only and renames it into
+``blobs/`` (atomic on one filesystem), then fsyncs the directory. See :mod:`lamina.store.paths`.
+
+Multi-process safety: every append/commit holds an exclusive ``flock`` on the session's data file and
+re-checks, once locked, that the path still names the inode it opened — so a request that raced a commit
+in another process can never write into a committed blob. A second concurrent request on the same
+session gets :class:`UploadConflict` at once (HTTP 416) instead of waiting.
+
+An append is all-or-nothing: if the chunk stream fails midway, the file is truncated back to where the
+chunk started, so the session size the client last saw stays true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.oci import Digest, DigestError, parse_digest
+from lamina.oci.digest import SUPPORTED_ALGORITHMS
+
+from .base import BlobUnknown, StoreError, UploadConflict, UploadUnknown
+from .paths import StorePaths, check_session_id
+
+__all__ = ["FilesystemBlobStore", "FilesystemUploadStore"]
+
+READ_CHUNK = 1 << 20
+# Writes/reads at least this big go to a worker thread (hashlib and file I/O release the GIL), so a large
+# upload does not stall the event loop; smaller ones are cheaper inline. See bench/store_io.py.
+THREAD_MIN = 256 << 10
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdir_durable(path: Path) -> None:
+    """Create ``path`` (and missing parents) so that a crash cannot lose the new directory entry."""
+    if path.is_dir():
+        return
+    _mkdir_durable(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    _fsync_dir(path.parent)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _hash_fd(fd: int, algorithm: str, size: int) -> str:
+    hasher = hashlib.new(algorithm)
+    offset = 0
+    while offset < size:
+        block = os.pread(fd, min(READ_CHUNK, size - offset), offset)
+        if not block:
+            break
+        hasher.update(block)
+        offset += len(block)
+    return hasher.hexdigest()
+
+
+class FilesystemBlobStore:
+    """Complete blobs at ``blobs/<alg>/<xx>/<hex>``, mode 0444, never rewritten in place."""
+
+    def __init__(self, paths: StorePaths) -> None:
+        self.paths = paths
+
+    def size(self, digest: Digest) -> int | None:
+        try:
+            return os.stat(self.paths.blob(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, digest: Digest) -> Path | None:
+        path = self.paths.blob(digest)
+        return path if path.is_file() else None
+
+    async def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` (end exclusive, None = to the end); BlobUnknown if absent."""
+        try:
+            fd = os.open(self.paths.blob(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobUnknown(digest) from None
+        try:
+            size = os.fstat(fd).st_size
+            stop = size if end is None else end
+            if not 0 <= start <= stop <= size:
+                raise ValueError(f"byte range {start}-{end} is outside blob {digest} of {size} bytes")
+            offset = start
+            while offset < stop:
+                n = min(READ_CHUNK, stop - offset)
+                if n >= THREAD_MIN:
+                    block = await asyncio.to_thread(os.pread, fd, n, offset)
+                else:
+                    block = os.pread(fd, n, offset)
+                if not block:
+                    raise StoreError(f"blob {digest} is shorter than its recorded size (truncated on disk?)")
+                offset += len(block)
+                yield block
+        finally:
+            os.close(fd)
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        """Store small content atomically; re-verifies ``digest`` (bytes crossing into the store)."""
+        if not digest.verify(data):
+            raise ValueError(f"content does not match digest {digest}")
+        target = self.paths.blob(digest)
+        if target.exists():
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.paths.tmp, prefix="blob-")
+        try:
+            _pwrite_all(fd, data, 0)
+            os.fsync(fd)
+            os.fchmod(fd, 0o444)
+            _mkdir_durable(target.parent)
+            os.rename(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+        _fsync_dir(target.parent)
+
+    def delete(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.paths.blob(digest))
+
+    def iter_digests(self) -> Iterator[Digest]:
+        """Every stored blob, in digest order per algorithm; stray names are skipped."""
+        for algorithm in sorted(SUPPORTED_ALGORITHMS):
+            base = self.paths.blobs / algorithm
+            if not base.is_dir():
+                continue
+            for prefix in sorted(os.listdir(base)):
+                with contextlib.suppress(NotADirectoryError, FileNotFoundError):
+                    for name in sorted(os.listdir(base / prefix)):
+                        if not name.startswith(prefix):
+                            continue
+                        try:
+                            yield parse_digest(f"{algorithm}:{name}")
+                        except DigestError:
+                            continue
+
+
+@dataclass(slots=True)
+class _HashState:
+    """Incremental hash of a session's first ``size`` bytes, valid only for that inode."""
+
+    hasher: Any  # hashlib object
+    size: int
+    inode: tuple[int, int]
+
+
+class FilesystemUploadStore:
+    """Upload sessions as ``uploads/<id>/data``; commit moves the file into a FilesystemBlobStore."""
+
+    def __init__(self, paths: StorePaths, *, write_buffer: int = 1 << 20, max_hash_states: int = 4096) -> None:
+        self.paths = paths
+        self.write_buffer = write_buffer
+        self.max_hash_states = max_hash_states
+        # sha256 of the bytes this process has seen, per session; reused by commit when still current.
+        self._states: OrderedDict[str, _HashState] = OrderedDict()
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def create(self, session_id: str) -> None:
+        directory = self.paths.upload_dir(session_id)
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            raise StoreError(f"upload session {session_id!r} already exists") from None
+        fd = os.open(directory / "data", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            st = os.fstat(fd)
+            self._remember(session_id, _HashState(hashlib.sha256(), 0, (st.st_dev, st.st_ino)))
+        finally:
+            os.close(fd)
+
+    def current_size(self, session_id: str) -> int | None:
+        try:
+            return os.stat(self.paths.upload_data(session_id)).st_size
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def discard(self, session_id: str) -> None:
+        self._states.pop(session_id, None)
+        with contextlib.suppress(ValueError):
+            shutil.rmtree(self.paths.upload_dir(session_id), ignore_errors=True)
+
+    def session_ids(self) -> list[str]:
+        """Ids with data on disk (for cleaning sessions that metadata no longer knows)."""
+        try:
+            return sorted(os.listdir(self.paths.uploads))
+        except FileNotFoundError:
+            return []
+
+    # -- append -----------------------------------------------------------------------------------
+
+    async def append(self, session_id: str, offset: int, chunks: AsyncIterator[bytes]) -> int:
+        """Append ``chunks`` at ``offset`` (== current size, else UploadConflict); return the new size."""
+        fd, inode = self._open_locked(session_id)
+        try:
+            size = os.fstat(fd).st_size
+            if offset != size:
+                raise UploadConflict(
+                    f"upload {session_id}: chunk starts at byte {offset} but the upload has {size} bytes", size
+                )
+            state = self._current_state(session_id, size, inode)
+            saved = state.hasher.copy() if state is not None else None
+            position = size
+            try:
+                pending = bytearray()
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    if not pending and len(chunk) >= self.write_buffer:
+                        await self._write(fd, state, chunk, position)
+                        position += len(chunk)
+                        continue
+                    pending += chunk
+                    if len(pending) >= self.write_buffer:
+                        await self._write(fd, state, pending, position)
+                        position += len(pending)
+                        pending = bytearray()
+                if pending:
+                    await self._write(fd, state, pending, position)
+                    position += len(pending)
+            except BaseException:
+                os.ftruncate(fd, size)
+                if state is not None and saved is not None:
+                    state.hasher = saved
+                raise
+            if state is not None:
+                state.size = position
+            return position
+        finally:
+            os.close(fd)  # releases the flock
+
+    async def _write(self, fd: int, state: _HashState | None, data: bytes | bytearray, offset: int) -> None:
+        if len(data) >= THREAD_MIN:
+            await asyncio.to_thread(self._write_sync, fd, state, data, offset)
+        else:
+            self._write_sync(fd, state, data, offset)
+
+    @staticmethod
+    def _write_sync(fd: int, state: _HashState | None, data: bytes | bytearray, offset: int) -> None:
+        _pwrite_all(fd, data, offset)
+        if state is not None:
+            state.hasher.update(data)
+
+    # -- commit -----------------------------------------------------------------------------------
+
+    async def commit(self, session_id: str, expected: Digest) -> int:
+        """Verify, fsync, make read-only and rename into ``blobs/``; ValueError (session kept) on mismatch."""
+        fd, inode = self._open_locked(session_id)
+        try:
+            size = os.fstat(fd).st_size
+            state = self._current_state(session_id, size, inode)
+            if state is not None and state.hasher.name == expected.algorithm:
+                actual = state.hasher.hexdigest()
+            else:  # earlier chunks went through another process, or a restart: hash the file itself
+                actual = await asyncio.to_thread(_hash_fd, fd, expected.algorithm, size)
+            if actual != expected.encoded:
+                raise ValueError(
+                    f"upload {session_id}: the {size} bytes received hash to {expected.algorithm}:{actual}, "
+                    f"not {expected}"
+                )
+            target = self.paths.blob(expected)
+            if not target.exists():  # else an identical blob won a race (or was pushed before): drop ours
+                await asyncio.to_thread(os.fsync, fd)
+                os.fchmod(fd, 0o444)
+                _mkdir_durable(target.parent)
+                os.rename(self.paths.upload_data(session_id), target)
+                _fsync_dir(target.parent)
+            self.discard(session_id)
+            return size
+        finally:
+            os.close(fd)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _open_locked(self, session_id: str) -> tuple[int, tuple[int, int]]:
+        """Open and flock the session file; UploadUnknown if gone, UploadConflict if another request holds it."""
+        try:
+            path = self.paths.upload_data(check_session_id(session_id))
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except (FileNotFoundError, ValueError):
+            raise UploadUnknown(session_id) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise
+                size = os.fstat(fd).st_size
+                raise UploadConflict(f"upload {session_id} is busy with another request", size) from None
+            st = os.fstat(fd)
+            inode = (st.st_dev, st.st_ino)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                raise UploadUnknown(session_id) from None
+            if (now.st_dev, now.st_ino) != inode:  # committed or discarded while we waited
+                raise UploadUnknown(session_id)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, inode
+
+    def _current_state(self, session_id: str, size: int, inode: tuple[int, int]) -> _HashState | None:
+        state = self._states.get(session_id)
+        if state is not None and state.size == size and state.inode == inode:
+            self._states.move_to_end(session_id)
+            return state
+        if size == 0:
+            state = _HashState(hashlib.sha256(), 0, inode)
+            self._remember(session_id, state)
+            return state
+        self._states.pop(session_id, None)
+        return None
+
+    def _remember(self, session_id: str, state: _HashState) -> None:
+        self._states[session_id] = state
+        self._states.move_to_end(session_id)
+        while len(self._states) > self.max_hash_states:
+            self._states.popitem(last=False)

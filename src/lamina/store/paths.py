@@ -1,0 +1,76 @@
+"""The registry's whole on-disk layout, in one place (after distribution's ``paths.go``).
+
+::
+
+    ROOT/
+      metadata.db                      SQLite (WAL): repositories, manifests, tags, links, sessions
+      metadata.db-wal, metadata.db-shm SQLite's write-ahead log and shared index (do not copy alone)
+      blobs/
+        sha256/
+          ab/
+            abcdef0123...              one complete, digest-verified blob; mode 0444, never rewritten
+        sha512/
+          ...                          same shape for sha512 digests
+      uploads/
+        <session-id>/
+          data                         bytes received so far for one upload session (appended in order)
+      tmp/                             temp files for atomic writes (same filesystem, so rename is atomic)
+
+Everything that becomes visible (a blob) is first written elsewhere on the same filesystem and then
+renamed into place, so a reader sees either no file or the whole verified file. Session ids are
+validated here so that no id can name a path outside ``uploads/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.oci import Digest
+
+__all__ = ["StorePaths", "check_session_id"]
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def check_session_id(session_id: str) -> str:
+    """Return ``session_id`` if it is a safe single path component, else raise ValueError."""
+    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+        raise ValueError(f"invalid upload session id {session_id!r}: expected 1-128 of [A-Za-z0-9_-]")
+    return session_id
+
+
+@dataclass(frozen=True, slots=True)
+class StorePaths:
+    root: Path
+
+    @property
+    def metadata_db(self) -> Path:
+        return self.root / "metadata.db"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def blob(self, digest: Digest) -> Path:
+        """``blobs/<algorithm>/<first two hex>/<hex>``; the two-character fan-out keeps directories small."""
+        return self.blobs / digest.algorithm / digest.encoded[:2] / digest.encoded
+
+    def upload_dir(self, session_id: str) -> Path:
+        return self.uploads / check_session_id(session_id)
+
+    def upload_data(self, session_id: str) -> Path:
+        return self.upload_dir(session_id) / "data"
+
+    def directories(self) -> tuple[Path, ...]:
+        """The directories :func:`lamina.store.open_storage` creates up front."""
+        return (self.root, self.blobs, self.uploads, self.tmp)

@@ -1,0 +1,149 @@
+"""The registry's metadata schema (SQLAlchemy Core), all SQL tables in one place.
+
+::
+
+    repositories                      blob_links                         upload_sessions
+    +-------------+                   +----------------------+            +-------------------+
+    | id       PK |<--+--------------| repository_id  PK,FK |            | id             PK |
+    | name   UNIQ |   |               | digest         PK    |            | repository        |
+    | created_at  |   |               | size                 |            | size              |
+    +-------------+   |               | linked_at            |            | started_at        |
+                      |               +----------------------+            | updated_at   (ix) |
+                      |               (ix: digest -> repos holding it)    +-------------------+
+                      |
+                      |  manifests                                  manifest_refs
+                      |  +------------------------+                 +------------------------+
+                      +--| repository_id   PK,FK  |<----------------| repository_id  PK,FK   |
+                      |  | digest          PK     |<-+              | manifest_digest PK,FK  |
+                      |  | media_type             |  |              | target_digest  PK (ix) |
+                      |  | content  BLOB          |  |              | size                   |
+                      |  | kind                   |  |              | is_manifest            |
+                      |  | artifact_type          |  |              +------------------------+
+                      |  | subject   (ix w/ repo) |  |               blob or child manifest a
+                      |  | annotations  (json)    |  |               manifest points at
+                      |  | size                   |  |
+                      |  | pushed_at              |  |   tags
+                      |  | last_pulled_at         |  |   +------------------------+
+                      |  +------------------------+  +---| repository_id, digest FK|
+                      +------------------------------+---| repository_id   PK     |
+                                                         | tag             PK     |
+                                                         | updated_at             |
+                                                         +------------------------+
+
+Manifest bytes live in ``manifests.content`` so a manifest PUT (validate references, store, move the tag)
+is one transaction. Deleting a repository cascades to everything in it; deleting a manifest cascades to its
+references and to every tag pointing at it. ``upload_sessions.repository`` is plain text: starting an
+upload does not create a repository. Digests are stored as ``algorithm:hex`` text. Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "blob_links",
+    "manifest_refs",
+    "manifests",
+    "metadata",
+    "repositories",
+    "tags",
+    "upload_sessions",
+]
+
+SCHEMA_VERSION = 1  # stored in PRAGMA user_version; bump with a migration when a table changes
+
+metadata = MetaData()
+
+repositories = Table(
+    "repositories",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+blob_links = Table(
+    "blob_links",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("digest", String(200), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("linked_at", Float, nullable=False),
+    Index("ix_blob_links_digest", "digest"),
+    sqlite_with_rowid=False,
+)
+
+manifests = Table(
+    "manifests",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("digest", String(200), primary_key=True),
+    Column("media_type", Text, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("artifact_type", Text),
+    Column("subject", String(200)),
+    Column("annotations", Text),
+    Column("size", Integer, nullable=False),
+    Column("pushed_at", Float, nullable=False),
+    Column("last_pulled_at", Float),
+    Index("ix_manifests_subject", "repository_id", "subject"),
+)
+
+manifest_refs = Table(
+    "manifest_refs",
+    metadata,
+    Column("repository_id", Integer, primary_key=True),
+    Column("manifest_digest", String(200), primary_key=True),
+    Column("target_digest", String(200), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("is_manifest", Boolean, nullable=False),
+    ForeignKeyConstraint(
+        ["repository_id", "manifest_digest"],
+        ["manifests.repository_id", "manifests.digest"],
+        ondelete="CASCADE",
+    ),
+    Index("ix_manifest_refs_target", "repository_id", "target_digest"),
+    sqlite_with_rowid=False,
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("repository_id", Integer, primary_key=True),
+    Column("tag", String(128), primary_key=True),
+    Column("digest", String(200), nullable=False),
+    Column("updated_at", Float, nullable=False),
+    ForeignKeyConstraint(
+        ["repository_id", "digest"],
+        ["manifests.repository_id", "manifests.digest"],
+        ondelete="CASCADE",
+    ),
+    Index("ix_tags_digest", "repository_id", "digest"),
+    sqlite_with_rowid=False,
+)
+
+upload_sessions = Table(
+    "upload_sessions",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("repository", String(255), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_upload_sessions_updated", "updated_at"),
+)
