@@ -1,0 +1,137 @@
+"""``lamina registry serve``: option parsing, pre-flight checks and the worker processes.
+
+N worker processes each bind the port with SO_REUSEPORT (the kernel spreads connections between
+them) and open their own storage after the fork; worker 0 alone runs the upload janitor. Problems a
+user can fix (bad option, unwritable root, port in use) are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from .config import ConfigError, RegistryConfig, load_config
+
+__all__ = ["configure"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="serve the OCI distribution API", description=__doc__)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:5000)")
+    serve.add_argument("--root", metavar="DIR",
+                       help="data directory (default $LAMINA_REGISTRY_ROOT, else ./lamina-data)")
+    serve.add_argument("--workers", type=int, metavar="N", help="worker processes (default: CPU count)")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="settings file (TOML, or YAML if *.yaml/*.yml)")
+    serve.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    serve.set_defaults(func=serve_command)
+
+
+def _fail(message: str) -> int:
+    print(f"lamina registry: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_root(root: Path) -> str | None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"root {root} is not writable: {exc.strerror or exc}"
+    return None
+
+
+def _check_port(host: str, port: int) -> str | None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"cannot listen on {host}:{port}: the port is already in use"
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        overrides = {"listen": args.listen, "root": args.root, "workers": args.workers}
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    problem = _check_root(config.root) or _check_port(config.host, config.port)
+    if problem:
+        return _fail(problem)
+    import logging
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(
+        f"lamina registry listening on http://{config.listen} (root {config.root.resolve()}, "
+        f"{config.workers} worker{'s' if config.workers != 1 else ''}); push with: "
+        f"skopeo copy --dest-tls-verify=false docker://docker.io/library/busybox:latest "
+        f"docker://{config.listen}/busybox:latest",
+        flush=True,
+    )
+    if config.workers == 1:
+        return _run_worker(config)
+    return _supervise(config)
+
+
+def _run_worker(config: RegistryConfig) -> int:
+    import uvloop
+    from aiohttp import web
+
+    from .app import create_app
+
+    loop = uvloop.new_event_loop()
+    web.run_app(
+        create_app(config), host=config.host, port=config.port, reuse_port=True, print=None,
+        access_log=None, loop=loop, backlog=1024, shutdown_timeout=5.0,
+    )
+    return 0
+
+
+def _supervise(config: RegistryConfig) -> int:
+    """Fork the workers, forward SIGINT/SIGTERM to them, exit when they have all gone."""
+    import dataclasses
+
+    children: list[int] = []
+    for index in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_worker(dataclasses.replace(config, run_janitor=index == 0))
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        remaining.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            status = 1
+            forward(signal.SIGTERM, None)
+    return status

@@ -1,0 +1,126 @@
+"""Registry settings: one frozen dataclass, loaded from a TOML or YAML file, CLI options on top.
+
+Every key is checked here, once, so a typo in a config file is one clear error line naming the key
+instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "RegistryConfig", "load_config", "parse_listen"]
+
+MiB = 1 << 20
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_LEGACY_POLICIES = ("accept", "reject")
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the key and the value."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    root: Path = Path("lamina-data")
+    workers: int = 1
+    max_manifest_bytes: int = 4 * MiB
+    legacy_buildkit_cache: str = "accept"  # "accept" | "reject"
+    allow_empty_layers: bool = False
+    upload_expiry_seconds: float = 24 * 3600.0
+    sqlite_synchronous: str = "FULL"
+    run_janitor: bool = True  # expire abandoned uploads in this process (one worker only)
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:5000`` for IPv6) or ``:PORT`` for loopback."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"listen: invalid address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:5000")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port_text)
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check(key: str, value: Any) -> Any:
+    """Validate one file/CLI setting and convert it to the dataclass field's type."""
+    if key == "listen":
+        if not isinstance(value, str):
+            raise ConfigError(f"listen: expected a string HOST:PORT, got {value!r}")
+        return parse_listen(value)
+    if key == "root":
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"root: expected a directory path, got {value!r}")
+        return Path(value)
+    if key == "workers":
+        return _int(key, value, 1)
+    if key == "max_manifest_bytes":
+        return _int(key, value, 1024)
+    if key == "legacy_buildkit_cache":
+        if value not in _LEGACY_POLICIES:
+            raise ConfigError(f"legacy_buildkit_cache: expected 'accept' or 'reject', got {value!r}")
+        return value
+    if key == "allow_empty_layers":
+        if not isinstance(value, bool):
+            raise ConfigError(f"allow_empty_layers: expected true or false, got {value!r}")
+        return value
+    if key == "upload_expiry_seconds":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"upload_expiry_seconds: expected a positive number, got {value!r}")
+        return float(value)
+    if key == "sqlite_synchronous":
+        if not isinstance(value, str) or value.upper() not in _SYNCHRONOUS:
+            raise ConfigError(f"sqlite_synchronous: expected one of {', '.join(_SYNCHRONOUS)}, got {value!r}")
+        return value.upper()
+    known = "listen, root, workers, max_manifest_bytes, legacy_buildkit_cache, allow_empty_layers, "
+    raise ConfigError(f"unknown setting {key!r} (known: {known}upload_expiry_seconds, sqlite_synchronous)")
+
+
+def _read_file(path: Path) -> Mapping[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(text) or {} if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config file {path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {first}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
+    return doc
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> RegistryConfig:
+    """Defaults < ``$LAMINA_REGISTRY_ROOT`` < file < ``overrides`` (CLI options; None values skipped)."""
+    values: dict[str, Any] = {"root": Path(os.environ.get("LAMINA_REGISTRY_ROOT") or "lamina-data")}
+    values["workers"] = os.cpu_count() or 1
+    settings: dict[str, Any] = dict(_read_file(path)) if path is not None else {}
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in settings.items():
+        checked = _check(str(key), value)
+        if key == "listen":
+            values["host"], values["port"] = checked
+        else:
+            values[key] = checked
+    fields = {f.name for f in dataclasses.fields(RegistryConfig)}
+    return RegistryConfig(**{k: v for k, v in values.items() if k in fields})

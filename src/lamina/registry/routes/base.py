@@ -1,0 +1,9 @@
+"""end-1: ``GET /v2/`` - the API version check clients probe first."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+async def version_check(request: web.Request) -> web.Response:
+    return web.json_response({})

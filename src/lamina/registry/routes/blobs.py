@@ -1,0 +1,99 @@
+"""end-2 / end-10: ``HEAD``/``GET``/``DELETE /v2/<name>/blobs/<digest>``.
+
+A blob is visible in a repository only when it is linked there (pushed or mounted into it). GET is
+zero-copy: ``web.FileResponse`` uses sendfile(2) and answers ``Range`` with 206 (or 416) itself.
+DELETE unlinks the blob from the repository; the bytes are reclaimed by garbage collection.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from lamina.oci import Digest
+
+from ..errors import ErrorCode, RegistryError
+from ._common import digest_param, storage
+
+__all__ = ["delete", "get", "head"]
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _linked_size(request: web.Request) -> tuple[str, Digest, int]:
+    name = request.match_info["name"]
+    digest = digest_param(request.match_info["digest"])
+    store = storage(request)
+    size = store.metadata.linked_blob_size(name, digest)
+    if size is None or store.blobs.size(digest) is None:
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {name}",
+                            detail={"digest": str(digest)})
+    return name, digest, size
+
+
+def _headers(digest: Digest) -> dict[str, str]:
+    return {
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+    }
+
+
+async def head(request: web.Request) -> web.Response:
+    _, digest, size = _linked_size(request)
+    headers = _headers(digest)
+    headers["Content-Length"] = str(size)
+    return web.Response(status=200, headers=headers, content_type="application/octet-stream")
+
+
+async def get(request: web.Request) -> web.StreamResponse:
+    _, digest, size = _linked_size(request)
+    store = storage(request)
+    path = store.blobs.local_path(digest)
+    if path is not None:
+        response = web.FileResponse(path, chunk_size=1 << 20, headers=_headers(digest))
+        response.content_type = "application/octet-stream"
+        return response
+    return await _stream(request, digest, size)
+
+
+async def _stream(request: web.Request, digest: Digest, size: int) -> web.StreamResponse:
+    """For backends without a local file: stream, honouring one ``bytes=`` range."""
+    start, end = 0, size
+    status = 200
+    headers = _headers(digest)
+    range_header = request.headers.get("Range")
+    if range_header:
+        match = _RANGE.match(range_header.strip())
+        if match is None or match.groups() == ("", ""):
+            raise RegistryError(ErrorCode.RANGE_INVALID, f"unsupported Range {range_header!r}",
+                                headers={"Content-Range": f"bytes */{size}"})
+        first, last = match.groups()
+        if first == "":
+            start, end = max(0, size - int(last)), size
+        else:
+            start, end = int(first), min(size, int(last) + 1) if last else size
+        if start >= size or start >= end:
+            raise RegistryError(ErrorCode.RANGE_INVALID, f"Range {range_header!r} is outside the blob's {size} bytes",
+                                headers={"Content-Range": f"bytes */{size}"})
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    await response.prepare(request)
+    async for chunk in storage(request).blobs.read(digest, start, end):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def delete(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    digest = digest_param(request.match_info["digest"])
+    if not storage(request).metadata.unlink_blob(name, digest):
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {name}",
+                            detail={"digest": str(digest)})
+    return web.Response(status=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

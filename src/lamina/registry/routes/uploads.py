@@ -1,0 +1,203 @@
+"""end-4a/4b/5/6/11/13: blob upload sessions, monolithic and chunked, and cross-repository mounts.
+
+Bytes stream from the socket into the upload store (hashed on commit by the store, never held whole
+in memory). Session state lives in the metadata store and partial data on disk, so an upload survives
+a restart. ``Range`` follows CNCF distribution (``0-<size-1>``, and ``0-0`` for an empty session),
+which is what every client is tested against.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from lamina.oci import Digest, is_valid_name
+from lamina.store import Storage, UploadConflict, UploadSession, UploadUnknown
+
+from ..errors import ErrorCode, RegistryError
+from ._common import digest_param, storage
+
+__all__ = ["cancel", "finish", "patch", "start", "status"]
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CHUNK = 1 << 20
+
+
+def _location(name: str, session_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{session_id}"
+
+
+def _range(size: int) -> str:
+    return f"0-{max(size - 1, 0)}"
+
+
+def _session_headers(name: str, session: str, size: int) -> dict[str, str]:
+    return {
+        "Location": _location(name, session),
+        "Range": _range(size),
+        "Docker-Upload-UUID": session,
+        "Content-Length": "0",
+    }
+
+
+def _created(name: str, digest: Digest) -> web.Response:
+    headers = {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest), "Content-Length": "0"}
+    return web.Response(status=201, headers=headers)
+
+
+def _gone(session_id: str, exc: Exception) -> RegistryError:
+    return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, str(exc), detail={"session": session_id})
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        yield chunk
+
+
+def _new_session(store: Storage, name: str) -> str:
+    session_id = uuid.uuid4().hex
+    now = time.time()
+    store.uploads.create(session_id)
+    store.metadata.create_upload(UploadSession(session_id, name, 0, now, now))
+    return session_id
+
+
+def _session(request: web.Request) -> tuple[str, UploadSession]:
+    name = request.match_info["name"]
+    session_id = request.match_info["session"]
+    session = storage(request).metadata.get_upload(session_id) if _SESSION_ID.match(session_id) else None
+    if session is None or session.repository != name:
+        raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload session {session_id!r} is not known in {name}",
+                            detail={"session": session_id})
+    return name, session
+
+
+def _try_mount(store: Storage, name: str, digest: Digest, source: str | None) -> bool:
+    """Link ``digest`` into ``name`` when ``source`` (or, without it, any repository) has it."""
+    if source is not None:
+        size = store.metadata.linked_blob_size(source, digest)
+    else:
+        holders = store.metadata.repositories_with_blob(digest, 1)
+        size = store.metadata.linked_blob_size(holders[0], digest) if holders else None
+    if size is None or store.blobs.size(digest) is None:
+        return False
+    store.metadata.link_blob(name, digest, size)
+    return True
+
+
+async def start(request: web.Request) -> web.Response:
+    """POST: a new session (202), a monolithic upload with ``?digest=`` (201), or a mount (201 or 202)."""
+    name = request.match_info["name"]
+    store = storage(request)
+    mount = request.query.get("mount")
+    if mount is not None:
+        digest = digest_param(mount, "mount")
+        source = request.query.get("from") or None
+        if source is not None and not is_valid_name(source):
+            raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name in from: {source!r}",
+                                detail={"from": source})
+        if _try_mount(store, name, digest, source):
+            return _created(name, digest)
+        session_id = _new_session(store, name)
+        return web.Response(status=202, headers=_session_headers(name, session_id, 0))
+    if "digest" in request.query:
+        digest = digest_param(request.query["digest"])
+        session_id = _new_session(store, name)
+        try:
+            await _append(request, store, session_id, 0)
+            await _commit(store, name, session_id, digest)
+        except BaseException:
+            store.uploads.discard(session_id)
+            store.metadata.delete_upload(session_id)
+            raise
+        return _created(name, digest)
+    session_id = _new_session(store, name)
+    return web.Response(status=202, headers=_session_headers(name, session_id, 0))
+
+
+async def _append(request: web.Request, store: Storage, session_id: str, offset: int) -> int:
+    """Stream the request body at ``offset``; check Content-Range/Content-Length; return the new size."""
+    content_range = request.headers.get("Content-Range")
+    length = request.content_length
+    if content_range is not None:
+        match = _CONTENT_RANGE.match(content_range.strip())
+        if match is None:
+            raise RegistryError(ErrorCode.RANGE_INVALID, f"malformed Content-Range {content_range!r}",
+                                headers={"Range": _range(offset)})
+        first, last = int(match.group(1)), int(match.group(2))
+        if first != offset or last < first:
+            raise RegistryError(
+                ErrorCode.RANGE_INVALID,
+                f"chunk {first}-{last} does not continue the upload, which has {offset} bytes",
+                headers={"Range": _range(offset)},
+            )
+        if length is not None and length != last - first + 1:
+            raise RegistryError(ErrorCode.SIZE_INVALID,
+                                f"Content-Length {length} does not match Content-Range {content_range}")
+    try:
+        size = await store.uploads.append(session_id, offset, _body(request))
+    except UploadConflict as exc:
+        raise RegistryError(ErrorCode.RANGE_INVALID, str(exc), headers={"Range": _range(exc.current_size)}) from None
+    except UploadUnknown as exc:
+        raise _gone(session_id, exc) from None
+    if length is not None and size - offset != length:
+        raise RegistryError(ErrorCode.SIZE_INVALID, f"received {size - offset} bytes, Content-Length said {length}")
+    return size
+
+
+async def _commit(store: Storage, name: str, session_id: str, digest: Digest) -> None:
+    try:
+        size = await store.uploads.commit(session_id, digest)
+    except UploadUnknown as exc:
+        raise _gone(session_id, exc) from None
+    except ValueError as exc:
+        raise RegistryError(ErrorCode.DIGEST_INVALID, str(exc), detail={"digest": str(digest)}) from None
+    store.metadata.link_blob(name, digest, size)
+    store.metadata.delete_upload(session_id)
+
+
+async def patch(request: web.Request) -> web.Response:
+    name, session = _session(request)
+    store = storage(request)
+    size = await _append(request, store, session.id, _current_size(store, session))
+    store.metadata.update_upload(session.id, size, time.time())
+    return web.Response(status=202, headers=_session_headers(name, session.id, size))
+
+
+def _current_size(store: Storage, session: UploadSession) -> int:
+    size = store.uploads.current_size(session.id)
+    if size is None:
+        raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload session {session.id!r} has no data on disk",
+                            detail={"session": session.id})
+    return size
+
+
+async def finish(request: web.Request) -> web.Response:
+    """PUT ``?digest=``: append an optional last chunk, verify, move into place, link (201)."""
+    name, session = _session(request)
+    store = storage(request)
+    digest = digest_param(request.query.get("digest"))
+    offset = _current_size(store, session)
+    if request.content_length or request.headers.get("Content-Range") or request.body_exists:
+        await _append(request, store, session.id, offset)
+    await _commit(store, name, session.id, digest)
+    return _created(name, digest)
+
+
+async def status(request: web.Request) -> web.Response:
+    name, session = _session(request)
+    size = _current_size(storage(request), session)
+    return web.Response(status=204, headers=_session_headers(name, session.id, size))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    _, session = _session(request)
+    store = storage(request)
+    store.uploads.discard(session.id)
+    store.metadata.delete_upload(session.id)
+    return web.Response(status=204, headers={"Content-Length": "0"})
