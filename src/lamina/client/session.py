@@ -1,0 +1,259 @@
+"""The HTTP transport under every registry call: scheme choice, auth, retries, redirects, transfer counters.
+
+One :class:`Transport` per registry host, over one aiohttp session whose pool allows 16 connections per
+host. ``https`` always, except for loopback hosts and registries the caller (or
+``LAMINA_INSECURE_REGISTRIES=host:port,...``) marks insecure. Requests that are safe to repeat are
+retried with exponential backoff and full jitter on connection errors, 429 and 5xx other than 501
+(distribution-spec: 501 means "not supported", which retrying cannot change). A 401 is answered once
+with the credentials the challenge asks for (see ``auth.py``). Redirects (blob GETs to object storage)
+are followed by hand so the registry's Authorization header never leaks to another origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+from yarl import URL
+
+from .auth import Authenticator
+from .credentials import Credentials, CredentialStore
+from .errors import RegistryError, RegistryUnreachable, error_from_response
+
+__all__ = [
+    "INSECURE_ENV",
+    "Body",
+    "RetryPolicy",
+    "TransferKind",
+    "TransferStats",
+    "Transport",
+    "api_host",
+    "insecure_registries_from_env",
+    "is_loopback",
+]
+
+INSECURE_ENV = "LAMINA_INSECURE_REGISTRIES"
+TransferKind = Literal["manifest", "config", "layer", "other"]
+Body = bytes | Callable[[], AsyncIterable[bytes]] | None
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1, with or without a port."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_registries_from_env() -> frozenset[str]:
+    raw = os.environ.get(INSECURE_ENV, "")
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def api_host(registry: str) -> str:
+    """Docker Hub's API lives on registry-1.docker.io; every other registry answers on its own name."""
+    return "registry-1.docker.io" if registry in ("docker.io", "index.docker.io") else registry
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    max_retry_after: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter (AWS architecture blog): uniform in [0, min(max, base * 2**attempt)]."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
+
+
+@dataclass
+class TransferStats:
+    """Bytes moved through one client, by kind, so the builder can prove "no layer bytes downloaded"."""
+
+    downloaded: dict[str, int] = field(default_factory=lambda: {"manifest": 0, "config": 0, "layer": 0, "other": 0})
+    uploaded: dict[str, int] = field(default_factory=lambda: {"manifest": 0, "config": 0, "layer": 0, "other": 0})
+    requests: int = 0
+    retries: int = 0
+
+    def add_down(self, kind: TransferKind, n: int) -> None:
+        self.downloaded[kind] += n
+
+    def add_up(self, kind: TransferKind, n: int) -> None:
+        self.uploaded[kind] += n
+
+
+def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
+    return url.scheme, url.host, url.port
+
+
+class Transport:
+    """HTTP to one registry host; owns (or borrows) the aiohttp session and the auth state."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        insecure: bool | None = None,
+        credentials: CredentialStore | Credentials | None = None,
+        retry: RetryPolicy | None = None,
+        session: aiohttp.ClientSession | None = None,
+        connections_per_host: int = 16,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> None:
+        self.registry = registry
+        if insecure is None:
+            insecure = registry in insecure_registries_from_env()
+        scheme = "http" if insecure or is_loopback(registry) else "https"
+        self.base_url = URL(f"{scheme}://{api_host(registry)}")
+        self.retry = retry or RetryPolicy()
+        self.stats = TransferStats()
+        self._own_session = session is None
+        self._session = session
+        self._limit = connections_per_host
+        self._timeout = timeout or aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+        self._creds_source = credentials
+        self.auth = Authenticator(registry, self.session, self._credentials)
+
+    async def _credentials(self) -> Credentials | None:
+        source = self._creds_source
+        if source is None:
+            source = self._creds_source = CredentialStore()
+        if isinstance(source, Credentials):
+            return source
+        return await source.get(self.registry)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=4 * self._limit, limit_per_host=self._limit)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False)
+            self._own_session = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    def url(self, path: str) -> URL:
+        return self.base_url.join(URL(path))
+
+    def resolve(self, location: str, base: URL) -> URL:
+        """A Location header, absolute or relative, kept byte for byte (its query included)."""
+        target = URL(location, encoded=True)
+        return target if target.is_absolute() else base.join(target)
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        url: URL | str,
+        *,
+        scopes: Sequence[str],
+        repository: str | None = None,
+        obj: str | None = None,
+        ok: Iterable[int] = (200,),
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        body: Body = None,
+        retry: bool = True,
+        follow_redirects: bool = False,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one logical request and yield the response whose status is in ``ok``; raise typed errors.
+
+        ``body`` is bytes or a factory of fresh async iterables, so a retry can resend it.
+        """
+        ok_set = frozenset(ok)
+        target = self.url(url) if isinstance(url, str) else url
+        if params:
+            target = target.extend_query(params)
+        attempt, redirects, auth_answered = 0, 0, False
+        while True:
+            attempt += 1
+            send_auth = _origin(target) == _origin(self.base_url)
+            hdrs = dict(headers or {})
+            if send_auth:
+                value = await self.auth.header(scopes)
+                if value:
+                    hdrs["Authorization"] = value
+            data = body() if callable(body) else body
+            self.stats.requests += 1
+            try:
+                resp = await self.session().request(method, target, headers=hdrs, data=data, allow_redirects=False)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                if retry and attempt < self.retry.attempts:
+                    self.stats.retries += 1
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    continue
+                reason = str(exc) or type(exc).__name__
+                raise RegistryUnreachable(
+                    None, "UNREACHABLE", f"{method} {target.human_repr()} failed after {attempt} attempt(s): {reason}",
+                    registry=self.registry, repository=repository, obj=obj,
+                ) from None
+            status = resp.status
+            if status == 401 and send_auth and not auth_answered:
+                challenge = resp.headers.get("WWW-Authenticate")
+                await self._drain(resp)
+                if self.auth.on_unauthorized(challenge, scopes):
+                    auth_answered = True
+                    attempt -= 1  # the handshake is not a failure
+                    continue
+                raise error_from_response(401, b"", registry=self.registry, repository=repository, obj=obj)
+            if retry and attempt < self.retry.attempts and (status == 429 or (status >= 500 and status != 501)):
+                delay = self._retry_after(resp.headers.get("Retry-After"))
+                await self._drain(resp)
+                self.stats.retries += 1
+                await asyncio.sleep(delay if delay is not None else self.retry.delay(attempt))
+                continue
+            if follow_redirects and status in _REDIRECTS and status not in ok_set:
+                location = resp.headers.get("Location")
+                await self._drain(resp)
+                redirects += 1
+                if not location or redirects > _MAX_REDIRECTS:
+                    raise RegistryError(status, "REDIRECT", "too many redirects or a redirect without Location",
+                                        registry=self.registry, repository=repository, obj=obj)
+                target = self.resolve(location, target)
+                attempt -= 1
+                continue
+            if status not in ok_set:
+                payload = await resp.read() if method != "HEAD" else b""
+                resp.release()
+                raise error_from_response(status, payload, registry=self.registry, repository=repository, obj=obj)
+            try:
+                yield resp
+            finally:
+                resp.release()
+            return
+
+    def _retry_after(self, value: str | None) -> float | None:
+        if not value:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+        return min(max(seconds, 0.0), self.retry.max_retry_after)
+
+    @staticmethod
+    async def _drain(resp: aiohttp.ClientResponse) -> None:
+        try:
+            await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        finally:
+            resp.release()

@@ -1,0 +1,142 @@
+"""Auth against real distribution: htpasswd Basic and the token (Bearer) flow with our JWT issuer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from client_peers import Distribution, TokenRegistry
+
+from lamina.client import (
+    Credentials,
+    CredentialStore,
+    PushOutcome,
+    RegistryClient,
+    Unauthorized,
+)
+from lamina.client.auth import parse_challenge
+from lamina.oci import digest_of
+
+
+def test_parse_challenge_bearer_with_quotes_and_commas() -> None:
+    c = parse_challenge(
+        'Bearer realm="https://auth.example.com/token",service="registry.example.com",'
+        'scope="repository:a/b:pull,push",error="insufficient_scope"'
+    )
+    assert c is not None
+    assert c.scheme == "bearer"
+    assert c.params == {
+        "realm": "https://auth.example.com/token",
+        "service": "registry.example.com",
+        "scope": "repository:a/b:pull,push",
+        "error": "insufficient_scope",
+    }
+
+
+def test_parse_challenge_basic_and_garbage() -> None:
+    basic = parse_challenge('Basic realm="Registry Realm"')
+    assert basic is not None and basic.scheme == "basic" and basic.params == {"realm": "Registry Realm"}
+    assert parse_challenge("") is None
+    escaped = parse_challenge(r'Bearer realm="a\"b"')
+    assert escaped is not None and escaped.params["realm"] == 'a"b'
+
+
+async def test_basic_auth_push_and_pull(htpasswd_distribution: Distribution) -> None:
+    data = b"basic auth blob"
+    digest = digest_of(data)
+    async with RegistryClient(htpasswd_distribution.host, credentials=Credentials("alice", "wonderland")) as c:
+        await c.ping()
+        assert await c.push_blob("team/app", digest, len(data), data) == PushOutcome.UPLOADED
+        assert await c.fetch_blob("team/app", digest) == data
+
+
+async def test_basic_auth_wrong_password_is_unauthorized(htpasswd_distribution: Distribution) -> None:
+    async with RegistryClient(htpasswd_distribution.host, credentials=Credentials("alice", "nope")) as c:
+        with pytest.raises(Unauthorized) as info:
+            await c.head_blob("team/app", digest_of(b"x"))
+    assert info.value.status == 401
+    assert htpasswd_distribution.host in str(info.value) and "team/app" in str(info.value)
+
+
+async def test_basic_auth_from_docker_config(htpasswd_distribution: Distribution, tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    encoded = base64.b64encode(b"alice:wonderland").decode()
+    config.write_text(json.dumps({"auths": {f"http://{htpasswd_distribution.host}/v2/": {"auth": encoded}}}))
+    async with RegistryClient(htpasswd_distribution.host, credentials=CredentialStore(config)) as c:
+        await c.ping()
+
+
+async def test_anonymous_on_basic_registry_is_unauthorized(htpasswd_distribution: Distribution) -> None:
+    async with RegistryClient(htpasswd_distribution.host, credentials=Credentials()) as c:
+        with pytest.raises(Unauthorized):
+            await c.ping()
+
+
+async def test_bearer_flow_push_pull_and_token_cache(token_registry: TokenRegistry) -> None:
+    issuer = token_registry.issuer
+    data = b"bearer blob" * 50
+    digest = digest_of(data)
+    async with RegistryClient(token_registry.registry.host, credentials=Credentials("bob", "builder")) as c:
+        assert await c.push_blob("ci/cache", digest, len(data), data) == PushOutcome.UPLOADED
+        assert await c.push_blob("ci/cache", digest, len(data), data) == PushOutcome.EXISTS
+        assert await c.fetch_blob("ci/cache", digest) == data
+        assert await c.fetch_blob("ci/cache", digest) == data
+    scopes = [tuple(r["scopes"]) for r in issuer.requests]
+    # One token per scope set, reused until expiry: pull,push once and pull once.
+    assert scopes.count(("repository:ci/cache:pull,push",)) == 1
+    assert scopes.count(("repository:ci/cache:pull",)) == 1
+    assert all(r["account"] == "bob" and r["service"] == issuer.service for r in issuer.requests)
+
+
+async def test_bearer_cross_repo_mount_asks_pull_on_source(token_registry: TokenRegistry) -> None:
+    issuer = token_registry.issuer
+    data = b"mount me" * 10
+    digest = digest_of(data)
+    async with RegistryClient(token_registry.registry.host, credentials=Credentials("bob", "builder")) as c:
+        await c.push_blob("base/image", digest, len(data), data)
+        before = c.stats.uploaded["layer"]
+        outcome = await c.push_blob("app/image", digest, len(data), data, mount_from=["base/image"])
+        assert outcome == PushOutcome.MOUNTED
+        assert c.stats.uploaded["layer"] == before  # not a byte sent
+        assert await c.head_blob("app/image", digest) == len(data)
+    mount_scopes = [set(r["scopes"]) for r in issuer.requests if len(r["scopes"]) == 2]
+    assert {"repository:app/image:pull,push", "repository:base/image:pull"} in mount_scopes
+
+
+async def test_bearer_mount_denied_source_falls_back_to_upload(token_registry: TokenRegistry) -> None:
+    issuer = token_registry.issuer
+    data = b"secret base" * 10
+    digest = digest_of(data)
+    async with RegistryClient(token_registry.registry.host, credentials=Credentials("bob", "builder")) as c:
+        await c.push_blob("private/base", digest, len(data), data)
+        issuer.denied_pull.add("private/base")
+        outcome = await c.push_blob("app/two", digest, len(data), data, mount_from=["private/base"])
+    assert outcome == PushOutcome.UPLOADED
+
+
+async def test_bearer_identity_token_uses_refresh_grant(token_registry: TokenRegistry) -> None:
+    issuer = token_registry.issuer
+    data = b"identity token"
+    digest = digest_of(data)
+    async with RegistryClient(token_registry.registry.host, credentials=Credentials(identity_token="rt-bob")) as c:
+        await c.push_blob("ci/idtoken", digest, len(data), data)
+    posts = [r for r in issuer.requests if r["method"] == "POST"]
+    assert posts and all(r["grant_type"] == "refresh_token" and r["account"] == "bob" for r in posts)
+    assert not [r for r in issuer.requests if r["method"] == "GET"]
+
+
+async def test_bearer_bad_password_names_the_realm(token_registry: TokenRegistry) -> None:
+    async with RegistryClient(token_registry.registry.host, credentials=Credentials("bob", "wrong")) as c:
+        with pytest.raises(Unauthorized) as info:
+            await c.head_blob("ci/cache", digest_of(b"x"))
+    assert token_registry.issuer.host in str(info.value)
+
+
+async def test_bearer_anonymous_token_cannot_push(token_registry: TokenRegistry) -> None:
+    data = b"anon"
+    async with RegistryClient(token_registry.registry.host, credentials=Credentials()) as c:
+        with pytest.raises(Unauthorized) as info:
+            await c.push_blob("ci/anon", digest_of(data), len(data), data)
+    assert "ci/anon" in str(info.value)
