@@ -1,0 +1,138 @@
+"""open_storage and Storage: layout, idempotent and concurrent creation, clear errors, fork safety."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from store_helpers import blob_digest
+
+import lamina.store
+from lamina.store import Storage, StoreError, open_storage
+
+FORK = multiprocessing.get_context("fork")
+
+
+def test_layout_and_pragmas(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path / "new" / "root")
+    root = tmp_path / "new" / "root"
+    assert storage.paths.root == root
+    for name in ("blobs", "uploads", "tmp"):
+        assert (root / name).is_dir()
+    assert storage.paths.blob(blob_digest(b"x")) == root / "blobs/sha256/2d/" / blob_digest(b"x").encoded
+    storage.metadata.link_blob("r", blob_digest(b"x"), 1)
+    with sqlite3.connect(root / "metadata.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    storage.close()
+
+
+def test_open_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
+    first = open_storage(tmp_path)
+    first.metadata.link_blob("r", blob_digest(b"x"), 1)
+    first.blobs.put(blob_digest(b"x"), b"x")
+    first.close()
+    second = open_storage(tmp_path)
+    assert second.metadata.linked_blob_size("r", blob_digest(b"x")) == 1
+    assert second.blobs.size(blob_digest(b"x")) == 1
+    second.close()
+
+
+def _open_at_once(root: Path, barrier: object) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    storage = open_storage(root)
+    storage.metadata.link_blob("r", blob_digest(b"x"), 1)
+
+
+def test_processes_opening_a_fresh_root_at_once(tmp_path: Path) -> None:
+    barrier = FORK.Barrier(6)
+    workers = [FORK.Process(target=_open_at_once, args=(tmp_path / "root", barrier)) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0] * 6
+    assert open_storage(tmp_path / "root").metadata.linked_blob_size("r", blob_digest(b"x")) == 1
+
+
+def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("I am a file")
+    with pytest.raises(StoreError, match=f"storage root {not_a_dir} is not a writable directory"):
+        open_storage(not_a_dir)
+    with pytest.raises(StoreError, match="is not a writable directory"):
+        open_storage(not_a_dir / "below")
+
+
+def test_bad_synchronous_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous mode 'SOMETIMES'"):
+        open_storage(tmp_path, synchronous="SOMETIMES")
+    assert open_storage(tmp_path, synchronous="normal").metadata.synchronous == "NORMAL"
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    open_storage(tmp_path).close()
+    with sqlite3.connect(tmp_path / "metadata.db") as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99, newer than this lamina"):
+        open_storage(tmp_path)
+
+
+def _use_inherited(storage: Storage, queue: object) -> None:
+    storage.metadata.link_blob("child", blob_digest(b"c"), 1)
+    queue.put(list(storage.metadata.list_repositories(None, None)))  # type: ignore[attr-defined]
+
+
+def test_storage_opened_before_fork_works_in_children(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.metadata.link_blob("parent", blob_digest(b"p"), 1)  # the pool holds a connection now
+    queue = FORK.Queue()
+    children = [FORK.Process(target=_use_inherited, args=(storage, queue)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [c.exitcode for c in children] == [0, 0]
+    assert queue.get(timeout=5) == ["child", "parent"]
+    # the parent's own connections still work after the children exit
+    storage.metadata.link_blob("parent2", blob_digest(b"q"), 1)
+    assert list(storage.metadata.list_repositories(None, None)) == ["child", "parent", "parent2"]
+    storage.reopen()
+    assert storage.metadata.repository_exists("child")
+
+
+def test_blob_put_leaves_no_temp_files(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    storage.blobs.put(blob_digest(b"x"), b"x")
+    with pytest.raises(ValueError):
+        storage.blobs.put(blob_digest(b"y"), b"not y")
+    assert list((tmp_path / "tmp").iterdir()) == []
+    mode = (tmp_path / "blobs/sha256" / blob_digest(b"x").encoded[:2] / blob_digest(b"x").encoded).stat().st_mode
+    assert stat.S_IMODE(mode) == 0o444
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(lamina.store.__all__) == [
+        "BlobStore",
+        "BlobUnknown",
+        "FilesystemBlobStore",
+        "FilesystemUploadStore",
+        "ManifestRecord",
+        "ManifestReference",
+        "MetadataStore",
+        "MissingReference",
+        "ReferenceSizeMismatch",
+        "ReferrerRecord",
+        "SqliteMetadataStore",
+        "Storage",
+        "StoreError",
+        "StorePaths",
+        "UploadConflict",
+        "UploadSession",
+        "UploadStore",
+        "UploadUnknown",
+        "open_storage",
+    ]
