@@ -115,6 +115,16 @@ class ContentStore:
                 blob.write(chunk)
             return blob.commit(expected)
 
+    def ingest_path(self) -> Path:
+        """A fresh private path in ``ingest/`` for a downloader that verifies as it writes (then :meth:`adopt`)."""
+        return self.root / "ingest" / uuid.uuid4().hex
+
+    def adopt(self, temp: Path, digest: Digest) -> None:
+        """Publish a file already written and verified under ``ingest/`` (by the registry client)."""
+        if (self.root / "ingest") not in temp.parents:
+            raise ContentError(f"cannot adopt {temp}: not in {self.root / 'ingest'}")
+        self._publish(temp, digest)
+
     def _publish(self, temp: Path, digest: Digest) -> None:
         target = self.path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)

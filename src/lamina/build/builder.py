@@ -1,0 +1,168 @@
+"""One build, end to end: Dockerfile -> graph -> solve -> image -> outputs. The library behind the CLI.
+
+:func:`build` wires the pieces: the frontend (``lamina.build.dockerfile.convert``, whose base-image
+callback we answer through the registry client), the solver with the local cache (and, next, remote
+cache importers/exporters), the executor over the worker, and the exporters. ``bench/`` and the
+integration tests call it directly; ``lamina build`` only parses flags into a :class:`BuildRequest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lamina.build.cache.base import CacheExporter, CacheImporter
+from lamina.build.context import BuildContext
+from lamina.build.dockerfile import convert
+from lamina.build.execution import Executor
+from lamina.build.exporter import ExportImage, push_image, write_local, write_oci_tar
+from lamina.build.images import RegistryImages
+from lamina.build.progress import Progress
+from lamina.build.solver import SolveOptions, Solver, StageResult, StepReport
+from lamina.build.state import BuildState
+from lamina.client import ClientPool, insecure_registries_from_env
+from lamina.oci import Digest, ImageConfig, Platform
+
+__all__ = ["BuildRequest", "BuildResult", "build"]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    context_dir: Path
+    dockerfile: str  # the Dockerfile text
+    dockerfile_name: str = "Dockerfile"  # for messages ("Dockerfile:12: ...") and Dockerfile.dockerignore
+    dockerfile_dir: Path | None = None  # where <name>.dockerignore may sit
+    tags: tuple[str, ...] = ()
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    platform: Platform = field(default_factory=lambda: Platform("amd64", "linux"))
+    push: bool = False
+    outputs: tuple[dict[str, str], ...] = ()
+    no_cache: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    root: Path | None = None
+    network: str = "default"
+    source_date_epoch: int | None = None
+    compression: str = "gzip"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    digest: Digest  # the image manifest digest
+    config: ImageConfig
+    manifest: bytes
+    steps: tuple[StepReport, ...]
+    pushed: tuple[str, ...]
+
+    @property
+    def cached_steps(self) -> int:
+        return sum(1 for s in self.steps if s.cached)
+
+
+async def build(
+    request: BuildRequest,
+    progress: Progress,
+    *,
+    importers: Sequence[CacheImporter] = (),
+    exporters: Sequence[CacheExporter] = (),
+) -> BuildResult:
+    state = BuildState.open(request.root)
+    pool = ClientPool(insecure=insecure_registries_from_env())
+    try:
+        images = RegistryImages(pool, state.content)
+        loop = asyncio.get_running_loop()
+
+        def resolve_base(ref: str, platform: Platform) -> ImageConfig:
+            future = asyncio.run_coroutine_threadsafe(images.resolve(ref, platform), loop)
+            return future.result().config
+
+        graph = await asyncio.to_thread(
+            convert,
+            request.dockerfile,
+            build_args=request.build_args,
+            target=request.target,
+            platform=request.platform,
+            resolve_base=resolve_base,
+        )
+        for warning in graph.warnings:
+            progress.message(f"WARNING: {warning}")
+        context = BuildContext.open(request.context_dir, dockerfile_name=request.dockerfile_name,
+                                    dockerfile_dir=request.dockerfile_dir)
+        executor = Executor(
+            state,
+            images,
+            context,
+            compression=request.compression,
+            source_date_epoch=request.source_date_epoch,
+            network=request.network,
+        )
+        solver = Solver(
+            graph,
+            state=state,
+            images=images,
+            executor=executor,
+            progress=progress,
+            context_dir=request.context_dir,
+            options=SolveOptions(
+                no_cache=request.no_cache,
+                source_date_epoch=request.source_date_epoch,
+                compression=request.compression,
+                dockerfile_name=request.dockerfile_name,
+            ),
+            importers=importers,
+            exporters=exporters,
+        )
+        result = await solver.solve()
+        for exporter in exporters:
+            await exporter.finalize()
+        image = ExportImage.create(_with_labels(result.config, request.labels), result.layers)
+        pushed = await _export(request, image, result, pool, images, executor, progress)
+        return BuildResult(image.digest, image.config, image.manifest_bytes, tuple(solver.reports), pushed)
+    finally:
+        await pool.close()
+        state.close()
+
+
+def _with_labels(config: ImageConfig, labels: dict[str, str]) -> ImageConfig:
+    if not labels:
+        return config
+    merged = dict(config.config.get("Labels") or {})
+    merged.update(labels)
+    return replace(config, config=config.config.with_(Labels=merged))
+
+
+async def _export(
+    request: BuildRequest,
+    image: ExportImage,
+    result: StageResult,
+    pool: ClientPool,
+    images: RegistryImages,
+    executor: Executor,
+    progress: Progress,
+) -> tuple[str, ...]:
+    pushed: list[str] = []
+    registry_refs = list(request.tags) if request.push else []
+    for output in request.outputs:
+        if output["type"] in ("registry", "image") and (output.get("push", "true") != "false"):
+            names = [n for n in output.get("name", "").split(";") if n] or list(request.tags)
+            if not names:
+                raise ValueError("--output type=registry needs a name: pass -t REF or name=REF")
+            registry_refs.extend(n for n in names if n not in registry_refs)
+    progress.message(f"writing image {image.digest}")
+    if registry_refs:
+        await push_image(pool, registry_refs, image, images)
+        for ref in registry_refs:
+            progress.message(f"pushing {ref} ({image.digest}) done")
+            pushed.append(ref)
+    for output in request.outputs:
+        if output["type"] == "oci":
+            ref_name = output.get("name") or (request.tags[0].rpartition(":")[2] if request.tags else None)
+            await write_oci_tar(Path(output["dest"]), image, images, ref_name=ref_name)
+            progress.message(f"exporting to oci image format {output['dest']} done")
+        elif output["type"] == "local":
+            lowers = await executor.materialize(result.layers)
+            await write_local(Path(output["dest"]), lowers, executor.snapshotter.view)
+            progress.message(f"copying files to {output['dest']} done")
+    return tuple(pushed)

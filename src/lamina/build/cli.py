@@ -1,0 +1,109 @@
+"""``lamina build``: Docker/buildx flags -> :class:`~lamina.build.builder.BuildRequest`, one line per error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["configure"]
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if not sep:
+        value = os.environ.get(key, "")  # docker build --build-arg K takes K from the environment
+    return key, value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context", metavar="CONTEXT", help="the build context directory")
+    parser.add_argument("-f", "--file", dest="file", help="the Dockerfile (default CONTEXT/Dockerfile; - = stdin)")
+    parser.add_argument("-t", "--tag", dest="tags", action="append", default=[], help="name:tag of the image")
+    parser.add_argument("--build-arg", dest="build_args", action="append", type=_key_value, default=[],
+                        metavar="K=V", help="set a build-time variable")
+    parser.add_argument("--target", help="build this stage (default: the last)")
+    parser.add_argument("--platform", default="linux/amd64", help="target platform (default linux/amd64)")
+    parser.add_argument("--push", action="store_true", help="push the image to every -t reference")
+    parser.add_argument("--output", "-o", dest="outputs", action="append", default=[],
+                        help="type=registry | type=oci,dest=FILE.tar | type=local,dest=DIR")
+    parser.add_argument("--no-cache", action="store_true", help="do not use the cache (results are still stored)")
+    parser.add_argument("--label", dest="labels", action="append", type=_key_value, default=[], metavar="K=V",
+                        help="set an image label")
+    parser.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
+    parser.add_argument("--root", type=Path, help="state directory (default: the per-user data directory)")
+    parser.add_argument("--network", choices=("default", "host", "none"), default="default",
+                        help="network for RUN steps (default = host)")
+    parser.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
+                        help="layer compression (default gzip)")
+    parser.set_defaults(func=run)
+
+
+def _read_dockerfile(args: argparse.Namespace, context: Path) -> tuple[str, str, Path]:
+    if args.file == "-":
+        return sys.stdin.read(), "Dockerfile", context
+    path = Path(args.file) if args.file else context / "Dockerfile"
+    try:
+        return path.read_text(encoding="utf-8"), path.name, path.parent
+    except FileNotFoundError:
+        raise ValueError(f"Dockerfile not found: {path}") from None
+
+
+def _epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"invalid SOURCE_DATE_EPOCH {value!r}: expected seconds since 1970")
+    return int(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lamina.build.builder import BuildRequest, build
+    from lamina.build.exporter import parse_output
+    from lamina.build.progress import make_progress
+    from lamina.oci import Platform
+
+    progress = None
+    try:
+        context = Path(args.context)
+        if not context.is_dir():
+            raise ValueError(f"build context {context} is not a directory")
+        dockerfile, name, dockerfile_dir = _read_dockerfile(args, context)
+        request = BuildRequest(
+            context_dir=context.resolve(),
+            dockerfile=dockerfile,
+            dockerfile_name=name,
+            dockerfile_dir=dockerfile_dir.resolve(),
+            tags=tuple(args.tags),
+            build_args=dict(args.build_args),
+            target=args.target,
+            platform=Platform.from_string(args.platform),
+            push=args.push,
+            outputs=tuple(parse_output(o) for o in args.outputs),
+            no_cache=args.no_cache,
+            labels=dict(args.labels),
+            root=args.root,
+            network=args.network,
+            source_date_epoch=_epoch(),
+            compression=args.compression,
+        )
+        if request.push and not request.tags:
+            raise ValueError("--push needs at least one -t REF")
+        progress = make_progress(args.progress)
+        result = asyncio.run(build(request, progress))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # every failure is one clear line, exit 1
+        if progress is not None:
+            progress.close()
+        message = str(exc) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    progress.close()
+    print(result.digest)
+    return 0

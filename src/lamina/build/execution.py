@@ -1,0 +1,234 @@
+"""Executing a step that missed the cache: materialise its parent, mount, run/copy/mkdir, write the layer.
+
+The solver's only door to the worker and the context code. Materialising a lazy chain means: each
+layer's blob is made local (fetched from its ``source`` registry if needed) and unpacked once into the
+LayerStore by diffID; the unpacked dirs are the overlay lowers. A step runs on a fresh snapshot; after
+unmount its upper dir is written as a layer blob (deterministic, clamped to SOURCE_DATE_EPOCH), the
+blob is ingested into the content store, and a :class:`LayerRef` comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lamina.build.cache.base import LayerRef
+from lamina.build.context import BuildContext, ContextError
+from lamina.build.filecopy import apply_copy
+from lamina.build.imageconfig import epoch_time
+from lamina.build.images import ImageSource
+from lamina.build.ops import CopyStep, RunStep, WorkdirStep
+from lamina.build.state import BuildState
+from lamina.build.worker.executor import RuncExecutor, RunFailed
+from lamina.build.worker.layerstore import LayerStore
+from lamina.build.worker.runtime_spec import RunSpec
+from lamina.build.worker.snapshot import Snapshotter, detect_snapshotter
+from lamina.build.worker.tarwrite import write_layer
+from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
+from lamina.oci import Descriptor
+
+__all__ = ["ExecutionError", "Executor"]
+
+Output = Callable[[bytes], None]
+
+
+class ExecutionError(Exception):
+    """A step could not be executed; the message says why (the solver adds the Dockerfile line)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Executor:
+    def __init__(
+        self,
+        state: BuildState,
+        images: ImageSource,
+        context: BuildContext,
+        *,
+        compression: str = "gzip",
+        source_date_epoch: int | None = None,
+        runtime: str = "runc",
+        network: str = "default",
+    ) -> None:
+        self.state = state
+        self.images = images
+        self.context = context
+        self.compression = compression
+        self.source_date_epoch = source_date_epoch
+        self.network = network
+        self.layer_store = LayerStore(state.root)  # unpacked layers in <root>/layers/<diffID hex>
+        self.snapshotter: Snapshotter = detect_snapshotter(state.root)
+        self.runtime = RuncExecutor(state.root / "runc", runtime=runtime)
+        self._unpacking: dict[str, asyncio.Task[Path]] = {}
+
+    # -- materialising lazy results ------------------------------------------------------------------
+
+    async def materialize(self, layers: Sequence[LayerRef]) -> list[Path]:
+        """The unpacked dirs of ``layers`` (bottom first), fetching and unpacking only what is missing."""
+        return list(await asyncio.gather(*(self._unpacked(layer) for layer in layers)))
+
+    async def _unpacked(self, layer: LayerRef) -> Path:
+        key = layer.diff_id.encoded
+        if key not in self._unpacking:
+            self._unpacking[key] = asyncio.ensure_future(self._unpack(layer))
+        return await self._unpacking[key]
+
+    async def _unpack(self, layer: LayerRef) -> Path:
+        if self.layer_store.has(layer.diff_id):
+            return self.layer_store.path(layer.diff_id)
+        blob = await self.images.fetch(layer)
+        return await asyncio.to_thread(self.layer_store.unpack, blob, layer.descriptor.media_type, layer.diff_id)
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    async def run(self, step: RunStep, lowers: list[Path], *, output: Output) -> LayerRef:
+        network = step.network if step.network != "default" else self.network
+
+        def on_output(_stream: str, line: str) -> None:
+            output(line.encode() + b"\n")
+
+        async def execute(rootfs: Path) -> None:
+            try:
+                user = resolve_user(rootfs, step.user)
+            except UnknownUser as exc:
+                raise ExecutionError(f"USER {step.user!r}: {exc}") from None
+            spec = RunSpec(
+                argv=step.argv,
+                env=step.env,
+                cwd=step.workdir or "/",
+                uid=user.uid,
+                gid=user.gid,
+                additional_gids=user.additional_gids,
+                network="none" if network == "none" else "host",
+            )
+            cwd = resolve_in_root(rootfs, step.workdir or "/")
+            if not cwd.exists():
+                cwd.mkdir(parents=True, exist_ok=True)
+            try:
+                await self.runtime.run(spec, rootfs, on_output)
+            except RunFailed as exc:
+                tail = "\n".join(f"  {line}" for line in exc.last_lines[-8:])
+                detail = f"; last output:\n{tail}" if tail else ""
+                raise ExecutionError(f"exit code {exc.exit_code}{detail}") from None
+
+        return await self._in_snapshot(lowers, execute)
+
+    async def copy(
+        self,
+        step: CopyStep,
+        lowers: list[Path],
+        *,
+        context_dir: Path,
+        source_lowers: list[Path] | None,
+    ) -> LayerRef:
+        def copy_into(rootfs: Path) -> None:
+            def owner(spec: str) -> tuple[int, int]:
+                user = resolve_user(rootfs, spec)
+                return user.uid, user.gid
+
+            if source_lowers is None:
+                self._apply_copy(step, self.context.root, rootfs, owner, from_context=True)
+                return
+            with self.snapshotter.view(source_lowers[::-1]) as source_root:  # type: ignore[attr-defined]
+                self._apply_copy(step, Path(source_root), rootfs, owner, from_context=False)
+
+        async def execute(rootfs: Path) -> None:
+            await asyncio.to_thread(copy_into, rootfs)
+
+        return await self._in_snapshot(lowers, execute, run=False)
+
+    def _apply_copy(self, step: CopyStep, source_root: Path, rootfs: Path, owner: Any, *, from_context: bool) -> None:
+        try:
+            apply_copy(
+                step,
+                source_root=source_root,
+                rootfs=rootfs,
+                context_ignore=self.context.matcher if from_context else None,
+                resolve_owner=owner,
+            )
+        except (OSError, ValueError, LookupError, ContextError) as exc:
+            raise ExecutionError(str(exc)) from None
+
+    async def workdir(self, step: WorkdirStep, lowers: list[Path]) -> LayerRef:
+        def make(rootfs: Path) -> None:
+            target = resolve_in_root(rootfs, step.path)
+            if target.is_dir():
+                return
+            missing = [target]
+            while not missing[-1].parent.exists():
+                missing.append(missing[-1].parent)
+            target.mkdir(parents=True, mode=0o755)
+            if step.user:
+                try:
+                    user = resolve_user(rootfs, step.user)
+                except UnknownUser as exc:
+                    raise ExecutionError(f"USER {step.user!r}: {exc}") from None
+                for path in missing:
+                    os.chown(path, user.uid, user.gid)
+
+        async def execute(rootfs: Path) -> None:
+            await asyncio.to_thread(make, rootfs)
+
+        return await self._in_snapshot(lowers, execute, run=False)
+
+    def context_checksum(self, context_dir: Path, step: CopyStep) -> str:
+        try:
+            return str(self.context.checksum(step.sources))
+        except (OSError, ValueError, LookupError, ContextError) as exc:
+            raise ExecutionError(str(exc)) from None
+
+    # -- snapshot + layer ----------------------------------------------------------------------------
+
+    async def _in_snapshot(
+        self, lowers: list[Path], execute: Callable[[Path], Awaitable[None]], *, run: bool = True
+    ) -> LayerRef:
+        """Mount ``lowers`` (bottom first) with a fresh upper, execute, write the upper as a layer.
+
+        The upper dir is then adopted into the LayerStore under the new diffID, so the next step stacks
+        it as a lower without unpacking the blob again. RUN needs the runtime's mountpoints; COPY and
+        WORKDIR do not.
+        """
+        top_first = lowers[::-1]
+        mountpoints = {} if run else {"mountpoints": ()}
+        snapshot = self.snapshotter.prepare(top_first, **mountpoints)
+        out_dir = self.state.content.ingest_path()  # private to this step: concurrent builds never collide
+        try:
+            async with _mounted(snapshot) as rootfs:
+                await execute(rootfs)
+            blob = await asyncio.to_thread(
+                write_layer,
+                snapshot.upper,
+                out_dir,
+                compression=self.compression,  # type: ignore[arg-type]
+                source_date_epoch=self.source_date_epoch,
+            )
+            try:
+                self.state.content.adopt(blob.path, blob.digest)  # write_layer hashed every byte it wrote
+            finally:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            await asyncio.to_thread(self.layer_store.adopt, snapshot.upper, blob.diff_id)
+        finally:
+            await asyncio.to_thread(snapshot.discard)
+        digest = blob.digest
+        created = epoch_time(self.source_date_epoch) if self.source_date_epoch is not None else _now()
+        return LayerRef(Descriptor(blob.media_type, digest, blob.size), blob.diff_id, created, None)
+
+
+@contextlib.asynccontextmanager
+async def _mounted(snapshot: Any) -> AsyncIterator[Path]:
+    """Enter the snapshot's mount in a thread (mount/umount block), yield the merged rootfs."""
+    await asyncio.to_thread(snapshot.__enter__)
+    try:
+        yield Path(snapshot.rootfs)
+    except BaseException as exc:
+        await asyncio.to_thread(snapshot.__exit__, type(exc), exc, None)
+        raise
+    await asyncio.to_thread(snapshot.__exit__, None, None, None)

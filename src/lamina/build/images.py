@@ -1,0 +1,99 @@
+"""Images the build reads from registries: FROM bases and ``COPY --from=<image>``, resolved lazily.
+
+Resolving fetches the manifest (descending an index to the build platform) and the config only; the
+layers become lazy :class:`LayerRef` s whose ``source`` is the image's repository. A layer's bytes
+are downloaded (digest-verified by the client, then published into the content store) only when a
+step must execute on top of it or an output needs them. Each image is resolved once per build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from lamina.build.cache.base import LayerRef
+from lamina.build.contentstore import ContentError, ContentStore
+from lamina.client import ClientPool, resolve_image
+from lamina.oci import Digest, ImageConfig, Platform, parse_reference
+
+__all__ = ["ImageSource", "RegistryImages", "SourceImage"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceImage:
+    reference: str  # as written in the Dockerfile
+    repository: str  # "host/repo": where its blobs live (lazy pulls, cross-repo mounts)
+    manifest_digest: Digest
+    config: ImageConfig
+    layers: tuple[LayerRef, ...]
+
+
+class ImageSource(Protocol):
+    async def resolve(self, ref: str, platform: Platform) -> SourceImage: ...
+
+    async def fetch(self, layer: LayerRef) -> Path: ...
+
+
+def split_repository(source: str) -> tuple[str, str]:
+    """``host/repo/name`` -> (``host``, ``repo/name``)."""
+    host, _, repo = source.partition("/")
+    return host, repo
+
+
+class RegistryImages:
+    """ImageSource over the registry client; ``fetch`` makes a layer blob local in the content store."""
+
+    def __init__(self, pool: ClientPool, content: ContentStore) -> None:
+        self.pool = pool
+        self.content = content
+        self._resolved: dict[tuple[str, str], asyncio.Task[SourceImage]] = {}
+        self._fetching: dict[Digest, asyncio.Task[Path]] = {}
+
+    async def resolve(self, ref: str, platform: Platform) -> SourceImage:
+        key = (ref, str(platform))
+        if key not in self._resolved:
+            self._resolved[key] = asyncio.ensure_future(self._resolve(ref, platform))
+        return await self._resolved[key]
+
+    async def _resolve(self, ref: str, platform: Platform) -> SourceImage:
+        reference = parse_reference(ref)
+        client = self.pool.get(reference.registry)
+        image = await resolve_image(client, reference.repository, reference.reference, platform)
+        layers = image.manifest.layers
+        diff_ids = image.config.diff_ids
+        if len(layers) != len(diff_ids):
+            raise ValueError(
+                f"image {ref}: manifest has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids"
+            )
+        times = [h.created for h in image.config.history if not h.empty_layer]
+        if len(times) != len(layers):
+            times = [image.config.created] * len(layers)
+        source = f"{reference.registry}/{reference.repository}"
+        refs = tuple(
+            LayerRef(descriptor, diff_id, created, source)
+            for descriptor, diff_id, created in zip(layers, diff_ids, times, strict=True)
+        )
+        return SourceImage(ref, source, image.manifest_digest, image.config, refs)
+
+    async def fetch(self, layer: LayerRef) -> Path:
+        digest = layer.descriptor.digest
+        if self.content.has(digest):
+            return self.content.path(digest)
+        if digest not in self._fetching:
+            self._fetching[digest] = asyncio.ensure_future(self._download(layer))
+        return await self._fetching[digest]
+
+    async def _download(self, layer: LayerRef) -> Path:
+        digest = layer.descriptor.digest
+        if layer.source is None:
+            raise ContentError(f"layer {digest} is neither in the local content store nor in a known registry")
+        host, repo = split_repository(layer.source)
+        temp = self.content.ingest_path()
+        try:
+            await self.pool.get(host).download_blob(repo, digest, temp, size=layer.descriptor.size)
+            self.content.adopt(temp, digest)
+        finally:
+            temp.unlink(missing_ok=True)
+        return self.content.path(digest)

@@ -1,0 +1,284 @@
+"""The solver: walk a BuildGraph, reuse what the caches know, execute only what they do not.
+
+For each stage: the base gives a key (the image's manifest digest + platform, or scratch, or the
+earlier stage's final key) and a lazy layer chain; each step's key is computed from its inputs
+(:mod:`lamina.build.cachekey`). A hit in any importer (local index first) yields a lazy result — just
+descriptors. A miss executes the step on top of its parent, which is only then materialised (blobs
+fetched, unpacked by diffID, stacked as overlay lowers); the new layer goes into the content store
+and its record into the local cache. Stages run as concurrent tasks; a stage that needs another
+(``FROM stage``, ``COPY --from``) awaits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lamina.build import cachekey
+from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter, LayerRef, MissExplainer
+from lamina.build.execution import ExecutionError, Executor
+from lamina.build.imageconfig import StepOutcome, build_image_config
+from lamina.build.images import ImageSource, SourceImage
+from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, RunStep, Scratch, Stage, StageBase, Step
+from lamina.build.progress import Progress
+from lamina.build.state import BuildState
+from lamina.oci import Digest, ImageConfig, Platform
+
+__all__ = ["BuildError", "SolveOptions", "Solver", "StageResult"]
+
+
+class BuildError(Exception):
+    """A build failed; the message names the Dockerfile line and what went wrong."""
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    no_cache: bool = False
+    source_date_epoch: int | None = None
+    compression: str = "gzip"
+    labels: dict[str, str] = field(default_factory=dict)
+    dockerfile_name: str = "Dockerfile"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A solved stage: its final key, its lazy layer chain, its image config, and where its base came from."""
+
+    key: Digest
+    layers: tuple[LayerRef, ...]
+    config: ImageConfig
+    platform: Platform
+    base_repository: str | None  # "host/repo" of the FROM image, for cross-repo mounts on push
+    steps: tuple[StepReport, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What happened to one step, for --explain-cache and tests."""
+
+    vertex: int
+    name: str
+    key: Digest
+    cached: bool
+    origin: str | None
+    reason: str | None
+    seconds: float
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Solver:
+    def __init__(
+        self,
+        graph: BuildGraph,
+        *,
+        state: BuildState,
+        images: ImageSource,
+        executor: Executor,
+        progress: Progress,
+        context_dir: Path,
+        options: SolveOptions,
+        importers: Sequence[CacheImporter] = (),
+        exporters: Sequence[CacheExporter] = (),
+    ) -> None:
+        self.graph = graph
+        self.state = state
+        self.images = images
+        self.executor = executor
+        self.progress = progress
+        self.context_dir = context_dir
+        self.options = options
+        self.importers: list[CacheImporter] = [state.cache, *importers]
+        self.exporters: list[CacheExporter] = [state.cache, *exporters]
+        self._tasks: dict[int, asyncio.Task[StageResult]] = {}
+        self._vertex = 0
+        self.reports: list[StepReport] = []
+
+    async def solve(self) -> StageResult:
+        """Solve the target stage (and, concurrently, every stage it needs)."""
+        for stage in self.graph.stages:
+            self._task(stage.index)
+        try:
+            return await self._task(self.graph.target)
+        finally:
+            for task in self._tasks.values():
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _task(self, index: int) -> asyncio.Task[StageResult]:
+        task = self._tasks.get(index)
+        if task is None:
+            task = asyncio.ensure_future(self._solve_stage(self.graph.stage(index)))
+            self._tasks[index] = task
+        return task
+
+    def _next_vertex(self) -> int:
+        self._vertex += 1
+        return self._vertex
+
+    def _where(self, line: int) -> str:
+        return f"{self.options.dockerfile_name}:{line}" if line else self.options.dockerfile_name
+
+    def _label(self, stage: Stage) -> str:
+        return stage.name or f"stage-{stage.index}"
+
+    async def _solve_stage(self, stage: Stage) -> StageResult:
+        total = 1 + sum(1 for s in stage.steps if not isinstance(s, MetaStep))
+        label = self._label(stage)
+        key, layers, base_config, base_repo = await self._solve_base(stage, f"[{label} 1/{total}]")
+        outcomes: list[StepOutcome] = []
+        parent_missed = False
+        position = 1
+        for step in stage.steps:
+            if isinstance(step, MetaStep):
+                outcomes.append(StepOutcome(step.created_by, None))
+                continue
+            position += 1
+            name = f"[{label} {position}/{total}] {step.created_by}"
+            key, layers, missed = await self._solve_step(stage, step, name, key, layers, parent_missed)
+            parent_missed = parent_missed or missed
+            outcomes.append(StepOutcome(step.created_by, layers[-1]))
+        config = build_image_config(
+            base_config,
+            stage.platform,
+            stage.config,
+            outcomes,
+            source_date_epoch=self.options.source_date_epoch,
+        )
+        return StageResult(key, layers, config, stage.platform, base_repo)
+
+    async def _solve_base(
+        self, stage: Stage, prefix: str
+    ) -> tuple[Digest, tuple[LayerRef, ...], ImageConfig | None, str | None]:
+        base = stage.base
+        if isinstance(base, StageBase):
+            parent = await self._task(base.stage)
+            return parent.key, parent.layers, parent.config, parent.base_repository
+        vertex = self._next_vertex()
+        if isinstance(base, Scratch):
+            return cachekey.key_of(cachekey.scratch_inputs(stage.platform)), (), None, None
+        assert isinstance(base, BaseImage)
+        self.progress.start(vertex, f"{prefix} FROM {base.ref}")
+        try:
+            image = await self.images.resolve(base.ref, stage.platform)
+        except Exception as exc:
+            message = f"{self._where(stage.line)}: FROM {base.ref}: {exc}"
+            self.progress.error(vertex, message)
+            raise BuildError(message) from exc
+        self.progress.done(vertex)
+        key = cachekey.key_of(cachekey.image_inputs(image.manifest_digest, stage.platform))
+        return key, image.layers, image.config, image.repository
+
+    async def _source_for_copy(self, stage: Stage, step: CopyStep) -> tuple[dict[str, Any], Any]:
+        """The key inputs and the source description of a COPY: context, earlier stage or image."""
+        if step.from_stage is not None:
+            source = await self._task(step.from_stage)
+            return {"source_stage": source.key}, source
+        if step.from_image is not None:
+            image = await self.images.resolve(step.from_image, stage.platform)
+            return {"source_image": image.manifest_digest}, image
+        if step.heredocs and not step.sources:
+            return {"content": None}, None
+        content = await asyncio.to_thread(self.executor.context_checksum, self.context_dir, step)
+        return {"content": content}, None
+
+    async def _solve_step(
+        self,
+        stage: Stage,
+        step: Step,
+        name: str,
+        parent: Digest,
+        layers: tuple[LayerRef, ...],
+        parent_missed: bool,
+    ) -> tuple[Digest, tuple[LayerRef, ...], bool]:
+        source: SourceImage | StageResult | None = None
+        extra: dict[str, Any] = {}
+        vertex = self._next_vertex()
+        self.progress.start(vertex, name)
+        started = asyncio.get_running_loop().time()
+        try:
+            if isinstance(step, CopyStep):
+                extra, source = await self._source_for_copy(stage, step)
+        except ExecutionError as exc:
+            raise self._fail(vertex, step, str(exc)) from exc
+        inputs = cachekey.step_inputs(step, parent, **extra)
+        assert inputs is not None
+        key = cachekey.key_of(inputs)
+        slot = str(parent)
+        hit = None if self.options.no_cache else self._lookup(key)
+        if hit is not None:
+            self.progress.cached(vertex, hit.origin)
+            self._report(vertex, name, key, True, hit.origin, None, started)
+            return key, hit.layers, False
+        reason = self._explain(slot, inputs, parent_missed)
+        if reason:
+            self.progress.miss(vertex, reason)
+        try:
+            layer = await self._execute(stage, step, layers, source, vertex)
+        except ExecutionError as exc:
+            raise self._fail(vertex, step, str(exc)) from exc
+        chain = (*layers, layer)
+        result = CachedResult(key, chain, layer.created or _now(), "local")
+        for exporter in self.exporters:
+            exporter.add(key, inputs, result, slot=slot)
+        self.progress.done(vertex)
+        self._report(vertex, name, key, False, None, reason, started)
+        return key, chain, True
+
+    def _fail(self, vertex: int, step: Step, detail: str) -> BuildError:
+        message = f"{self._where(step.line)}: {step.created_by}: {detail}"
+        self.progress.error(vertex, message)
+        return BuildError(message)
+
+    def _report(
+        self, vertex: int, name: str, key: Digest, cached: bool, origin: str | None, reason: str | None, t0: float
+    ) -> None:
+        seconds = asyncio.get_running_loop().time() - t0
+        self.reports.append(StepReport(vertex, name, key, cached, origin, reason, seconds))
+
+    def _lookup(self, key: Digest) -> CachedResult | None:
+        for importer in self.importers:
+            hit = importer.lookup(key)
+            if hit is not None:
+                return hit
+        return None
+
+    def _explain(self, slot: str, inputs: dict[str, Any], parent_missed: bool) -> str | None:
+        if self.options.no_cache:
+            return "--no-cache"
+        if parent_missed:
+            return "parent step missed"
+        for importer in self.importers:
+            if isinstance(importer, MissExplainer):
+                reason = importer.explain(slot, inputs)
+                if reason:
+                    return reason
+        return "no cache record for this step"
+
+    async def _execute(
+        self,
+        stage: Stage,
+        step: Step,
+        layers: tuple[LayerRef, ...],
+        source: SourceImage | StageResult | None,
+        vertex: int,
+    ) -> LayerRef:
+        def output(data: bytes) -> None:
+            self.progress.log(vertex, data)
+
+        lowers = await self.executor.materialize(layers)
+        if isinstance(step, RunStep):
+            return await self.executor.run(step, lowers, output=output)
+        if isinstance(step, CopyStep):
+            source_lowers: list[Path] | None = None
+            if source is not None:
+                source_lowers = await self.executor.materialize(source.layers)
+            return await self.executor.copy(step, lowers, context_dir=self.context_dir, source_lowers=source_lowers)
+        return await self.executor.workdir(step, lowers)
