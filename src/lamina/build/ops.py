@@ -56,6 +56,11 @@ class RunStep:
     user: str  # "" = root; "name", "uid", "uid:gid", "name:group" (resolved by the worker in the rootfs)
     workdir: str  # absolute
     network: str = "default"  # default | host | none (from --network / RUN --network)
+    # HTTP_PROXY etc. from --build-arg, given to the container but, as in BuildKit, not part of the cache key
+    proxy_env: tuple[str, ...] = ()
+    # (absolute path, content): files the executor provides read-only, mode 0755, for this RUN only;
+    # BuildKit runs a ``RUN <<EOF`` whose body starts with ``#!`` as /dev/pipes/EOF this way. Part of the key.
+    inline_files: tuple[tuple[str, str], ...] = ()
     line: int = 0
     created_by: str = ""
 
@@ -78,6 +83,7 @@ class CopyStep:
     link: bool = False
     is_add: bool = False  # ADD: auto-extract local tar archives, fetch URLs
     heredocs: tuple[tuple[str, str], ...] = ()
+    exclude: tuple[str, ...] = ()  # --exclude patterns (dockerignore syntax), matched against source paths
     user: str = ""  # the USER in effect (files are owned by root unless --chown, as Docker does)
     workdir: str = "/"
     line: int = 0
@@ -114,6 +120,7 @@ class Stage:
     steps: tuple[Step, ...]
     config: ContainerConfig  # the stage's final container config (Env, Cmd, Entrypoint, Labels, ...)
     line: int = 0
+    author: str | None = None  # MAINTAINER (the image config's top-level "author")
 
 
 @dataclass(frozen=True, slots=True)
