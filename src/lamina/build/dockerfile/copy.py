@@ -1,0 +1,138 @@
+"""COPY and ADD: flags, sources (context paths, URLs, inline heredoc files), ``--from`` and the destination.
+
+Follows BuildKit: sources, destination and ``--chown``/``--chmod`` are expanded; ``--from`` is not
+(it names a stage, by name or index, or else an image); a heredoc body is expanded (without quote
+removal) unless its delimiter was quoted; the destination is resolved against WORKDIR keeping a
+trailing ``/``; the history text lists the flags and sources as BuildKit writes them.
+"""
+
+from __future__ import annotations
+
+from lamina.build.ops import CopyStep
+from lamina.oci import ReferenceError, parse_reference
+
+from .errors import DockerfileError
+from .lex import Lexer
+from .parse import Instruction, flag_str, parse_flags, parse_heredoc
+from .paths import normalize_dest
+from .state import Context, StageState
+
+__all__ = ["copy_step", "from_reference"]
+
+
+def from_reference(inst: Instruction, value: str, ctx: Context, current: int) -> tuple[int | None, str | None]:
+    """``--from`` as (stage index, None) or (None, image ref); stages must come earlier."""
+    if Lexer(escape=ctx.escape).process(value, {})[0] != value:
+        raise DockerfileError(
+            "variable expansion is not supported for --from, define a new stage with FROM using ARG "
+            "from global scope as a workaround",
+            inst.line,
+        )
+    if value.isdigit():
+        index = int(value)
+        if index >= ctx.stage_count:
+            raise DockerfileError(f"{inst.cmd} --from={value}: invalid stage index {index}", inst.line)
+    elif value.lower() in ctx.stage_index:
+        index = ctx.stage_index[value.lower()]
+    else:
+        try:
+            parse_reference(value)
+        except ReferenceError as exc:
+            names = ", ".join(sorted(ctx.stage_index)) or "none"
+            raise DockerfileError(
+                f"{inst.cmd} --from={value}: no such stage (stages: {names}) and not an image reference: {exc}",
+                inst.line,
+            ) from None
+        return None, value
+    if index >= current:
+        raise DockerfileError(
+            f"cannot copy from stage {value!r}, it needs to be defined before the current stage", inst.line
+        )
+    return index, None
+
+
+def _check_chmod(inst: Instruction, chmod: str) -> None:
+    try:
+        mode = int(chmod, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise DockerfileError(
+            f"invalid chmod parameter: '{chmod}'. it should be octal string and between 0 and 07777", inst.line
+        )
+
+
+def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
+    is_add = inst.cmd == "ADD"
+    if is_add:
+        flags = parse_flags(
+            inst, strings=("chown", "chmod", "checksum"), bools=("link", "keep-git-dir"), lists=("exclude",)
+        )
+        if flag_str(flags, "checksum"):
+            raise DockerfileError("ADD --checksum is not supported by lamina", inst.line)
+    else:
+        flags = parse_flags(inst, strings=("from", "chown", "chmod"), bools=("link", "parents"), lists=("exclude",))
+        if flags.get("parents"):
+            raise DockerfileError("COPY --parents is not supported by lamina", inst.line)
+    if len(inst.args) < 2:
+        raise DockerfileError(
+            f"{inst.cmd} requires at least two arguments, but only one was provided. "
+            "Destination could not be determined",
+            inst.line,
+        )
+    *sources, dest = inst.args
+    if not inst.json and parse_heredoc(dest) is not None:
+        raise DockerfileError(f"{inst.cmd} cannot accept a heredoc as a destination", inst.line)
+    docs = {doc.name: doc for doc in inst.heredocs}
+    paths: list[str] = []
+    inline: list[tuple[str, str]] = []
+    for src in sources:
+        spec = None if inst.json else parse_heredoc(src)
+        if spec is None:
+            paths.append(st.expand(ctx, src))
+            continue
+        name, _, _ = spec
+        doc = docs.get(name)
+        if doc is None:
+            raise DockerfileError(f"{inst.cmd}: heredoc <<{name} has no body", inst.line)
+        text = doc.text
+        if doc.expand:
+            text = Lexer(skip_quotes=True).process(text, st.env)[0]
+        inline.append((name, text))
+    dest = st.expand(ctx, dest)
+    chown = st.expand(ctx, flag_str(flags, "chown")) or None
+    chmod = st.expand(ctx, flag_str(flags, "chmod")) or None
+    if chmod is not None:
+        _check_chmod(inst, chmod)
+    from_stage, from_image = None, None
+    if flag_str(flags, "from"):
+        from_stage, from_image = from_reference(inst, flag_str(flags, "from"), ctx, st.index)
+    for src in paths:
+        if not is_add and (src.startswith("http://") or src.startswith("https://")):
+            raise DockerfileError(f"COPY {src}: source can't be a URL for COPY", inst.line)
+    exclude = flags.get("exclude") or []
+    assert isinstance(exclude, list)
+    words = [inst.cmd]
+    if chown:
+        words.append(f"--chown={chown}")
+    if chmod:
+        words.append(f"--chmod={chmod}")
+    words.extend(paths)
+    words.extend(f"<<{name}" for name, _ in inline)
+    words.append(dest)
+    return CopyStep(
+        sources=tuple(paths),
+        dest=normalize_dest(st.config.get("WorkingDir") or "/", dest),
+        from_stage=from_stage,
+        from_image=from_image,
+        chown=chown,
+        chmod=chmod,
+        link=bool(flags.get("link")),
+        is_add=is_add,
+        heredocs=tuple(inline),
+        exclude=tuple(st.expand(ctx, e) for e in exclude),
+        user=st.config.get("User") or "",
+        workdir=st.config.get("WorkingDir") or "/",
+        line=inst.line,
+        created_by=" ".join(words) + " # buildkit",
+    )

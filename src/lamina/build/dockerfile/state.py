@@ -1,0 +1,52 @@
+"""The mutable state of a stage while its instructions are applied, and what all stages share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lamina.build.ops import MetaStep, Step
+from lamina.oci import Platform
+
+from .lex import Lexer
+from .parse import Instruction
+
+__all__ = ["DEFAULT_PATH", "DEFAULT_SHELL", "Context", "StageState"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default on Linux
+DEFAULT_SHELL = ("/bin/sh", "-c")
+
+
+@dataclass
+class Context:
+    """What every stage shares while converting."""
+
+    escape: str
+    global_args: dict[str, str]  # platform ARGs + ARGs before the first FROM, after --build-arg
+    build_args: dict[str, str]  # --build-arg as given
+    proxy_env: tuple[str, ...]
+    stage_index: dict[str, int]  # stage name -> index
+    stage_count: int
+    declared: set[str] = field(default_factory=set)  # ARG names seen (for the unused --build-arg warning)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageState:
+    """A stage while its instructions are applied (BuildKit's dispatchState)."""
+
+    index: int
+    platform: Platform
+    config: dict[str, Any]
+    env: dict[str, str]  # the build-time environment: image Env, then ENV/ARG in order
+    build_args: list[tuple[str, str | None]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    author: str | None = None
+    cmd_set: bool = False
+
+    def expand(self, ctx: Context, word: str) -> str:
+        """Docker's ProcessWord against this stage's build-time environment."""
+        return Lexer(escape=ctx.escape).process(word, self.env)[0]
+
+    def meta(self, inst: Instruction, created_by: str) -> None:
+        self.steps.append(MetaStep(line=inst.line, created_by=created_by))
