@@ -1,0 +1,316 @@
+"""Root filesystems for build steps: a stack of unpacked layers plus a fresh writable diff dir.
+
+``Snapshotter.prepare(lowers)`` (lowers top first, as overlayfs orders them) returns an
+:class:`ActiveSnapshot`: inside ``with`` its ``rootfs`` is the merged tree to run or copy into; after
+the ``with`` its ``upper`` holds the step's changes in overlay format (whiteouts as 0/0 char devices,
+replaced dirs opaque) ready for :func:`write_layer` or :meth:`LayerStore.adopt`; ``discard()`` removes
+what is left. The overlay implementation mounts the kernel's overlayfs (containerd's snapshotter
+model); the copying one (copydiff.py) is the fallback where overlay cannot be mounted.
+
+Mountpoints: runc creates missing mountpoints (/proc, /dev, /sys, /etc/hosts, /etc/resolv.conf) in
+the rootfs, which would put empty files into every RUN layer. Like Docker's "-init" layer, the missing
+ones are created in a small extra lower dir on top of the stack, so they never reach the upper dir.
+
+Layout::
+
+    ROOT/snapshots/<id>/{upper,work,merged,init}   one prepared snapshot
+    ROOT/l/<10 hex>  -> <lower dir>                short names, so ~370 lowers fit in one mount call
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+__all__ = [
+    "RUN_MOUNTPOINTS",
+    "ActiveSnapshot",
+    "OverlaySnapshotter",
+    "SnapshotError",
+    "Snapshotter",
+    "detect_snapshotter",
+    "lookup_in_stack",
+]
+
+# (path, is_dir): what runc mounts over in every RUN container (see runtime_spec.runtime_config).
+RUN_MOUNTPOINTS: tuple[tuple[str, bool], ...] = (
+    ("proc", True),
+    ("sys", True),
+    ("dev", True),
+    ("etc/hosts", False),
+    ("etc/resolv.conf", False),
+)
+# Options that keep the upper dir a plain, complete diff: no redirects (renamed dirs are copied),
+# no metadata-only copy-ups, no inode index.
+_OVERLAY_OPTIONS = "index=off,redirect_dir=off,metacopy=off"
+_MAX_OPTIONS = 4000  # the kernel copies mount data into one page (4096 bytes)
+_MNT_DETACH = 2
+
+
+class SnapshotError(OSError):
+    """A snapshot could not be mounted or prepared."""
+
+
+class ActiveSnapshot(Protocol):
+    rootfs: Path
+    upper: Path
+
+    def __enter__(self) -> ActiveSnapshot: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+    def discard(self) -> None: ...
+
+
+class Snapshotter(Protocol):
+    """Prepares writable root filesystems over unpacked layer dirs (``lowers``: top first)."""
+
+    def prepare(
+        self, lowers: Sequence[Path], *, mountpoints: Sequence[tuple[str, bool]] = RUN_MOUNTPOINTS
+    ) -> ActiveSnapshot: ...
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def lookup_in_stack(lowers: Sequence[Path], rel: str) -> Path | None:
+    """The entry ``rel`` resolves to in the merged view of ``lowers`` (top first), or None if absent.
+
+    Honours whiteouts and opaque dirs; a non-directory ancestor (e.g. a symlinked /etc) is returned
+    as the entry itself, meaning "occupied, leave it alone".
+    """
+    parts = [p for p in rel.split("/") if p]
+    for layer in lowers:
+        current = os.fspath(layer)
+        opaque = False
+        for index, part in enumerate(parts):
+            path = os.path.join(current, part)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                break
+            if _is_whiteout(st):
+                return None
+            if index == len(parts) - 1 or not stat.S_ISDIR(st.st_mode):
+                return Path(path)
+            opaque = opaque or _is_opaque(path)
+            current = path
+        if opaque:
+            return None
+    return None
+
+
+def build_init_layer(lowers: Sequence[Path], init: Path, mountpoints: Sequence[tuple[str, bool]]) -> bool:
+    """Create in ``init`` the mountpoints missing from the stack; parents copy the stack's metadata."""
+    created = False
+    for rel, is_dir in mountpoints:
+        if lookup_in_stack(lowers, rel) is not None:
+            continue
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            target = init / parent
+            if target.is_dir():
+                continue
+            existing = lookup_in_stack(lowers, parent)
+            if existing is not None and not existing.is_dir():
+                break  # a symlinked /etc: let the runtime resolve it
+            target.mkdir(mode=0o755, parents=True)
+            if existing is not None:
+                st = os.lstat(existing)
+                os.chown(target, st.st_uid, st.st_gid)
+                os.chmod(target, stat.S_IMODE(st.st_mode))
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
+            path = init / rel
+            if is_dir:
+                path.mkdir(mode=0o755, exist_ok=True)
+            else:
+                path.touch(mode=0o644, exist_ok=True)
+            created = True
+    if created:
+        _restore_times(lowers, init)
+    return created
+
+
+def _restore_times(lowers: Sequence[Path], init: Path) -> None:
+    """Creating children bumped the parents' mtimes; put back the stack's, deepest first."""
+    dirs = sorted((p for p in init.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    for path in dirs:
+        existing = lookup_in_stack(lowers, str(path.relative_to(init)))
+        if existing is not None and existing.is_dir():
+            st = os.lstat(existing)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _umount(target: Path) -> None:
+    path = os.fsencode(target)
+    for _ in range(20):
+        if _libc.umount2(path, 0) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EINVAL:  # not mounted (any more)
+            return
+        if err != errno.EBUSY:
+            break
+        os.sched_yield()
+    if _libc.umount2(path, _MNT_DETACH) != 0 and ctypes.get_errno() != errno.EINVAL:
+        raise SnapshotError(f"cannot unmount {target}: {os.strerror(ctypes.get_errno())}")
+
+
+class _OverlaySnapshot:
+    def __init__(self, owner: OverlaySnapshotter, lowers: Sequence[Path], mountpoints: Sequence[tuple[str, bool]]):
+        self._owner = owner
+        self.dir = owner.root / "snapshots" / os.urandom(8).hex()
+        self.upper = self.dir / "upper"
+        self.rootfs = self.dir / "merged"
+        self._work = self.dir / "work"
+        self._lowers = list(lowers)
+        self._mountpoints = tuple(mountpoints)
+        self._mounted = False
+
+    def __enter__(self) -> _OverlaySnapshot:
+        for path in (self.upper, self._work, self.rootfs):
+            path.mkdir(parents=True)
+        os.chmod(self.upper, 0o755)
+        lowers = list(self._lowers)
+        init = self.dir / "init"
+        init.mkdir()
+        if self._mountpoints and build_init_layer(lowers, init, self._mountpoints):
+            lowers.insert(0, init)
+        if not lowers:
+            lowers = [init]  # overlayfs needs at least one lower dir; FROM scratch gets an empty one
+        try:
+            self._owner._mount(lowers, self.upper, self._work, self.rootfs)
+            self._mounted = True
+        except BaseException:
+            self.discard()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._mounted:
+            _umount(self.rootfs)
+            self._mounted = False
+        shutil.rmtree(self._work, ignore_errors=True)
+        if exc_type is not None:
+            self.discard()
+
+    def discard(self) -> None:
+        if self._mounted:
+            _umount(self.rootfs)
+            self._mounted = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OverlaySnapshotter:
+    """Kernel overlayfs: lowers are the unpacked layer dirs, each step gets a fresh upper and work dir."""
+
+    def __init__(self, root: str | os.PathLike[str], *, options: str = _OVERLAY_OPTIONS) -> None:
+        self.root = Path(root)
+        self.options = options
+        self._links = self.root / "l"
+        self._links.mkdir(parents=True, exist_ok=True)
+        (self.root / "snapshots").mkdir(parents=True, exist_ok=True)
+
+    def prepare(
+        self, lowers: Sequence[Path], *, mountpoints: Sequence[tuple[str, bool]] = RUN_MOUNTPOINTS
+    ) -> _OverlaySnapshot:
+        return _OverlaySnapshot(self, lowers, mountpoints)
+
+    @contextlib.contextmanager
+    def view(self, lowers: Sequence[Path]) -> Iterator[Path]:
+        """A merged view of ``lowers`` to read from (e.g. ``COPY --from``); writes to it are discarded."""
+        snapshot = self.prepare(lowers, mountpoints=())
+        with snapshot:
+            yield snapshot.rootfs
+        snapshot.discard()
+
+    def _short(self, lower: Path) -> str:
+        """A short symlink name in ROOT/l for ``lower``, stable for a given path."""
+        target = os.path.abspath(lower)
+        full = hashlib.sha256(os.fsencode(target)).hexdigest()
+        for length in (10, 16, 64):
+            name = full[:length]
+            link = self._links / name
+            try:
+                if os.readlink(link) == target:
+                    return name
+                continue  # a (vanishingly rare) prefix collision: take a longer name
+            except FileNotFoundError:
+                pass
+            tmp = self._links / f".{name}.{os.urandom(4).hex()}"
+            os.symlink(target, tmp)
+            os.replace(tmp, link)
+            return name
+        raise SnapshotError(f"cannot create a short link for {target}")
+
+    def _mount(self, lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
+        names = ":".join(self._short(p) for p in lowers)
+        options = f"lowerdir={names},upperdir={upper},workdir={work}"
+        if self.options:
+            options += "," + self.options
+        if len(options) > _MAX_OPTIONS:
+            raise SnapshotError(f"too many layers to mount at once ({len(lowers)} lower dirs)")
+        # mount(8) with cwd=ROOT/l: the kernel resolves the relative lower names against our cwd,
+        # which a subprocess changes without racing other threads of this process.
+        result = subprocess.run(
+            ["mount", "-n", "-t", "overlay", "overlay", "-o", options, str(target)],
+            cwd=self._links,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            message = result.stderr.strip() or f"mount exited {result.returncode}"
+            raise SnapshotError(f"overlay mount of {len(lowers)} layers failed: {message}")
+
+
+def detect_snapshotter(root: str | os.PathLike[str]) -> Snapshotter:
+    """An overlay snapshotter if a test mount under ``root`` works (with our options, or plain), else
+    the copying one."""
+    from .copydiff import CopySnapshotter
+
+    base = Path(root)
+    probe = base / "snapshots" / f".probe-{os.urandom(4).hex()}"
+    try:
+        (probe / "lower").mkdir(parents=True)
+        (probe / "lower" / "x").write_bytes(b"")
+        for options in (_OVERLAY_OPTIONS, ""):
+            snapshotter = OverlaySnapshotter(base, options=options)
+            try:
+                with snapshotter.prepare([probe / "lower"], mountpoints=()) as snap:
+                    os.unlink(snap.rootfs / "x")
+                ok = _is_whiteout(os.lstat(snap.upper / "x"))
+                snap.discard()
+            except OSError:
+                continue
+            if ok:
+                return snapshotter
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return CopySnapshotter(base)

@@ -1,0 +1,127 @@
+"""Resolve a Dockerfile ``USER`` / ``--chown`` spec against the image's /etc/passwd and /etc/group.
+
+Semantics follow runc's libcontainer ``GetExecUser`` (what Docker and BuildKit use): ``""`` is root;
+a name must exist in passwd; a numeric uid need not (its gid is then 0); an explicit group (name or
+gid) replaces the primary gid and disables supplementary groups; otherwise the user's supplementary
+groups are the /etc/group entries that list it by name. The files are read through
+:func:`resolve_in_root`, so an image whose /etc/passwd is a symlink to the host's cannot leak it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ResolvedUser", "UnknownUser", "resolve_in_root", "resolve_user"]
+
+_MAX_SYMLINKS = 40
+
+
+class UnknownUser(LookupError):
+    """The user or group name is not in the image."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedUser:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+    name: str = ""  # the passwd name, "" when the uid is not in passwd
+    home: str = "/"  # from passwd; the executor's caller may export it as HOME
+
+
+def resolve_in_root(root: str | os.PathLike[str], path: str) -> Path:
+    """Resolve ``path`` as if ``root`` were ``/``: symlinks (absolute or relative) never leave ``root``.
+
+    The last component is followed too; the result may not exist. Like ``chroot`` path lookup, ``..``
+    at the top stays at the top.
+    """
+    base = Path(root)
+    todo = [p for p in path.split("/") if p not in ("", ".")]
+    todo.reverse()
+    resolved: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = base.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise OSError(f"too many levels of symbolic links resolving {path!r} in {root}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            todo.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+            continue
+        resolved.append(part)
+    return base.joinpath(*resolved)
+
+
+def _read_db(root: str | os.PathLike[str], path: str) -> list[list[str]]:
+    try:
+        text = resolve_in_root(root, path).read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rows.append(line.split(":"))
+    return rows
+
+
+def _int(value: str) -> int | None:
+    return int(value) if value.isdigit() else None
+
+
+def resolve_user(rootfs: str | os.PathLike[str], spec: str) -> ResolvedUser:
+    """``spec`` is ``user[:group]`` where each part is a name or a number; see module doc."""
+    user_arg, _, group_arg = spec.strip().partition(":")
+    if not user_arg:
+        if group_arg:
+            user_arg = "0"
+        else:
+            return ResolvedUser(0, 0, name="root")
+    passwd = [row for row in _read_db(rootfs, "/etc/passwd") if len(row) >= 4]
+    uid_num = _int(user_arg)
+    entry = None
+    for row in passwd:
+        if row[0] == user_arg or (uid_num is not None and row[2] == user_arg):
+            entry = row
+            break
+    if entry is None and uid_num is None:
+        raise UnknownUser(f"unable to find user {user_arg}: no matching entries in passwd file")
+    if entry is not None:
+        uid, gid = _int(entry[2]), _int(entry[3])
+        if uid is None or gid is None:
+            raise UnknownUser(f"invalid /etc/passwd entry for user {user_arg}: {':'.join(entry)}")
+        name, home = entry[0], (entry[5] if len(entry) > 5 and entry[5] else "/")
+    else:
+        uid, gid, name, home = uid_num or 0, 0, "", "/"
+    groups = [row for row in _read_db(rootfs, "/etc/group") if len(row) >= 3 and _int(row[2]) is not None]
+    if group_arg:
+        gid_num = _int(group_arg)
+        match = next((row for row in groups if row[0] == group_arg or row[2] == group_arg), None)
+        if match is not None:
+            gid = int(match[2])
+        elif gid_num is not None:
+            gid = gid_num
+        else:
+            raise UnknownUser(f"unable to find group {group_arg}: no matching entries in group file")
+        return ResolvedUser(uid, gid, (), name, home)
+    extra: list[int] = []
+    if name:
+        for row in groups:
+            members = row[3].split(",") if len(row) > 3 else []
+            g = int(row[2])
+            if name in members and g not in extra:
+                extra.append(g)
+    return ResolvedUser(uid, gid, tuple(extra), name, home)
