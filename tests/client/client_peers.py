@@ -12,7 +12,9 @@ import secrets
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 DISTRIBUTION = "/usr/bin/docker-registry"
+ServeApp = Callable[[web.Application], Awaitable[str]]  # the serve_app fixture: app -> "127.0.0.1:<port>"
 
 
 def free_port() -> int:

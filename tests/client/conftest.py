@@ -5,15 +5,13 @@ The peers themselves live in ``client_peers.py``."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
 from aiohttp import web
-from client_peers import Distribution, TokenIssuer, TokenRegistry, serve, start_distribution
-
-ServeApp = Callable[[web.Application], Awaitable[str]]
+from client_peers import Distribution, ServeApp, TokenIssuer, TokenRegistry, serve, start_distribution
 
 
 @pytest.fixture

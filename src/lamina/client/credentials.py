@@ -123,9 +123,11 @@ class CredentialStore:
             encoded = entry.get("auth")
             if isinstance(encoded, str) and encoded:
                 try:
-                    username, _, password = base64.b64decode(encoded).decode().partition(":")
+                    username, colon, password = base64.b64decode(encoded, validate=True).decode().partition(":")
                 except (ValueError, UnicodeDecodeError):
-                    raise CredentialError(f"docker config: auths[{key!r}].auth is not base64 user:password") from None
+                    colon = ""
+                if not colon:
+                    raise CredentialError(f"docker config: auths[{key!r}].auth is not base64 of user:password")
             token = entry.get("identitytoken")
             creds = Credentials(
                 username if isinstance(username, str) and username else None,
