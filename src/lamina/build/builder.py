@@ -88,8 +88,8 @@ async def build(
         )
         for warning in graph.warnings:
             progress.message(f"WARNING: {warning}")
-        context = BuildContext.open(request.context_dir, dockerfile_name=request.dockerfile_name,
-                                    dockerfile_dir=request.dockerfile_dir)
+        dockerfile_path = request.dockerfile_dir / request.dockerfile_name if request.dockerfile_dir else None
+        context = BuildContext.load(request.context_dir, dockerfile_path)
         executor = Executor(
             state,
             images,

@@ -20,7 +20,6 @@ from typing import Any
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.context import BuildContext, ContextError
-from lamina.build.filecopy import apply_copy
 from lamina.build.imageconfig import epoch_time
 from lamina.build.images import ImageSource
 from lamina.build.ops import CopyStep, RunStep, WorkdirStep
@@ -146,6 +145,8 @@ class Executor:
         return await self._in_snapshot(lowers, execute, run=False)
 
     def _apply_copy(self, step: CopyStep, source_root: Path, rootfs: Path, owner: Any, *, from_context: bool) -> None:
+        from lamina.build.filecopy import apply_copy  # the COPY/ADD semantics (lamina.build.filecopy)
+
         try:
             apply_copy(
                 step,

@@ -1,0 +1,233 @@
+"""End to end: ``lamina build`` against a real lamina registry, real runc, real overlay mounts.
+
+Each test builds from a busybox-static base image pushed by the fixture, and looks inside what comes
+out: CACHED lines, the pushed manifest and config, the image run by runc after a skopeo pull, the
+OCI tarball, the local root filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from helpers.images import busybox_image, skopeo, two_platform_index
+from helpers.registries import RegistryProcess
+from lamina.cli import main
+
+pytestmark = [pytest.mark.root]
+
+if os.geteuid() != 0 or shutil.which("runc") is None:
+    pytest.skip("needs root and runc (overlay mounts, containers)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def base(lamina_registry: RegistryProcess, busybox_rootfs: Path) -> str:
+    return busybox_image(lamina_registry, name="build/busybox", rootfs=busybox_rootfs).reference
+
+
+def _context(path: Path, dockerfile: str, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "Dockerfile").write_text(dockerfile)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    return path
+
+
+def _build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args: str) -> tuple[int, str, str]:
+    rc = main(["build", "--progress", "plain", "--root", str(root), *args, str(context)])
+    out, err = capsys.readouterr()
+    return rc, out.strip(), err
+
+
+def _steps(err: str) -> dict[str, list[str]]:
+    """vertex name -> its status lines, from plain progress output."""
+    names: dict[str, str] = {}
+    lines: dict[str, list[str]] = {}
+    for line in err.splitlines():
+        if not line.startswith("#"):
+            continue
+        vertex, _, rest = line.partition(" ")
+        if rest.startswith("["):
+            names[vertex] = rest
+            lines[rest] = []
+        elif vertex in names:
+            lines[names[vertex]].append(rest)
+    return lines
+
+
+APP = """\
+FROM {base}
+ENV GREETING=hello
+WORKDIR /app
+COPY a.txt /app/
+RUN cat /app/a.txt > /app/out.txt && echo "ran-step-one"
+COPY b.txt /app/
+RUN echo "$GREETING $(cat /app/b.txt)" > /app/greeting.txt && echo "ran-step-two"
+CMD ["cat", "/app/greeting.txt"]
+"""
+
+
+def test_rebuild_is_fully_cached_and_a_changed_file_reruns_from_its_copy(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n", "b.txt": "B\n"})
+    root = tmp_path / "state"
+    rc, first_digest, err = _build(capsys, context, root)
+    assert rc == 0, err
+    assert "ran-step-one" in err and "ran-step-two" in err
+    assert "CACHED" not in err
+
+    rc, second_digest, err = _build(capsys, context, root)
+    assert rc == 0, err
+    steps = _steps(err)
+    layered = [name for name in steps if "FROM" not in name]
+    assert len(layered) == 5
+    assert all(steps[name][0].startswith("CACHED") for name in layered), err
+    assert "ran-step" not in err
+    assert second_digest == first_digest  # the same layers and times: the same image
+
+    (context / "b.txt").write_text("changed\n")
+    rc, third_digest, err = _build(capsys, context, root)
+    assert rc == 0, err
+    status = {name.split("] ", 1)[1]: lines[0] for name, lines in _steps(err).items() if "FROM" not in name}
+    assert status["WORKDIR /app"].startswith("CACHED")
+    assert status["COPY a.txt /app/ # buildkit"].startswith("CACHED")
+    assert not status["COPY b.txt /app/ # buildkit"].startswith("CACHED")
+    assert "ran-step-two" in err and "ran-step-one" not in err
+    assert third_digest != first_digest
+
+
+def test_no_cache_runs_everything(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    context = _context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n", "b.txt": "B\n"})
+    root = tmp_path / "state"
+    assert _build(capsys, context, root)[0] == 0
+    rc, _, err = _build(capsys, context, root, "--no-cache")
+    assert rc == 0, err
+    assert "CACHED" not in err and "ran-step-one" in err and "ran-step-two" in err
+
+
+def test_push_pull_with_skopeo_and_run_with_runc(
+    base: str, lamina_registry: RegistryProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n", "b.txt": "world\n"})
+    ref = f"{lamina_registry.host}/build/app:v1"
+    rc, digest, err = _build(capsys, context, tmp_path / "state", "-t", ref, "--push", "--label", "org.test=yes")
+    assert rc == 0, err
+    layout = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:v1")
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == digest
+    manifest = json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_text())
+    config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
+    assert config["config"]["Labels"] == {"org.test": "yes"}
+    assert config["config"]["WorkingDir"] == "/app"
+    assert "GREETING=hello" in config["config"]["Env"]
+    assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"]) == 6
+    assert [h.get("empty_layer", False) for h in config["history"][1:]] == [True, False, False, False, False, False,
+                                                                           True]
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)], check=True, capture_output=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    (bundle / "config.json").write_text(json.dumps(spec))
+    container = f"lamina-test-{os.getpid()}"
+    proc = subprocess.run(["runc", "run", "--bundle", str(bundle), container], capture_output=True, text=True,
+                          timeout=60, check=False)
+    subprocess.run(["runc", "delete", "--force", container], capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "hello world\n"
+
+
+def test_source_date_epoch_gives_the_same_digest_from_cold(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    context = _context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n", "b.txt": "B\n"})
+    rc1, first, err1 = _build(capsys, context, tmp_path / "state1")
+    rc2, second, err2 = _build(capsys, context, tmp_path / "state2")
+    assert rc1 == 0 and rc2 == 0, err1 + err2
+    assert "CACHED" not in err2
+    assert first == second
+
+
+def test_from_a_two_platform_index_picks_linux_amd64(
+    lamina_registry: RegistryProcess, busybox_rootfs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pushed = two_platform_index(lamina_registry, name="build/multi", rootfs=busybox_rootfs)
+    dockerfile = f"FROM {pushed.reference}\nRUN cp /platform.txt /seen.txt\n"
+    context = _context(tmp_path / "ctx", dockerfile, {})
+    out = tmp_path / "rootfs"
+    rc, _, err = _build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert (out / "seen.txt").read_text() == "linux/amd64\n"
+    assert (out / "bin" / "busybox").is_file()
+
+
+def test_oci_tarball_is_a_valid_layout(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    context = _context(tmp_path / "ctx", f"FROM {base}\nRUN echo built > /built.txt\n", {})
+    dest = tmp_path / "image.tar"
+    rc, digest, err = _build(capsys, context, tmp_path / "state", "-t", "example.com/x:v2",
+                             "--output", f"type=oci,dest={dest}")
+    assert rc == 0, err
+    with tarfile.open(dest) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert json.loads(members["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads(members["index.json"])
+    assert index["manifests"][0]["digest"] == digest
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "v2"
+    for name, data in members.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[1]
+    manifest = json.loads(members[f"blobs/sha256/{digest.split(':')[1]}"])
+    last = members[f"blobs/sha256/{manifest['layers'][-1]['digest'].split(':')[1]}"]
+    with tarfile.open(fileobj=io.BytesIO(last)) as layer:
+        assert layer.extractfile("built.txt").read() == b"built\n"  # type: ignore[union-attr]
+
+
+def test_multi_stage_copy_from(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dockerfile = f"""\
+FROM {base} AS one
+RUN echo one > /one.txt
+FROM {base} AS two
+RUN echo two > /two.txt
+FROM scratch
+COPY --from=one /one.txt /
+COPY --from=two /two.txt /
+"""
+    context = _context(tmp_path / "ctx", dockerfile, {})
+    out = tmp_path / "rootfs"
+    rc, _, err = _build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["one.txt", "two.txt"]
+    assert (out / "two.txt").read_text() == "two\n"
+
+
+def test_failing_run_names_the_line_and_exit_code(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", f"FROM {base}\nRUN echo about-to-fail && exit 3\n", {})
+    rc, _, err = _build(capsys, context, tmp_path / "state")
+    assert rc == 1
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1
+    assert "Dockerfile:2" in error[0] and "exit code 3" in error[0]
+    assert "about-to-fail" in err
+
+
+def test_copy_of_a_missing_file_is_a_clear_error(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", f"FROM {base}\nCOPY nothere.txt /\n", {})
+    rc, _, err = _build(capsys, context, tmp_path / "state")
+    assert rc == 1
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Dockerfile:2" in error[0] and "nothere.txt" in error[0]
