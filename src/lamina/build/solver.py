@@ -132,9 +132,8 @@ class Solver:
     async def _solve_stage(self, stage: Stage) -> StageResult:
         total = 1 + sum(1 for s in stage.steps if not isinstance(s, MetaStep))
         label = self._label(stage)
-        key, layers, base_config, base_repo = await self._solve_base(stage, f"[{label} 1/{total}]")
+        key, layers, base_config, base_repo, upstream = await self._solve_base(stage, f"[{label} 1/{total}]")
         outcomes: list[StepOutcome] = []
-        parent_missed = False
         position = 1
         for step in stage.steps:
             if isinstance(step, MetaStep):
@@ -142,8 +141,9 @@ class Solver:
                 continue
             position += 1
             name = f"[{label} {position}/{total}] {step.created_by}"
-            key, layers, missed = await self._solve_step(stage, step, name, key, layers, parent_missed)
-            parent_missed = parent_missed or missed
+            key, layers, missed = await self._solve_step(stage, step, name, key, layers, upstream)
+            if missed:
+                upstream = "parent step missed"
             outcomes.append(StepOutcome(step.created_by, layers[-1]))
         config = build_image_config(
             base_config,
@@ -156,15 +156,16 @@ class Solver:
 
     async def _solve_base(
         self, stage: Stage, prefix: str
-    ) -> tuple[Digest, tuple[LayerRef, ...], ImageConfig | None, str | None]:
+    ) -> tuple[Digest, tuple[LayerRef, ...], ImageConfig | None, str | None, str | None]:
+        """The base's key, lazy layers, config, repository, and why it differs from the last build (if known)."""
         base = stage.base
         if isinstance(base, StageBase):
             parent = await self._task(base.stage)
-            return parent.key, parent.layers, parent.config, parent.base_repository
-        vertex = self._next_vertex()
+            return parent.key, parent.layers, parent.config, parent.base_repository, None
         if isinstance(base, Scratch):
-            return cachekey.key_of(cachekey.scratch_inputs(stage.platform)), (), None, None
+            return cachekey.key_of(cachekey.scratch_inputs(stage.platform)), (), None, None, None
         assert isinstance(base, BaseImage)
+        vertex = self._next_vertex()
         self.progress.start(vertex, f"{prefix} FROM {base.ref}")
         try:
             image = await self.images.resolve(base.ref, stage.platform)
@@ -173,8 +174,14 @@ class Solver:
             self.progress.error(vertex, message)
             raise BuildError(message) from exc
         self.progress.done(vertex)
-        key = cachekey.key_of(cachekey.image_inputs(image.manifest_digest, stage.platform))
-        return key, image.layers, image.config, image.repository
+        inputs = cachekey.image_inputs(image.manifest_digest, stage.platform)
+        key = cachekey.key_of(inputs)
+        slot = f"from:{base.ref} {stage.platform}"
+        reason = None
+        if self.state.cache.lookup(key) is None:
+            reason = self.state.cache.explain(slot, inputs)
+            self.state.cache.add(key, inputs, CachedResult(key, image.layers, _now()), slot=slot)
+        return key, image.layers, image.config, image.repository, reason
 
     async def _source_for_copy(self, stage: Stage, step: CopyStep) -> tuple[dict[str, Any], Any]:
         """The key inputs and the source description of a COPY: context, earlier stage or image."""
@@ -196,8 +203,9 @@ class Solver:
         name: str,
         parent: Digest,
         layers: tuple[LayerRef, ...],
-        parent_missed: bool,
+        upstream: str | None,
     ) -> tuple[Digest, tuple[LayerRef, ...], bool]:
+        """Hit or execute one step; ``upstream`` says why the step below it changed (None: it did not)."""
         source: SourceImage | StageResult | None = None
         extra: dict[str, Any] = {}
         vertex = self._next_vertex()
@@ -217,7 +225,7 @@ class Solver:
             self.progress.cached(vertex, hit.origin)
             self._report(vertex, name, key, True, hit.origin, None, started)
             return key, hit.layers, False
-        reason = self._explain(slot, inputs, parent_missed)
+        reason = self._explain(slot, inputs, upstream)
         if reason:
             self.progress.miss(vertex, reason)
         try:
@@ -250,11 +258,11 @@ class Solver:
                 return hit
         return None
 
-    def _explain(self, slot: str, inputs: dict[str, Any], parent_missed: bool) -> str | None:
+    def _explain(self, slot: str, inputs: dict[str, Any], upstream: str | None) -> str | None:
         if self.options.no_cache:
             return "--no-cache"
-        if parent_missed:
-            return "parent step missed"
+        if upstream:
+            return upstream
         for importer in self.importers:
             if isinstance(importer, MissExplainer):
                 reason = importer.explain(slot, inputs)
