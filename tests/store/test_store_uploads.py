@@ -258,8 +258,8 @@ def test_processes_appending_to_one_session_do_not_interleave(tmp_path: Path, up
     committed = []
     for payload in payloads:  # exactly one writer's bytes, never a mix
         try:
-            await_commit = asyncio.run(uploads.commit("shared", blob_digest(payload)))
+            committed.append(asyncio.run(uploads.commit("shared", blob_digest(payload))))
         except ValueError:
             continue
-        committed.append(await_commit)
+        break
     assert committed == [20_000]

@@ -87,8 +87,9 @@ def _hash_fd(fd: int, algorithm: str, size: int) -> str:
 class FilesystemBlobStore:
     """Complete blobs at ``blobs/<alg>/<xx>/<hex>``, mode 0444, never rewritten in place."""
 
-    def __init__(self, paths: StorePaths) -> None:
+    def __init__(self, paths: StorePaths, *, thread_min: int = THREAD_MIN) -> None:
         self.paths = paths
+        self.thread_min = thread_min
 
     def size(self, digest: Digest) -> int | None:
         try:
@@ -114,7 +115,7 @@ class FilesystemBlobStore:
             offset = start
             while offset < stop:
                 n = min(READ_CHUNK, stop - offset)
-                if n >= THREAD_MIN:
+                if n >= self.thread_min:
                     block = await asyncio.to_thread(os.pread, fd, n, offset)
                 else:
                     block = os.pread(fd, n, offset)
@@ -180,8 +181,16 @@ class _HashState:
 class FilesystemUploadStore:
     """Upload sessions as ``uploads/<id>/data``; commit moves the file into a FilesystemBlobStore."""
 
-    def __init__(self, paths: StorePaths, *, write_buffer: int = 1 << 20, max_hash_states: int = 4096) -> None:
+    def __init__(
+        self,
+        paths: StorePaths,
+        *,
+        write_buffer: int = 1 << 20,
+        thread_min: int = THREAD_MIN,
+        max_hash_states: int = 4096,
+    ) -> None:
         self.paths = paths
+        self.thread_min = thread_min
         self.write_buffer = write_buffer
         self.max_hash_states = max_hash_states
         # sha256 of the bytes this process has seen, per session; reused by commit when still current.
@@ -263,7 +272,7 @@ class FilesystemUploadStore:
             os.close(fd)  # releases the flock
 
     async def _write(self, fd: int, state: _HashState | None, data: bytes | bytearray, offset: int) -> None:
-        if len(data) >= THREAD_MIN:
+        if len(data) >= self.thread_min:
             await asyncio.to_thread(self._write_sync, fd, state, data, offset)
         else:
             self._write_sync(fd, state, data, offset)

@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
 from lamina.oci import Digest, parse_digest
 
+from . import queries as q
 from .base import (
     ManifestRecord,
     ManifestReference,
@@ -42,21 +42,11 @@ from .base import (
     StoreError,
     UploadSession,
 )
-from .schema import (
-    SCHEMA_VERSION,
-    blob_links,
-    manifest_refs,
-    manifests,
-    metadata,
-    repositories,
-    tags,
-    upload_sessions,
-)
+from .schema import SCHEMA_VERSION, metadata
 
 __all__ = ["SYNCHRONOUS_MODES", "SqliteMetadataStore"]
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-_TAG_SEPARATOR = "\n"  # cannot occur in a tag ([A-Za-z0-9_.-])
 
 
 def _digest(text: str) -> Digest:
@@ -64,8 +54,8 @@ def _digest(text: str) -> Digest:
     return Digest(algorithm, encoded)  # written by us from a parsed Digest: no need to re-validate
 
 
-def _repo_id(name: str) -> Any:
-    return select(repositories.c.id).where(repositories.c.name == name).scalar_subquery()
+def _limit(limit: int | None) -> int:
+    return q.NO_LIMIT if limit is None else max(0, limit)
 
 
 class SqliteMetadataStore:
@@ -100,8 +90,9 @@ class SqliteMetadataStore:
                 if self._pid != os.getpid() or self._reader is None or self._writer is None:
                     if self._reader is not None and self._pid != os.getpid():
                         self._reader.dispose(close=False)  # the parent's connections: leave them to the parent
-                    self._reader = self._make_engine()
-                    self._writer = self._reader.execution_options(lamina_write=True)
+                    engine = self._make_engine()
+                    self._reader = engine.execution_options(lamina_tx="autocommit")
+                    self._writer = engine.execution_options(lamina_tx="immediate")
                     self._pid = os.getpid()
         return self._reader, self._writer
 
@@ -128,8 +119,11 @@ class SqliteMetadataStore:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Connection) -> None:
-            write = connection.get_execution_options().get("lamina_write", False)
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            mode = connection.get_execution_options().get("lamina_tx")
+            if mode == "immediate":  # writes: take the write lock up front (waits busy_timeout)
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif mode != "autocommit":  # reads are single statements: atomic without BEGIN
+                connection.exec_driver_sql("BEGIN")
 
         return engine
 
@@ -174,62 +168,36 @@ class SqliteMetadataStore:
 
     @staticmethod
     def _ensure_repository(conn: Connection, name: str) -> int:
-        found = conn.execute(select(repositories.c.id).where(repositories.c.name == name)).scalar()
+        found = conn.execute(q.REPO_ID, {"repository": name}).scalar()
         if found is not None:
             return int(found)
-        return int(
-            conn.execute(repositories.insert().values(name=name, created_at=time.time())).inserted_primary_key[0]
-        )
+        return int(conn.execute(q.INSERT_REPO, {"repository": name, "now": time.time()}).inserted_primary_key[0])
 
     def link_blob(self, repository: str, digest: Digest, size: int) -> None:
         with self._write() as conn:
-            repo = self._ensure_repository(conn, repository)
-            conn.execute(
-                sqlite_insert(blob_links)
-                .values(repository_id=repo, digest=str(digest), size=size, linked_at=time.time())
-                .on_conflict_do_nothing()
-            )
+            repo_id = self._ensure_repository(conn, repository)
+            conn.execute(q.LINK_BLOB, {"repo_id": repo_id, "digest": str(digest), "size": size, "now": time.time()})
 
     def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
         with self._read() as conn:
-            return conn.execute(
-                select(blob_links.c.size).where(
-                    blob_links.c.repository_id == _repo_id(repository), blob_links.c.digest == str(digest)
-                )
-            ).scalar()
+            return conn.execute(q.LINKED_SIZE, {"repository": repository, "digest": str(digest)}).scalar()
 
     def unlink_blob(self, repository: str, digest: Digest) -> bool:
         with self._write() as conn:
-            result = conn.execute(
-                delete(blob_links).where(
-                    blob_links.c.repository_id == _repo_id(repository), blob_links.c.digest == str(digest)
-                )
-            )
-            return result.rowcount > 0
+            return conn.execute(q.UNLINK_BLOB, {"repository": repository, "digest": str(digest)}).rowcount > 0
 
     def repositories_with_blob(self, digest: Digest, limit: int = 1) -> Sequence[str]:
         with self._read() as conn:
-            rows = conn.execute(
-                select(repositories.c.name)
-                .join(blob_links, blob_links.c.repository_id == repositories.c.id)
-                .where(blob_links.c.digest == str(digest))
-                .order_by(repositories.c.name)
-                .limit(limit)
-            )
-            return [row[0] for row in rows]
+            return list(conn.execute(q.REPOS_WITH_BLOB, {"digest": str(digest), "limit": _limit(limit)}).scalars())
 
     def repository_exists(self, repository: str) -> bool:
         with self._read() as conn:
-            return conn.execute(select(repositories.c.id).where(repositories.c.name == repository)).first() is not None
+            return conn.execute(q.REPO_ID, {"repository": repository}).first() is not None
 
     def list_repositories(self, last: str | None, limit: int | None) -> Sequence[str]:
-        query = select(repositories.c.name).order_by(repositories.c.name)
-        if last is not None:
-            query = query.where(repositories.c.name > last)
-        if limit is not None:
-            query = query.limit(limit)
+        """Names after ``last`` in byte order (the catalog's lexical order), at most ``limit``."""
         with self._read() as conn:
-            return [row[0] for row in conn.execute(query)]
+            return list(conn.execute(q.LIST_REPOS, {"last": last or "", "limit": _limit(limit)}).scalars())
 
     # -- manifests and tags -----------------------------------------------------------------------
 
@@ -242,71 +210,51 @@ class SqliteMetadataStore:
         """Validate references, upsert the manifest and move ``tag``, all in one IMMEDIATE transaction.
 
         A re-PUT of a stored digest keeps its first ``pushed_at``; ``record.tags`` is ignored."""
-        wanted = {(ref.digest, ref.size, ref.is_manifest): ref for ref in references}.values()
+        wanted = list({(ref.digest, ref.size, ref.is_manifest): ref for ref in references}.values())
+        digest = str(record.digest)
         with self._write() as conn:
-            repo = self._ensure_repository(conn, record.repository)
-            self._check_references(conn, repo, wanted)
-            inserted = conn.execute(
-                sqlite_insert(manifests)
-                .values(
-                    repository_id=repo,
-                    digest=str(record.digest),
-                    media_type=record.media_type,
-                    content=record.content,
-                    kind=str(record.kind),
-                    artifact_type=record.artifact_type,
-                    subject=str(record.subject) if record.subject is not None else None,
-                    annotations=record.annotations_json,
-                    size=len(record.content),
-                    pushed_at=record.pushed_at,
-                    last_pulled_at=record.last_pulled_at,
-                )
-                .on_conflict_do_nothing()
-            ).rowcount
+            repo_id = self._ensure_repository(conn, record.repository)
+            self._check_references(conn, repo_id, wanted)
+            row = {
+                "repository_id": repo_id,
+                "digest": digest,
+                "media_type": record.media_type,
+                "content": record.content,
+                "kind": str(record.kind),
+                "artifact_type": record.artifact_type,
+                "subject": str(record.subject) if record.subject is not None else None,
+                "annotations": record.annotations_json,
+                "size": len(record.content),
+                "pushed_at": record.pushed_at,
+                "last_pulled_at": record.last_pulled_at,
+            }
+            inserted = conn.execute(q.INSERT_MANIFEST, row).rowcount
             if inserted and wanted:
-                conn.execute(
-                    sqlite_insert(manifest_refs).on_conflict_do_nothing(),
-                    [
-                        {
-                            "repository_id": repo,
-                            "manifest_digest": str(record.digest),
-                            "target_digest": str(ref.digest),
-                            "size": ref.size,
-                            "is_manifest": ref.is_manifest,
-                        }
-                        for ref in wanted
-                    ],
-                )
+                refs = [
+                    {
+                        "repository_id": repo_id,
+                        "manifest_digest": digest,
+                        "target_digest": str(ref.digest),
+                        "size": ref.size,
+                        "is_manifest": ref.is_manifest,
+                    }
+                    for ref in wanted
+                ]
+                conn.execute(q.INSERT_REFS, refs)
             if tag is not None:
-                statement = sqlite_insert(tags).values(
-                    repository_id=repo, tag=tag, digest=str(record.digest), updated_at=record.pushed_at
-                )
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[tags.c.repository_id, tags.c.tag],
-                        set_={"digest": statement.excluded.digest, "updated_at": statement.excluded.updated_at},
-                    )
-                )
+                conn.execute(q.UPSERT_TAG, {"repo_id": repo_id, "tag": tag, "digest": digest, "now": record.pushed_at})
 
     @staticmethod
-    def _check_references(conn: Connection, repo: int, wanted: Any) -> None:
+    def _check_references(conn: Connection, repo_id: int, wanted: Sequence[ManifestReference]) -> None:
         blobs = sorted({str(ref.digest) for ref in wanted if not ref.is_manifest})
         children = sorted({str(ref.digest) for ref in wanted if ref.is_manifest})
         have_blobs: dict[str, int] = {}
         have_children: dict[str, int] = {}
         if blobs:
-            rows = conn.execute(
-                select(blob_links.c.digest, blob_links.c.size).where(
-                    blob_links.c.repository_id == repo, blob_links.c.digest.in_(blobs)
-                )
-            )
+            rows = conn.execute(q.LINKED_SIZES, {"repo_id": repo_id, "digests": blobs})
             have_blobs = {row[0]: row[1] for row in rows}
         if children:
-            rows = conn.execute(
-                select(manifests.c.digest, manifests.c.size).where(
-                    manifests.c.repository_id == repo, manifests.c.digest.in_(children)
-                )
-            )
+            rows = conn.execute(q.MANIFEST_SIZES, {"repo_id": repo_id, "digests": children})
             have_children = {row[0]: row[1] for row in rows}
         for ref in sorted(wanted, key=lambda r: (r.is_manifest, r.digest)):
             what, have = ("manifest", have_children) if ref.is_manifest else ("blob", have_blobs)
@@ -316,46 +264,14 @@ class SqliteMetadataStore:
             if actual != ref.size:
                 raise ReferenceSizeMismatch(ref.digest, what, ref.size, actual)
 
-    def _manifest_columns(self) -> list[Any]:
-        other = tags.alias("t")
-        tag_list = (
-            select(func.group_concat(other.c.tag, _TAG_SEPARATOR))
-            .where(other.c.repository_id == manifests.c.repository_id, other.c.digest == manifests.c.digest)
-            .scalar_subquery()
-        )
-        return [
-            manifests.c.digest,
-            manifests.c.media_type,
-            manifests.c.content,
-            manifests.c.kind,
-            manifests.c.artifact_type,
-            manifests.c.subject,
-            manifests.c.annotations,
-            manifests.c.pushed_at,
-            manifests.c.last_pulled_at,
-            tag_list,
-        ]
-
     def get_manifest(self, repository: str, reference: str) -> ManifestRecord | None:
         """By tag or digest string (anything with ``:`` is a digest; DigestError if malformed)."""
-        repo = _repo_id(repository)
         if ":" in reference:
-            query = select(*self._manifest_columns()).where(
-                manifests.c.repository_id == repo, manifests.c.digest == str(parse_digest(reference))
-            )
+            query, params = q.MANIFEST_BY_DIGEST, {"repository": repository, "digest": str(parse_digest(reference))}
         else:
-            query = (
-                select(*self._manifest_columns())
-                .select_from(
-                    tags.join(
-                        manifests,
-                        and_(tags.c.repository_id == manifests.c.repository_id, tags.c.digest == manifests.c.digest),
-                    )
-                )
-                .where(tags.c.repository_id == repo, tags.c.tag == reference)
-            )
+            query, params = q.MANIFEST_BY_TAG, {"repository": repository, "tag": reference}
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(query, params).first()
         if row is None:
             return None
         return ManifestRecord(
@@ -369,100 +285,73 @@ class SqliteMetadataStore:
             annotations_json=row[6],
             pushed_at=row[7],
             last_pulled_at=row[8],
-            tags=tuple(sorted(row[9].split(_TAG_SEPARATOR))) if row[9] else (),
+            tags=tuple(sorted(row[9].split("\n"))) if row[9] else (),
         )
 
     def delete_manifest(self, repository: str, digest: Digest) -> bool:
         """Remove the manifest, its references and every tag on it (foreign-key cascade)."""
         with self._write() as conn:
-            result = conn.execute(
-                delete(manifests).where(
-                    manifests.c.repository_id == _repo_id(repository), manifests.c.digest == str(digest)
-                )
-            )
-            return result.rowcount > 0
+            return conn.execute(q.DELETE_MANIFEST, {"repository": repository, "digest": str(digest)}).rowcount > 0
 
     def delete_tag(self, repository: str, tag: str) -> bool:
         with self._write() as conn:
-            result = conn.execute(delete(tags).where(tags.c.repository_id == _repo_id(repository), tags.c.tag == tag))
-            return result.rowcount > 0
+            return conn.execute(q.DELETE_TAG, {"repository": repository, "tag": tag}).rowcount > 0
 
     def list_tags(self, repository: str, last: str | None, limit: int | None) -> Sequence[str]:
-        query = select(tags.c.tag).where(tags.c.repository_id == _repo_id(repository)).order_by(tags.c.tag)
-        if last is not None:
-            query = query.where(tags.c.tag > last)
-        if limit is not None:
-            query = query.limit(limit)
+        """Tags after ``last`` in byte order, at most ``limit`` (the spec's ``n``/``last`` pagination)."""
+        params = {"repository": repository, "last": last or "", "limit": _limit(limit)}
         with self._read() as conn:
-            return [row[0] for row in conn.execute(query)]
+            return list(conn.execute(q.LIST_TAGS, params).scalars())
 
     def referrers(self, repository: str, subject: Digest, artifact_type: str | None) -> Sequence[ReferrerRecord]:
-        """Manifests whose ``subject`` is ``subject``, sorted by digest; filtered by artifact type if given."""
-        query = (
-            select(
-                manifests.c.digest,
-                manifests.c.media_type,
-                manifests.c.size,
-                manifests.c.artifact_type,
-                manifests.c.annotations,
-            )
-            .where(manifests.c.repository_id == _repo_id(repository), manifests.c.subject == str(subject))
-            .order_by(manifests.c.digest)
-        )
+        """Manifests whose ``subject`` is ``subject``, sorted by digest; filtered by artifact type if given.
+
+        ``artifact_type`` is compared with the stored record's, which the caller fills as the referrers
+        API reports it (the manifest's artifactType, else its config media type)."""
+        params: dict[str, Any] = {"repository": repository, "subject": str(subject)}
+        query = q.REFERRERS
         if artifact_type is not None:
-            query = query.where(manifests.c.artifact_type == artifact_type)
+            query, params["artifact_type"] = q.REFERRERS_OF_TYPE, artifact_type
         with self._read() as conn:
-            return [ReferrerRecord(_digest(row[0]), row[1], row[2], row[3], row[4]) for row in conn.execute(query)]
+            return [ReferrerRecord(_digest(r[0]), r[1], r[2], r[3], r[4]) for r in conn.execute(query, params)]
 
     def record_pull(self, repository: str, digest: Digest, when: float) -> None:
         """Remember the pull time; skips the write when the stored time is within ``pull_granularity``."""
-        where = (manifests.c.repository_id == _repo_id(repository), manifests.c.digest == str(digest))
+        params = {"repository": repository, "digest": str(digest), "when": when}
         with self._read() as conn:
-            row = conn.execute(select(manifests.c.last_pulled_at).where(*where)).first()
+            row = conn.execute(q.LAST_PULLED, params).first()
         if row is None or (row[0] is not None and row[0] > when - self.pull_granularity):
             return
         with self._write() as conn:
-            conn.execute(
-                update(manifests)
-                .where(*where, (manifests.c.last_pulled_at.is_(None)) | (manifests.c.last_pulled_at < when))
-                .values(last_pulled_at=when)
-            )
+            conn.execute(q.RECORD_PULL, {"b_digest": str(digest), "when": when, "repository": repository})
 
     # -- upload sessions --------------------------------------------------------------------------
 
     def create_upload(self, session: UploadSession) -> None:
+        row = {
+            "id": session.id,
+            "repository": session.repository,
+            "size": session.size,
+            "started_at": session.started_at,
+            "updated_at": session.updated_at,
+        }
         with self._write() as conn:
-            conn.execute(
-                upload_sessions.insert().values(
-                    id=session.id,
-                    repository=session.repository,
-                    size=session.size,
-                    started_at=session.started_at,
-                    updated_at=session.updated_at,
-                )
-            )
+            conn.execute(q.INSERT_UPLOAD, row)
 
     def get_upload(self, session_id: str) -> UploadSession | None:
         with self._read() as conn:
-            row = conn.execute(select(upload_sessions).where(upload_sessions.c.id == session_id)).first()
+            row = conn.execute(q.GET_UPLOAD, {"upload_id": session_id}).first()
         return UploadSession(*row) if row is not None else None
 
     def update_upload(self, session_id: str, size: int, when: float) -> None:
         with self._write() as conn:
-            conn.execute(
-                update(upload_sessions).where(upload_sessions.c.id == session_id).values(size=size, updated_at=when)
-            )
+            conn.execute(q.UPDATE_UPLOAD, {"upload_id": session_id, "new_size": size, "when": when})
 
     def delete_upload(self, session_id: str) -> None:
         with self._write() as conn:
-            conn.execute(delete(upload_sessions).where(upload_sessions.c.id == session_id))
+            conn.execute(q.DELETE_UPLOAD, {"upload_id": session_id})
 
     def expired_uploads(self, older_than: float) -> Sequence[UploadSession]:
         """Sessions not touched since ``older_than`` (Unix seconds), oldest first."""
         with self._read() as conn:
-            rows = conn.execute(
-                select(upload_sessions)
-                .where(upload_sessions.c.updated_at < older_than)
-                .order_by(upload_sessions.c.updated_at, upload_sessions.c.id)
-            )
-            return [UploadSession(*row) for row in rows]
+            return [UploadSession(*row) for row in conn.execute(q.EXPIRED_UPLOADS, {"older_than": older_than})]
