@@ -231,3 +231,31 @@ def test_copy_of_a_missing_file_is_a_clear_error(
     assert rc == 1
     error = [line for line in err.splitlines() if line.startswith("error:")]
     assert "Dockerfile:2" in error[0] and "nothere.txt" in error[0]
+
+
+def test_miss_reason_names_the_changed_build_arg(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", f"FROM {base}\nARG V=1\nRUN echo $V > /v.txt\nRUN echo second\n", {})
+    root = tmp_path / "state"
+    assert _build(capsys, context, root)[0] == 0
+    rc, _, err = _build(capsys, context, root, "--build-arg", "V=2")
+    assert rc == 0, err
+    status = {name.split("] ", 1)[1]: lines for name, lines in _steps(err).items() if "FROM" not in name}
+    run_v = next(lines for name, lines in status.items() if "echo $V" in name)
+    assert run_v[0] == "MISS env/arg V changed"
+    second = next(lines for name, lines in status.items() if "echo second" in name)
+    assert second[0] == "MISS parent step missed"
+
+
+def test_cached_rebuild_is_lazy(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fully cached build unpacks nothing: the result is descriptors only."""
+    context = _context(tmp_path / "ctx", f"FROM {base}\nRUN echo one > /one\nRUN echo two > /two\n", {})
+    root = tmp_path / "state"
+    rc, first, err = _build(capsys, context, root)
+    assert rc == 0, err
+    shutil.rmtree(root / "layers")
+    rc, second, err = _build(capsys, context, root)
+    assert rc == 0, err
+    assert second == first
+    assert [p for p in (root / "layers").iterdir() if not p.name.startswith(".")] == []
