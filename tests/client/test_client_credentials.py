@@ -9,8 +9,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from client_peers import serve
 
-from lamina.client import CredentialError, Credentials, CredentialStore
+from lamina.client import CredentialError, Credentials, CredentialStore, RegistryClient, Unauthorized
 
 
 def _config(tmp_path: Path, doc: dict[str, object]) -> Path:
@@ -114,3 +116,22 @@ async def test_missing_helper_is_a_clear_error(tmp_path: Path, helper_path: Path
 def test_repr_hides_secrets() -> None:
     text = repr(Credentials("user", "hunter2", "tok-secret"))
     assert "hunter2" not in text and "tok-secret" not in text and "user" in text
+
+
+async def test_helper_failure_during_a_request_is_a_registry_error(tmp_path: Path, helper_path: Path) -> None:
+    """The cache importer turns any RegistryError into a warning, so a broken helper must be one too."""
+    async def challenge(request: web.Request) -> web.Response:
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="x"'})
+
+    app = web.Application()
+    app.router.add_get("/v2/", challenge)
+    host, runner = await serve(app)
+    _helper(helper_path, "broken", "echo 'helper exploded' >&2; exit 2")
+    try:
+        store = CredentialStore(_config(tmp_path, {"credHelpers": {host: "broken"}}))
+        async with RegistryClient(host, credentials=store) as c:
+            with pytest.raises(Unauthorized, match="helper exploded") as info:
+                await c.ping()
+        assert info.value.code == "CREDENTIALS" and host in str(info.value)
+    finally:
+        await runner.cleanup()

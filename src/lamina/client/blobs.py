@@ -139,6 +139,7 @@ class BlobOps:
                         out.write(chunk)
                         total += len(chunk)
                     out.flush()
+                    os.fchmod(out.fileno(), 0o644)  # mkstemp's 0600 would surprise a content store
                     os.fsync(out.fileno())
                 os.replace(tmp, dest)
                 return total

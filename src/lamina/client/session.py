@@ -24,8 +24,8 @@ import aiohttp
 from yarl import URL
 
 from .auth import Authenticator
-from .credentials import Credentials, CredentialStore
-from .errors import RegistryError, RegistryUnreachable, error_from_response
+from .credentials import CredentialError, Credentials, CredentialStore
+from .errors import RegistryError, RegistryUnreachable, Unauthorized, error_from_response
 
 __all__ = [
     "INSECURE_ENV",
@@ -137,7 +137,10 @@ class Transport:
             source = self._creds_source = CredentialStore()
         if isinstance(source, Credentials):
             return source
-        return await source.get(self.registry)
+        try:
+            return await source.get(self.registry)
+        except CredentialError as exc:  # callers that turn RegistryError into a warning get this one too
+            raise Unauthorized(None, "CREDENTIALS", str(exc), registry=self.registry) from None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
