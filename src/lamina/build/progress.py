@@ -126,7 +126,11 @@ class TtyProgress:
             name = self._names.pop(vertex, f"#{vertex}")
             started = self._started.pop(vertex, time.monotonic())
             self._tail.pop(vertex, None)
-        self._console.print(f"[{style}] => {status:7}[/] {name}  [dim]{time.monotonic() - started:.1f}s[/]")
+        from rich.markup import escape
+
+        elapsed = time.monotonic() - started
+        line = f"[{style}] => {escape(status):7}[/] {escape(name)}  [dim]{elapsed:.1f}s[/]"
+        self._console.print(line, soft_wrap=True)
 
     def cached(self, vertex: int, origin: str) -> None:
         self._finish(vertex, "CACHED" if origin == "local" else f"CACHED ({origin})", "blue")
@@ -145,10 +149,10 @@ class TtyProgress:
 
     def error(self, vertex: int, message: str) -> None:
         self._finish(vertex, "ERROR", "red")
-        self._console.print(f"[red]{message}[/]")
+        self._console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
 
     def message(self, text: str) -> None:
-        self._console.print(text, markup=False, highlight=False)
+        self._console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         self._live.stop()
