@@ -322,6 +322,11 @@ class _ChunkPipe:
             data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
 
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def readable(self) -> bool:
         return True
 
