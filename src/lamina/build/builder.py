@@ -23,7 +23,7 @@ from lamina.build.progress import Progress
 from lamina.build.solver import SolveOptions, Solver, StageResult, StepReport
 from lamina.build.state import BuildState
 from lamina.client import ClientPool, insecure_registries_from_env
-from lamina.oci import Digest, ImageConfig, Platform
+from lamina.oci import Digest, ImageConfig, Platform, parse_reference
 
 __all__ = ["BuildRequest", "BuildResult", "build"]
 
@@ -158,11 +158,11 @@ async def _export(
             pushed.append(ref)
     for output in request.outputs:
         if output["type"] == "oci":
-            ref_name = output.get("name") or (request.tags[0].rpartition(":")[2] if request.tags else None)
+            ref_name = output.get("name") or (parse_reference(request.tags[0]).tag if request.tags else None)
             await write_oci_tar(Path(output["dest"]), image, images, ref_name=ref_name)
             progress.message(f"exporting to oci image format {output['dest']} done")
         elif output["type"] == "local":
             lowers = await executor.materialize(result.layers)
-            await write_local(Path(output["dest"]), lowers, executor.snapshotter.view)
+            await write_local(Path(output["dest"]), lowers[::-1], executor.snapshotter.view)  # type: ignore[attr-defined]
             progress.message(f"copying files to {output['dest']} done")
     return tuple(pushed)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
+import subprocess
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.imageconfig import image_manifest
@@ -83,8 +84,8 @@ async def push_image(
 async def _push_layer(client: RegistryClient, registry: str, repo: str, layer: LayerRef, images: ImageSource) -> None:
     """HEAD skip; else mount from the layer's source repository on the same registry; else upload."""
     digest = layer.descriptor.digest
-    if await client.head_blob(repo, digest) is not None:
-        return
+    if layer.source is not None and await client.head_blob(repo, digest) is not None:
+        return  # checked before fetching: a lazy layer the target already has is never downloaded
     mount_from: list[str] = []
     if layer.source is not None:
         host, source_repo = split_repository(layer.source)
@@ -137,24 +138,18 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-async def write_local(dest: Path, lowers: Sequence[Path], view: object) -> None:
-    """Copy the final root filesystem (the merged view of ``lowers``) into ``dest``."""
+async def write_local(dest: Path, lowers_top_first: Sequence[Path], view: Callable[..., Any]) -> None:
+    """Copy the final root filesystem (the merged view of the layers) into ``dest``, owners and modes kept."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
 
     def copy() -> None:
-        with view(lowers) as root:  # type: ignore[operator]
-            for entry in sorted(Path(root).iterdir()):
-                target = dest / entry.name
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.copytree(entry, target, symlinks=True, dirs_exist_ok=True)
-                    shutil.copystat(entry, target)
-                else:
-                    if target.is_dir() and not target.is_symlink():
-                        shutil.rmtree(target)
-                    elif target.exists() or target.is_symlink():
-                        target.unlink()
-                    shutil.copy2(entry, target, follow_symlinks=False)
+        with view(list(lowers_top_first)) as root:
+            result = subprocess.run(
+                ["cp", "-a", "--no-preserve=context", f"{root}/.", f"{dest}/"],
+                capture_output=True, text=True, check=False,
+            )
+        if result.returncode != 0:
+            raise OSError(f"copying the root filesystem to {dest} failed: {result.stderr.strip()}")
 
     await asyncio.to_thread(copy)
-
