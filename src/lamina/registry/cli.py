@@ -77,8 +77,7 @@ def serve_command(args: argparse.Namespace) -> int:
     print(
         f"lamina registry listening on http://{config.listen} (root {config.root.resolve()}, "
         f"{config.workers} worker{'s' if config.workers != 1 else ''}); push with: "
-        f"skopeo copy --dest-tls-verify=false docker://docker.io/library/busybox:latest "
-        f"docker://{config.listen}/busybox:latest",
+        f"skopeo copy --dest-tls-verify=false oci-archive:image.tar docker://{config.listen}/myimage:latest",
         flush=True,
     )
     if config.workers == 1:

@@ -7,6 +7,7 @@ DELETE unlinks the blob from the repository; the bytes are reclaimed by garbage 
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from aiohttp import web
@@ -93,7 +94,7 @@ async def _stream(request: web.Request, digest: Digest, size: int) -> web.Stream
 async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     digest = digest_param(request.match_info["digest"])
-    if not storage(request).metadata.unlink_blob(name, digest):
+    if not await asyncio.to_thread(storage(request).metadata.unlink_blob, name, digest):
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {name}",
                             detail={"digest": str(digest)})
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

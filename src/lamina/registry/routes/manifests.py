@@ -8,12 +8,14 @@ DELETE by digest removes the manifest (and its tags); DELETE by tag removes only
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from aiohttp import web
 
 from lamina.oci import Digest
-from lamina.store import ManifestRecord, MissingReference
+from lamina.store import ManifestRecord, MetadataStore, MissingReference
 
 from ..errors import ErrorCode, RegistryError
 from ..validation import check_manifest, parse_reference_param
@@ -21,6 +23,7 @@ from ._common import config, storage
 
 __all__ = ["delete", "get", "put"]
 
+log = logging.getLogger("lamina.registry")
 _PULL_RECORD_INTERVAL = 60.0  # seconds: pull times are for retention, not an audit log
 _READ_CHUNK = 1 << 16
 
@@ -69,10 +72,19 @@ async def get(request: web.Request) -> web.Response:
     return web.Response(status=200, body=record.content, headers=headers, content_type=record.media_type)
 
 
-def _record_pull(metadata: object, record: ManifestRecord) -> None:
+def _record_pull(metadata: MetadataStore, record: ManifestRecord) -> None:
+    """At most once a minute per manifest, in a thread, not awaited: a GET never waits for a write."""
     now = time.time()
     if record.last_pulled_at is None or now - record.last_pulled_at > _PULL_RECORD_INTERVAL:
-        metadata.record_pull(record.repository, record.digest, now)  # type: ignore[attr-defined]
+        future = asyncio.get_running_loop().run_in_executor(
+            None, metadata.record_pull, record.repository, record.digest, now
+        )
+        future.add_done_callback(_log_failure)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("recording a pull time failed: %s", future.exception())
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -99,7 +111,7 @@ async def put(request: web.Request) -> web.Response:
     checked = check_manifest(name, reference, body, request.headers.get("Content-Type"), settings)
     record = checked.record
     try:
-        storage(request).metadata.put_manifest(record, checked.references, checked.tag)
+        await asyncio.to_thread(storage(request).metadata.put_manifest, record, checked.references, checked.tag)
     except MissingReference as exc:
         raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, str(exc), detail={"digest": str(exc.digest)}) from None
     headers = {
@@ -117,7 +129,10 @@ async def delete(request: web.Request) -> web.Response:
     reference = request.match_info["reference"]
     target = parse_reference_param(reference)
     metadata = storage(request).metadata
-    found = metadata.delete_manifest(name, target) if isinstance(target, Digest) else metadata.delete_tag(name, target)
+    if isinstance(target, Digest):
+        found = await asyncio.to_thread(metadata.delete_manifest, name, target)
+    else:
+        found = await asyncio.to_thread(metadata.delete_tag, name, target)
     if not found:
         raise _unknown(name, reference)
     return web.Response(status=202, headers={"Content-Length": "0"})

@@ -8,6 +8,7 @@ which is what every client is tested against.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -59,7 +60,11 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _new_session(store: Storage, name: str) -> str:
+async def _new_session(store: Storage, name: str) -> str:
+    return await asyncio.to_thread(_new_session_sync, store, name)
+
+
+def _new_session_sync(store: Storage, name: str) -> str:
     session_id = uuid.uuid4().hex
     now = time.time()
     store.uploads.create(session_id)
@@ -77,7 +82,7 @@ def _session(request: web.Request) -> tuple[str, UploadSession]:
     return name, session
 
 
-def _try_mount(store: Storage, name: str, digest: Digest, source: str | None) -> bool:
+async def _try_mount(store: Storage, name: str, digest: Digest, source: str | None) -> bool:
     """Link ``digest`` into ``name`` when ``source`` (or, without it, any repository) has it."""
     if source is not None:
         size = store.metadata.linked_blob_size(source, digest)
@@ -86,7 +91,7 @@ def _try_mount(store: Storage, name: str, digest: Digest, source: str | None) ->
         size = store.metadata.linked_blob_size(holders[0], digest) if holders else None
     if size is None or store.blobs.size(digest) is None:
         return False
-    store.metadata.link_blob(name, digest, size)
+    await asyncio.to_thread(store.metadata.link_blob, name, digest, size)
     return True
 
 
@@ -101,22 +106,21 @@ async def start(request: web.Request) -> web.Response:
         if source is not None and not is_valid_name(source):
             raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name in from: {source!r}",
                                 detail={"from": source})
-        if _try_mount(store, name, digest, source):
+        if await _try_mount(store, name, digest, source):
             return _created(name, digest)
-        session_id = _new_session(store, name)
+        session_id = await _new_session(store, name)
         return web.Response(status=202, headers=_session_headers(name, session_id, 0))
     if "digest" in request.query:
         digest = digest_param(request.query["digest"])
-        session_id = _new_session(store, name)
+        session_id = await _new_session(store, name)
         try:
             await _append(request, store, session_id, 0)
             await _commit(store, name, session_id, digest)
         except BaseException:
-            store.uploads.discard(session_id)
-            store.metadata.delete_upload(session_id)
+            await asyncio.to_thread(_drop_session, store, session_id)
             raise
         return _created(name, digest)
-    session_id = _new_session(store, name)
+    session_id = await _new_session(store, name)
     return web.Response(status=202, headers=_session_headers(name, session_id, 0))
 
 
@@ -157,7 +161,16 @@ async def _commit(store: Storage, name: str, session_id: str, digest: Digest) ->
         raise _gone(session_id, exc) from None
     except ValueError as exc:
         raise RegistryError(ErrorCode.DIGEST_INVALID, str(exc), detail={"digest": str(digest)}) from None
+    await asyncio.to_thread(_link_and_close, store, name, digest, size, session_id)
+
+
+def _link_and_close(store: Storage, name: str, digest: Digest, size: int, session_id: str) -> None:
     store.metadata.link_blob(name, digest, size)
+    store.metadata.delete_upload(session_id)
+
+
+def _drop_session(store: Storage, session_id: str) -> None:
+    store.uploads.discard(session_id)
     store.metadata.delete_upload(session_id)
 
 
@@ -165,7 +178,7 @@ async def patch(request: web.Request) -> web.Response:
     name, session = _session(request)
     store = storage(request)
     size = await _append(request, store, session.id, _current_size(store, session))
-    store.metadata.update_upload(session.id, size, time.time())
+    await asyncio.to_thread(store.metadata.update_upload, session.id, size, time.time())
     return web.Response(status=202, headers=_session_headers(name, session.id, size))
 
 
@@ -197,7 +210,5 @@ async def status(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     _, session = _session(request)
-    store = storage(request)
-    store.uploads.discard(session.id)
-    store.metadata.delete_upload(session.id)
+    await asyncio.to_thread(_drop_session, storage(request), session.id)
     return web.Response(status=204, headers={"Content-Length": "0"})
