@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lamina.build.cache.base import CacheExporter, CacheImporter
+from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter
 from lamina.build.context import BuildContext
 from lamina.build.dockerfile import convert
 from lamina.build.execution import Executor
@@ -115,8 +115,9 @@ async def build(
             exporters=exporters,
         )
         result = await solver.solve()
+        target = CachedResult(result.key, result.layers, result.config.created or "", "local")
         for exporter in exporters:
-            await exporter.finalize()
+            await exporter.finalize(target)
         image = ExportImage.create(_with_labels(result.config, request.labels), result.layers)
         pushed = await _export(request, image, result, pool, images, executor, progress)
         return BuildResult(image.digest, image.config, image.manifest_bytes, tuple(solver.reports), pushed)

@@ -222,6 +222,9 @@ class Solver:
         slot = str(parent)
         hit = None if self.options.no_cache else self._lookup(key)
         if hit is not None:
+            for exporter in self.exporters:
+                if exporter is not self.state.cache or hit.origin != "local":
+                    exporter.add(key, inputs, hit, slot=slot)  # remote hits become local records too
             self.progress.cached(vertex, hit.origin)
             self._report(vertex, name, key, True, hit.origin, None, started)
             return key, hit.layers, False

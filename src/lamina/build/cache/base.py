@@ -79,8 +79,10 @@ class MissExplainer(Protocol):
 
 @runtime_checkable
 class CacheExporter(Protocol):
-    """A sink for results as steps finish; ``finalize`` publishes them (a no-op for the local index)."""
+    """A sink for results as steps finish — executed *and* cache hits, so ``mode=max`` can export every
+    step — and ``finalize(target)`` publishes them once the build's final result is known (``mode=min``
+    keeps only ``target``'s chain). ``inputs`` (with its ``parent`` key) links each record to its input."""
 
     def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None: ...
 
-    async def finalize(self) -> None: ...
+    async def finalize(self, target: CachedResult) -> None: ...

@@ -102,8 +102,8 @@ class LocalCache:
                 self._db.execute("ROLLBACK")
                 raise
 
-    async def finalize(self) -> None:
-        return None
+    async def finalize(self, target: CachedResult) -> None:
+        return None  # every add() is already committed
 
     def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None:
         """Compare with the most recently used record in the same slot; ``None`` if there is none."""
