@@ -84,6 +84,7 @@ class CopyStep:
     is_add: bool = False  # ADD: auto-extract local tar archives, fetch URLs
     heredocs: tuple[tuple[str, str], ...] = ()
     exclude: tuple[str, ...] = ()  # --exclude patterns (dockerignore syntax), matched against source paths
+    checksum: str | None = None  # ADD --checksum=sha256:...: the expected digest of the one URL source
     user: str = ""  # the USER in effect (files are owned by root unless --chown, as Docker does)
     workdir: str = "/"
     line: int = 0
