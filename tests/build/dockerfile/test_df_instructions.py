@@ -249,3 +249,18 @@ def test_escape_directive_in_words(build: Build) -> None:
     assert stage.config.env[1:] == ["A=$HOME", "B=c:\\x"]
     copy = stage.steps[1]
     assert isinstance(copy, CopyStep) and copy.sources == ("$X",)
+
+
+def test_add_checksum(build: Build) -> None:
+    digest = "sha256:" + "a" * 64
+    stage = target(build(f"FROM busybox\nADD --checksum={digest} https://example.com/x.tgz /x\n"))
+    (add,) = stage.steps
+    assert isinstance(add, CopyStep) and add.checksum == digest and add.is_add
+    with pytest.raises(DockerfileError, match="requires an HTTP"):
+        build(f"FROM busybox\nADD --checksum={digest} local.tgz /x\n")
+    with pytest.raises(DockerfileError, match="multiple sources"):
+        build(f"FROM busybox\nADD --checksum={digest} https://a/1 https://a/2 /x/\n")
+    with pytest.raises(DockerfileError, match="ADD --checksum=md5:x"):
+        build("FROM busybox\nADD --checksum=md5:x https://a/1 /x\n")
+    with pytest.raises(DockerfileError, match="unknown flag: --checksum"):
+        build(f"FROM busybox\nCOPY --checksum={digest} a /x\n")

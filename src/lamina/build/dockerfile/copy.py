@@ -9,7 +9,7 @@ trailing ``/``; the history text lists the flags and sources as BuildKit writes 
 from __future__ import annotations
 
 from lamina.build.ops import CopyStep
-from lamina.oci import ReferenceError, parse_reference
+from lamina.oci import DigestError, ReferenceError, parse_digest, parse_reference
 
 from .errors import DockerfileError
 from .lex import Lexer
@@ -68,8 +68,6 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         flags = parse_flags(
             inst, strings=("chown", "chmod", "checksum"), bools=("link", "keep-git-dir"), lists=("exclude",)
         )
-        if flag_str(flags, "checksum"):
-            raise DockerfileError("ADD --checksum is not supported by lamina", inst.line)
     else:
         flags = parse_flags(inst, strings=("from", "chown", "chmod"), bools=("link", "parents"), lists=("exclude",))
         if flags.get("parents"):
@@ -110,6 +108,16 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
     for src in paths:
         if not is_add and (src.startswith("http://") or src.startswith("https://")):
             raise DockerfileError(f"COPY {src}: source can't be a URL for COPY", inst.line)
+    checksum = st.expand(ctx, flag_str(flags, "checksum")) or None
+    if checksum is not None:
+        if len(paths) != 1 or inline:
+            raise DockerfileError("ADD --checksum can't be specified for multiple sources", inst.line)
+        if not paths[0].startswith(("http://", "https://")):
+            raise DockerfileError("ADD --checksum requires an HTTP(S) source", inst.line)
+        try:
+            parse_digest(checksum)
+        except DigestError as exc:
+            raise DockerfileError(f"ADD --checksum={checksum}: {exc}", inst.line) from None
     exclude = flags.get("exclude") or []
     assert isinstance(exclude, list)
     words = [inst.cmd]
@@ -131,6 +139,7 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         is_add=is_add,
         heredocs=tuple(inline),
         exclude=tuple(st.expand(ctx, e) for e in exclude),
+        checksum=checksum,
         user=st.config.get("User") or "",
         workdir=st.config.get("WorkingDir") or "/",
         line=inst.line,
