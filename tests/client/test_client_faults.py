@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from client_peers import ServeApp
+from client_peers import ServeApp, free_port
 
 from lamina.client import (
     Credentials,
@@ -123,10 +123,11 @@ async def test_501_is_not_retried_and_persistent_500_gives_up(serve_app: ServeAp
 
 
 async def test_connection_refused_is_unreachable() -> None:
-    async with RegistryClient("127.0.0.1:9", retry=FAST, credentials=Credentials()) as c:
+    host = f"127.0.0.1:{free_port()}"  # bound and released: nothing listens there
+    async with RegistryClient(host, retry=FAST, credentials=Credentials()) as c:
         with pytest.raises(RegistryUnreachable) as info:
             await c.ping()
-    assert "127.0.0.1:9" in str(info.value) and "4 attempt(s)" in str(info.value)
+    assert host in str(info.value) and "4 attempt(s)" in str(info.value)
 
 
 async def test_download_broken_off_midway_is_retried(serve_app: ServeApp, tmp_path: Path) -> None:

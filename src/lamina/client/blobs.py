@@ -21,7 +21,7 @@ from yarl import URL
 
 from ..oci import Digest, parse_digest
 from .auth import pull_scope, push_scope
-from .errors import DigestMismatch, NotFound, RegistryError, RegistryUnreachable, Unauthorized
+from .errors import DigestMismatch, RegistryError, RegistryUnreachable
 from .session import Body, TransferKind, Transport
 
 __all__ = ["BlobOps", "PushOutcome"]
@@ -188,8 +188,10 @@ class BlobOps:
                     if resp.status == 201:
                         return PushOutcome.MOUNTED
                     location = self._location(resp, repo, obj)
-            except (NotFound, Unauthorized):
-                continue  # the source is gone or not ours to read: upload instead
+            except RegistryUnreachable:
+                raise
+            except RegistryError:
+                continue  # source gone, not ours to read, or mounts unsupported: try the next, then upload
             if i < len(candidates) - 1:
                 await self._cancel(location, repo)
                 location = None

@@ -132,12 +132,12 @@ class Transport:
         self.auth = Authenticator(registry, self.session, self._credentials)
 
     async def _credentials(self) -> Credentials | None:
-        source = self._creds_source
-        if source is None:
-            source = self._creds_source = CredentialStore()
-        if isinstance(source, Credentials):
-            return source
         try:
+            source = self._creds_source
+            if source is None:
+                source = self._creds_source = CredentialStore()
+            if isinstance(source, Credentials):
+                return source
             return await source.get(self.registry)
         except CredentialError as exc:  # callers that turn RegistryError into a warning get this one too
             raise Unauthorized(None, "CREDENTIALS", str(exc), registry=self.registry) from None
@@ -211,12 +211,12 @@ class Transport:
             status = resp.status
             if status == 401 and send_auth and not auth_answered:
                 challenge = resp.headers.get("WWW-Authenticate")
-                await self._drain(resp)
+                payload = await self._drain(resp)
                 if self.auth.on_unauthorized(challenge, scopes):
                     auth_answered = True
                     attempt -= 1  # the handshake is not a failure
                     continue
-                raise error_from_response(401, b"", registry=self.registry, repository=repository, obj=obj)
+                raise error_from_response(401, payload, registry=self.registry, repository=repository, obj=obj)
             if retry and attempt < self.retry.attempts and (status == 429 or (status >= 500 and status != 501)):
                 delay = self._retry_after(resp.headers.get("Retry-After"))
                 await self._drain(resp)
@@ -253,10 +253,11 @@ class Transport:
         return min(max(seconds, 0.0), self.retry.max_retry_after)
 
     @staticmethod
-    async def _drain(resp: aiohttp.ClientResponse) -> None:
+    async def _drain(resp: aiohttp.ClientResponse) -> bytes:
+        """Read and release a response we will not hand out, so its connection returns to the pool."""
         try:
-            await resp.read()
+            return await resp.read()
         except (aiohttp.ClientError, TimeoutError):
-            pass
+            return b""
         finally:
             resp.release()
