@@ -264,3 +264,13 @@ def test_add_checksum(build: Build) -> None:
         build("FROM busybox\nADD --checksum=md5:x https://a/1 /x\n")
     with pytest.raises(DockerfileError, match="unknown flag: --checksum"):
         build(f"FROM busybox\nCOPY --checksum={digest} a /x\n")
+
+
+def test_flags_on_instructions_without_flags_are_rejected(build: Build) -> None:
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:2: ENV: unknown flag: --x"):
+        build("FROM busybox\nENV --x=1 A=b\n")
+
+
+def test_predefined_build_args_do_not_warn(build: Build) -> None:
+    args = {"SOURCE_DATE_EPOCH": "0", "BUILDKIT_INLINE_CACHE": "1", "TARGETARCH": "amd64", "ftp_proxy": "x"}
+    assert build("FROM busybox\n", build_args=args).warnings == ()

@@ -138,3 +138,10 @@ def test_stage_errors(build: Build, text: str, message: str) -> None:
     with pytest.raises(DockerfileError) as err:
         build(text)
     assert str(err.value).startswith(message)
+
+
+def test_bad_trigger_names_the_from_line() -> None:
+    resolver = Resolver({"bad:1": {"OnBuild": ["RUNN make"]}})
+    with pytest.raises(DockerfileError) as err:
+        run("FROM busybox\nRUN a\nFROM bad:1\n", resolver)
+    assert str(err.value).startswith("Dockerfile:3: ONBUILD trigger 'RUNN make': unknown instruction: RUNN")

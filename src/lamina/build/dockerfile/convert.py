@@ -99,10 +99,20 @@ def convert(
     for stage in stages:
         if stage.index in needed:
             out.append(_dispatch_stage(stage, states, ctx))
-    unused = [k for k in args if k not in ctx.declared and k.upper() not in PROXY_ARGS and k not in PLATFORM_ARGS]
+    unused = [k for k in args if k not in ctx.declared and not _predefined(k)]
     if unused:
         ctx.warnings.append(f"one or more build-args [{' '.join(unused)}] were not consumed")
     return BuildGraph(stages=tuple(out), target=target_index, warnings=tuple(ctx.warnings))
+
+
+def _predefined(name: str) -> bool:
+    """Build args BuildKit consumes without an ARG: proxies, platform ARGs, SOURCE_DATE_EPOCH, BUILDKIT_*."""
+    return (
+        name.upper() in PROXY_ARGS
+        or name in PLATFORM_ARGS
+        or name == "SOURCE_DATE_EPOCH"
+        or name.startswith("BUILDKIT_")
+    )
 
 
 def host_platform() -> Platform:

@@ -25,12 +25,15 @@ from .state import DEFAULT_SHELL, Context, StageState
 __all__ = ["dispatch", "onbuild_expression"]
 
 _MIN_DURATION = 1_000_000  # Docker's container.MinimumDuration: 1ms
+_WITH_FLAGS = ("RUN", "COPY", "ADD", "HEALTHCHECK")
 
 
 def dispatch(st: StageState, inst: Instruction, ctx: Context) -> None:
     handler = _HANDLERS.get(inst.cmd)
     if handler is None:
         raise DockerfileError(f"{inst.cmd} is not allowed inside a stage", inst.line)
+    if inst.flags and inst.cmd not in _WITH_FLAGS:
+        parse_flags(inst)  # BuildKit rejects any flag on an instruction that defines none
     try:
         handler(st, inst, ctx)
     except ExpansionError as exc:

@@ -86,7 +86,10 @@ def parse_trigger(text: str, line: int) -> Instruction:
         raise DockerfileError(f"ONBUILD trigger {text!r}: {exc}", line) from None
     if len(commands) != 1:
         raise DockerfileError("onbuild trigger should be a single expression", line)
-    parsed = _instruction(commands[0], text.splitlines(), "\\")
+    try:
+        parsed = _instruction(commands[0], text.splitlines(), "\\")
+    except DockerfileError as exc:
+        raise DockerfileError(f"ONBUILD trigger {text!r}: {exc.message}", line) from None
     if parsed.cmd in ("ONBUILD", "FROM", "MAINTAINER"):
         raise DockerfileError(f"{parsed.cmd} isn't allowed as an ONBUILD trigger", line)
     return Instruction(parsed.cmd, parsed.args, parsed.json, parsed.flags, parsed.heredocs, parsed.original, line, line)
