@@ -114,7 +114,10 @@ async def build(
             importers=importers,
             exporters=exporters,
         )
-        result = await solver.solve()
+        try:
+            result = await solver.solve()
+        finally:
+            executor.close()
         target = CachedResult(result.key, result.layers, result.config.created or "", "local")
         for exporter in exporters:
             await exporter.finalize(target)

@@ -20,6 +20,7 @@ from typing import Any
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.context import BuildContext, ContextError
+from lamina.build.filecopy import CopyError, Downloads, apply_copy, copy_checksum
 from lamina.build.imageconfig import epoch_time
 from lamina.build.images import ImageSource
 from lamina.build.ops import CopyStep, RunStep, WorkdirStep
@@ -67,6 +68,10 @@ class Executor:
         self.snapshotter: Snapshotter = detect_snapshotter(state.root)
         self.runtime = RuncExecutor(state.root / "runc", runtime=runtime)
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
+        self.downloads = Downloads()  # ADD <url>: fetched once per build, shared by checksum and copy
+
+    def close(self) -> None:
+        self.downloads.close()
 
     # -- materialising lazy results ------------------------------------------------------------------
 
@@ -145,8 +150,6 @@ class Executor:
         return await self._in_snapshot(lowers, execute, run=False)
 
     def _apply_copy(self, step: CopyStep, source_root: Path, rootfs: Path, owner: Any, *, from_context: bool) -> None:
-        from lamina.build.filecopy import apply_copy  # the COPY/ADD semantics (lamina.build.filecopy)
-
         try:
             apply_copy(
                 step,
@@ -154,8 +157,10 @@ class Executor:
                 rootfs=rootfs,
                 context_ignore=self.context.matcher if from_context else None,
                 resolve_owner=owner,
+                downloads=self.downloads,
+                source=self.context if from_context else None,
             )
-        except (OSError, ValueError, LookupError, ContextError) as exc:
+        except (OSError, ValueError, LookupError, ContextError, CopyError) as exc:
             raise ExecutionError(str(exc)) from None
 
     async def workdir(self, step: WorkdirStep, lowers: list[Path]) -> LayerRef:
@@ -182,8 +187,8 @@ class Executor:
 
     def context_checksum(self, context_dir: Path, step: CopyStep) -> str:
         try:
-            return str(self.context.checksum(step.sources))
-        except (OSError, ValueError, LookupError, ContextError) as exc:
+            return copy_checksum(step, self.context, downloads=self.downloads)
+        except (OSError, ValueError, LookupError, ContextError, CopyError) as exc:
             raise ExecutionError(str(exc)) from None
 
     # -- snapshot + layer ----------------------------------------------------------------------------

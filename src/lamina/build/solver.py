@@ -191,8 +191,6 @@ class Solver:
         if step.from_image is not None:
             image = await self.images.resolve(step.from_image, stage.platform)
             return {"source_image": image.manifest_digest}, image
-        if step.heredocs and not step.sources:
-            return {"content": None}, None
         content = await asyncio.to_thread(self.executor.context_checksum, self.context_dir, step)
         return {"content": content}, None
 
