@@ -4,6 +4,7 @@ lying digests, 5xx/429 bursts, dropped connections, cross-origin redirects, uplo
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,27 @@ async def test_concurrent_requests_share_one_token(serve_app: ServeApp) -> None:
         await c.fetch_blob("r/x", GOOD_DIGEST)  # learns the challenge
         results = await asyncio.gather(*(c.fetch_blob("r/x", GOOD_DIGEST) for _ in range(8)))
     assert results == [GOOD] * 8 and token_calls == 1
+
+
+async def test_large_manifest_arriving_in_pieces_is_read_whole(serve_app: ServeApp) -> None:
+    entries = [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1,
+                "digest": str(digest_of(str(i).encode()))} for i in range(12_000)]
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": entries}).encode()
+    assert len(body) > 1 << 20
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+        await resp.prepare(request)
+        for start in range(0, len(body), 50_000):
+            await resp.write(body[start : start + 50_000])
+            await asyncio.sleep(0.002)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", slow)
+    host = await serve_app(app)
+    async with RegistryClient(host, retry=FAST, credentials=Credentials()) as c:
+        fetched = await c.get_manifest("r/x", str(digest_of(body)))
+    assert fetched.data == body

@@ -13,6 +13,7 @@ import json
 import re
 from typing import NamedTuple
 
+import aiohttp
 from yarl import URL
 
 from ..oci import Descriptor, Digest, DigestError, FormatError, ImageIndex, digest_of, parse_digest, parse_manifest
@@ -62,6 +63,18 @@ def _media_type(content_type: str | None, data: bytes | None) -> str:
     return declared if isinstance(declared, str) else served
 
 
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, but never more than ``limit`` bytes in memory (StreamReader.read(n) may return less)."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        parts.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
 class ManifestOps:
     """Mixin for :class:`lamina.client.RegistryClient`; needs ``self.transport``."""
 
@@ -85,7 +98,7 @@ class ManifestOps:
             if length and length.isdigit() and int(length) > _MAX_MANIFEST:
                 raise RegistryError(resp.status, "MANIFEST_TOO_LARGE", f"{length} bytes (limit {_MAX_MANIFEST})",
                                     registry=self.transport.registry, repository=repo, obj=obj)
-            data = await resp.content.read(_MAX_MANIFEST + 1)
+            data = await _read_limited(resp, _MAX_MANIFEST + 1)
             if len(data) > _MAX_MANIFEST:
                 raise RegistryError(resp.status, "MANIFEST_TOO_LARGE", f"more than {_MAX_MANIFEST} bytes",
                                     registry=self.transport.registry, repository=repo, obj=obj)
@@ -191,7 +204,7 @@ class ManifestOps:
                 "GET", f"/v2/{repo}/referrers/{digest}", scopes=[pull_scope(repo)], repository=repo, obj=obj,
                 params=params, headers={"Accept": mt.OCI_INDEX},
             ) as resp:
-                data = await resp.content.read(_MAX_MANIFEST + 1)
+                data = await _read_limited(resp, _MAX_MANIFEST)
                 self.transport.stats.add_down("manifest", len(data))
                 filtered = "artifactType" in resp.headers.get("OCI-Filters-Applied", "")
                 content_type = resp.headers.get("Content-Type")
