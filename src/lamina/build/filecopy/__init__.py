@@ -1,0 +1,25 @@
+"""COPY/ADD: copying from a build context or another root filesystem into a mounted rootfs.
+
+The solver calls :func:`copy_checksum` for a COPY/ADD step's cache key and :func:`apply_copy` to perform
+it (both share ADD URL downloads through one :class:`Downloads` per build). Semantics are BuildKit's;
+see :mod:`lamina.build.filecopy.copier`. Writes never leave the rootfs (:mod:`.rootfs`).
+"""
+
+from lamina.build.filecopy.archive import extract_archive, is_archive
+from lamina.build.filecopy.copier import OwnerResolver, apply_copy, copy_checksum, parse_chmod
+from lamina.build.filecopy.fetch import Download, Downloads, is_url
+from lamina.build.filecopy.rootfs import CopyError, RootFS
+
+__all__ = [
+    "CopyError",
+    "Download",
+    "Downloads",
+    "OwnerResolver",
+    "RootFS",
+    "apply_copy",
+    "copy_checksum",
+    "extract_archive",
+    "is_archive",
+    "is_url",
+    "parse_chmod",
+]

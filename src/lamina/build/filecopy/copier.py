@@ -1,0 +1,410 @@
+"""COPY and ADD into a mounted root filesystem, with BuildKit's semantics (fsutil ``copy.Copy``).
+
+- A source directory copies its *contents*; a file keeps its base name when the destination is a
+  directory (ends in '/', or already exists as one), else it becomes the destination path.
+- Several sources (or a wildcard matching several) need a destination ending in '/'.
+- Missing destination directories are created 0755, owned by the ``--chown`` owner or root.
+- Copied files and directories keep their permission bits (``--chmod`` replaces them) and mtimes;
+  symlinks stay symlinks; hard links inside one copy stay hard links. Owners are 0:0 for context files,
+  kept for ``--from`` sources (as BuildKit does), and the ``--chown`` owner when given.
+- A directory's metadata is applied after its children; an existing destination directory keeps its own
+  (only directories that the copy re-creates or copies over take the source's).
+- ADD: a local tar archive (any compression, detected by content) is unpacked into the destination;
+  an http(s) URL is downloaded (mode 0600, Last-Modified mtime, ``--checksum`` verified).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import hashlib
+import os
+import posixpath
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.build import gopath
+from lamina.build.context import ContextError, Entry, Selected, SourceTree
+from lamina.build.dockerignore import PatternMatcher
+from lamina.build.filecopy.archive import extract_archive, is_archive
+from lamina.build.filecopy.fetch import Download, Downloads, is_url
+from lamina.build.filecopy.rootfs import DIR_FLAGS, NEW_FILE_FLAGS, CopyError, RootFS, write_all
+from lamina.build.ops import CopyStep
+
+__all__ = ["OwnerResolver", "apply_copy", "copy_checksum", "parse_chmod"]
+
+OwnerResolver = Callable[[str], tuple[int, int]]
+_CHUNK = 1 << 20
+_SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+
+def parse_chmod(value: str | None) -> int | None:
+    """``--chmod`` as Docker accepts it: an octal number up to 7777."""
+    if value is None or value == "":
+        return None
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise CopyError(f"invalid --chmod={value}: expected an octal mode such as 755") from None
+    if not 0 <= mode <= 0o7777:
+        raise CopyError(f"invalid --chmod={value}: mode out of range")
+    return mode
+
+
+def _numeric_owner(spec: str) -> tuple[int, int]:
+    user, _, group = spec.partition(":")
+    if not user.isdigit() or (group and not group.isdigit()):
+        raise CopyError(f"cannot resolve --chown={spec}: no user database to look names up in")
+    return int(user), int(group or user)
+
+
+def _instruction(step: CopyStep) -> str:
+    return "ADD" if step.is_add else "COPY"
+
+
+def _exclude_of(step: CopyStep) -> PatternMatcher | None:
+    patterns = getattr(step, "exclude", ())
+    return PatternMatcher(patterns) if patterns else None
+
+
+def _checksum_of(step: CopyStep, checksum: str | None) -> str | None:
+    return checksum if checksum is not None else getattr(step, "checksum", None)
+
+
+def copy_checksum(
+    step: CopyStep,
+    context: SourceTree,
+    *,
+    downloads: Downloads | None = None,
+    checksum: str | None = None,
+) -> str:
+    """The content part of a COPY/ADD cache key: ``sha256:<hex>`` over what the step reads.
+
+    Context sources contribute :meth:`SourceTree.checksum` (names, modes, contents; never mtimes or
+    owners); URLs their downloaded content digest and file name; heredocs their name and content.
+    """
+    exclude = _exclude_of(step)
+    h = hashlib.sha256()
+    try:
+        for source in step.sources:
+            if is_url(source):
+                if not step.is_add:
+                    raise CopyError(f"COPY failed: source can't be a URL for COPY: {source}")
+                got = _downloads(downloads).get(source, checksum=_checksum_of(step, checksum))
+                h.update(b"url %s %s\0" % (os.fsencode(got.filename), got.digest.encode()))
+            else:
+                h.update(b"path %s\0" % context.checksum([source], exclude=exclude or ()).encode())
+    except CopyError:
+        raise
+    except ContextError as exc:
+        raise CopyError(f"{_instruction(step)} failed: {exc}") from None
+    for name, content in step.heredocs:
+        h.update(b"heredoc %s %s\0" % (os.fsencode(name), hashlib.sha256(content.encode()).hexdigest().encode()))
+    return "sha256:" + h.hexdigest()
+
+
+_default_downloads: Downloads | None = None
+
+
+def _downloads(downloads: Downloads | None) -> Downloads:
+    global _default_downloads
+    if downloads is not None:
+        return downloads
+    if _default_downloads is None:
+        _default_downloads = Downloads()
+        atexit.register(_default_downloads.close)
+    return _default_downloads
+
+
+@dataclass(frozen=True, slots=True)
+class _Inline:
+    """A file that does not come from a tree: a heredoc or a download."""
+
+    name: str
+    path: Path | None
+    data: bytes
+    mode: int
+    mtime_ns: int | None
+
+
+_Item = Selected | _Inline
+
+
+def apply_copy(
+    step: CopyStep,
+    *,
+    source_root: Path | None,
+    rootfs: Path,
+    context_ignore: Sequence[str] | PatternMatcher | None = None,
+    resolve_owner: OwnerResolver | None = None,
+    downloads: Downloads | None = None,
+    checksum: str | None = None,
+    source: SourceTree | None = None,
+) -> None:
+    """Perform ``step`` into the mounted ``rootfs``.
+
+    ``source_root`` is the build context (filtered by ``context_ignore``) or, for ``--from``, the source
+    stage's/image's root filesystem; ``source`` may pass an already-open :class:`SourceTree` instead.
+    ``resolve_owner`` maps a ``--chown`` spec to (uid, gid) in the destination rootfs (numeric specs work
+    without it). ``downloads`` shares ADD URL downloads with :func:`copy_checksum`.
+    """
+    _Copier(step, source_root, rootfs, context_ignore, resolve_owner, downloads, checksum, source).run()
+
+
+class _Copier:
+    def __init__(
+        self,
+        step: CopyStep,
+        source_root: Path | None,
+        rootfs: Path,
+        context_ignore: Sequence[str] | PatternMatcher | None,
+        resolve_owner: OwnerResolver | None,
+        downloads: Downloads | None,
+        checksum: str | None,
+        source: SourceTree | None,
+    ) -> None:
+        self.step = step
+        self.instr = _instruction(step)
+        self.from_other = step.from_stage is not None or step.from_image is not None
+        self.root = RootFS(rootfs)
+        self.source = source
+        self.source_root = source_root
+        self.ignore = context_ignore if context_ignore is not None and not self.from_other else ()
+        self.resolve_owner = resolve_owner
+        self.downloads = downloads
+        self.checksum = _checksum_of(step, checksum)
+        self.exclude = _exclude_of(step)
+        self.chmod = parse_chmod(step.chmod)
+        self.chown = self._resolve_chown(step.chown)
+        self.links: dict[tuple[int, int], tuple[str, str]] = {}
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def _resolve_chown(self, spec: str | None) -> tuple[int, int] | None:
+        if not spec:
+            return None
+        if self.resolve_owner is None:
+            return _numeric_owner(spec)
+        try:
+            return self.resolve_owner(spec)
+        except (LookupError, ValueError, OSError) as exc:
+            raise CopyError(f"{self.instr} --chown={spec}: {exc}") from None
+
+    def _tree(self) -> SourceTree:
+        if self.source is None:
+            if self.source_root is None:
+                raise CopyError(f"{self.instr} has sources but no source root")
+            label = "build context" if not self.from_other else "source stage"
+            if self.step.from_image is not None:
+                label = f"image {self.step.from_image}"
+            self.source = SourceTree(self.source_root, self.ignore or (), label=label)
+        return self.source
+
+    def _items(self) -> tuple[list[_Item], bool]:
+        """Everything to copy, and whether several things are copied (which needs a directory dest)."""
+        items: list[_Item] = []
+        several = len(self.step.sources) + len(self.step.heredocs) > 1
+        for src in self.step.sources:
+            if is_url(src):
+                if not self.step.is_add:
+                    raise CopyError(f"COPY failed: source can't be a URL for COPY: {src}")
+                got: Download = _downloads(self.downloads).get(src, checksum=self.checksum)
+                items.append(_Inline(got.filename, got.path, b"", 0o600, got.mtime_ns))
+                continue
+            if src.startswith("git@") or (src.endswith(".git") and "://" in src):
+                raise CopyError(f"{self.instr} failed: git sources are not supported: {src}")
+            try:
+                selected = self._tree().select(src, exclude=self.exclude)
+            except ContextError as exc:
+                raise CopyError(f"{self.instr} failed: {exc}") from None
+            several = several or len(selected) > 1
+            items.extend(selected)
+        for name, content in self.step.heredocs:
+            items.append(_Inline(name, None, content.encode(), 0o644, None))
+        return items, several
+
+    def _owner(self, entry: Entry | None) -> tuple[int, int]:
+        if self.chown is not None:
+            return self.chown
+        if entry is not None and self.from_other:
+            return entry.st.st_uid, entry.st.st_gid
+        return 0, 0
+
+    def _mode(self, src_mode: int) -> int:
+        perm = stat.S_IMODE(src_mode)
+        if self.chmod is None:
+            return perm
+        return self.chmod if self.chmod > 0o777 else (perm & 0o7000) | self.chmod
+
+    # -- the copy --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        step = self.step
+        dest = step.dest if step.dest.startswith("/") else posixpath.join(step.workdir or "/", step.dest)
+        dir_syntax = dest.endswith(("/", "/.")) or dest in (".", "")
+        items, several = self._items()
+        if several and not dir_syntax:
+            raise CopyError(
+                f"When using {self.instr} with more than one source file, "
+                "the destination must be a directory and end with a /"
+            )
+        head, tail = posixpath.split(dest)
+        ensure = dest if tail in ("", ".") else head
+        created_owner = self.chown if self.chown is not None else (0, 0)
+        self.root.mkdir_all(self.root.resolve(ensure), owner=created_owner)
+        dest_rel = self.root.resolve(gopath.clean(dest))
+        for item in items:
+            self._copy_item(item, dest_rel, created_owner)
+
+    def _copy_item(self, item: _Item, dest_rel: str, created_owner: tuple[int, int]) -> None:
+        src_is_dir = isinstance(item, Selected) and item.entry.is_dir
+        st_dest = self.root.lstat(dest_rel)
+        dest_is_dir = st_dest is not None and stat.S_ISDIR(st_dest.st_mode)
+        if self.step.is_add and isinstance(item, Selected) and item.entry.is_file and self._unpack(item, dest_rel):
+            return
+        if src_is_dir:
+            assert isinstance(item, Selected)
+            if st_dest is not None and not dest_is_dir:
+                raise CopyError(f"cannot copy to non-directory: {self.root.display(dest_rel)}")
+            self.root.mkdir_all(dest_rel, owner=created_owner)
+            self._copy_tree(item, dest_rel)
+            return
+        target = posixpath.join(dest_rel, item.name) if dest_is_dir else dest_rel
+        parent, _, name = target.rpartition("/")
+        self.root.mkdir_all(parent, owner=created_owner)
+        with self.root.dir(parent) as dfd:
+            if isinstance(item, Selected):
+                self._copy_entry(item.entry, dfd, parent, name)
+            else:
+                self._write_inline(item, dfd, name, self.root.display(target))
+
+    def _unpack(self, item: Selected, dest_rel: str) -> bool:
+        tree = self._tree()
+        fd = tree.open_file(item.entry)
+        with open(fd, "rb") as raw:
+            if not is_archive(raw):
+                return False
+            self.root.mkdir_all(dest_rel, owner=self.chown if self.chown is not None else (0, 0))
+            extract_archive(raw, RootFS(self.root.root / dest_rel if dest_rel else self.root.root), what=item.source)
+        return True
+
+    def _copy_tree(self, item: Selected, dest_rel: str) -> None:
+        """Copy the contents of a source directory into the (existing) directory ``dest_rel``."""
+        tree = self._tree()
+        stack: list[tuple[str, int]] = [("", self.root.open_dir(dest_rel))]
+        dirs: list[tuple[str, Entry]] = []
+        try:
+            for rel, entry in tree.walk(item.entry, self.exclude):
+                parent = rel.rpartition("/")[0]
+                while stack[-1][0] != parent:
+                    os.close(stack.pop()[1])
+                dfd = stack[-1][1]
+                drel = posixpath.join(dest_rel, parent) if parent else dest_rel
+                self._copy_entry(entry, dfd, drel, entry.name, shallow=True)
+                if entry.is_dir:
+                    stack.append((rel, os.open(entry.name, DIR_FLAGS, dir_fd=dfd)))
+                    dirs.append((rel, entry))
+        finally:
+            for _, fd in stack:
+                os.close(fd)
+        for rel, entry in reversed(dirs):  # metadata after children, deepest first
+            with self.root.dir(posixpath.join(dest_rel, rel)) as fd:
+                self._meta(fd, entry)
+
+    def _copy_entry(self, entry: Entry, dfd: int, drel: str, name: str, *, shallow: bool = False) -> None:
+        """Create ``name`` in directory ``dfd`` as a copy of ``entry`` (a directory: ``shallow`` = only
+        create it; its children and metadata are the caller's)."""
+        where = self.root.display(posixpath.join(drel, name))
+        tree = self._tree()
+        if entry.is_dir:
+            existing = self.root.clear_for(dfd, name, is_dir=True, where=where)
+            if existing is None:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            if not shallow:
+                with self.root.dir(posixpath.join(drel, name)) as fd:
+                    self._meta(fd, entry)
+            return
+        self.root.clear_for(dfd, name, is_dir=False, where=where)
+        if entry.is_symlink:
+            os.symlink(entry.link or "", name, dir_fd=dfd)
+            owner = self._owner(entry)
+            self.root.chown(dfd, name, *owner)
+            mtime = entry.st.st_mtime_ns
+            os.utime(name, ns=(mtime, mtime), dir_fd=dfd, follow_symlinks=False)
+            return
+        if not entry.is_file:
+            if stat.S_ISSOCK(entry.st.st_mode):
+                return  # sockets are not content
+            raise CopyError(f"cannot copy {entry.path}: unsupported file type (device or fifo)")
+        key = (entry.st.st_dev, entry.st.st_ino)
+        if entry.st.st_nlink > 1 and key in self.links:
+            first_dir, first_name = self.links[key]
+            with self.root.dir(first_dir) as sfd:
+                os.link(first_name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            return
+        sfd = tree.open_file(entry)
+        try:
+            fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=dfd)
+            try:
+                _copy_data(sfd, fd)
+                self._meta(fd, entry)
+                if self.from_other:
+                    _copy_xattrs(sfd, fd)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(sfd)
+        if entry.st.st_nlink > 1:
+            self.links[key] = (drel, name)
+
+    def _meta(self, fd: int, entry: Entry) -> None:
+        """Owner, then mode (chown clears set-id bits), then mtime, on an open file or directory."""
+        self.root.fchown(fd, *self._owner(entry))
+        os.fchmod(fd, self._mode(entry.st.st_mode))
+        mtime = entry.st.st_mtime_ns
+        os.utime(fd, ns=(mtime, mtime))
+
+    def _write_inline(self, item: _Inline, dfd: int, name: str, where: str) -> None:
+        self.root.clear_for(dfd, name, is_dir=False, where=where)
+        fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=dfd)
+        try:
+            if item.path is not None:
+                with open(item.path, "rb") as src:
+                    _copy_data(src.fileno(), fd)
+            else:
+                write_all(fd, item.data)
+            self.root.fchown(fd, *self._owner(None))
+            os.fchmod(fd, self._mode(item.mode))
+            if item.mtime_ns is not None:
+                os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
+        finally:
+            os.close(fd)
+
+
+def _copy_data(src: int, dst: int) -> None:
+    """Copy all of ``src`` to ``dst``: copy_file_range when the kernel can, read/write otherwise."""
+    try:
+        while os.copy_file_range(src, dst, _CHUNK * 64):
+            pass
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    while chunk := os.read(src, _CHUNK):
+        write_all(dst, chunk)
+
+
+def _copy_xattrs(src: int, dst: int) -> None:
+    """Carry extended attributes (file capabilities, ...) from a stage's file, best effort as BuildKit."""
+    try:
+        names = os.listxattr(src)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(_SKIPPED_XATTRS):
+            continue
+        with contextlib.suppress(OSError):
+            os.setxattr(dst, name, os.getxattr(src, name))
