@@ -5,16 +5,18 @@ an old kernel, or on filesystems without trusted xattrs for the lower dirs).
 creates missing runtime mountpoints, and records every entry's identity (inode, ctime, mode, owner,
 size, mtime). On exit it walks the tree again and writes the changes into ``upper`` in the same
 overlay format the kernel would produce: new or changed entries (with their ancestors, as overlay's
-copy-up does), and a 0/0 character device for each deleted entry. A replaced directory gets whiteouts
-for its vanished children instead of the opaque xattr, which means the same and needs no privilege.
+copy-up does), a 0/0 character device for each deleted entry, and the opaque xattr on a directory that
+replaced another entry (whiteouts for its vanished children where that xattr cannot be set).
 ``write_layer`` then treats both snapshotters' output identically.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -138,6 +140,29 @@ def scan(root: str) -> dict[str, os.stat_result]:
     return found
 
 
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long): the inode generation (ext4, xfs, btrfs, tmpfs)
+
+
+def generations(root: str, entries: dict[str, os.stat_result]) -> dict[str, int]:
+    """Inode generations of the directories: tells a re-created directory that reused its inode number
+    from the original, so it can be marked opaque as overlayfs would."""
+    found: dict[str, int] = {}
+    for rel, st in entries.items():
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            fd = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            found[rel] = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETVERSION, b"\0" * 8))[0]
+        except OSError:
+            pass  # no generations on this filesystem: inode numbers alone decide
+        finally:
+            os.close(fd)
+    return found
+
+
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_mode, a.st_uid, a.st_gid, a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_rdev) == (
         b.st_ino,
@@ -151,13 +176,26 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
-def write_diff(rootfs: str, before: dict[str, os.stat_result], upper: str) -> None:
+def _mark_opaque(path: str) -> bool:
+    try:
+        os.setxattr(path, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+    except OSError:
+        return False  # unprivileged: whiteouts for the vanished children say the same
+    return True
+
+
+def write_diff(
+    rootfs: str, before: dict[str, os.stat_result], upper: str, before_generations: dict[str, int] | None = None
+) -> None:
     """Write what changed in ``rootfs`` since ``before`` into ``upper`` in overlay format.
 
-    Changed non-directories are moved (``rootfs`` is thrown away afterwards), so this is cheap."""
+    Like overlayfs, a directory created where something else was is opaque. Changed non-directories
+    are moved, not copied (``rootfs`` is thrown away afterwards), so this is cheap."""
     after = scan(rootfs)
+    old_gens = before_generations or {}
+    new_gens = generations(rootfs, {r: st for r, st in after.items() if r in old_gens})
     made: dict[str, os.stat_result] = {}  # dirs created in upper -> the metadata they must end with
-    xattr_src: dict[str, str] = {}
+    opaque: set[str] = set()
     links: dict[tuple[int, int], str] = {}
 
     def ensure_parents(rel: str) -> None:
@@ -167,7 +205,6 @@ def write_diff(rootfs: str, before: dict[str, os.stat_result], upper: str) -> No
             if parent not in made:
                 os.mkdir(os.path.join(upper, parent))
                 made[parent] = after[parent]
-                xattr_src[parent] = os.path.join(rootfs, parent)
 
     for rel, st in after.items():
         old = before.get(rel)
@@ -175,18 +212,21 @@ def write_diff(rootfs: str, before: dict[str, os.stat_result], upper: str) -> No
             continue
         ensure_parents(rel)
         dst = os.path.join(upper, rel)
-        src = os.path.join(rootfs, rel)
         if stat.S_ISDIR(st.st_mode):
             if rel not in made:
                 os.mkdir(dst)
                 made[rel] = st
-                xattr_src[rel] = src
+            replaced = old is not None and (
+                old.st_ino != st.st_ino or old_gens.get(rel, 0) != new_gens.get(rel, old_gens.get(rel, 0))
+            )
+            if replaced and _mark_opaque(dst):
+                opaque.add(rel)
             continue
         key = (st.st_dev, st.st_ino)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in links:
             os.link(links[key], dst)
             continue
-        os.rename(src, dst)
+        os.rename(os.path.join(rootfs, rel), dst)
         links[key] = dst
     for rel in before:
         if rel in after:
@@ -195,11 +235,13 @@ def write_diff(rootfs: str, before: dict[str, os.stat_result], upper: str) -> No
         parent_now = after.get(parent) if parent else None
         if parent and (parent_now is None or not stat.S_ISDIR(parent_now.st_mode)):
             continue  # a deleted or replaced ancestor already hides it
+        if any(rel.startswith(d + "/") for d in opaque):
+            continue
         ensure_parents(rel)
         os.mknod(os.path.join(upper, rel), stat.S_IFCHR, os.makedev(0, 0))
         os.utime(os.path.join(upper, rel), ns=(before[rel].st_atime_ns, before[rel].st_mtime_ns))
     for rel in sorted(made, key=lambda r: -r.count("/")):
-        _copy_meta(made[rel], xattr_src[rel], os.path.join(upper, rel))
+        _copy_meta(made[rel], os.path.join(rootfs, rel), os.path.join(upper, rel))
 
 
 def _make_mountpoints(rootfs: Path, mountpoints: Sequence[tuple[str, bool]]) -> None:
@@ -230,6 +272,7 @@ class _CopySnapshot:
         self._lowers = list(lowers)
         self._mountpoints = tuple(mountpoints)
         self._before: dict[str, os.stat_result] = {}
+        self._generations: dict[str, int] = {}
 
     def __enter__(self) -> _CopySnapshot:
         try:
@@ -239,6 +282,7 @@ class _CopySnapshot:
                 apply_lower(os.fspath(layer), os.fspath(self.rootfs))
             _make_mountpoints(self.rootfs, self._mountpoints)
             self._before = scan(os.fspath(self.rootfs))
+            self._generations = generations(os.fspath(self.rootfs), self._before)
         except BaseException:
             self.discard()
             raise
@@ -253,7 +297,7 @@ class _CopySnapshot:
         try:
             self.upper.mkdir()
             os.chmod(self.upper, 0o755)
-            write_diff(os.fspath(self.rootfs), self._before, os.fspath(self.upper))
+            write_diff(os.fspath(self.rootfs), self._before, os.fspath(self.upper), self._generations)
         except BaseException:
             self.discard()
             raise

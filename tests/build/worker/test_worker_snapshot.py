@@ -1,0 +1,166 @@
+"""Snapshotters: overlay mounts and the copying fallback, held to one behavioural suite.
+
+Each test runs against both implementations (design.md habit 8) and checks the layer the step's
+diff produces, through ``write_layer``, as the solver will use it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from worker_helpers import ROOT_ONLY, tar_members, tar_names
+
+from lamina.build.worker import (
+    CopySnapshotter,
+    LayerStore,
+    OverlaySnapshotter,
+    Snapshotter,
+    detect_snapshotter,
+    write_layer,
+)
+from lamina.build.worker.snapshot import lookup_in_stack
+
+pytestmark = ROOT_ONLY
+
+EPOCH = 1_700_000_000
+KINDS: dict[str, Callable[[Path], Snapshotter]] = {"overlay": OverlaySnapshotter, "copy": CopySnapshotter}
+
+
+@pytest.fixture(params=sorted(KINDS))
+def snapshotter(request: pytest.FixtureRequest, tmp_path: Path) -> Snapshotter:
+    return KINDS[request.param](tmp_path / "state")
+
+
+@pytest.fixture
+def base(tmp_path: Path, rootfs_dir: Path) -> Path:
+    """The busybox rootfs as an unpacked layer in a LayerStore (what a pulled base image becomes)."""
+    (rootfs_dir / "etc" / "app.conf").write_text("a=1\n")
+    (rootfs_dir / "home" / "app" / "notes").write_text("n")
+    blob = write_layer(rootfs_dir, tmp_path / "blobs", source_date_epoch=EPOCH)
+    store = LayerStore(tmp_path / "state")
+    return store.unpack(blob.path, blob.media_type, blob.diff_id)
+
+
+def layer_entries(upper: Path, tmp_path: Path) -> list[str]:
+    return tar_names(write_layer(upper, tmp_path / "out", source_date_epoch=EPOCH).path)
+
+
+def test_changes_become_a_layer_with_whiteouts(snapshotter: Snapshotter, base: Path, tmp_path: Path) -> None:
+    with snapshotter.prepare([base], mountpoints=()) as snap:
+        root = snap.rootfs
+        assert (root / "bin" / "busybox").is_file()
+        os.unlink(root / "bin" / "gzip")
+        with open(root / "etc" / "app.conf", "a") as fh:
+            fh.write("b=2\n")
+        (root / "new" / "dir").mkdir(parents=True)
+        (root / "new" / "dir" / "f").write_text("f")
+    entries = layer_entries(snap.upper, tmp_path)
+    assert entries == ["bin", "bin/.wh.gzip", "etc", "etc/app.conf", "new", "new/dir", "new/dir/f"]
+    assert not (snap.rootfs / "bin").exists()  # unmounted / thrown away
+    snap.discard()
+    assert not snap.upper.exists()
+    assert os.lstat(base / "bin" / "gzip")  # the lower is untouched
+
+
+def test_replaced_directory_is_opaque(snapshotter: Snapshotter, base: Path, tmp_path: Path) -> None:
+    with snapshotter.prepare([base], mountpoints=()) as snap:
+        for child in (snap.rootfs / "home" / "app").iterdir():
+            child.unlink()
+        (snap.rootfs / "home" / "app").rmdir()
+        (snap.rootfs / "home" / "app").mkdir()
+        (snap.rootfs / "home" / "app" / "fresh").write_text("x")
+    entries = layer_entries(snap.upper, tmp_path)
+    assert entries == ["home", "home/app", "home/app/.wh..wh..opq", "home/app/fresh"]
+    snap.discard()
+
+
+def test_missing_mountpoints_stay_out_of_the_layer(snapshotter: Snapshotter, base: Path, tmp_path: Path) -> None:
+    assert not (base / "etc" / "hosts").exists()
+    with snapshotter.prepare([base]) as snap:
+        assert (snap.rootfs / "etc" / "hosts").is_file()
+        assert (snap.rootfs / "etc" / "resolv.conf").is_file()
+        assert (snap.rootfs / "etc" / "passwd").is_file()  # the init layer merges, it does not hide
+        (snap.rootfs / "etc" / "added").write_text("1")
+    entries = layer_entries(snap.upper, tmp_path)
+    assert entries == ["etc", "etc/added"]
+    members = {m.name: m for m in tar_members(tmp_path / "out" / os.listdir(tmp_path / "out")[0])}
+    assert members["etc"].mode == stat.S_IMODE(os.stat(base / "etc").st_mode)
+    snap.discard()
+
+
+def test_scratch_gets_mountpoints_and_an_empty_layer(snapshotter: Snapshotter, tmp_path: Path) -> None:
+    with snapshotter.prepare([]) as snap:
+        assert sorted(os.listdir(snap.rootfs)) == ["dev", "etc", "proc", "sys"]
+    assert os.listdir(snap.upper) == []
+    assert layer_entries(snap.upper, tmp_path) == []
+    snap.discard()
+
+
+def test_stack_order_whiteouts_and_opaque_lowers(snapshotter: Snapshotter, tmp_path: Path) -> None:
+    bottom, middle, top = (tmp_path / n for n in ("bottom", "middle", "top"))
+    for layer in (bottom, middle, top):
+        layer.mkdir()
+    (bottom / "d").mkdir()
+    (bottom / "d" / "old").write_text("old")
+    (bottom / "gone").write_text("gone")
+    (bottom / "f").write_text("bottom")
+    (middle / "f").write_text("middle")
+    os.mknod(middle / "gone", stat.S_IFCHR, os.makedev(0, 0))
+    (top / "d").mkdir()
+    os.setxattr(top / "d", "trusted.overlay.opaque", b"y")
+    (top / "d" / "new").write_text("new")
+    with snapshotter.prepare([top, middle, bottom], mountpoints=()) as snap:
+        assert (snap.rootfs / "f").read_text() == "middle"
+        assert not os.path.lexists(snap.rootfs / "gone")
+        assert sorted(os.listdir(snap.rootfs / "d")) == ["new"]
+    snap.discard()
+    assert lookup_in_stack([top, middle, bottom], "d/old") is None
+    assert lookup_in_stack([top, middle, bottom], "gone") is None
+    assert lookup_in_stack([top, middle, bottom], "f") == middle / "f"
+
+
+def test_error_inside_the_step_cleans_up(snapshotter: Snapshotter, base: Path, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), snapshotter.prepare([base]) as snap:
+        (snap.rootfs / "x").write_text("x")
+        raise RuntimeError("boom")
+    assert not snap.upper.exists()
+    assert os.path.ismount(snap.rootfs) is False
+    assert not [p for p in (tmp_path / "state" / "snapshots").iterdir() if not p.name.startswith(".")]
+
+
+def test_many_lowers_fit_in_one_mount(tmp_path: Path) -> None:
+    deep = tmp_path / ("very-long-directory-name-" * 4) / "state"
+    store_dirs = []
+    for i in range(150):
+        layer = deep / "layers" / f"{i:064x}"
+        layer.mkdir(parents=True)
+        (layer / f"file{i}").write_text(str(i))
+        (layer / "shared").write_text(str(i))
+        store_dirs.append(layer)
+    lowers = list(reversed(store_dirs))  # top first: the last layer wins
+    snapshotter = OverlaySnapshotter(deep)
+    with snapshotter.prepare(lowers, mountpoints=()) as snap:
+        assert (snap.rootfs / "shared").read_text() == "149"
+        assert len([n for n in os.listdir(snap.rootfs) if n.startswith("file")]) == 150
+    snap.discard()
+
+
+def test_detect_prefers_overlay(tmp_path: Path) -> None:
+    assert isinstance(detect_snapshotter(tmp_path / "state"), OverlaySnapshotter)
+    assert not list((tmp_path / "state" / "snapshots").iterdir())
+
+
+def test_overlay_view_reads_a_stack(base: Path, tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "extra").write_text("e")
+    snapshotter = OverlaySnapshotter(tmp_path / "state")
+    with snapshotter.view([top, base]) as view:
+        assert (view / "extra").read_text() == "e"
+        assert (view / "bin" / "busybox").is_file()
+        assert not (view / "etc" / "hosts").exists()
+    assert not os.path.ismount(view)
