@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -61,19 +62,22 @@ async def _upload(root: Path, data: bytes, digest: Digest, thread_min: int) -> t
     return elapsed, worst
 
 
-def bench_uploads(root: Path, big_mib: int) -> None:
-    print("upload append+commit (64 KiB chunks)      wall s   worst loop stall ms")
+def bench_uploads(root: Path, big_mib: int, repeats: int) -> None:
+    print("upload append+commit (64 KiB chunks), median of runs   wall s   worst loop stall ms")
+    modes = (("inline", 1 << 62), ("thread", 256 << 10))
     for mib in (1, big_mib):
         data = os.urandom(mib << 20)
         digest = Digest("sha256", hashlib.sha256(data).hexdigest())
-        results = {}
-        for label, thread_min in (("inline", 1 << 62), ("thread", 256 << 10)):
-            runs = [asyncio.run(_upload(root, data, digest, thread_min)) for _ in range(3 if mib < 64 else 1)]
-            elapsed = min(r[0] for r in runs)
-            stall = max(r[1] for r in runs)
-            results[label] = elapsed
-            print(f"  {mib:4d} MiB {label:7s}                        {elapsed:8.4f}   {stall * 1000:10.2f}")
-        print(f"  {mib:4d} MiB thread/inline wall ratio: {results['thread'] / results['inline']:.2f}")
+        runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in modes}
+        for _ in range(repeats):  # interleaved, so background load hits both modes alike
+            for label, thread_min in modes:
+                runs[label].append(asyncio.run(_upload(root, data, digest, thread_min)))
+        for label, _ in modes:
+            wall = statistics.median(r[0] for r in runs[label])
+            stall = statistics.median(r[1] for r in runs[label])
+            print(f"  {mib:4d} MiB {label:7s}                                   {wall:8.4f}   {stall * 1000:10.2f}")
+        ratio = statistics.median(r[0] for r in runs["thread"]) / statistics.median(r[0] for r in runs["inline"])
+        print(f"  {mib:4d} MiB thread/inline wall ratio: {ratio:.2f}")
 
 
 def bench_sqlite(root: Path, puts: int) -> None:
@@ -117,9 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big-mib", type=int, default=256)
     parser.add_argument("--puts", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lamina-bench-store-", dir="/var/tmp") as tmp:
-        bench_uploads(Path(tmp) / "uploads", args.big_mib)
+        bench_uploads(Path(tmp) / "uploads", args.big_mib, args.repeats)
         bench_sqlite(Path(tmp) / "sqlite", args.puts)
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
-from store_helpers import blob_digest
+from store_helpers import blob_digest, stream
 
 import lamina.store
-from lamina.store import Storage, StoreError, open_storage
+from lamina.store import Storage, StoreError, UploadSession, open_storage
 
 FORK = multiprocessing.get_context("fork")
 
@@ -136,3 +138,44 @@ def test_public_api_is_pinned() -> None:
         "UploadUnknown",
         "open_storage",
     ]
+
+
+async def test_registry_restart_mid_upload(tmp_path: Path) -> None:
+    """The whole restart path: session in metadata, bytes on disk, new process state, then commit."""
+    data = b"0123456789" * 10_000
+    storage = open_storage(tmp_path)
+    storage.metadata.create_upload(UploadSession("u1", "app", 0, 10.0, 10.0))
+    storage.uploads.create("u1")
+    size = await storage.uploads.append("u1", 0, stream(data[:40_000]))
+    storage.metadata.update_upload("u1", size, 20.0)
+    storage.close()
+
+    restarted = open_storage(tmp_path)
+    session = restarted.metadata.get_upload("u1")
+    assert session is not None and session.size == restarted.uploads.current_size("u1") == 40_000
+    await restarted.uploads.append("u1", session.size, stream(data[40_000:]))
+    assert await restarted.uploads.commit("u1", blob_digest(data)) == len(data)
+    restarted.metadata.link_blob("app", blob_digest(data), len(data))
+    restarted.metadata.delete_upload("u1")
+    assert restarted.metadata.linked_blob_size("app", blob_digest(data)) == len(data)
+    assert restarted.blobs.size(blob_digest(data)) == len(data)
+    restarted.close()
+
+
+def test_duplicate_upload_session_is_a_store_error(storage: Storage) -> None:
+    storage.metadata.create_upload(UploadSession("dup", "app", 0, 1.0, 1.0))
+    with pytest.raises(StoreError, match="'dup' already exists"):
+        storage.metadata.create_upload(UploadSession("dup", "app", 0, 1.0, 1.0))
+
+
+def test_janitor_helpers(storage: Storage) -> None:
+    storage.uploads.create("b")
+    storage.uploads.create("a")
+    assert storage.uploads.session_ids() == ["a", "b"]
+    stale = storage.paths.tmp / "blob-crashed"
+    stale.write_bytes(b"half")
+    os.utime(stale, (100.0, 100.0))
+    fresh = storage.paths.tmp / "blob-writing"
+    fresh.write_bytes(b"busy")
+    assert storage.blobs.sweep_tmp(older_than=time.time() - 3600) == 1
+    assert sorted(p.name for p in storage.paths.tmp.iterdir()) == ["blob-writing"]

@@ -152,6 +152,16 @@ class FilesystemBlobStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.paths.blob(digest))
 
+    def sweep_tmp(self, older_than: float) -> int:
+        """Remove temp files a crashed writer left in ``tmp/`` (mtime before ``older_than``); return the count."""
+        removed = 0
+        for entry in os.scandir(self.paths.tmp):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
     def iter_digests(self) -> Iterator[Digest]:
         """Every stored blob, in digest order per algorithm; stray names are skipped."""
         for algorithm in sorted(SUPPORTED_ALGORITHMS):
@@ -223,7 +233,7 @@ class FilesystemUploadStore:
             shutil.rmtree(self.paths.upload_dir(session_id), ignore_errors=True)
 
     def session_ids(self) -> list[str]:
-        """Ids with data on disk (for cleaning sessions that metadata no longer knows)."""
+        """Ids with data on disk, sorted: a janitor discards those metadata no longer knows."""
         try:
             return sorted(os.listdir(self.paths.uploads))
         except FileNotFoundError:
@@ -300,17 +310,23 @@ class FilesystemUploadStore:
                     f"upload {session_id}: the {size} bytes received hash to {expected.algorithm}:{actual}, "
                     f"not {expected}"
                 )
-            target = self.paths.blob(expected)
-            if not target.exists():  # else an identical blob won a race (or was pushed before): drop ours
-                await asyncio.to_thread(os.fsync, fd)
-                os.fchmod(fd, 0o444)
-                _mkdir_durable(target.parent)
-                os.rename(self.paths.upload_data(session_id), target)
-                _fsync_dir(target.parent)
+            # fsyncs take milliseconds: keep them off the event loop
+            await asyncio.to_thread(self._publish, fd, self.paths.upload_data(session_id), self.paths.blob(expected))
             self.discard(session_id)
             return size
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _publish(fd: int, source: Path, target: Path) -> None:
+        """Make the verified session file the blob: fsync, read-only, rename, fsync the directory."""
+        if target.exists():  # an identical blob won a race (or was pushed before): ours is dropped
+            return
+        os.fsync(fd)
+        os.fchmod(fd, 0o444)
+        _mkdir_durable(target.parent)
+        os.rename(source, target)
+        _fsync_dir(target.parent)
 
     # -- helpers ----------------------------------------------------------------------------------
 

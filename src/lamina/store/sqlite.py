@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import QueuePool
 
 from lamina.oci import Digest, parse_digest
@@ -335,8 +335,11 @@ class SqliteMetadataStore:
             "started_at": session.started_at,
             "updated_at": session.updated_at,
         }
-        with self._write() as conn:
-            conn.execute(q.INSERT_UPLOAD, row)
+        try:
+            with self._write() as conn:
+                conn.execute(q.INSERT_UPLOAD, row)
+        except IntegrityError:
+            raise StoreError(f"upload session {session.id!r} already exists") from None
 
     def get_upload(self, session_id: str) -> UploadSession | None:
         with self._read() as conn:
