@@ -103,6 +103,8 @@ def _supervise(config: RegistryConfig) -> int:
     """Fork the workers, forward SIGINT/SIGTERM to them, exit when they have all gone."""
     import dataclasses
 
+    from . import app  # noqa: F401 - import once before forking: workers share the loaded modules
+
     children: list[int] = []
     for index in range(config.workers):
         pid = os.fork()
