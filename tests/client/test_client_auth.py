@@ -43,6 +43,7 @@ def test_parse_challenge_basic_and_garbage() -> None:
     assert escaped is not None and escaped.params["realm"] == 'a"b'
 
 
+@pytest.mark.interop
 async def test_basic_auth_push_and_pull(htpasswd_distribution: Distribution) -> None:
     data = b"basic auth blob"
     digest = digest_of(data)
@@ -52,6 +53,7 @@ async def test_basic_auth_push_and_pull(htpasswd_distribution: Distribution) -> 
         assert await c.fetch_blob("team/app", digest) == data
 
 
+@pytest.mark.interop
 async def test_basic_auth_wrong_password_is_unauthorized(htpasswd_distribution: Distribution) -> None:
     async with RegistryClient(htpasswd_distribution.host, credentials=Credentials("alice", "nope")) as c:
         with pytest.raises(Unauthorized) as info:
@@ -60,6 +62,7 @@ async def test_basic_auth_wrong_password_is_unauthorized(htpasswd_distribution: 
     assert htpasswd_distribution.host in str(info.value) and "team/app" in str(info.value)
 
 
+@pytest.mark.interop
 async def test_basic_auth_from_docker_config(htpasswd_distribution: Distribution, tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     encoded = base64.b64encode(b"alice:wonderland").decode()
@@ -68,12 +71,14 @@ async def test_basic_auth_from_docker_config(htpasswd_distribution: Distribution
         await c.ping()
 
 
+@pytest.mark.interop
 async def test_anonymous_on_basic_registry_is_unauthorized(htpasswd_distribution: Distribution) -> None:
     async with RegistryClient(htpasswd_distribution.host, credentials=Credentials()) as c:
         with pytest.raises(Unauthorized):
             await c.ping()
 
 
+@pytest.mark.interop
 async def test_bearer_flow_push_pull_and_token_cache(token_registry: TokenRegistry) -> None:
     issuer = token_registry.issuer
     data = b"bearer blob" * 50
@@ -90,6 +95,7 @@ async def test_bearer_flow_push_pull_and_token_cache(token_registry: TokenRegist
     assert all(r["account"] == "bob" and r["service"] == issuer.service for r in issuer.requests)
 
 
+@pytest.mark.interop
 async def test_bearer_cross_repo_mount_asks_pull_on_source(token_registry: TokenRegistry) -> None:
     issuer = token_registry.issuer
     data = b"mount me" * 10
@@ -105,6 +111,7 @@ async def test_bearer_cross_repo_mount_asks_pull_on_source(token_registry: Token
     assert {"repository:app/image:pull,push", "repository:base/image:pull"} in mount_scopes
 
 
+@pytest.mark.interop
 async def test_bearer_mount_denied_source_falls_back_to_upload(token_registry: TokenRegistry) -> None:
     issuer = token_registry.issuer
     data = b"secret base" * 10
@@ -116,6 +123,7 @@ async def test_bearer_mount_denied_source_falls_back_to_upload(token_registry: T
     assert outcome == PushOutcome.UPLOADED
 
 
+@pytest.mark.interop
 async def test_bearer_identity_token_uses_refresh_grant(token_registry: TokenRegistry) -> None:
     issuer = token_registry.issuer
     data = b"identity token"
@@ -127,6 +135,7 @@ async def test_bearer_identity_token_uses_refresh_grant(token_registry: TokenReg
     assert not [r for r in issuer.requests if r["method"] == "GET"]
 
 
+@pytest.mark.interop
 async def test_bearer_bad_password_names_the_realm(token_registry: TokenRegistry) -> None:
     async with RegistryClient(token_registry.registry.host, credentials=Credentials("bob", "wrong")) as c:
         with pytest.raises(Unauthorized) as info:
@@ -134,6 +143,7 @@ async def test_bearer_bad_password_names_the_realm(token_registry: TokenRegistry
     assert token_registry.issuer.host in str(info.value)
 
 
+@pytest.mark.interop
 async def test_bearer_anonymous_token_cannot_push(token_registry: TokenRegistry) -> None:
     data = b"anon"
     async with RegistryClient(token_registry.registry.host, credentials=Credentials()) as c:

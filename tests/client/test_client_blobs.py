@@ -12,6 +12,8 @@ from client_peers import Distribution
 from lamina.client import DigestMismatch, NotFound, PushOutcome, RegistryClient, RegistryError
 from lamina.oci import digest_of
 
+pytestmark = pytest.mark.interop  # every test here talks to CNCF distribution
+
 
 def _write(path: Path, size: int) -> bytes:
     data = os.urandom(size)
@@ -37,16 +39,19 @@ async def test_large_file_is_uploaded_in_content_range_chunks(distribution: Dist
     src = tmp_path / "layer.tar.gz"
     data = _write(src, 300_000)
     digest = digest_of(data)
+    sent: list[int] = []
+    received: list[int] = []
     async with RegistryClient(distribution.host, monolithic_limit=50_000, chunk_size=64_000) as c:
         requests_before = c.stats.requests
-        assert await c.push_blob("proj/big", digest, len(data), src) == PushOutcome.UPLOADED
+        assert await c.push_blob("proj/big", digest, len(data), src, progress=sent.append) == PushOutcome.UPLOADED
         # HEAD + POST + 5 PATCH chunks + PUT
         assert c.stats.requests - requests_before == 8
         assert c.stats.uploaded["layer"] == len(data)
         dest = tmp_path / "out" / "blob"
         dest.parent.mkdir()
-        assert await c.download_blob("proj/big", digest, dest, size=len(data)) == len(data)
+        assert await c.download_blob("proj/big", digest, dest, size=len(data), progress=received.append) == len(data)
     assert dest.read_bytes() == data
+    assert sum(sent) == sum(received) == len(data) and max(sent) <= 64_000
     assert [p.name for p in dest.parent.iterdir()] == ["blob"]
 
 

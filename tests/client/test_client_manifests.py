@@ -11,6 +11,8 @@ from lamina.client import NotFound, RegistryClient, RegistryError
 from lamina.oci import Descriptor, ImageManifest, digest_of
 from lamina.oci import mediatypes as mt
 
+pytestmark = pytest.mark.interop  # every test here talks to CNCF distribution
+
 
 async def _push_image(c: RegistryClient, repo: str, layer: bytes, *, subject: Descriptor | None = None,
                       artifact_type: str | None = None) -> tuple[bytes, Descriptor]:

@@ -79,6 +79,7 @@ async def _push_platform_image(c: RegistryClient, repo: str, arch: str, docker: 
     return Descriptor(media_type, digest, len(manifest), platform=platform)
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("docker", [False, True], ids=["oci-index", "docker-manifest-list"])
 async def test_resolve_image_through_an_index(distribution: Distribution, docker: bool) -> None:
     async with RegistryClient(distribution.host) as c:

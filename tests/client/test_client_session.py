@@ -77,3 +77,8 @@ async def test_client_pool_reuses_one_client_per_host() -> None:
         assert a.transport.base_url.scheme == "http"
         assert pool.get("registry.example.com") is not a
         assert set(pool.clients()) == {"ci.internal:5000", "registry.example.com"}
+        a.stats.add_down("layer", 5)
+        pool.get("registry.example.com").stats.add_down("layer", 7)
+        pool.get("registry.example.com").stats.add_up("manifest", 3)
+        total = pool.stats()
+        assert total.downloaded["layer"] == 12 and total.uploaded["manifest"] == 3

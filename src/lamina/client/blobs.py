@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +27,7 @@ from .session import Body, TransferKind, Transport
 __all__ = ["BlobOps", "PushOutcome"]
 
 _READ_CHUNK = 1 << 20
+Progress = Callable[[int], None]
 _OCTET = "application/octet-stream"
 
 
@@ -77,11 +78,13 @@ class BlobOps:
             return int(length) if length and length.isdigit() else -1
 
     async def get_blob(
-        self, repo: str, digest: Digest | str, *, size: int | None = None, kind: TransferKind = "layer"
+        self, repo: str, digest: Digest | str, *, size: int | None = None, kind: TransferKind = "layer",
+        progress: Progress | None = None,
     ) -> AsyncIterator[bytes]:
         """Stream the blob's bytes; raises :class:`DigestMismatch` at the end (or early on excess size).
 
-        The consumer must discard what it received when the iterator raises.
+        The consumer must discard what it received when the iterator raises. ``progress`` is called with
+        each chunk's length as bytes arrive (a retried transfer counts again).
         """
         digest = parse_digest(str(digest))
         obj = f"blob {digest}"
@@ -93,6 +96,8 @@ class BlobOps:
             async for chunk in resp.content.iter_chunked(_READ_CHUNK):
                 count += len(chunk)
                 self.transport.stats.add_down(kind, len(chunk))
+                if progress is not None:
+                    progress(len(chunk))
                 if size is not None and count > size:
                     raise DigestMismatch(str(digest), "(unknown)", registry=self.transport.registry,
                                          repository=repo, obj=obj, detail=f"more than the expected {size} bytes")
@@ -126,7 +131,7 @@ class BlobOps:
 
     async def download_blob(
         self, repo: str, digest: Digest | str, dest: str | os.PathLike[str], *, size: int | None = None,
-        kind: TransferKind = "layer",
+        kind: TransferKind = "layer", progress: Progress | None = None,
     ) -> int:
         """Write the blob to ``dest`` atomically (temp + fsync + rename) after verifying it; returns its size."""
         dest = Path(dest)
@@ -135,7 +140,7 @@ class BlobOps:
             try:
                 total = 0
                 with os.fdopen(fd, "wb") as out:
-                    async for chunk in self.get_blob(repo, digest, size=size, kind=kind):
+                    async for chunk in self.get_blob(repo, digest, size=size, kind=kind, progress=progress):
                         out.write(chunk)
                         total += len(chunk)
                     out.flush()
@@ -158,9 +163,12 @@ class BlobOps:
 
     async def push_blob(
         self, repo: str, digest: Digest | str, size: int, source: bytes | str | os.PathLike[str], *,
-        mount_from: Sequence[str] = (), kind: TransferKind = "layer",
+        mount_from: Sequence[str] = (), kind: TransferKind = "layer", progress: Progress | None = None,
     ) -> PushOutcome:
-        """Make ``repo`` hold the blob: HEAD, else mount from one of ``mount_from``, else upload ``source``."""
+        """Make ``repo`` hold the blob: HEAD, else mount from one of ``mount_from``, else upload ``source``.
+
+        ``progress`` is called with each chunk's length as bytes are sent (a restarted upload counts again).
+        """
         digest = parse_digest(str(digest))
         obj = f"blob {digest}"
         if isinstance(source, bytes):
@@ -198,7 +206,7 @@ class BlobOps:
         last: RegistryError | None = None
         for _ in range(self.transport.retry.attempts):
             try:
-                await self._upload(repo, digest, size, source, kind, location)
+                await self._upload(repo, digest, size, source, kind, location, progress)
                 return PushOutcome.UPLOADED
             except RegistryError as exc:
                 if not _retriable(exc):
@@ -223,7 +231,7 @@ class BlobOps:
             pass  # best effort: an abandoned session expires on its own
 
     async def _upload(self, repo: str, digest: Digest, size: int, source: bytes | str | os.PathLike[str],
-                      kind: TransferKind, location: URL | None) -> None:
+                      kind: TransferKind, location: URL | None, progress: Progress | None) -> None:
         t, obj, scopes = self.transport, f"blob {digest}", [push_scope(repo)]
         min_chunk = 0
         if location is None:
@@ -234,7 +242,7 @@ class BlobOps:
                 min_chunk = int(value) if value.isdigit() else 0
         seen = _SourceHash(digest)
         if size <= self.monolithic_limit or isinstance(source, bytes):
-            body = self._body(source, 0, size, seen, kind)
+            body = self._body(source, 0, size, seen, kind, progress)
             headers = {"Content-Type": _OCTET, "Content-Length": str(size)}
             await self._put(location.extend_query({"digest": str(digest)}), repo, obj, headers, body, seen, digest,
                             source, size)
@@ -244,8 +252,9 @@ class BlobOps:
         while offset < size:
             n = min(chunk, size - offset)
             headers = {"Content-Type": _OCTET, "Content-Length": str(n), "Content-Range": f"{offset}-{offset + n - 1}"}
+            body = self._body(source, offset, n, seen, kind, progress)
             async with t.request("PATCH", location, scopes=scopes, repository=repo, obj=obj, ok=(202,),
-                                 headers=headers, body=self._body(source, offset, n, seen, kind), retry=False) as resp:
+                                 headers=headers, body=body, retry=False) as resp:
                 location = self._location(resp, repo, obj)
             offset += n
         self._check_source(seen, digest, source, size, repo)
@@ -276,15 +285,21 @@ class BlobOps:
                                  obj=f"blob {digest}", detail=f"file {os.fspath(source)} does not hold that content")
 
     def _body(self, source: bytes | str | os.PathLike[str], offset: int, length: int, seen: _SourceHash,
-              kind: TransferKind) -> Body:
+              kind: TransferKind, progress: Progress | None) -> Body:
         stats = self.transport.stats
+
+        def sent(n: int) -> None:
+            stats.add_up(kind, n)
+            if progress is not None:
+                progress(n)
+
         if isinstance(source, bytes):
             data = source[offset : offset + length]
 
             async def from_bytes() -> AsyncIterator[bytes]:
                 for start in range(0, len(data), _READ_CHUNK):
                     piece = data[start : start + _READ_CHUNK]
-                    stats.add_up(kind, len(piece))
+                    sent(len(piece))
                     yield piece
 
             return from_bytes
@@ -305,7 +320,7 @@ class BlobOps:
                     if position == seen.count:  # a resend (after a 401) must not be hashed twice
                         seen.update(piece)
                     position += len(piece)
-                    stats.add_up(kind, len(piece))
+                    sent(len(piece))
                     yield piece
 
         return from_file

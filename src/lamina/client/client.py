@@ -90,6 +90,13 @@ class ClientPool:
     def clients(self) -> dict[str, RegistryClient]:
         return dict(self._clients)
 
+    def stats(self) -> TransferStats:
+        """Bytes and requests summed over every client of the pool."""
+        total = TransferStats()
+        for client in self._clients.values():
+            total.add(client.stats)
+        return total
+
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()

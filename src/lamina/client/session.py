@@ -98,6 +98,15 @@ class TransferStats:
     def add_up(self, kind: TransferKind, n: int) -> None:
         self.uploaded[kind] += n
 
+    def add(self, other: TransferStats) -> None:
+        """Fold ``other`` into this one (a pool's total over its clients)."""
+        for kind, n in other.downloaded.items():
+            self.downloaded[kind] += n
+        for kind, n in other.uploaded.items():
+            self.uploaded[kind] += n
+        self.requests += other.requests
+        self.retries += other.retries
+
 
 def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
     return url.scheme, url.host, url.port
@@ -145,7 +154,11 @@ class Transport:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=4 * self._limit, limit_per_host=self._limit)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False)
+            # HTTP(S)_PROXY/NO_PROXY are honoured as docker does, except for loopback registries.
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, auto_decompress=False,
+                trust_env=not is_loopback(self.registry),
+            )
             self._own_session = True
         return self._session
 
