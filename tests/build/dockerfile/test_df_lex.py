@@ -97,3 +97,49 @@ def test_heredoc_mode_keeps_quotes_and_unset() -> None:
     assert raw.process("say \"$FOO\" '$FOO'", ENV)[0] == "say \"/bar\" '/bar'"
     keep = Lexer(skip_unset=True)
     assert keep.process("$UNSET ${UNSET} ${UNSET:-d}", {})[0] == "$UNSET ${UNSET} ${UNSET:-d}"
+
+
+@pytest.mark.parametrize(
+    ("word", "env", "expected"),
+    [
+        ("${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}", {"FOO": "xxx", "BAR": ""}, "xxx  ccc"),
+        ("${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}", {"FOO": "xxx", "BAR": ""}, "xxx bbb ccc"),
+        ("${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}", {"FOO": "xxx", "BAR": ""}, "aaa bbb "),
+        ("${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}", {"FOO": "xxx", "BAR": ""}, "aaa  "),
+        ("${FOO#()[]{\\}^$.\\*\\?|\\\\}", {"FOO": "()[]{}^$.*?|\\x"}, "x"),
+        ("${FOO%%\\**}", {"FOO": "xx**"}, "xx"),
+        ("${FOO#*x*y}", {"FOO": "xxyy"}, "y"),
+        ("${FOO#*}", {"FOO": "xxyy"}, "xxyy"),
+        ("${FOO#$BAR}", {"FOO": "xxyy", "BAR": "x"}, "xyy"),
+        ("${FOO##*x}", {"FOO": "xxyy"}, "yy"),
+        ("${FOO#?\\?}", {"FOO": "???y"}, "?y"),
+        ("${ABC:-.}${FOO%x}${ABC:-.}", {"FOO": "xxyy"}, ".xxyy."),
+        ("${FOO%%\\**\\*}", {"FOO": "a***yy*"}, "a"),
+        (
+            "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
+            {"FOO": "/foo*/*/*.txt", "NEEDLE": "\\*/"},
+            "/foo.*/*.txt - /foo..*.txt",
+        ),
+        (
+            "${FOO/$NEEDLE/} - ${FOO//$NEEDLE/}",
+            {"FOO": "/tmp/tmp/bar.txt", "NEEDLE": "/tmp"},
+            "/tmp/bar.txt - /bar.txt",
+        ),
+        ("${FOO//\\//\\/}", {"FOO": "/tmp/foo.txt"}, "\\/tmp\\/foo.txt"),
+        ("${FOO/$BAR/ww}", {"FOO": "xxyy", "BAR": ""}, "wwxxyy"),
+        ("${FOO///}", {"FOO": "xxyy"}, "xxyy"),
+        (
+            "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz",
+            {"VERSION": "v1.2.3", "TARGETOS": "linux", "TARGETARCH": "arm", "TARGETVARIANT": "v7"},
+            "something-v1.2.3.linux-arm-v7.tar.gz",
+        ),
+    ],
+)
+def test_buildkit_substitution_cases(word: str, env: dict[str, str], expected: str) -> None:
+    assert process_word(word, env) == expected
+
+
+@pytest.mark.parametrize("word", ["${BAZ?ccc}", "${BAR:?bbb}", "${FOO=aaa}", "${FOO=:aaa}", "${FOO//ww}", "${FOO//}"])
+def test_buildkit_substitution_errors(word: str) -> None:
+    with pytest.raises(ExpansionError):
+        process_word(word, {"FOO": "xxx", "BAR": ""})
