@@ -96,6 +96,29 @@ async def test_failed_stream_leaves_the_upload_as_it_was(tmp_path: Path, upload_
     assert await uploads.commit("s1", blob_digest(b"first;second")) == 12
 
 
+async def test_cancelled_append_leaves_the_upload_as_it_was(tmp_path: Path, upload_factory: UploadFactory) -> None:
+    uploads, _ = upload_factory(tmp_path)
+    uploads.create("s1")
+    await uploads.append("s1", 0, stream(b"kept"))
+    never = asyncio.Event()
+
+    async def hanging() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield os.urandom(4 << 20)  # big enough to be written in a worker thread
+        await never.wait()
+        yield b"unreachable"
+
+    for delay in (0.0, 0.005, 0.05):  # cancel while a write runs in a thread, or while waiting for data
+        task = asyncio.create_task(uploads.append("s1", 4, hanging()))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert uploads.current_size("s1") == 4
+    await uploads.append("s1", 4, stream(b" and more"))
+    assert await uploads.commit("s1", blob_digest(b"kept and more")) == 13
+
+
 async def test_concurrent_request_on_one_session_is_refused(tmp_path: Path, upload_factory: UploadFactory) -> None:
     uploads, _ = upload_factory(tmp_path)
     uploads.create("s1")

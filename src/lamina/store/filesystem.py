@@ -25,10 +25,10 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lamina.oci import Digest, DigestError, parse_digest
 from lamina.oci.digest import SUPPORTED_ALGORITHMS
@@ -38,6 +38,7 @@ from .paths import StorePaths, check_session_id
 
 __all__ = ["FilesystemBlobStore", "FilesystemUploadStore"]
 
+T = TypeVar("T")
 READ_CHUNK = 1 << 20
 # Writes/reads at least this big go to a worker thread (hashlib and file I/O release the GIL), so a large
 # upload does not stall the event loop; smaller ones are cheaper inline. See bench/store_io.py.
@@ -62,6 +63,21 @@ def _mkdir_durable(path: Path) -> None:
     except FileExistsError:
         return
     _fsync_dir(path.parent)
+
+
+async def _in_thread(function: Callable[..., T], *args: Any) -> T:
+    """Run ``function`` in a worker thread and never return before it ends, even when cancelled.
+
+    The thread works on a file descriptor that our caller closes afterwards; returning early on
+    cancellation would let it write through a closed (or, worse, reused) descriptor."""
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -116,7 +132,7 @@ class FilesystemBlobStore:
             while offset < stop:
                 n = min(READ_CHUNK, stop - offset)
                 if n >= self.thread_min:
-                    block = await asyncio.to_thread(os.pread, fd, n, offset)
+                    block = await _in_thread(os.pread, fd, n, offset)
                 else:
                     block = os.pread(fd, n, offset)
                 if not block:
@@ -283,7 +299,7 @@ class FilesystemUploadStore:
 
     async def _write(self, fd: int, state: _HashState | None, data: bytes | bytearray, offset: int) -> None:
         if len(data) >= self.thread_min:
-            await asyncio.to_thread(self._write_sync, fd, state, data, offset)
+            await _in_thread(self._write_sync, fd, state, data, offset)
         else:
             self._write_sync(fd, state, data, offset)
 
@@ -304,14 +320,14 @@ class FilesystemUploadStore:
             if state is not None and state.hasher.name == expected.algorithm:
                 actual = state.hasher.hexdigest()
             else:  # earlier chunks went through another process, or a restart: hash the file itself
-                actual = await asyncio.to_thread(_hash_fd, fd, expected.algorithm, size)
+                actual = await _in_thread(_hash_fd, fd, expected.algorithm, size)
             if actual != expected.encoded:
                 raise ValueError(
                     f"upload {session_id}: the {size} bytes received hash to {expected.algorithm}:{actual}, "
                     f"not {expected}"
                 )
             # fsyncs take milliseconds: keep them off the event loop
-            await asyncio.to_thread(self._publish, fd, self.paths.upload_data(session_id), self.paths.blob(expected))
+            await _in_thread(self._publish, fd, self.paths.upload_data(session_id), self.paths.blob(expected))
             self.discard(session_id)
             return size
         finally:
