@@ -9,6 +9,9 @@ from pathlib import Path
 
 from regtools import Client, error_code, push_blob, sha256
 
+from lamina.registry.services import STORAGE
+from lamina.store import FilesystemBlobStore
+
 API = "Docker-Distribution-API-Version"
 
 
@@ -278,3 +281,32 @@ async def test_expired_uploads_are_reclaimed(make_client) -> None:  # type: igno
     assert expire_uploads(storage, 3600, now=10**10) == 1
     assert (await client.get(location)).status == 404
     assert storage.uploads.current_size(start.headers["Docker-Upload-UUID"]) is None
+
+
+class _RemoteLikeBlobs(FilesystemBlobStore):
+    """The filesystem store seen as a non-local backend (as S3 will be): no path to sendfile from."""
+
+    def local_path(self, digest):  # type: ignore[no-untyped-def]
+        return None
+
+
+async def test_streamed_get_and_range_for_non_local_backends(client: Client) -> None:
+    storage = client.server.app[STORAGE]
+    storage.blobs = _RemoteLikeBlobs(storage.paths)
+    data = os.urandom(3 << 20)
+    digest = await push_blob(client, "app", data)
+    whole = await client.get(f"/v2/app/blobs/{digest}")
+    assert whole.status == 200 and whole.headers["Content-Length"] == str(len(data))
+    assert await whole.read() == data
+    part = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": "bytes=1000-1999999"})
+    assert part.status == 206
+    assert part.headers["Content-Range"] == f"bytes 1000-1999999/{len(data)}"
+    assert await part.read() == data[1000:2000000]
+    suffix = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": "bytes=-5"})
+    assert await suffix.read() == data[-5:]
+    open_ended = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": "bytes=3145000-"})
+    assert await open_ended.read() == data[3145000:]
+    for bad in ("bytes=9999999-", "bytes=5-2", "items=0-1", "bytes=-"):
+        response = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": bad})
+        assert response.status == 416, bad
+        assert response.headers["Content-Range"] == f"bytes */{len(data)}"
