@@ -104,3 +104,10 @@ def test_go_formatting() -> None:
     for bad in ("5", "abc", "", "1x"):
         with pytest.raises(ValueError):
             parse_go_duration(bad)
+
+
+def test_directives() -> None:
+    df = parse("# syntax=docker/dockerfile:1.7\n# check=skip=all\n#escape=`\nFROM x\n")
+    assert df.directives == {"syntax": "docker/dockerfile:1.7", "check": "skip=all", "escape": "`"}
+    assert df.escape == "`"
+    assert parse("FROM x\n# escape=`\n").escape == "\\"  # not a directive after an instruction

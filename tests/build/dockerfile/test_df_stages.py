@@ -145,3 +145,8 @@ def test_bad_trigger_names_the_from_line() -> None:
     with pytest.raises(DockerfileError) as err:
         run("FROM busybox\nRUN a\nFROM bad:1\n", resolver)
     assert str(err.value).startswith("Dockerfile:3: ONBUILD trigger 'RUNN make': unknown instruction: RUNN")
+
+
+def test_syntax_directive_is_ignored_with_a_note(build: Build) -> None:
+    graph = build("# syntax=docker/dockerfile:1\nFROM busybox\n")
+    assert graph.warnings == ("# syntax=docker/dockerfile:1 ignored: lamina uses its built-in Dockerfile frontend",)

@@ -92,6 +92,8 @@ def convert(
             names[stage.name] = index
         stages.append(stage)
     ctx = Context(df.escape, global_args, args, _proxy_env(args), names, len(stages), declared)
+    if "syntax" in df.directives:
+        ctx.warnings.append(f"# syntax={df.directives['syntax']} ignored: lamina uses its built-in Dockerfile frontend")
     target_index = _target(target, names, len(stages))
     needed = _resolve(stages, target_index, ctx, resolve_base)
     states: dict[int, StageState] = {}

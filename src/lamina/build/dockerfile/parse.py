@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dockerfile as _gofile
 
@@ -60,11 +60,12 @@ class Instruction:
 class Dockerfile:
     escape: str
     instructions: tuple[Instruction, ...]
+    directives: Mapping[str, str] = field(default_factory=dict)  # lower-case name -> value
 
 
 def parse(text: str) -> Dockerfile:
     """Parse a whole Dockerfile; raises DockerfileError naming the line."""
-    escape = _escape_token(text)
+    directives = _directives(text)
     try:
         commands = _gofile.parse_string(text)
     except _gofile.GoParseError as exc:
@@ -72,10 +73,10 @@ def parse(text: str) -> Dockerfile:
     lines = text.splitlines()
     instructions = []
     for command in commands:
-        instructions.append(_instruction(command, lines, escape))
+        instructions.append(_instruction(command, lines))
     if not instructions:
         raise DockerfileError("file with no instructions")
-    return Dockerfile(escape, tuple(instructions))
+    return Dockerfile(directives.get("escape", "\\"), tuple(instructions), directives)
 
 
 def parse_trigger(text: str, line: int) -> Instruction:
@@ -87,7 +88,7 @@ def parse_trigger(text: str, line: int) -> Instruction:
     if len(commands) != 1:
         raise DockerfileError("onbuild trigger should be a single expression", line)
     try:
-        parsed = _instruction(commands[0], text.splitlines(), "\\")
+        parsed = _instruction(commands[0], text.splitlines())
     except DockerfileError as exc:
         raise DockerfileError(f"ONBUILD trigger {text!r}: {exc.message}", line) from None
     if parsed.cmd in ("ONBUILD", "FROM", "MAINTAINER"):
@@ -95,18 +96,18 @@ def parse_trigger(text: str, line: int) -> Instruction:
     return Instruction(parsed.cmd, parsed.args, parsed.json, parsed.flags, parsed.heredocs, parsed.original, line, line)
 
 
-def _escape_token(text: str) -> str:
-    """The ``# escape=`` directive (only in the leading comment block, as BuildKit reads it)."""
+def _directives(text: str) -> dict[str, str]:
+    """Parser directives (``# escape=``, ``# syntax=``, ``# check=``): only in the leading comment block."""
+    found: dict[str, str] = {}
     for raw in text.splitlines():
         match = _DIRECTIVE.match(raw.strip())
         if not match:
             break
-        if match.group(1).lower() == "escape":
-            token = match.group(2)
-            if token not in ("\\", "`"):
-                raise DockerfileError(f"invalid escape token {token!r} does not match ` or \\", 1)
-            return token
-    return "\\"
+        found.setdefault(match.group(1).lower(), match.group(2))
+    token = found.get("escape", "\\")
+    if token not in ("\\", "`"):
+        raise DockerfileError(f"invalid escape token {token!r} does not match ` or \\", 1)
+    return found
 
 
 def _error_line(text: str, message: str) -> int:
@@ -121,7 +122,7 @@ def _error_line(text: str, message: str) -> int:
     return 0
 
 
-def _instruction(command: _gofile.Command, lines: list[str], escape: str) -> Instruction:
+def _instruction(command: _gofile.Command, lines: list[str]) -> Instruction:
     cmd = command.cmd.upper()
     line = command.start_line
     if cmd not in INSTRUCTIONS:
