@@ -63,7 +63,7 @@ def _decompressed(raw: BinaryIO) -> Iterator[BinaryIO]:
     elif kind == "xz":
         stream = lzma.LZMAFile(raw, "rb")  # noqa: SIM115 (closed below)
     elif kind == "zstd":
-        stream = zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[assignment]
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)  # type: ignore[assignment]
     else:
         stream = raw
     try:
