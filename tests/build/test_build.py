@@ -265,3 +265,26 @@ def test_cached_rebuild_is_lazy(base: str, tmp_path: Path, capsys: pytest.Captur
     assert rc == 0, err
     assert second == first
     assert [p for p in (root / "layers").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_push_to_a_second_repository_mounts_every_layer(
+    base: str, lamina_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Layers the registry holds in another repository are cross-repo mounted, never uploaded again."""
+    import asyncio
+
+    from lamina.build.builder import BuildRequest, build
+    from lamina.build.progress import PlainProgress
+
+    context = _context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n", "b.txt": "B\n"})
+    request = BuildRequest(context_dir=context, dockerfile=(context / "Dockerfile").read_text(),
+                           root=tmp_path / "state", push=True, tags=(f"{lamina_registry.host}/mount/one:v1",))
+    first = asyncio.run(build(request, PlainProgress(io.StringIO())))
+    assert first.transfer.uploaded["layer"] > 0
+    second_request = BuildRequest(**{**request.__dict__, "tags": (f"{lamina_registry.host}/mount/two:v1",)})
+    second = asyncio.run(build(second_request, PlainProgress(io.StringIO())))
+    assert second.digest == first.digest
+    assert second.cached_steps == len(second.steps)
+    assert second.transfer.uploaded["layer"] == 0
+    assert second.transfer.downloaded["layer"] == 0
+    skopeo("inspect", "--tls-verify=false", f"docker://{lamina_registry.host}/mount/two:v1")

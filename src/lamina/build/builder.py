@@ -22,7 +22,7 @@ from lamina.build.images import RegistryImages
 from lamina.build.progress import Progress
 from lamina.build.solver import SolveOptions, Solver, StageResult, StepReport
 from lamina.build.state import BuildState
-from lamina.client import ClientPool, insecure_registries_from_env
+from lamina.client import ClientPool, TransferStats, insecure_registries_from_env
 from lamina.oci import Digest, ImageConfig, Platform, parse_reference
 
 __all__ = ["BuildRequest", "BuildResult", "build"]
@@ -55,6 +55,7 @@ class BuildResult:
     manifest: bytes
     steps: tuple[StepReport, ...]
     pushed: tuple[str, ...]
+    transfer: TransferStats  # bytes up/down by kind (manifest, config, layer) over every registry
 
     @property
     def cached_steps(self) -> int:
@@ -122,8 +123,10 @@ async def build(
         for exporter in exporters:
             await exporter.finalize(target)
         image = ExportImage.create(_with_labels(result.config, request.labels), result.layers)
-        pushed = await _export(request, image, result, pool, images, executor, progress)
-        return BuildResult(image.digest, image.config, image.manifest_bytes, tuple(solver.reports), pushed)
+        pushed = await _export(request, image, result, pool, images, executor, progress, state)
+        return BuildResult(
+            image.digest, image.config, image.manifest_bytes, tuple(solver.reports), pushed, pool.stats()
+        )
     finally:
         await pool.close()
         state.close()
@@ -145,6 +148,7 @@ async def _export(
     images: RegistryImages,
     executor: Executor,
     progress: Progress,
+    state: BuildState,
 ) -> tuple[str, ...]:
     pushed: list[str] = []
     registry_refs = list(request.tags) if request.push else []
@@ -156,7 +160,7 @@ async def _export(
             registry_refs.extend(n for n in names if n not in registry_refs)
     progress.message(f"writing image {image.digest}")
     if registry_refs:
-        await push_image(pool, registry_refs, image, images)
+        await push_image(pool, registry_refs, image, images, state.cache)
         for ref in registry_refs:
             progress.message(f"pushing {ref} ({image.digest}) done")
             pushed.append(ref)

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.imageconfig import image_manifest
@@ -66,33 +66,45 @@ def parse_output(text: str) -> dict[str, str]:
     return fields
 
 
+class BlobSources(Protocol):
+    """Where blobs are known to live remotely (the local cache index keeps this), for cross-repo mounts."""
+
+    def sources(self, digest: Digest) -> list[str]: ...
+
+    def add_source(self, digest: Digest, repository: str) -> None: ...
+
+
 async def push_image(
-    pool: ClientPool, refs: Sequence[str], image: ExportImage, images: ImageSource
+    pool: ClientPool, refs: Sequence[str], image: ExportImage, images: ImageSource, known: BlobSources
 ) -> Digest:
     """Push blobs (concurrently) then the manifest under each ref; returns the manifest digest."""
     for ref in refs:
         reference = parse_reference(ref)
         client = pool.get(reference.registry)
         repo = reference.repository
-        await asyncio.gather(*(_push_layer(client, reference.registry, repo, layer, images) for layer in image.layers))
+        await asyncio.gather(
+            *(_push_layer(client, reference.registry, repo, layer, images, known) for layer in image.layers)
+        )
         config_digest = digest_of(image.config_bytes)
         await client.push_blob(repo, config_digest, len(image.config_bytes), image.config_bytes, kind="config")
         await client.put_manifest(repo, reference.reference, image.manifest_bytes, mt.OCI_MANIFEST)
     return image.digest
 
 
-async def _push_layer(client: RegistryClient, registry: str, repo: str, layer: LayerRef, images: ImageSource) -> None:
-    """HEAD skip; else mount from the layer's source repository on the same registry; else upload."""
+async def _push_layer(
+    client: RegistryClient, registry: str, repo: str, layer: LayerRef, images: ImageSource, known: BlobSources
+) -> None:
+    """HEAD skip; else mount from a repository of the same registry known to hold it; else upload."""
     digest = layer.descriptor.digest
+    candidates = [layer.source] if layer.source else []
+    candidates += known.sources(digest)
+    mount_from = list(dict.fromkeys(r for host, r in map(split_repository, candidates) if host == registry))
     if layer.source is not None and await client.head_blob(repo, digest) is not None:
+        known.add_source(digest, f"{registry}/{repo}")
         return  # checked before fetching: a lazy layer the target already has is never downloaded
-    mount_from: list[str] = []
-    if layer.source is not None:
-        host, source_repo = split_repository(layer.source)
-        if host == registry:
-            mount_from.append(source_repo)
     path = await images.fetch(layer)
     await client.push_blob(repo, digest, layer.descriptor.size, path, mount_from=mount_from)
+    known.add_source(digest, f"{registry}/{repo}")
 
 
 async def write_oci_tar(dest: Path, image: ExportImage, images: ImageSource, *, ref_name: str | None) -> None:

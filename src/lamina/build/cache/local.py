@@ -7,6 +7,8 @@ One SQLite database (``cache.db`` in the state dir, WAL mode) with one table::
             inputs TEXT,            -- the canonical inputs document (lamina.build.cachekey)
             layers TEXT,            -- JSON array of LayerRef.dump(), bottom layer first
             created_at TEXT, used_at TEXT)
+    blob_sources(digest, repository)  -- "host/repo" known to hold a blob (we pushed or pulled it there),
+                                      -- so a later push to another repo of that registry can mount it
 
 A record is inserted in one transaction after all of its local blobs are in the content store, so a
 build killed halfway never leaves a record pointing at missing bytes; two builds at once serialise on
@@ -41,6 +43,11 @@ CREATE TABLE IF NOT EXISTS records (
     used_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_slot ON records(slot, used_at);
+CREATE TABLE IF NOT EXISTS blob_sources (
+    digest TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    PRIMARY KEY (digest, repository)
+);
 """
 
 
@@ -114,6 +121,18 @@ class LocalCache:
         if row is None:
             return None
         return describe_difference(json.loads(row[0]), dict(inputs))
+
+    def add_source(self, digest: Digest, repository: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO blob_sources VALUES (?, ?)", (str(digest), repository))
+
+    def sources(self, digest: Digest) -> list[str]:
+        """Repositories (``host/repo``) known to hold ``digest``, in a stable order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT repository FROM blob_sources WHERE digest = ? ORDER BY repository", (str(digest),)
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def count(self) -> int:
         with self._lock:
