@@ -1,6 +1,6 @@
 """COPY and ADD: flags, sources (context paths, URLs, inline heredoc files), ``--from`` and the destination.
 
-Follows BuildKit: sources, destination and ``--chown``/``--chmod`` are expanded; ``--from`` is not
+Follows BuildKit: sources, destination, ``--chown`` and ``--checksum`` are expanded; ``--from`` is not
 (it names a stage, by name or index, or else an image); a heredoc body is expanded (without quote
 removal) unless its delimiter was quoted; the destination is resolved against WORKDIR keeping a
 trailing ``/``; the history text lists the flags and sources as BuildKit writes them.
@@ -99,7 +99,7 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         inline.append((name, text))
     dest = st.expand(ctx, dest)
     chown = st.expand(ctx, flag_str(flags, "chown")) or None
-    chmod = st.expand(ctx, flag_str(flags, "chmod")) or None
+    chmod = flag_str(flags, "chmod") or None  # BuildKit expands --chown and --checksum, not --chmod
     if chmod is not None:
         _check_chmod(inst, chmod)
     from_stage, from_image = None, None
@@ -138,7 +138,7 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         link=bool(flags.get("link")),
         is_add=is_add,
         heredocs=tuple(inline),
-        exclude=tuple(st.expand(ctx, e) for e in exclude),
+        exclude=tuple(exclude),
         checksum=checksum,
         user=st.config.get("User") or "",
         workdir=st.config.get("WorkingDir") or "/",
