@@ -68,14 +68,10 @@ def _set_env(config: dict[str, Any], key: str, value: str) -> None:
     config["Env"] = env
 
 
-def _set_state_env(st: StageState, key: str, value: str) -> None:
-    st.env[key] = value
-
-
 def _env(st: StageState, inst: Instruction, ctx: Context) -> None:
     expanded = [(st.expand(ctx, k), st.expand(ctx, v)) for k, v in _pairs(inst)]
     for key, value in expanded:
-        _set_state_env(st, key, value)
+        st.env[key] = value
         _set_env(st.config, key, value)
     st.meta(inst, "ENV " + " ".join(f"{k}={v}" for k, v in expanded))
 
@@ -105,7 +101,7 @@ def _arg(st: StageState, inst: Instruction, ctx: Context) -> None:
         elif key in ctx.global_args:
             value = ctx.global_args[key]
         if value is not None:
-            _set_state_env(st, key, value)
+            st.env[key] = value
         st.build_args.append((key, value))
         texts.append(key if value is None else f"{key}={value}")
     st.meta(inst, "ARG " + " ".join(texts))
