@@ -141,3 +141,20 @@ def test_serve_with_two_workers_and_a_restart(tmp_path: Path) -> None:
         assert set(bodies) <= set(catalog["repositories"])
     finally:
         server.stop()
+
+
+def test_public_api_is_pinned_and_lazy() -> None:
+    import lamina.registry as registry
+
+    assert sorted(registry.__all__) == [
+        "ConfigError", "ErrorCode", "RegistryConfig", "RegistryError", "create_app", "load_config"
+    ]
+    for name in registry.__all__:
+        assert getattr(registry, name) is not None
+    with pytest.raises(AttributeError):
+        _ = registry.routes_that_do_not_exist
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, lamina.registry.cli; print('sqlalchemy' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert probe.stdout.strip() == "False"

@@ -8,6 +8,7 @@ Shared services live on typed ``web.AppKey``s (see :mod:`lamina.registry.service
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -99,8 +100,6 @@ def create_app(config: RegistryConfig) -> web.Application:
         app[STORAGE] = storage
         janitor = None
         if config.run_janitor:
-            import asyncio
-
             janitor = asyncio.create_task(expire_uploads_forever(storage, config.upload_expiry_seconds))
         try:
             yield
