@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -288,3 +289,50 @@ def test_push_to_a_second_repository_mounts_every_layer(
     assert second.transfer.uploaded["layer"] == 0
     assert second.transfer.downloaded["layer"] == 0
     skopeo("inspect", "--tls-verify=false", f"docker://{lamina_registry.host}/mount/two:v1")
+
+
+def test_cli_reads_the_dockerfile_from_stdin_and_network_none(base: str, tmp_path: Path) -> None:
+    """The real command line in a subprocess: ``-f -``, ``--network none`` (only loopback inside)."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    dockerfile = f"FROM {base}\nRUN cat /proc/net/dev > /net.txt\n"
+    out = tmp_path / "rootfs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lamina.cli", "build", "-f", "-", "--network", "none", "--progress", "plain",
+         "--root", str(tmp_path / "state"), "--output", f"type=local,dest={out}", str(context)],
+        input=dockerfile, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("sha256:")
+    interfaces = [line.split(":")[0].strip() for line in (out / "net.txt").read_text().splitlines()[2:]]
+    assert interfaces == ["lo"]
+
+
+def test_bad_input_is_one_error_line(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nFROBNICATE now\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lamina.cli", "build", "--progress", "plain", "--root", str(tmp_path / "state"),
+         str(context)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Dockerfile:2" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_two_builds_at_once_share_one_state_dir(base: str, tmp_path: Path) -> None:
+    context = _context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n", "b.txt": "B\n"})
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+    argv = [sys.executable, "-m", "lamina.cli", "build", "--progress", "plain", "--root", str(tmp_path / "state"),
+            str(context)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert results[0][0] == results[1][0]
+    rc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert rc.returncode == 0 and rc.stdout == results[0][0]
+    assert "CACHED" in rc.stderr and not _ran(rc.stderr, "ran-step-one")
