@@ -19,7 +19,7 @@
                       |  | content  BLOB          |  |              | size                   |
                       |  | kind                   |  |              | is_manifest            |
                       |  | artifact_type          |  |              +------------------------+
-                      |  | subject   (ix w/ repo) |  |               blob or child manifest a
+                      |  | subject (ix repo,subj) |  |               blob or child manifest a
                       |  | annotations  (json)    |  |               manifest points at
                       |  | size                   |  |
                       |  | pushed_at              |  |   tags
@@ -101,7 +101,7 @@ manifests = Table(
     Column("size", Integer, nullable=False),
     Column("pushed_at", Float, nullable=False),
     Column("last_pulled_at", Float),
-    Index("ix_manifests_subject", "repository_id", "subject"),
+    Index("ix_manifests_subject", "repository_id", "subject", "digest"),
 )
 
 manifest_refs = Table(
