@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
@@ -150,3 +151,22 @@ async def test_bearer_anonymous_token_cannot_push(token_registry: TokenRegistry)
         with pytest.raises(Unauthorized) as info:
             await c.push_blob("ci/anon", digest_of(data), len(data), data)
     assert "ci/anon" in str(info.value)
+
+
+@pytest.mark.interop
+async def test_expired_token_is_fetched_again(token_registry: TokenRegistry) -> None:
+    issuer = token_registry.issuer
+    issuer.expires_in = 1
+    data = b"short-lived"
+    digest = digest_of(data)
+    async with RegistryClient(token_registry.registry.host, credentials=Credentials("bob", "builder")) as c:
+        await c.push_blob("ci/short", digest, len(data), data)
+        def pulls() -> int:
+            return sum(1 for r in issuer.requests if r["scopes"] == ["repository:ci/short:pull"])
+
+        first = pulls()  # push_blob's HEAD asked for it
+        await c.fetch_blob("ci/short", digest)
+        assert pulls() == first  # still fresh: reused
+        await asyncio.sleep(1.1)
+        await c.fetch_blob("ci/short", digest)
+        assert pulls() == first + 1  # expired: asked again, before the registry had to refuse it

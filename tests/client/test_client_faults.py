@@ -279,3 +279,22 @@ async def test_large_manifest_arriving_in_pieces_is_read_whole(serve_app: ServeA
     async with RegistryClient(host, retry=FAST, credentials=Credentials()) as c:
         fetched = await c.get_manifest("r/x", str(digest_of(body)))
     assert fetched.data == body
+
+
+async def test_head_manifest_without_digest_header_falls_back_to_get(serve_app: ServeApp) -> None:
+    methods: list[str] = []
+
+    async def terse(request: web.Request) -> web.Response:
+        methods.append(request.method)
+        ctype = "application/vnd.oci.image.index.v1+json"
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Type": ctype, "Content-Length": str(len(MANIFEST))})
+        return web.Response(body=MANIFEST, headers={"Content-Type": ctype})
+
+    app = web.Application()
+    app.router.add_route("*", "/v2/{repo:.+}/manifests/{ref}", terse)
+    host = await serve_app(app)
+    async with RegistryClient(host, retry=FAST, credentials=Credentials()) as c:
+        info = await c.head_manifest("r/x", "latest")
+    assert info == (digest_of(MANIFEST), "application/vnd.oci.image.index.v1+json", len(MANIFEST))
+    assert methods == ["HEAD", "GET"]
