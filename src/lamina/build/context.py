@@ -132,6 +132,8 @@ class SourceTree:
         if not stat.S_ISDIR(st.st_mode):
             raise ContextError(f"{label} {self.root} is not a directory")
         self._root = Entry("", st)
+        self._root_str = str(self.root) + "/"
+        self._filtered = bool(self.matcher)
         self._lists: dict[str, dict[str, Entry]] = {}
         self._infos: dict[str, MatchInfo] = {"": ()}
         self._lock = threading.RLock()
@@ -199,7 +201,7 @@ class SourceTree:
                     child = f"{path}/{name}" if path else name
                     link = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
                     entry = Entry(child, st, link)
-                    if self.matcher:
+                    if self._filtered:
                         excluded, info = self.matcher.matches(child, parent_info)
                         if stat.S_ISDIR(st.st_mode):
                             self._infos[child] = info
@@ -346,7 +348,7 @@ class SourceTree:
     def digest_of(self, entry: Entry, dir_fd: int | None = None) -> str:
         """sha256 hex of a regular file's content, cached per (path, dev, inode, size, mtime, ctime)."""
         st = entry.st
-        key = (os.path.join(self.root, entry.path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        key = (self._root_str + entry.path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with _digest_lock:
             hit = _digest_cache.get(key)
         if hit is not None:
@@ -369,6 +371,8 @@ class SourceTree:
             return b"d %o %s\0" % (perm, bname)
         if entry.is_symlink:
             return b"l %s %s\0" % (bname, os.fsencode(entry.link or ""))
+        if stat.S_ISSOCK(entry.st.st_mode):
+            return b""  # sockets are not copied, so they are not content
         return b"o %o %o %s\0" % (stat.S_IFMT(entry.st.st_mode), perm, bname)
 
     def checksum(

@@ -238,3 +238,25 @@ def test_owners_default_root_chown_and_from_stage(tmp_path: Path, rootfs: Path) 
 def test_chown_by_name_without_a_resolver_is_a_clear_error(ctx: Path, rootfs: Path) -> None:
     with pytest.raises(CopyError, match="cannot resolve --chown=app"):
         copy(ctx, rootfs, "file.txt", dest="/x", chown="app")
+
+
+def test_copy_to_the_root_and_of_the_whole_context(ctx: Path, rootfs: Path) -> None:
+    copy(ctx, rootfs, "file.txt", dest="/")
+    copy(ctx, rootfs, ".", dest="/")
+    assert (rootfs / "file.txt").read_text() == "F" and (rootfs / "dir/sub/b.txt").read_text() == "B"
+    assert (rootfs / "existing/keep").exists()
+
+
+def test_special_files_fifo_copied_socket_skipped(tmp_path: Path, rootfs: Path) -> None:
+    import socket
+
+    ctx = make_tree(tmp_path / "c", {"d/f": "x"})
+    os.mkfifo(ctx / "d/pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(ctx / "d/sock"))
+    try:
+        copy(ctx, rootfs, "d", dest="/sp/")
+    finally:
+        sock.close()
+    assert sorted(os.listdir(rootfs / "sp")) == ["f", "pipe"]
+    assert stat.S_ISFIFO((rootfs / "sp/pipe").stat().st_mode)

@@ -338,7 +338,12 @@ class _Copier:
         if not entry.is_file:
             if stat.S_ISSOCK(entry.st.st_mode):
                 return  # sockets are not content
-            raise CopyError(f"cannot copy {entry.path}: unsupported file type (device or fifo)")
+            if stat.S_ISFIFO(entry.st.st_mode):
+                os.mkfifo(name, 0o600, dir_fd=dfd)
+                self.root.chown(dfd, name, *self._owner(entry))
+                os.chmod(name, self._mode(entry.st.st_mode), dir_fd=dfd)
+                return
+            raise CopyError(f"cannot copy {entry.path}: device files cannot be copied")
         key = (entry.st.st_dev, entry.st.st_ino)
         if entry.st.st_nlink > 1 and key in self.links:
             first_dir, first_name = self.links[key]
