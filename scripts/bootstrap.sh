@@ -22,6 +22,11 @@ extras=""
 stamp=".venv/.lamina-installed${extras:+-test}"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+  log=.venv/pip-install.log
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" > "$log" 2>&1; then
+    cat "$log" >&2
+    echo "lamina: pip install failed (log above, also in $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi

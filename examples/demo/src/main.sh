@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "hello from the lamina demo: $(ls /app/deps | wc -l) dependencies installed"
