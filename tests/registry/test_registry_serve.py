@@ -98,6 +98,16 @@ def test_preflight_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
         _one_error_line(_serve("--listen", f"127.0.0.1:{port}", "--root", str(tmp_path / "r")), "already in use")
 
 
+def test_a_second_lamina_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    first = start_lamina(tmp_path / "first", workers=1)
+    try:
+        second = _serve("--listen", first.host, "--root", str(tmp_path / "second"), "--workers", "2")
+        _one_error_line(second, "already in use")
+        assert first.running
+    finally:
+        first.stop()
+
+
 def _push_image(url: str, name: str, tag: str) -> bytes:
     config = b'{"architecture":"amd64","os":"linux"}'
     layer = f"layer of {name}".encode()

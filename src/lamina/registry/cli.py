@@ -53,7 +53,9 @@ def _check_port(host: str, port: int) -> str | None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # SO_REUSEADDR (ignore TIME_WAIT) but not SO_REUSEPORT: a bind must fail when anyone listens
+            # there, including another lamina whose workers would otherwise silently share the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
