@@ -80,3 +80,9 @@ def test_describe_difference_names_the_first_changed_input() -> None:
     assert cachekey.describe_difference(old_base, cachekey.image_inputs(digest_of(b"2"), AMD64)).startswith(
         "base image digest changed"
     )
+
+
+def test_proxy_env_is_not_in_the_key_but_inline_files_are() -> None:
+    key = cachekey.key_of(cachekey.run_inputs(RUN, BASE))
+    assert cachekey.key_of(cachekey.run_inputs(replace(RUN, proxy_env=("HTTP_PROXY=http://p:3128",)), BASE)) == key
+    assert cachekey.key_of(cachekey.run_inputs(replace(RUN, inline_files=(("/dev/pipes/EOF", "x"),)), BASE)) != key

@@ -45,7 +45,7 @@ class Built:
 def _build(tmp_path: Path, capsys: pytest.CaptureFixture[str], dockerfile: str, files: dict[str, str],
            *args: str) -> Built:
     context = tmp_path / "ctx"
-    context.mkdir()
+    context.mkdir(exist_ok=True)
     (context / "Dockerfile").write_text(dockerfile)
     for name, text in files.items():
         (context / name).parent.mkdir(parents=True, exist_ok=True)
@@ -182,3 +182,41 @@ CMD ["echo hi"]
     assert built.config["architecture"] == "amd64" and built.config["os"] == "linux"
     assert all(h.get("empty_layer") for h in built.config["history"][1:])
     assert len(built.config["rootfs"]["diff_ids"]) == 1  # only the base layer
+
+
+
+def test_heredocs_add_archive_and_copy_from_an_image(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ctx").mkdir()
+    with tarfile.open(tmp_path / "ctx" / "bundle.tar.gz", "w:gz") as tar:
+        data = b"from the archive\n"
+        info = tarfile.TarInfo("inner/file.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    dockerfile = f"""\
+FROM {base}
+MAINTAINER someone@example.com
+RUN <<EOF
+echo "heredoc line one" > /heredoc.txt
+echo "heredoc line two" >> /heredoc.txt
+EOF
+RUN <<EOF
+#!/bin/sh
+echo "script via $0" > /script.txt
+EOF
+COPY <<EOF /copied-heredoc.txt
+inline content
+EOF
+ADD bundle.tar.gz /unpacked/
+COPY --from={base} /etc/passwd /from-image-passwd
+"""
+    built = _build(tmp_path, capsys, dockerfile, {})
+    root = built.rootfs
+    assert (root / "heredoc.txt").read_text() == "heredoc line one\nheredoc line two\n"
+    assert (root / "script.txt").read_text().startswith("script via /dev/pipes/")
+    assert not (root / "dev" / "pipes").exists()  # the script is bound for that RUN only
+    assert (root / "copied-heredoc.txt").read_text() == "inline content\n"
+    assert (root / "unpacked" / "inner" / "file.txt").read_text() == "from the archive\n"
+    assert "app:x:1000:1000" in (root / "from-image-passwd").read_text()
+    assert built.config["author"] == "someone@example.com"

@@ -10,7 +10,7 @@ bytes. The objects per operation are::
     {"v": 1, "op": "image",   "manifest": "<manifest digest>", "platform": "linux/amd64"}
     {"v": 1, "op": "scratch", "platform": "linux/amd64"}
     {"v": 1, "op": "run",     "parent": K, "argv": [...], "env": [...], "user": U, "workdir": W,
-                              "network": N}
+                              "network": N, "inline_files": [[path, content], ...]}
     {"v": 1, "op": "copy",    "parent": K, "add": bool, "sources": [...], "dest": D, "chown": C|null,
                               "chmod": M|null, "link": bool, "heredocs": [[name, content], ...],
                               "user": U, "workdir": W, "from": null | {"stage": K2} | {"image": DIGEST},
@@ -20,7 +20,8 @@ bytes. The objects per operation are::
 ``parent`` is the key of the step below (the base image key for the first step of a stage); ``FROM
 <stage>`` continues with that stage's final key. A :class:`~lamina.build.ops.MetaStep` changes only
 the image config, so it keeps its parent's key. Line numbers, ``created_by`` text, mtimes and the
-wall clock never enter a key. The remote cache stores these keys as cacheconfig record digests.
+wall clock never enter a key, nor do proxy variables (``RunStep.proxy_env``), as in BuildKit.
+The remote cache stores these keys as cacheconfig record digests.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def run_inputs(step: RunStep, parent: Digest) -> Inputs:
         "user": step.user,
         "workdir": step.workdir,
         "network": step.network,
+        "inline_files": [list(f) for f in step.inline_files],
     }
 
 
@@ -107,6 +109,8 @@ def copy_inputs(
         "user": step.user,
         "workdir": step.workdir,
         "from": source,
+        "exclude": list(step.exclude),
+        "checksum": step.checksum,
         "content": content,
     }
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from lamina.build.ops import CopyStep, RunStep, WorkdirStep
 from lamina.build.state import BuildState
 from lamina.build.worker.executor import RuncExecutor, RunFailed
 from lamina.build.worker.layerstore import LayerStore
-from lamina.build.worker.runtime_spec import RunSpec
+from lamina.build.worker.runtime_spec import Mount, RunSpec
 from lamina.build.worker.snapshot import Snapshotter, detect_snapshotter
 from lamina.build.worker.tarwrite import write_layer
 from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
@@ -106,7 +107,8 @@ class Executor:
                 raise ExecutionError(f"USER {step.user!r}: {exc}") from None
             spec = RunSpec(
                 argv=step.argv,
-                env=step.env,
+                env=(*step.env, *step.proxy_env),
+                mounts=self._inline_mounts(step, scratch),
                 cwd=step.workdir or "/",
                 uid=user.uid,
                 gid=user.gid,
@@ -123,7 +125,22 @@ class Executor:
                 detail = f"; last output:\n{tail}" if tail else ""
                 raise ExecutionError(f"exit code {exc.exit_code}{detail}") from None
 
-        return await self._in_snapshot(lowers, execute)
+        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.state.tmp_dir))
+        try:
+            return await self._in_snapshot(lowers, execute)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @staticmethod
+    def _inline_mounts(step: RunStep, scratch: Path) -> tuple[Mount, ...]:
+        """``RUN <<EOF`` scripts: files bound read-only (mode 0755) into this RUN only, never into the layer."""
+        mounts = []
+        for i, (path, content) in enumerate(step.inline_files):
+            source = scratch / f"inline-{i}"
+            source.write_text(content)
+            source.chmod(0o755)
+            mounts.append(Mount(destination=path, source=str(source)))
+        return tuple(mounts)
 
     async def copy(
         self,

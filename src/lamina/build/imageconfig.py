@@ -43,6 +43,7 @@ def build_image_config(
     *,
     labels: dict[str, str] | None = None,
     source_date_epoch: int | None = None,
+    author: str | None = None,
 ) -> ImageConfig:
     """The config of a stage built on ``base`` (``None`` = scratch) by ``steps``."""
     epoch = epoch_time(source_date_epoch) if source_date_epoch is not None else None
@@ -76,6 +77,7 @@ def build_image_config(
         config=container,
         diff_ids=tuple(diff_ids),
         history=tuple(history),
+        extra={"author": author} if author else {},
     )
 
 

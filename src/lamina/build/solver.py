@@ -151,6 +151,7 @@ class Solver:
             stage.config,
             outcomes,
             source_date_epoch=self.options.source_date_epoch,
+            author=stage.author or (base_config.extra.get("author") if base_config else None),
         )
         return StageResult(key, layers, config, stage.platform, base_repo)
 
