@@ -50,6 +50,11 @@ def _build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args:
     return rc, out.strip(), err
 
 
+def _mounts_under(root: Path) -> list[str]:
+    with open("/proc/self/mounts") as fh:
+        return [line.split()[1] for line in fh if line.split()[1].startswith(str(root))]
+
+
 def _steps(err: str) -> dict[str, list[str]]:
     """vertex name -> its status lines, from plain progress output."""
     names: dict[str, str] = {}
@@ -176,6 +181,7 @@ def test_from_a_two_platform_index_picks_linux_amd64(
     rc, _, err = _build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
     assert rc == 0, err
     assert (out / "seen.txt").read_text() == "linux/amd64\n"
+    assert _mounts_under(tmp_path) == []
     assert (out / "bin" / "busybox").is_file()
 
 
@@ -228,6 +234,8 @@ def test_failing_run_names_the_line_and_exit_code(
     assert len(error) == 1
     assert "Dockerfile:2" in error[0] and "exit code 3" in error[0]
     assert _ran(err, "about-to-fail")
+    assert _mounts_under(tmp_path) == []  # the failed step's overlay is unmounted
+    assert list((tmp_path / "state" / "snapshots").glob("[0-9a-f]*")) == []
 
 
 def test_copy_of_a_missing_file_is_a_clear_error(

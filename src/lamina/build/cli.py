@@ -68,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
     from lamina.build.progress import make_progress
     from lamina.oci import Platform
 
-    progress = None
     try:
         context = Path(args.context)
         if not context.is_dir():
@@ -95,15 +94,15 @@ def run(args: argparse.Namespace) -> int:
         if request.push and not request.tags:
             raise ValueError("--push needs at least one -t REF")
         progress = make_progress(args.progress)
-        result = asyncio.run(build(request, progress))
+        try:
+            result = asyncio.run(build(request, progress))
+        finally:
+            progress.close()
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # every failure is one clear line, exit 1
-        if progress is not None:
-            progress.close()
         message = str(exc) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1
-    progress.close()
     print(result.digest)
     return 0
