@@ -6,8 +6,9 @@
 2. SQLite ``synchronous`` FULL vs NORMAL: manifest PUTs (one transaction each) per second, and manifest GET
    by tag (the hot read path) per second.
 
-Usage: ``.venv/bin/python bench/store_io.py [--big-mib 256] [--puts 300]``. Runs in a temp dir on the same
-filesystem as /tmp.
+Usage: ``.venv/bin/python bench/store_io.py [--big-mib 256] [--puts 300] [--repeats 5]``. Runs in a temp
+dir under /var/tmp. Wall times and stalls are only comparable within one run (other load shifts both
+modes alike, as runs are interleaved); CPU seconds include the worker threads.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
         await asyncio.sleep(0)  # a network stream yields to the loop between reads
 
 
-async def _upload(root: Path, data: bytes, digest: Digest, thread_min: int) -> tuple[float, float]:
+async def _upload(root: Path, data: bytes, digest: Digest, thread_min: int) -> tuple[float, float, float]:
     storage = open_storage(root)
     storage.uploads.thread_min = thread_min
     session = f"s{time.monotonic_ns()}"
@@ -50,32 +51,33 @@ async def _upload(root: Path, data: bytes, digest: Digest, thread_min: int) -> t
             worst = max(worst, time.perf_counter() - before - 0.001)
 
     tick = asyncio.create_task(ticker())
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     storage.uploads.create(session)
     await storage.uploads.append(session, 0, _chunks(data))
     await storage.uploads.commit(session, digest)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     done = True
     await tick
     storage.blobs.delete(digest)
     storage.close()
-    return elapsed, worst
+    return elapsed, worst, cpu
 
 
 def bench_uploads(root: Path, big_mib: int, repeats: int) -> None:
-    print("upload append+commit (64 KiB chunks), median of runs   wall s   worst loop stall ms")
+    print("upload append+commit (64 KiB chunks), median of runs   wall s    CPU s   worst loop stall ms")
     modes = (("inline", 1 << 62), ("thread", 256 << 10))
     for mib in (1, big_mib):
         data = os.urandom(mib << 20)
         digest = Digest("sha256", hashlib.sha256(data).hexdigest())
-        runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in modes}
+        runs: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _ in modes}
         for _ in range(repeats):  # interleaved, so background load hits both modes alike
             for label, thread_min in modes:
                 runs[label].append(asyncio.run(_upload(root, data, digest, thread_min)))
         for label, _ in modes:
             wall = statistics.median(r[0] for r in runs[label])
             stall = statistics.median(r[1] for r in runs[label])
-            print(f"  {mib:4d} MiB {label:7s}                                   {wall:8.4f}   {stall * 1000:10.2f}")
+            cpu = statistics.median(r[2] for r in runs[label])
+            print(f"  {mib:4d} MiB {label:7s}{'':35s}{wall:8.4f} {cpu:8.4f}   {stall * 1000:10.2f}")
         ratio = statistics.median(r[0] for r in runs["thread"]) / statistics.median(r[0] for r in runs["inline"])
         print(f"  {mib:4d} MiB thread/inline wall ratio: {ratio:.2f}")
 
