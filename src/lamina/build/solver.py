@@ -53,7 +53,6 @@ class StageResult:
     config: ImageConfig
     platform: Platform
     base_repository: str | None  # "host/repo" of the FROM image, for cross-repo mounts on push
-    steps: tuple[StepReport, ...] = ()
 
 
 @dataclass(frozen=True)
