@@ -31,6 +31,7 @@ def test_scheme_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert RegistryClient("other:80").transport.base_url.scheme == "http"
     assert RegistryClient("ci.internal:5001").transport.base_url.scheme == "https"
     assert RegistryClient("ci.internal:5000", insecure=False).transport.base_url.scheme == "https"
+    assert RegistryClient("localhost:5443", insecure=False).transport.base_url.scheme == "https"
 
 
 def test_api_host() -> None:

@@ -20,7 +20,14 @@ __all__ = ["ClientPool", "RegistryClient"]
 
 
 class RegistryClient(BlobOps, ManifestOps):
-    """Async client for one registry host (``host[:port]``, ``docker.io`` for Docker Hub)."""
+    """Async client for one registry host (``host[:port]``, ``docker.io`` for Docker Hub).
+
+    ``insecure``: None = plain HTTP only for loopback hosts and ``$LAMINA_INSECURE_REGISTRIES``; True/False
+    force HTTP/HTTPS. ``credentials``: a :class:`CredentialStore` (default: docker's config.json, read
+    lazily) or fixed :class:`Credentials` (``Credentials()`` = anonymous). ``session``: share an aiohttp
+    session (the caller closes it). Blobs up to ``monolithic_limit`` bytes go in one PUT, larger ones in
+    ``chunk_size`` PATCHes. Use as ``async with``, or call :meth:`close`.
+    """
 
     def __init__(
         self,

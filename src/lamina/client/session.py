@@ -127,9 +127,9 @@ class Transport:
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
         self.registry = registry
-        if insecure is None:
-            insecure = registry in insecure_registries_from_env()
-        scheme = "http" if insecure or is_loopback(registry) else "https"
+        if insecure is None:  # auto: loopback or listed in the environment; True/False force the choice
+            insecure = is_loopback(registry) or registry in insecure_registries_from_env()
+        scheme = "http" if insecure else "https"
         self.base_url = URL(f"{scheme}://{api_host(registry)}")
         self.retry = retry or RetryPolicy()
         self.stats = TransferStats()
