@@ -286,3 +286,68 @@ def test_processes_appending_to_one_session_do_not_interleave(tmp_path: Path, up
             continue
         break
     assert committed == [20_000]
+
+
+def _append_until_killed(factory: UploadFactory, root: Path, data: bytes, started: object) -> None:
+    async def trickle() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 1 << 20):  # whole write buffers: each reaches the file at once
+            yield data[start : start + (1 << 20)]
+            if start >= 2 << 20:
+                started.set()  # type: ignore[attr-defined]
+                await asyncio.sleep(0.05)
+
+    async def run() -> None:
+        uploads, _ = factory(root)
+        await uploads.append("s1", 0, trickle())
+
+    asyncio.run(run())
+
+
+def test_worker_killed_mid_append(tmp_path: Path, upload_factory: UploadFactory) -> None:
+    """A SIGKILL cannot truncate: the written prefix stays, and the client resumes from current_size."""
+    data = os.urandom(8 << 20)
+    uploads, blobs = upload_factory(tmp_path)
+    uploads.create("s1")
+    started = FORK.Event()
+    worker = FORK.Process(target=_append_until_killed, args=(upload_factory, tmp_path, data, started))
+    worker.start()
+    assert started.wait(30)
+    worker.kill()
+    worker.join(30)
+    size = uploads.current_size("s1")
+    assert size is not None and 3 << 20 <= size < len(data)
+    assert blobs.size(blob_digest(data)) is None
+    with pytest.raises(UploadConflict) as caught:  # the client's retry of its whole chunk is refused...
+        asyncio.run(uploads.append("s1", 0, stream(data)))
+    assert caught.value.current_size == size  # ...with the size to resume from
+    asyncio.run(uploads.append("s1", size, stream(data[size:])))
+    assert asyncio.run(uploads.commit("s1", blob_digest(data))) == len(data)
+
+
+def _watch_for_blob(factory: UploadFactory, root: Path, data: bytes, ready: object, results: object) -> None:
+    async def run() -> str:
+        _, blobs = factory(root)
+        digest = blob_digest(data)
+        ready.set()  # type: ignore[attr-defined]
+        for _ in range(200_000):
+            if blobs.size(digest) is not None:
+                seen = b"".join([chunk async for chunk in blobs.read(digest)])
+                return "whole" if seen == data else f"partial {len(seen)}"
+            await asyncio.sleep(0)
+        return "never"
+
+    results.put(asyncio.run(run()))  # type: ignore[attr-defined]
+
+
+def test_another_process_never_sees_a_partial_blob(tmp_path: Path, upload_factory: UploadFactory) -> None:
+    data = os.urandom(8 << 20)
+    uploads, _ = upload_factory(tmp_path)
+    ready, results = FORK.Event(), FORK.Queue()
+    watcher = FORK.Process(target=_watch_for_blob, args=(upload_factory, tmp_path, data, ready, results))
+    watcher.start()
+    assert ready.wait(30)
+    uploads.create("s1")
+    asyncio.run(uploads.append("s1", 0, stream(data, 1 << 16)))
+    asyncio.run(uploads.commit("s1", blob_digest(data)))
+    watcher.join(60)
+    assert results.get(timeout=5) == "whole"

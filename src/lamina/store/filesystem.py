@@ -10,8 +10,10 @@ re-checks, once locked, that the path still names the inode it opened — so a r
 in another process can never write into a committed blob. A second concurrent request on the same
 session gets :class:`UploadConflict` at once (HTTP 416) instead of waiting.
 
-An append is all-or-nothing: if the chunk stream fails midway, the file is truncated back to where the
-chunk started, so the session size the client last saw stays true.
+An append is all-or-nothing: if the chunk stream fails midway (or the request is cancelled), the file is
+truncated back to where the chunk started, so the session size the client last saw stays true. Only a
+killed process cannot truncate: then the file keeps a prefix of what was sent (chunks reach it in
+``write_buffer`` units), and the client resumes from ``current_size`` (the 416 answer carries it).
 """
 
 from __future__ import annotations
