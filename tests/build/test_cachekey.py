@@ -17,7 +17,7 @@ RUN = RunStep(argv=("/bin/sh", "-c", "make"), env=("PATH=/bin", "A=1"), user="",
 def test_encoding_is_canonical_sorted_compact_json() -> None:
     inputs = cachekey.run_inputs(RUN, BASE)
     encoded = cachekey.encode(inputs)
-    assert encoded.startswith(b'{"argv":["/bin/sh","-c","make"],"env":["PATH=/bin","A=1"],"network":"default"')
+    assert encoded.startswith(b'{"argv":["/bin/sh","-c","make"],"env":["PATH=/bin","A=1"],"inline_files":[],"network"')
     assert b" " not in encoded.replace(b"/bin/sh", b"")
     assert cachekey.key_of(inputs) == digest_of(encoded)
 
