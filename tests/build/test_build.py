@@ -344,3 +344,28 @@ def test_two_builds_at_once_share_one_state_dir(base: str, tmp_path: Path) -> No
     rc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert rc.returncode == 0 and rc.stdout == results[0][0]
     assert "CACHED" in rc.stderr and not _ran(rc.stderr, "ran-step-one")
+
+
+def test_independent_stages_run_concurrently(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stage ``server`` waits for a connection that only stage ``client`` makes: built one after the
+    other, the listener would time out; built concurrently, both finish."""
+    from helpers.registries import free_port
+
+    port = free_port()
+    dockerfile = f"""\
+FROM {base} AS server
+RUN busybox timeout 30 busybox nc -l -p {port} > /received.txt
+FROM {base} AS client
+RUN i=0; until echo hello-from-client | busybox nc 127.0.0.1 {port}; do i=$((i+1)); \\
+    [ $i -gt 250 ] && exit 1; sleep 0.1; done; echo sent > /sent.txt
+FROM scratch
+COPY --from=server /received.txt /
+COPY --from=client /sent.txt /
+"""
+    context = _context(tmp_path / "ctx", dockerfile, {})
+    out = tmp_path / "rootfs"
+    rc, _, err = _build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert (out / "received.txt").read_text() == "hello-from-client\n"
