@@ -18,6 +18,7 @@ from lamina.client import (
     RegistryError,
     RegistryUnreachable,
     RetryPolicy,
+    TransferInterrupted,
 )
 from lamina.oci import digest_of
 
@@ -298,3 +299,28 @@ async def test_head_manifest_without_digest_header_falls_back_to_get(serve_app: 
         info = await c.head_manifest("r/x", "latest")
     assert info == (digest_of(MANIFEST), "application/vnd.oci.image.index.v1+json", len(MANIFEST))
     assert methods == ["HEAD", "GET"]
+
+
+async def test_body_that_always_breaks_off_is_a_transfer_interrupted(serve_app: ServeApp, tmp_path: Path) -> None:
+    calls = 0
+
+    async def always_drops(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        resp = web.StreamResponse(headers={"Content-Length": str(len(GOOD))})
+        await resp.prepare(request)
+        await resp.write(GOOD[:100])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    host = await serve_app(_blob_app(always_drops))
+    async with RegistryClient(host, retry=FAST, credentials=Credentials()) as c:
+        with pytest.raises(TransferInterrupted, match="broke off") as info:
+            await c.download_blob("r/x", GOOD_DIGEST, tmp_path / "blob")
+        assert isinstance(info.value, RegistryError) and "r/x" in str(info.value)
+        assert calls == FAST.attempts
+        with pytest.raises(TransferInterrupted):
+            async for _ in c.get_blob("r/x", GOOD_DIGEST):
+                pass
+    assert list(tmp_path.iterdir()) == []

@@ -63,9 +63,10 @@ def test_public_api_is_pinned() -> None:
     assert sorted(lamina.client.__all__) == [
         "ALL_MANIFEST_TYPES", "ClientPool", "CredentialError", "CredentialStore", "Credentials", "DigestMismatch",
         "FetchedManifest", "INSECURE_ENV", "ManifestInfo", "NoMatchingPlatform", "NotFound", "PushOutcome",
-        "RegistryClient", "RegistryError", "RegistryUnreachable", "ResolvedImage", "RetryPolicy", "TransferKind",
-        "TransferStats", "Unauthorized", "insecure_registries_from_env", "is_loopback", "normalize_platform",
-        "pull_scope", "push_scope", "resolve_image", "resolve_platform", "select_platform",
+        "RegistryClient", "RegistryError", "RegistryUnreachable", "ResolvedImage", "RetryPolicy",
+        "TransferInterrupted", "TransferKind", "TransferStats", "Unauthorized", "insecure_registries_from_env",
+        "is_loopback", "normalize_platform", "pull_scope", "push_scope", "resolve_image", "resolve_platform",
+        "select_platform",
     ]
     for name in lamina.client.__all__:
         assert hasattr(lamina.client, name)

@@ -8,7 +8,15 @@ from .auth import pull_scope, push_scope
 from .blobs import PushOutcome
 from .client import ClientPool, RegistryClient
 from .credentials import CredentialError, Credentials, CredentialStore
-from .errors import DigestMismatch, NoMatchingPlatform, NotFound, RegistryError, RegistryUnreachable, Unauthorized
+from .errors import (
+    DigestMismatch,
+    NoMatchingPlatform,
+    NotFound,
+    RegistryError,
+    RegistryUnreachable,
+    TransferInterrupted,
+    Unauthorized,
+)
 from .manifests import ALL_MANIFEST_TYPES, FetchedManifest, ManifestInfo
 from .resolve import ResolvedImage, normalize_platform, resolve_image, resolve_platform, select_platform
 from .session import INSECURE_ENV, RetryPolicy, TransferKind, TransferStats, insecure_registries_from_env, is_loopback
@@ -31,6 +39,7 @@ __all__ = [
     "RegistryUnreachable",
     "ResolvedImage",
     "RetryPolicy",
+    "TransferInterrupted",
     "TransferKind",
     "TransferStats",
     "Unauthorized",

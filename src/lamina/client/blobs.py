@@ -21,7 +21,7 @@ from yarl import URL
 
 from ..oci import Digest, parse_digest
 from .auth import pull_scope, push_scope
-from .errors import DigestMismatch, RegistryError, RegistryUnreachable
+from .errors import DigestMismatch, RegistryError, RegistryUnreachable, TransferInterrupted
 from .session import Body, TransferKind, Transport
 
 __all__ = ["BlobOps", "PushOutcome"]
@@ -93,7 +93,7 @@ class BlobOps:
             "GET", self._blob_path(repo, digest), scopes=[pull_scope(repo)], repository=repo, obj=obj,
             follow_redirects=True,
         ) as resp:
-            async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+            async for chunk in self._chunks(resp, repo, obj):
                 count += len(chunk)
                 self.transport.stats.add_down(kind, len(chunk))
                 if progress is not None:
@@ -107,6 +107,14 @@ class BlobOps:
         if actual != str(digest) or (size is not None and count != size):
             raise DigestMismatch(str(digest), actual, registry=self.transport.registry, repository=repo, obj=obj,
                                  detail=f"{count} bytes" + (f", expected {size}" if size is not None else ""))
+
+    async def _chunks(self, resp: aiohttp.ClientResponse, repo: str, obj: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+                yield chunk
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise TransferInterrupted(None, "UNREACHABLE", f"download broke off: {exc or type(exc).__name__}",
+                                      registry=self.transport.registry, repository=repo, obj=obj) from None
 
     async def fetch_blob(
         self, repo: str, digest: Digest | str, *, size: int | None = None, kind: TransferKind = "config",
@@ -124,9 +132,9 @@ class BlobOps:
                                             registry=self.transport.registry, repository=repo, obj=f"blob {digest}")
                     parts.append(chunk)
                 return b"".join(parts)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except TransferInterrupted:
                 if attempt == self.transport.retry.attempts:
-                    raise self._broken(repo, digest, exc) from None
+                    raise
         raise AssertionError("unreachable")
 
     async def download_blob(
@@ -148,18 +156,14 @@ class BlobOps:
                     os.fsync(out.fileno())
                 os.replace(tmp, dest)
                 return total
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except TransferInterrupted:
                 os.unlink(tmp)
                 if attempt == self.transport.retry.attempts:
-                    raise self._broken(repo, digest, exc) from None
+                    raise
             except BaseException:
                 os.unlink(tmp)
                 raise
         raise AssertionError("unreachable")
-
-    def _broken(self, repo: str, digest: Digest | str, exc: BaseException) -> RegistryUnreachable:
-        return RegistryUnreachable(None, "UNREACHABLE", f"download broke off: {exc or type(exc).__name__}",
-                                   registry=self.transport.registry, repository=repo, obj=f"blob {digest}")
 
     async def push_blob(
         self, repo: str, digest: Digest | str, size: int, source: bytes | str | os.PathLike[str], *,

@@ -15,6 +15,7 @@ __all__ = [
     "NotFound",
     "RegistryError",
     "RegistryUnreachable",
+    "TransferInterrupted",
     "Unauthorized",
     "error_from_response",
 ]
@@ -76,6 +77,10 @@ class DigestMismatch(RegistryError):
 
 class RegistryUnreachable(RegistryError):
     """The registry did not answer (connection refused, reset, DNS, timeout) after all retries."""
+
+
+class TransferInterrupted(RegistryUnreachable):
+    """A response body broke off midway (reset, timeout, short read); whole-blob reads retry on it."""
 
 
 class NoMatchingPlatform(RegistryError):

@@ -221,6 +221,11 @@ class Transport:
                     None, "UNREACHABLE", f"{method} {target.human_repr()} failed after {attempt} attempt(s): {reason}",
                     registry=self.registry, repository=repository, obj=obj,
                 ) from None
+            except aiohttp.ClientError as exc:  # malformed answers, bad URLs: not worth a retry
+                raise RegistryError(
+                    None, "PROTOCOL_ERROR", f"{method} {target.human_repr()}: {exc or type(exc).__name__}",
+                    registry=self.registry, repository=repository, obj=obj,
+                ) from None
             status = resp.status
             if status == 401 and send_auth and not auth_answered:
                 challenge = resp.headers.get("WWW-Authenticate")
