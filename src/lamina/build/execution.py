@@ -66,6 +66,7 @@ class Executor:
         self.source_date_epoch = source_date_epoch
         self.network = network
         self.layer_store = LayerStore(state.root)  # unpacked layers in <root>/layers/<diffID hex>
+        self.layer_store.cleanup_partial()  # unpacks of killed builds (never used: not renamed into place)
         self.snapshotter: Snapshotter = detect_snapshotter(state.root)
         self.runtime = RuncExecutor(state.root / "runc", runtime=runtime)
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
