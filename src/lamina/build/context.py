@@ -208,7 +208,11 @@ class SourceTree:
                         if excluded:
                             if not stat.S_ISDIR(st.st_mode) or self.matcher.can_skip_dir(child):
                                 continue
-                            if not self.listdir(child):
+                            try:
+                                kept = bool(self.listdir(child))
+                            except ContextError:
+                                kept = False  # an unreadable excluded dir is just excluded (fsutil does the same)
+                            if not kept:
                                 continue
                     elif stat.S_ISDIR(st.st_mode):
                         self._infos[child] = ()

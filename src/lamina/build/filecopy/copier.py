@@ -292,65 +292,82 @@ class _Copier:
         return True
 
     def _copy_tree(self, item: Selected, dest_rel: str) -> None:
-        """Copy the contents of a source directory into the (existing) directory ``dest_rel``."""
+        """Copy the contents of a source directory into the (existing) directory ``dest_rel``.
+
+        One pre-order walk with a stack of open (destination, source) directory fds, so each entry costs
+        its own syscalls only; a directory this copy created is known empty, so its children skip the
+        "what is already there" check.
+        """
         tree = self._tree()
-        stack: list[tuple[str, int]] = [("", self.root.open_dir(dest_rel))]
+        dest_fd = self.root.open_dir(dest_rel)
+        try:
+            src_fd = tree.open_dir(item.entry.path)
+        except BaseException:
+            os.close(dest_fd)
+            raise
+        stack: list[tuple[str, int, int, bool]] = [("", dest_fd, src_fd, False)]
         dirs: list[tuple[str, Entry]] = []
         try:
             for rel, entry in tree.walk(item.entry, self.exclude):
                 parent = rel.rpartition("/")[0]
                 while stack[-1][0] != parent:
-                    os.close(stack.pop()[1])
-                dfd = stack[-1][1]
+                    _close(stack.pop())
+                _, dfd, sfd, fresh = stack[-1]
                 drel = posixpath.join(dest_rel, parent) if parent else dest_rel
-                self._copy_entry(entry, dfd, drel, entry.name, shallow=True)
+                created = self._copy_entry(entry, dfd, drel, entry.name, src_dir_fd=sfd, fresh=fresh)
                 if entry.is_dir:
-                    stack.append((rel, os.open(entry.name, DIR_FLAGS, dir_fd=dfd)))
+                    child_dfd = os.open(entry.name, DIR_FLAGS, dir_fd=dfd)
+                    try:
+                        child_sfd = os.open(entry.name, DIR_FLAGS, dir_fd=sfd)
+                    except OSError:
+                        os.close(child_dfd)
+                        raise
+                    stack.append((rel, child_dfd, child_sfd, created))
                     dirs.append((rel, entry))
         finally:
-            for _, fd in stack:
-                os.close(fd)
+            for frame in stack:
+                _close(frame)
         for rel, entry in reversed(dirs):  # metadata after children, deepest first
             with self.root.dir(posixpath.join(dest_rel, rel)) as fd:
                 self._meta(fd, entry)
 
-    def _copy_entry(self, entry: Entry, dfd: int, drel: str, name: str, *, shallow: bool = False) -> None:
-        """Create ``name`` in directory ``dfd`` as a copy of ``entry`` (a directory: ``shallow`` = only
-        create it; its children and metadata are the caller's)."""
+    def _copy_entry(
+        self, entry: Entry, dfd: int, drel: str, name: str, *, src_dir_fd: int | None = None, fresh: bool = False
+    ) -> bool:
+        """Create ``name`` in directory ``dfd`` as a copy of ``entry``; for a directory only the directory
+        itself (its children and metadata are the caller's), returning whether it was created."""
         where = self.root.display(posixpath.join(drel, name))
         tree = self._tree()
         if entry.is_dir:
-            existing = self.root.clear_for(dfd, name, is_dir=True, where=where)
+            existing = None if fresh else self.root.clear_for(dfd, name, is_dir=True, where=where)
             if existing is None:
                 os.mkdir(name, 0o700, dir_fd=dfd)
-            if not shallow:
-                with self.root.dir(posixpath.join(drel, name)) as fd:
-                    self._meta(fd, entry)
-            return
-        self.root.clear_for(dfd, name, is_dir=False, where=where)
+            return existing is None
+        if not fresh:
+            self.root.clear_for(dfd, name, is_dir=False, where=where)
         if entry.is_symlink:
             os.symlink(entry.link or "", name, dir_fd=dfd)
             owner = self._owner(entry)
             self.root.chown(dfd, name, *owner)
             mtime = entry.st.st_mtime_ns
             os.utime(name, ns=(mtime, mtime), dir_fd=dfd, follow_symlinks=False)
-            return
+            return False
         if not entry.is_file:
             if stat.S_ISSOCK(entry.st.st_mode):
-                return  # sockets are not content
+                return False  # sockets are not content
             if stat.S_ISFIFO(entry.st.st_mode):
                 os.mkfifo(name, 0o600, dir_fd=dfd)
                 self.root.chown(dfd, name, *self._owner(entry))
                 os.chmod(name, self._mode(entry.st.st_mode), dir_fd=dfd)
-                return
+                return False
             raise CopyError(f"cannot copy {entry.path}: device files cannot be copied")
         key = (entry.st.st_dev, entry.st.st_ino)
         if entry.st.st_nlink > 1 and key in self.links:
             first_dir, first_name = self.links[key]
             with self.root.dir(first_dir) as sfd:
                 os.link(first_name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-            return
-        sfd = tree.open_file(entry)
+            return False
+        sfd = tree.open_file(entry, src_dir_fd)
         try:
             fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=dfd)
             try:
@@ -364,6 +381,7 @@ class _Copier:
             os.close(sfd)
         if entry.st.st_nlink > 1:
             self.links[key] = (drel, name)
+        return False
 
     def _meta(self, fd: int, entry: Entry) -> None:
         """Owner, then mode (chown clears set-id bits), then mtime, on an open file or directory."""
@@ -387,6 +405,11 @@ class _Copier:
                 os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))
         finally:
             os.close(fd)
+
+
+def _close(frame: tuple[str, int, int, bool]) -> None:
+    os.close(frame[1])
+    os.close(frame[2])
 
 
 def _copy_data(src: int, dst: int) -> None:
