@@ -69,9 +69,16 @@ def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
         open_storage(not_a_dir / "below")
 
 
+def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / "metadata.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=f"metadata database {tmp_path / 'metadata.db'}: file is not a database"):
+        open_storage(tmp_path)
+
+
 def test_bad_synchronous_mode(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous mode 'SOMETIMES'"):
-        open_storage(tmp_path, synchronous="SOMETIMES")
+        open_storage(tmp_path / "bad", synchronous="SOMETIMES")
+    assert not (tmp_path / "bad").exists()
     assert open_storage(tmp_path, synchronous="normal").metadata.synchronous == "NORMAL"
 
 

@@ -74,6 +74,7 @@ def open_storage(root: Path, *, synchronous: str = "FULL") -> Storage:
 
     Raises StoreError naming the root when it cannot be created or written."""
     paths = StorePaths(Path(root).absolute())
+    metadata = SqliteMetadataStore(paths.metadata_db, synchronous=synchronous)  # validates before touching disk
     try:
         for directory in paths.directories():
             directory.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,6 @@ def open_storage(root: Path, *, synchronous: str = "FULL") -> Storage:
         probe.unlink()
     except OSError as exc:
         raise StoreError(f"storage root {paths.root} is not a writable directory: {exc.strerror or exc}") from exc
-    metadata = SqliteMetadataStore(paths.metadata_db, synchronous=synchronous)
     metadata.create_schema()
     blobs = FilesystemBlobStore(paths)
     return Storage(paths=paths, blobs=blobs, uploads=FilesystemUploadStore(paths), metadata=metadata)

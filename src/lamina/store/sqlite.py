@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.pool import QueuePool
 
 from lamina.oci import Digest, parse_digest
@@ -140,7 +140,9 @@ class SqliteMetadataStore:
         try:
             with self._engines()[0].connect() as conn:
                 yield conn
-        except OperationalError as exc:
+        except IntegrityError:
+            raise
+        except DatabaseError as exc:  # locked past busy_timeout, disk full, not a database, ...
             raise StoreError(f"metadata database {self.path}: {exc.orig}") from exc
 
     @contextmanager
@@ -148,7 +150,9 @@ class SqliteMetadataStore:
         try:
             with self._engines()[1].begin() as conn:
                 yield conn
-        except OperationalError as exc:
+        except IntegrityError:
+            raise
+        except DatabaseError as exc:
             raise StoreError(f"metadata database {self.path}: {exc.orig}") from exc
 
     def create_schema(self) -> None:
