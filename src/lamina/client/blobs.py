@@ -66,7 +66,7 @@ class BlobOps:
         return f"/v2/{repo}/blobs/{digest}"
 
     async def head_blob(self, repo: str, digest: Digest | str) -> int | None:
-        """The blob's size if ``repo`` has it, else None."""
+        """The blob's size if ``repo`` has it (-1 if the registry omits Content-Length), else None."""
         digest = parse_digest(str(digest))
         async with self.transport.request(
             "HEAD", self._blob_path(repo, digest), scopes=[pull_scope(repo)], repository=repo,
