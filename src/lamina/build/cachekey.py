@@ -13,9 +13,13 @@ bytes. The objects per operation are::
                               "network": N, "inline_files": [[path, content], ...]}
     {"v": 1, "op": "copy",    "parent": K, "add": bool, "sources": [...], "dest": D, "chown": C|null,
                               "chmod": M|null, "link": bool, "heredocs": [[name, content], ...],
-                              "user": U, "workdir": W, "from": null | {"stage": K2} | {"image": DIGEST},
-                              "content": "<checksum of the selected files>" | null}
+                              "from": null | {"stage": K2} | {"image": DIGEST}, "exclude": [...],
+                              "checksum": "sha256:..." | null, "content": "<checksum of what it reads>"}
     {"v": 1, "op": "workdir", "parent": K, "path": P, "user": U}
+
+(COPY's ``content`` is ``lamina.build.filecopy.copy_checksum``: names, modes, bytes of exactly the
+selected context files, URL digests, heredocs; ``null`` for ``--from``, whose source key stands in.
+The USER in effect does not change what COPY writes, so it is not in the key.)
 
 ``parent`` is the key of the step below (the base image key for the first step of a stage); ``FROM
 <stage>`` continues with that stage's final key. A :class:`~lamina.build.ops.MetaStep` changes only
@@ -106,8 +110,6 @@ def copy_inputs(
         "chmod": step.chmod,
         "link": step.link,
         "heredocs": [list(h) for h in step.heredocs],
-        "user": step.user,
-        "workdir": step.workdir,
         "from": source,
         "exclude": list(step.exclude),
         "checksum": step.checksum,
