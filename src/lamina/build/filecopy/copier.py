@@ -9,13 +9,15 @@
   kept for ``--from`` sources (as BuildKit does), and the ``--chown`` owner when given.
 - A directory's metadata is applied after its children; an existing destination directory keeps its own
   (only directories that the copy re-creates or copies over take the source's).
-- ADD: a local tar archive (any compression, detected by content) is unpacked into the destination;
-  an http(s) URL is downloaded (mode 0600, Last-Modified mtime, ``--checksum`` verified).
+- ADD: a local tar archive (any compression, detected by content) is unpacked into the destination,
+  its entries keeping the archive's owners and modes (``--chown``/``--chmod`` apply to the created
+  destination only, as in BuildKit); an http(s) URL is downloaded (mode 0600, Last-Modified mtime,
+  ``--checksum`` verified) and never unpacked. Wildcards matching nothing are allowed (BuildKit's
+  ``AllowEmptyWildcard``); a plain source that does not exist is an error naming it.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import hashlib
@@ -88,12 +90,30 @@ def copy_checksum(
     """
     exclude = _exclude_of(step)
     h = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        if downloads is None and any(is_url(s) for s in step.sources):
+            downloads = stack.enter_context(Downloads())  # not shared: fetched again by apply_copy
+        _hash_sources(step, context, downloads, _checksum_of(step, checksum), exclude, h)
+    for name, content in step.heredocs:
+        h.update(b"heredoc %s %s\0" % (os.fsencode(name), hashlib.sha256(content.encode()).hexdigest().encode()))
+    return "sha256:" + h.hexdigest()
+
+
+def _hash_sources(
+    step: CopyStep,
+    context: SourceTree,
+    downloads: Downloads | None,
+    checksum: str | None,
+    exclude: PatternMatcher | None,
+    h: hashlib._Hash,
+) -> None:
     try:
         for source in step.sources:
             if is_url(source):
                 if not step.is_add:
                     raise CopyError(f"COPY failed: source can't be a URL for COPY: {source}")
-                got = _downloads(downloads).get(source, checksum=_checksum_of(step, checksum))
+                assert downloads is not None
+                got = downloads.get(source, checksum=checksum)
                 h.update(b"url %s %s\0" % (os.fsencode(got.filename), got.digest.encode()))
             else:
                 h.update(b"path %s\0" % context.checksum([source], exclude=exclude or ()).encode())
@@ -101,22 +121,6 @@ def copy_checksum(
         raise
     except ContextError as exc:
         raise CopyError(f"{_instruction(step)} failed: {exc}") from None
-    for name, content in step.heredocs:
-        h.update(b"heredoc %s %s\0" % (os.fsencode(name), hashlib.sha256(content.encode()).hexdigest().encode()))
-    return "sha256:" + h.hexdigest()
-
-
-_default_downloads: Downloads | None = None
-
-
-def _downloads(downloads: Downloads | None) -> Downloads:
-    global _default_downloads
-    if downloads is not None:
-        return downloads
-    if _default_downloads is None:
-        _default_downloads = Downloads()
-        atexit.register(_default_downloads.close)
-    return _default_downloads
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,10 @@ def apply_copy(
     ``resolve_owner`` maps a ``--chown`` spec to (uid, gid) in the destination rootfs (numeric specs work
     without it). ``downloads`` shares ADD URL downloads with :func:`copy_checksum`.
     """
-    _Copier(step, source_root, rootfs, context_ignore, resolve_owner, downloads, checksum, source).run()
+    with contextlib.ExitStack() as stack:
+        if downloads is None and any(is_url(s) for s in step.sources):
+            downloads = stack.enter_context(Downloads())
+        _Copier(step, source_root, rootfs, context_ignore, resolve_owner, downloads, checksum, source).run()
 
 
 class _Copier:
@@ -211,7 +218,8 @@ class _Copier:
             if is_url(src):
                 if not self.step.is_add:
                     raise CopyError(f"COPY failed: source can't be a URL for COPY: {src}")
-                got: Download = _downloads(self.downloads).get(src, checksum=self.checksum)
+                assert self.downloads is not None
+                got: Download = self.downloads.get(src, checksum=self.checksum)
                 items.append(_Inline(got.filename, got.path, b"", 0o600, got.mtime_ns))
                 continue
             if src.startswith("git@") or (src.endswith(".git") and "://" in src):
