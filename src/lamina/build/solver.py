@@ -53,6 +53,7 @@ class StageResult:
     config: ImageConfig
     platform: Platform
     base_repository: str | None  # "host/repo" of the FROM image, for cross-repo mounts on push
+    changed: str | None = None  # why its final result differs from the cache ("parent step missed"), if it does
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Solver:
             source_date_epoch=self.options.source_date_epoch,
             author=stage.author or (base_config.extra.get("author") if base_config else None),
         )
-        return StageResult(key, layers, config, stage.platform, base_repo)
+        return StageResult(key, layers, config, stage.platform, base_repo, upstream)
 
     async def _solve_base(
         self, stage: Stage, prefix: str
@@ -161,7 +162,7 @@ class Solver:
         base = stage.base
         if isinstance(base, StageBase):
             parent = await self._task(base.stage)
-            return parent.key, parent.layers, parent.config, parent.base_repository, None
+            return parent.key, parent.layers, parent.config, parent.base_repository, parent.changed
         if isinstance(base, Scratch):
             return cachekey.key_of(cachekey.scratch_inputs(stage.platform)), (), None, None, None
         assert isinstance(base, BaseImage)
