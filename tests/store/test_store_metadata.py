@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,18 @@ def test_concurrent_writers_in_processes(tmp_path: Path, metadata_factory: Metad
     tags = [t for repo in ("repo0", "repo1", "repo2") for t in parent.list_tags(repo, None, None)]
     assert len(tags) == 48
     assert parent.list_tags("shared", None, None) == ["latest"]
+
+
+def test_one_store_shared_by_threads(tmp_path: Path, metadata_factory: MetadataFactory) -> None:
+    """Async callers run store methods through asyncio.to_thread: one instance, many threads at once."""
+    store = metadata_factory(tmp_path)
+
+    def work(n: int) -> None:
+        for i in range(4):
+            rec = image(store, "threads", f"{n}-{i}", tag=f"t{n}-{i}")
+            got = store.get_manifest("threads", f"t{n}-{i}")
+            assert got is not None and got.digest == rec.digest
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(work, range(8)))
+    assert len(store.list_tags("threads", None, None)) == 32
