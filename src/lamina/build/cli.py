@@ -22,20 +22,24 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("context", metavar="CONTEXT", help="the build context directory")
-    parser.add_argument("-f", "--file", dest="file", help="the Dockerfile (default CONTEXT/Dockerfile; - = stdin)")
-    parser.add_argument("-t", "--tag", dest="tags", action="append", default=[], help="name:tag of the image")
+    parser.add_argument("-f", "--file", dest="file", metavar="DOCKERFILE",
+                        help="the Dockerfile (default CONTEXT/Dockerfile; - = stdin)")
+    parser.add_argument("-t", "--tag", dest="tags", action="append", default=[], metavar="REF",
+                        help="name:tag of the image (repeatable)")
     parser.add_argument("--build-arg", dest="build_args", action="append", type=_key_value, default=[],
                         metavar="K=V", help="set a build-time variable")
-    parser.add_argument("--target", help="build this stage (default: the last)")
-    parser.add_argument("--platform", default="linux/amd64", help="target platform (default linux/amd64)")
+    parser.add_argument("--target", metavar="STAGE", help="build this stage (default: the last)")
+    parser.add_argument("--platform", default="linux/amd64", metavar="OS/ARCH",
+                        help="target platform (default linux/amd64)")
     parser.add_argument("--push", action="store_true", help="push the image to every -t reference")
-    parser.add_argument("--output", "-o", dest="outputs", action="append", default=[],
+    parser.add_argument("--output", "-o", dest="outputs", action="append", default=[], metavar="SPEC",
                         help="type=registry | type=oci,dest=FILE.tar | type=local,dest=DIR")
     parser.add_argument("--no-cache", action="store_true", help="do not use the cache (results are still stored)")
     parser.add_argument("--label", dest="labels", action="append", type=_key_value, default=[], metavar="K=V",
                         help="set an image label")
     parser.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
-    parser.add_argument("--root", type=Path, help="state directory (default: the per-user data directory)")
+    parser.add_argument("--root", type=Path, metavar="STATE_DIR",
+                        help="state directory (default: the per-user data directory)")
     parser.add_argument("--network", choices=("default", "host", "none"), default="default",
                         help="network for RUN steps (default = host)")
     parser.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
