@@ -90,6 +90,10 @@ class Executor:
     async def _unpack(self, layer: LayerRef) -> Path:
         if self.layer_store.has(layer.diff_id):
             return self.layer_store.path(layer.diff_id)
+        media_type = layer.descriptor.media_type
+        if layer.source is not None and not self.state.content.has(layer.descriptor.digest):
+            with contextlib.suppress(Exception):  # a broken stream falls back to download-then-unpack
+                return await self.layer_store.unpack_async(self.images.stream(layer), media_type, layer.diff_id)
         blob = await self.images.fetch(layer)
         return await asyncio.to_thread(self.layer_store.unpack, blob, layer.descriptor.media_type, layer.diff_id)
 

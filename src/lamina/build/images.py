@@ -9,6 +9,7 @@ step must execute on top of it or an output needs them. Each image is resolved o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,8 @@ class ImageSource(Protocol):
     async def resolve(self, ref: str, platform: Platform) -> SourceImage: ...
 
     async def fetch(self, layer: LayerRef) -> Path: ...
+
+    def stream(self, layer: LayerRef) -> AsyncIterator[bytes]: ...
 
 
 def split_repository(source: str) -> tuple[str, str]:
@@ -84,6 +87,22 @@ class RegistryImages:
         if digest not in self._fetching:
             self._fetching[digest] = asyncio.ensure_future(self._download(layer))
         return await self._fetching[digest]
+
+    async def stream(self, layer: LayerRef) -> AsyncIterator[bytes]:
+        """The blob's bytes as they arrive (to unpack while downloading), stored in the content store too.
+
+        The copy is published only once the client has verified the whole blob; a stream that breaks
+        off or does not match its digest leaves nothing behind (the consumer must discard what it got).
+        """
+        digest = layer.descriptor.digest
+        if layer.source is None:
+            raise ContentError(f"layer {digest} is neither in the local content store nor in a known registry")
+        host, repo = split_repository(layer.source)
+        with self.content.writer() as blob:
+            async for chunk in self.pool.get(host).get_blob(repo, digest, size=layer.descriptor.size):
+                blob.write(chunk)
+                yield chunk
+            blob.commit(digest, layer.descriptor.size)
 
     async def _download(self, layer: LayerRef) -> Path:
         digest = layer.descriptor.digest
