@@ -369,3 +369,21 @@ COPY --from=client /sent.txt /
     rc, _, err = _build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
     assert rc == 0, err
     assert (out / "received.txt").read_text() == "hello-from-client\n"
+
+
+@pytest.mark.parametrize(("compression", "media_type"), [
+    ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+    ("uncompressed", "application/vnd.oci.image.layer.v1.tar"),
+])
+def test_layer_compression(
+    base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], compression: str, media_type: str
+) -> None:
+    context = _context(tmp_path / "ctx", f"FROM {base}\nRUN echo z > /z.txt\n", {})
+    dest = tmp_path / "image.tar"
+    rc, digest, err = _build(capsys, context, tmp_path / "state", "--compression", compression,
+                             "--output", f"type=oci,dest={dest}")
+    assert rc == 0, err
+    with tarfile.open(dest) as tar:
+        manifest = json.loads(tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}").read())  # type: ignore[union-attr]
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"  # the base's
+    assert manifest["layers"][-1]["mediaType"] == media_type
