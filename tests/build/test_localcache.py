@@ -71,6 +71,7 @@ def test_record_whose_blob_vanished_is_a_miss(tmp_path: Path) -> None:
     cache.add(key, {}, CachedResult(key, (top,), "t"), slot="p")
     store.path(top.descriptor.digest).unlink()
     assert cache.lookup(key) is None
+    assert cache.explain("p", {}) == "the cached result's layer blobs are missing from the local store"
 
 
 def test_refuses_to_record_missing_blob(tmp_path: Path) -> None:

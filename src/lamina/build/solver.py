@@ -20,7 +20,7 @@ from typing import Any
 
 from lamina.build import cachekey
 from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter, LayerRef, MissExplainer
-from lamina.build.execution import ExecutionError, Executor
+from lamina.build.execution import Executor
 from lamina.build.imageconfig import StepOutcome, build_image_config
 from lamina.build.images import ImageSource, SourceImage
 from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, RunStep, Scratch, Stage, StageBase, Step
@@ -213,8 +213,10 @@ class Solver:
         try:
             if isinstance(step, CopyStep):
                 extra, source = await self._source_for_copy(stage, step)
-        except ExecutionError as exc:
-            raise self._fail(vertex, step, str(exc)) from exc
+        except BuildError:
+            raise  # the source stage failed and said so
+        except Exception as exc:  # a missing source, an unreachable --from image, ...
+            raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
         inputs = cachekey.step_inputs(step, parent, **extra)
         assert inputs is not None
         key = cachekey.key_of(inputs)
@@ -232,8 +234,8 @@ class Solver:
             self.progress.miss(vertex, reason)
         try:
             layer = await self._execute(stage, step, layers, source, vertex)
-        except ExecutionError as exc:
-            raise self._fail(vertex, step, str(exc)) from exc
+        except Exception as exc:  # the step failed, or materialising its parent did (mount, pull, unpack)
+            raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
         chain = (*layers, layer)
         result = CachedResult(key, chain, layer.created or _now(), "local")
         for exporter in self.exporters:

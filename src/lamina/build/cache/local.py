@@ -120,7 +120,10 @@ class LocalCache:
             ).fetchone()
         if row is None:
             return None
-        return describe_difference(json.loads(row[0]), dict(inputs))
+        reason = describe_difference(json.loads(row[0]), dict(inputs))
+        if reason == "no difference":
+            return "the cached result's layer blobs are missing from the local store"
+        return reason
 
     def add_source(self, digest: Digest, repository: str) -> None:
         with self._lock:
