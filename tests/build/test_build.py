@@ -387,3 +387,22 @@ def test_layer_compression(
         manifest = json.loads(tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}").read())  # type: ignore[union-attr]
     assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"  # the base's
     assert manifest["layers"][-1]["mediaType"] == media_type
+
+
+def test_from_by_digest_and_from_a_docker_schema2_image(
+    base: str, lamina_registry: RegistryProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docker_ref = f"{lamina_registry.host}/build/docker-typed:v2s2"
+    skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--format", "v2s2",
+           f"docker://{base}", f"docker://{docker_ref}")
+    digest = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{base}").stdout)["Digest"]
+    pinned = f"{base.rsplit(':', 1)[0]}@{digest}"
+    for i, ref in enumerate((pinned, docker_ref)):
+        context = _context(tmp_path / f"ctx{i}", f"FROM {ref}\nRUN echo ok > /ok.txt\n", {})
+        dest = tmp_path / f"image{i}.tar"
+        rc, out, err = _build(capsys, context, tmp_path / "state", "--output", f"type=oci,dest={dest}")
+        assert rc == 0, err
+        with tarfile.open(dest) as tar:
+            manifest = json.loads(tar.extractfile(f"blobs/sha256/{out.split(':')[1]}").read())  # type: ignore[union-attr]
+        # Docker's gzip layer type is listed as the OCI one: the same bytes, an OCI manifest
+        assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 2
