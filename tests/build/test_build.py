@@ -405,4 +405,5 @@ def test_from_by_digest_and_from_a_docker_schema2_image(
         with tarfile.open(dest) as tar:
             manifest = json.loads(tar.extractfile(f"blobs/sha256/{out.split(':')[1]}").read())  # type: ignore[union-attr]
         # Docker's gzip layer type is listed as the OCI one: the same bytes, an OCI manifest
-        assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 2
+        oci_gzip = "application/vnd.oci.image.layer.v1.tar+gzip"
+        assert [layer["mediaType"] for layer in manifest["layers"]] == [oci_gzip] * 2
