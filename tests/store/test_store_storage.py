@@ -97,7 +97,8 @@ def _use_inherited(storage: Storage, queue: object) -> None:
 
 def test_storage_opened_before_fork_works_in_children(tmp_path: Path) -> None:
     storage = open_storage(tmp_path)
-    storage.metadata.link_blob("parent", blob_digest(b"p"), 1)  # the pool holds a connection now
+    storage.metadata.link_blob("parent", blob_digest(b"p"), 1)  # the write pool holds a connection now
+    assert storage.metadata.repository_exists("parent")  # and this thread has its read connection
     queue = FORK.Queue()
     children = [FORK.Process(target=_use_inherited, args=(storage, queue)) for _ in range(2)]
     for child in children:

@@ -1,16 +1,23 @@
 """Every statement the SQLite metadata store runs, built once at import with named bind parameters.
 
-Why: building a SQLAlchemy Core statement per call costs more than running it (measured: ~1.8 ms vs
-~0.2 ms for a manifest GET on the CI machine). Prebuilt statements hit SQLAlchemy's compiled cache, so a
-call is bind + execute. Repositories are addressed by name through the ``REPO`` subquery, so each hot
-path (manifest by tag, by digest, blob-link lookup) stays one indexed statement. The ``:param`` names are
-the keys callers pass.
+Why: building a SQLAlchemy Core statement per call costs more than running it (measured on the 2-core CI
+VM: ~1.8 ms per manifest GET when built per call). Prebuilt statements hit SQLAlchemy's compiled cache, so
+a write is bind + execute. The hot reads go one step further: :func:`for_sqlite3` compiles a statement
+once to SQL text that the sqlite3 driver runs directly (~0.03-0.1 ms instead of ~0.5-1.2 ms through
+SQLAlchemy's execution layer). Repositories are addressed by name through the ``REPO`` subquery, so each
+hot path (manifest by tag, by digest, blob-link lookup) stays one indexed statement. The bind parameter
+names are the keys callers pass.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql import Executable
 
 from .schema import blob_links, manifest_refs, manifests, repositories, tags, upload_sessions
 
@@ -144,3 +151,41 @@ EXPIRED_UPLOADS = (
     .where(upload_sessions.c.updated_at < bindparam("older_than"))
     .order_by(upload_sessions.c.updated_at, upload_sessions.c.id)
 )
+
+
+# -- compiled once for the sqlite3 driver (the hot reads) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """SQL text with ``?`` placeholders, the parameter names in order, and the statement's own literals."""
+
+    sql: str
+    names: tuple[str, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, **values: Any) -> tuple[Any, ...]:
+        """Positional parameters; KeyError names any parameter the caller forgot."""
+        merged = {**self.defaults, **values}
+        return tuple(merged[name] for name in self.names)
+
+
+def for_sqlite3(statement: Executable) -> Compiled:
+    compiled = statement.compile(dialect=sqlite.dialect())
+    names = tuple(compiled.positiontup or ())
+    defaults = {key: value for key, value in compiled.params.items() if value is not None}
+    return Compiled(str(compiled), names, defaults)
+
+
+RAW_MANIFEST_BY_TAG = for_sqlite3(MANIFEST_BY_TAG)
+RAW_MANIFEST_BY_DIGEST = for_sqlite3(MANIFEST_BY_DIGEST)
+RAW_LINKED_SIZE = for_sqlite3(LINKED_SIZE)
+RAW_REPO_ID = for_sqlite3(REPO_ID)
+RAW_LIST_TAGS = for_sqlite3(LIST_TAGS)
+RAW_LIST_REPOS = for_sqlite3(LIST_REPOS)
+RAW_REPOS_WITH_BLOB = for_sqlite3(REPOS_WITH_BLOB)
+RAW_REFERRERS = for_sqlite3(REFERRERS)
+RAW_REFERRERS_OF_TYPE = for_sqlite3(REFERRERS_OF_TYPE)
+RAW_LAST_PULLED = for_sqlite3(LAST_PULLED)
+RAW_GET_UPLOAD = for_sqlite3(GET_UPLOAD)
+RAW_EXPIRED_UPLOADS = for_sqlite3(EXPIRED_UPLOADS)
