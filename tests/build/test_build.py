@@ -407,3 +407,17 @@ def test_from_by_digest_and_from_a_docker_schema2_image(
         # Docker's gzip layer type is listed as the OCI one: the same bytes, an OCI manifest
         oci_gzip = "application/vnd.oci.image.layer.v1.tar+gzip"
         assert [layer["mediaType"] for layer in manifest["layers"]] == [oci_gzip] * 2
+
+
+def test_onbuild_triggers_run_in_the_child_build(
+    base: str, lamina_registry: RegistryProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parent_ref = f"{lamina_registry.host}/build/onbuild:v1"
+    parent = _context(tmp_path / "parent", f"FROM {base}\nONBUILD RUN echo triggered > /trigger.txt\n", {})
+    rc, _, err = _build(capsys, parent, tmp_path / "state", "-t", parent_ref, "--push")
+    assert rc == 0, err
+    child = _context(tmp_path / "child", f"FROM {parent_ref}\nRUN cat /trigger.txt > /seen.txt\n", {})
+    out = tmp_path / "rootfs"
+    rc, _, err = _build(capsys, child, tmp_path / "state", "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert (out / "seen.txt").read_text() == "triggered\n"
