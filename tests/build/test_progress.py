@@ -32,3 +32,22 @@ def test_auto_picks_plain_when_not_a_terminal() -> None:
     assert isinstance(make_progress("auto", io.StringIO()), PlainProgress)
     with pytest.raises(ValueError, match="invalid --progress"):
         make_progress("fancy", io.StringIO())
+
+
+def test_tty_prints_finished_steps_with_their_status() -> None:
+    from lamina.build.progress import TtyProgress
+
+    out = io.StringIO()
+    progress = TtyProgress(out)
+    progress.start(1, "[stage-0 2/3] RUN make")
+    progress.log(1, b"compiling\n")
+    progress.done(1)
+    progress.start(2, "[stage-0 3/3] COPY [a] /a")
+    progress.cached(2, "local")
+    progress.start(3, "[stage-0 4/4] RUN false")
+    progress.error(3, "Dockerfile:4: RUN false: exit code 1")
+    progress.close()
+    text = out.getvalue()
+    assert "DONE" in text and "[stage-0 2/3] RUN make" in text
+    assert "CACHED" in text and "COPY [a] /a" in text  # names are not eaten as markup
+    assert "Dockerfile:4: RUN false: exit code 1" in text
