@@ -2,6 +2,7 @@
 
 The HTTP layer calls :func:`open_storage` once per process (or once before forking: every store is
 fork-safe, see :mod:`lamina.store.sqlite`) and talks only to the protocol methods of the three stores.
+The on-disk layout is drawn in :mod:`lamina.store.paths`, the tables in :mod:`lamina.store.schema`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class Storage:
         self.metadata.close()
 
     def reopen(self) -> None:
-        """Drop pooled database connections (optional after fork: the stores notice a new pid themselves)."""
+        """Close this process's database connections; they reopen on next use.
+
+        Never required after fork: every connection remembers its process, and a forked worker opens its
+        own on first use without touching the parent's."""
         self.metadata.close()
 
 
