@@ -219,6 +219,30 @@ class BlobOps:
         assert last is not None
         raise last
 
+    async def mount_blob(self, repo: str, digest: Digest | str, mount_from: Sequence[str]) -> bool:
+        """Cross-repository mount only, never an upload: True once ``repo`` holds the blob by a mount.
+
+        For callers whose bytes are not local yet (a lazy cache hit): mount first, download only if no
+        repository of this registry can lend the blob. An upload session a registry opens instead is cancelled.
+        """
+        digest = parse_digest(str(digest))
+        obj = f"blob {digest}"
+        for source_repo in [r for r in dict.fromkeys(mount_from) if r != repo]:
+            try:
+                async with self.transport.request(
+                    "POST", f"/v2/{repo}/blobs/uploads/", params={"mount": str(digest), "from": source_repo},
+                    scopes=[push_scope(repo), pull_scope(source_repo)], repository=repo, obj=obj, ok=(201, 202),
+                ) as resp:
+                    if resp.status == 201:
+                        return True
+                    location = self._location(resp, repo, obj)
+            except RegistryUnreachable:
+                raise
+            except RegistryError:
+                continue
+            await self._cancel(location, repo)
+        return False
+
     def _location(self, resp: aiohttp.ClientResponse, repo: str, obj: str) -> URL:
         value = resp.headers.get("Location")
         if not value:
