@@ -73,7 +73,7 @@ class RuncExecutor:
         self._runtime_root.mkdir(parents=True, exist_ok=True)
         config = runtime_config(spec, Path(rootfs).resolve())
         (bundle / "config.json").write_text(json.dumps(config), encoding="utf-8")
-        last: deque[str] = deque(maxlen=_LAST_LINES)
+        last = _Tail()
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -104,7 +104,7 @@ class RuncExecutor:
             await self._delete(container_id)
             shutil.rmtree(bundle, ignore_errors=True)
         if check and code != 0:
-            raise RunFailed(code, tuple(last), spec.argv)
+            raise RunFailed(code, last.lines(), spec.argv)
         return code
 
     async def _runtime(self, *args: str) -> None:
@@ -128,7 +128,26 @@ class RuncExecutor:
             await asyncio.shield(self._runtime("delete", "--force", container_id))
 
 
-async def _pump(stream: asyncio.StreamReader, name: str, on_output: OutputCallback | None, last: deque[str]) -> None:
+class _Tail:
+    """The last lines of the output in arrival order, always including the last lines of stderr
+    (the two pipes are read independently, so a burst of stdout must not push the error out)."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._all: deque[tuple[int, str]] = deque(maxlen=_LAST_LINES)
+        self._errors: deque[tuple[int, str]] = deque(maxlen=_LAST_LINES // 2)
+
+    def add(self, name: str, line: str) -> None:
+        self._seq += 1
+        self._all.append((self._seq, line))
+        if name == "stderr":
+            self._errors.append((self._seq, line))
+
+    def lines(self) -> tuple[str, ...]:
+        return tuple(line for _, line in sorted(set(self._all) | set(self._errors)))
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, on_output: OutputCallback | None, last: _Tail) -> None:
     pending = b""
     while True:
         chunk = await stream.read(_READ)
@@ -142,8 +161,8 @@ async def _pump(stream: asyncio.StreamReader, name: str, on_output: OutputCallba
         _emit(pending, name, on_output, last)
 
 
-def _emit(raw: bytes, name: str, on_output: OutputCallback | None, last: deque[str]) -> None:
+def _emit(raw: bytes, name: str, on_output: OutputCallback | None, last: _Tail) -> None:
     line = raw.decode("utf-8", "replace").rstrip("\r")
-    last.append(line)
+    last.add(name, line)
     if on_output is not None:
         on_output(name, line)

@@ -24,13 +24,17 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+import zstandard
 
 from lamina.oci import Digest, parse_digest
 
 from .compression import open_layer
+from .pipeline import Producer, Stage
+from .tarread import TarFormatError, TarReader
 from .tarwrite import OPAQUE_MARKER, WHITEOUT_PREFIX
 
 __all__ = ["LayerError", "extract_layer", "extract_layer_async"]
@@ -41,23 +45,6 @@ _REFUSED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 class LayerError(ValueError):
     """The layer is malformed, unsafe or does not match its diffID."""
-
-
-class _HashingReader:
-    """Pass reads through while hashing them, so the diffID is checked on the bytes tar really read."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.hasher = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.hasher.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
 
 
 def _clean_name(name: str, what: str = "path") -> str:
@@ -118,7 +105,7 @@ class _Unpacker:
         else:
             os.unlink(path)
 
-    def add(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def add(self, info: tarfile.TarInfo, tar: TarReader) -> None:
         entry = info.name
         rel = _clean_name(entry)
         if not rel:
@@ -162,14 +149,11 @@ class _Unpacker:
         else:
             raise LayerError(f"unsupported layer entry {entry!r}: tar type {info.type!r}")
 
-    def _regular(self, path: str, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def _regular(self, path: str, info: tarfile.TarInfo, tar: TarReader) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             if info.size:
-                src = tar.extractfile(info)
-                assert src is not None
-                while chunk := src.read(_CHUNK):
-                    _write_all(fd, chunk)
+                tar.copy_data(fd, info)
             os.fchown(fd, info.uid, info.gid)
             os.fchmod(fd, info.mode & 0o7777)
             _set_xattrs(path, info)
@@ -207,12 +191,6 @@ class _Unpacker:
         """Directory metadata last, deepest first, so creating children does not disturb mtimes."""
         for rel, info in reversed(self._dir_meta):
             self._meta(self._abs(rel), info)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _ns(mtime: float) -> int:
@@ -255,31 +233,57 @@ def extract_layer(
     if expected is not None and expected.algorithm != "sha256":
         raise LayerError(f"unsupported diffID algorithm in {expected}")
     dest, tmp = _prepare(dest_dir)
+    hasher = hashlib.sha256()
+    hashing = Stage(hasher.update, "layer-diffid")
+
+    def decode(emit: Callable[[bytes], None]) -> None:
+        with open_layer(stream, media_type) as decoded:
+            while chunk := decoded.read(_CHUNK):
+                hashing.submit(chunk)
+                emit(chunk)
+
+    decoder = Producer(decode, "layer-decode")
     try:
-        reader = _HashingReader(open_layer(stream, media_type))
         unpacker = _Unpacker(os.fspath(tmp))
         try:
-            with tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
-                for info in tar:
-                    unpacker.add(info, tar)
-        except tarfile.TarError as exc:
+            reader = TarReader(_checked(decoder))
+            for info in reader:
+                unpacker.add(info, reader)
+        except TarFormatError as exc:
             raise LayerError(f"layer is not a valid tar stream: {exc}") from None
-        except (EOFError, OSError) as exc:
-            if isinstance(exc, PermissionError | FileExistsError):
-                raise
-            raise LayerError(f"layer stream is corrupt or truncated: {exc}") from exc
-        reader.drain()
+        decoder.drain()  # the rest (end-of-archive padding) is part of the diffID too
+        _raise_decode_error(decoder)
+        hashing.close()
         unpacker.finish()
-        actual = Digest("sha256", reader.hasher.hexdigest())
+        actual = Digest("sha256", hasher.hexdigest())
         if expected is not None and actual != expected:
             raise LayerError(f"layer diffID mismatch: expected {expected}, got {actual}")
         if dest.exists():
             dest.rmdir()
         os.rename(tmp, dest)
     except BaseException:
+        decoder.abort()
+        hashing.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return actual
+
+
+def _raise_decode_error(decoder: Producer) -> None:
+    error = decoder.error
+    if error is None:
+        return
+    if isinstance(error, LayerError):
+        raise error
+    if isinstance(error, OSError | EOFError | ValueError | zstandard.ZstdError):
+        raise LayerError(f"layer stream is corrupt or truncated: {error}") from error
+    raise error
+
+
+def _checked(decoder: Producer) -> Iterator[bytes]:
+    """The decoded chunks; a decoding failure surfaces as itself, not as a short tar."""
+    yield from decoder
+    _raise_decode_error(decoder)
 
 
 class _ChunkPipe:

@@ -26,11 +26,13 @@ from typing import BinaryIO
 from lamina.oci import Digest
 
 from .compression import Compression, Compressor, media_type_for, new_compressor
+from .pipeline import Stage
 
 __all__ = ["LayerBlob", "TarStreamWriter", "write_layer"]
 
 _BLOCK = 512
 _FLUSH_AT = 1 << 20
+_DIRECT = 1 << 16
 _CHUNK = 1 << 20
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -50,7 +52,7 @@ class LayerBlob:
 
 
 class _Sink:
-    """Hash the tar stream, compress it, hash and write the compressed bytes."""
+    """Hash the tar stream (diffID) and, on another thread, compress, hash (digest) and write it."""
 
     def __init__(self, out: BinaryIO, compressor: Compressor) -> None:
         self._out = out
@@ -58,10 +60,18 @@ class _Sink:
         self._diff = hashlib.sha256()
         self._blob = hashlib.sha256()
         self._buffer = bytearray()
+        self._hashing = Stage(self._diff.update, "layer-diffid")
+        self._compressing = Stage(self._compress, "layer-compress")
         self.tar_size = 0
         self.size = 0
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes) -> None:
+        if len(data) >= _DIRECT:  # file contents: hand the chunk over without another copy
+            self._drain()
+            self.tar_size += len(data)
+            self._hashing.submit(data)
+            self._compressing.submit(data)
+            return
         self._buffer += data
         if len(self._buffer) >= _FLUSH_AT:
             self._drain()
@@ -72,7 +82,10 @@ class _Sink:
         data = bytes(self._buffer)
         self._buffer.clear()
         self.tar_size += len(data)
-        self._diff.update(data)
+        self._hashing.submit(data)
+        self._compressing.submit(data)
+
+    def _compress(self, data: bytes) -> None:
         self._emit(self._compressor.compress(data))
 
     def _emit(self, data: bytes) -> None:
@@ -83,8 +96,14 @@ class _Sink:
 
     def close(self) -> tuple[Digest, Digest]:
         self._drain()
+        self._hashing.close()
+        self._compressing.close()
         self._emit(self._compressor.flush())
         return Digest("sha256", self._blob.hexdigest()), Digest("sha256", self._diff.hexdigest())
+
+    def abort(self) -> None:
+        self._hashing.abort()
+        self._compressing.abort()
 
 
 def _xattrs(path: str) -> dict[str, str]:
@@ -243,10 +262,14 @@ def write_layer(
     try:
         with open(tmp, "wb") as fh:
             sink = _Sink(fh, new_compressor(compression, level))
-            writer = TarStreamWriter(sink, source_date_epoch)
-            writer.add_tree(os.fspath(diff_dir))
-            writer.finish()
-            digest, diff_id = sink.close()
+            try:
+                writer = TarStreamWriter(sink, source_date_epoch)
+                writer.add_tree(os.fspath(diff_dir))
+                writer.finish()
+                digest, diff_id = sink.close()
+            except BaseException:
+                sink.abort()
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         final = out / digest.encoded
