@@ -188,3 +188,59 @@ def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
     extract_layer(io.BytesIO(blob), GZ, tmp_path / "layer", expected_diff_id=diff_id)
     assert (tmp_path / "layer" / "x").read_bytes() == b"now a file"
     assert (tmp_path / "layer" / "y").read_bytes() == b"second"
+
+
+def raw_layer(tar_bytes: bytes) -> tuple[io.BytesIO, str]:
+    return io.BytesIO(tar_bytes), "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_long_names_in_every_tar_dialect(tmp_path: Path, fmt: int) -> None:
+    long_dir = "/".join(["d" * 60] * 3)  # 182 characters: needs pax, GNU 'L' or the ustar prefix
+    target = long_dir + "/file"
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
+        info = tarfile.TarInfo(target)
+        info.size = 5
+        info.mtime = 1234567890
+        tar.addfile(info, io.BytesIO(b"hello"))
+        link = tarfile.TarInfo(long_dir + "/link")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "x" * (150 if fmt != tarfile.USTAR_FORMAT else 90)
+        tar.addfile(link)
+    stream, diff_id = raw_layer(raw.getvalue())
+    extract_layer(stream, mediatypes.OCI_LAYER, tmp_path / "layer", expected_diff_id=diff_id)
+    assert (tmp_path / "layer" / target).read_bytes() == b"hello"
+    assert os.stat(tmp_path / "layer" / target).st_mtime == 1234567890
+    assert os.readlink(tmp_path / "layer" / long_dir / "link") == link.linkname
+
+
+def test_tar_without_end_of_archive_blocks_is_accepted(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"1"))
+    data = raw.getvalue()
+    data = data[:1024]  # header + one data block, no zero blocks (as some writers do)
+    stream, diff_id = raw_layer(data)
+    extract_layer(stream, mediatypes.OCI_LAYER, tmp_path / "layer", expected_diff_id=diff_id)
+    assert (tmp_path / "layer" / "a").read_bytes() == b"1"
+
+
+def test_truncated_file_data_and_bad_checksums_are_refused(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("big")
+        info.size = 4096
+        tar.addfile(info, io.BytesIO(b"x" * 4096))
+    data = raw.getvalue()
+    stream, diff_id = raw_layer(data[:2000])
+    with pytest.raises(LayerError, match="unexpected end of the tar stream"):
+        extract_layer(stream, mediatypes.OCI_LAYER, tmp_path / "l1", expected_diff_id=diff_id)
+    corrupt = bytearray(data)
+    corrupt[0:3] = b"zzz"  # name changed, checksum no longer matches
+    stream, diff_id = raw_layer(bytes(corrupt))
+    with pytest.raises(LayerError, match="invalid tar header"):
+        extract_layer(stream, mediatypes.OCI_LAYER, tmp_path / "l2", expected_diff_id=diff_id)
+    assert os.listdir(tmp_path) == []

@@ -19,6 +19,7 @@ from lamina.build.worker import (
     LayerStore,
     OverlaySnapshotter,
     Snapshotter,
+    cleanup_stale_snapshots,
     detect_snapshotter,
     write_layer,
 )
@@ -164,3 +165,19 @@ def test_overlay_view_reads_a_stack(base: Path, tmp_path: Path) -> None:
         assert (view / "bin" / "busybox").is_file()
         assert not (view / "etc" / "hosts").exists()
     assert not os.path.ismount(view)
+
+
+def test_stale_snapshots_of_dead_builds_are_cleaned(base: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    snapshotter = OverlaySnapshotter(state)
+    dead = snapshotter.prepare([base])
+    dead.__enter__()  # a build killed inside its RUN: never exits the context
+    (dead.dir / "owner").write_text("999999999")
+    live = snapshotter.prepare([base])
+    with live:
+        assert cleanup_stale_snapshots(state) == 1
+        assert os.path.ismount(live.rootfs)
+    assert not os.path.ismount(dead.rootfs)
+    assert not dead.dir.exists()
+    assert live.upper.exists()
+    live.discard()

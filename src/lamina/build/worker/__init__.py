@@ -24,6 +24,7 @@ from .snapshot import (
     OverlaySnapshotter,
     SnapshotError,
     Snapshotter,
+    cleanup_stale_snapshots,
     detect_snapshotter,
 )
 from .tarwrite import LayerBlob, write_layer
@@ -49,6 +50,7 @@ __all__ = [
     "Snapshotter",
     "UnknownMediaType",
     "UnknownUser",
+    "cleanup_stale_snapshots",
     "compression_of",
     "detect_snapshotter",
     "extract_layer",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .snapshot import RUN_MOUNTPOINTS
+from .snapshot import RUN_MOUNTPOINTS, claim
 
 __all__ = ["CopySnapshotter"]
 
@@ -275,8 +275,9 @@ class _CopySnapshot:
         self._generations: dict[str, int] = {}
 
     def __enter__(self) -> _CopySnapshot:
+        claim(self.dir)
         try:
-            self.rootfs.mkdir(parents=True)
+            self.rootfs.mkdir()
             os.chmod(self.rootfs, 0o755)
             for layer in reversed(self._lowers):
                 apply_lower(os.fspath(layer), os.fspath(self.rootfs))

@@ -25,6 +25,7 @@ import ctypes.util
 import errno
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -39,6 +40,7 @@ __all__ = [
     "OverlaySnapshotter",
     "SnapshotError",
     "Snapshotter",
+    "cleanup_stale_snapshots",
     "detect_snapshotter",
     "lookup_in_stack",
 ]
@@ -162,6 +164,56 @@ def _restore_times(lowers: Sequence[Path], init: Path) -> None:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def claim(directory: Path) -> None:
+    """Create a snapshot dir owned by this process (see :func:`cleanup_stale_snapshots`)."""
+    directory.mkdir(parents=True)
+    (directory / "owner").write_text(str(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mounts_under(prefix: Path) -> list[Path]:
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+        for line in fh:
+            point = line.split(" ")[4]
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
+            if point == str(prefix) or point.startswith(str(prefix) + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: -len(p.parts))
+
+
+def cleanup_stale_snapshots(root: str | os.PathLike[str]) -> int:
+    """Unmount and remove snapshots left by build processes that died (killed, power loss);
+    snapshots of live processes are left alone. Returns how many were removed."""
+    removed = 0
+    snapshots = Path(root) / "snapshots"
+    if not snapshots.is_dir():
+        return 0
+    for directory in snapshots.iterdir():
+        if directory.name.startswith("."):
+            continue
+        try:
+            owner = int((directory / "owner").read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner is not None and _alive(owner):
+            continue
+        for mount in _mounts_under(directory):
+            _umount(mount)
+        shutil.rmtree(directory, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
@@ -192,8 +244,9 @@ class _OverlaySnapshot:
         self._mounted = False
 
     def __enter__(self) -> _OverlaySnapshot:
+        claim(self.dir)
         for path in (self.upper, self._work, self.rootfs):
-            path.mkdir(parents=True)
+            path.mkdir()
         os.chmod(self.upper, 0o755)
         lowers = list(self._lowers)
         init = self.dir / "init"
@@ -291,8 +344,8 @@ class OverlaySnapshotter:
 
 
 def detect_snapshotter(root: str | os.PathLike[str]) -> Snapshotter:
-    """An overlay snapshotter if a test mount under ``root`` works (with our options, or plain), else
-    the copying one."""
+    """An overlay snapshotter if a test mount under ``root`` works with options that keep upper dirs
+    complete, else the copying one."""
     from .copydiff import CopySnapshotter
 
     base = Path(root)
@@ -300,7 +353,8 @@ def detect_snapshotter(root: str | os.PathLike[str]) -> Snapshotter:
     try:
         (probe / "lower").mkdir(parents=True)
         (probe / "lower" / "x").write_bytes(b"")
-        for options in (_OVERLAY_OPTIONS, ""):
+        # Without redirect_dir=off a renamed lower directory would reach the layer as an empty redirect.
+        for options in (_OVERLAY_OPTIONS, "index=off,redirect_dir=off", "redirect_dir=off"):
             snapshotter = OverlaySnapshotter(base, options=options)
             try:
                 with snapshotter.prepare([probe / "lower"], mountpoints=()) as snap:
