@@ -244,3 +244,46 @@ def test_truncated_file_data_and_bad_checksums_are_refused(tmp_path: Path) -> No
     with pytest.raises(LayerError, match="invalid tar header"):
         extract_layer(stream, mediatypes.OCI_LAYER, tmp_path / "l2", expected_diff_id=diff_id)
     assert os.listdir(tmp_path) == []
+
+
+def test_directory_replaced_by_a_symlink_does_not_leak_its_metadata(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    outside.chmod(0o700)
+    blob, diff_id = build_tar(
+        entry("d", tarfile.DIRTYPE, mode=0o777),
+        entry("d/sub", tarfile.DIRTYPE, mode=0o777),
+        entry("d", tarfile.SYMTYPE, linkname=str(outside)),
+        entry(".wh..", data=b""),
+    )
+    with pytest.raises(LayerError, match=r"'\.wh\.\.'.*whiteout without a name"):
+        extract_layer(io.BytesIO(blob), GZ, tmp_path / "layer", expected_diff_id=diff_id)
+    blob, diff_id = build_tar(
+        entry("d", tarfile.DIRTYPE, mode=0o777),
+        entry("d/sub", tarfile.DIRTYPE, mode=0o777),
+        entry("d", tarfile.SYMTYPE, linkname=str(outside)),
+    )
+    extract_layer(io.BytesIO(blob), GZ, tmp_path / "layer", expected_diff_id=diff_id)
+    assert os.readlink(tmp_path / "layer" / "d") == str(outside)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o700
+    assert stat.S_IMODE((outside / "sub").stat().st_mode) == 0o755
+
+
+async def test_cancelled_download_leaves_nothing(tmp_path: Path, rootfs_dir: Path) -> None:
+    blob = write_layer(rootfs_dir, tmp_path / "blobs")
+    data = blob.path.read_bytes()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield data[: len(data) // 3]
+        await asyncio.sleep(3600)  # the network stalls
+        yield data[len(data) // 3 :]
+
+    work = tmp_path / "work"
+    task = asyncio.create_task(
+        extract_layer_async(stalled(), blob.media_type, work / "layer", expected_diff_id=blob.diff_id)
+    )
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert os.listdir(work) == []

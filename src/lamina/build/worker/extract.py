@@ -63,7 +63,7 @@ class _Unpacker:
     def __init__(self, root: str) -> None:
         self.root = root
         self._dirs_ok: set[str] = {""}
-        self._dir_meta: list[tuple[str, tarfile.TarInfo]] = []
+        self._dir_meta: dict[str, tarfile.TarInfo] = {}  # applied last; dropped if the dir is replaced
 
     def _abs(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else self.root
@@ -102,6 +102,7 @@ class _Unpacker:
                 return
             shutil.rmtree(path)
             self._dirs_ok = {d for d in self._dirs_ok if d != rel and not d.startswith(rel + "/")}
+            self._dir_meta = {d: i for d, i in self._dir_meta.items() if d != rel and not d.startswith(rel + "/")}
         else:
             os.unlink(path)
 
@@ -118,7 +119,7 @@ class _Unpacker:
             return
         if base.startswith(WHITEOUT_PREFIX):
             target = rel[: len(rel) - len(base)] + base[len(WHITEOUT_PREFIX) :]
-            if not base[len(WHITEOUT_PREFIX) :]:
+            if base[len(WHITEOUT_PREFIX) :] in ("", ".", ".."):
                 raise LayerError(f"invalid layer entry {entry!r}: whiteout without a name")
             if not os.path.lexists(self._abs(target)):  # a whiteout never hides its own layer's file
                 os.mknod(self._abs(target), stat.S_IFCHR | 0o000, os.makedev(0, 0))
@@ -129,7 +130,8 @@ class _Unpacker:
             if not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             self._dirs_ok.add(rel)
-            self._dir_meta.append((rel, info))
+            self._dir_meta.pop(rel, None)  # keep the order of the last entry for this dir
+            self._dir_meta[rel] = info
             return
         self._clear(rel, keep_dir=False)
         if info.isreg():
@@ -189,8 +191,10 @@ class _Unpacker:
 
     def finish(self) -> None:
         """Directory metadata last, deepest first, so creating children does not disturb mtimes."""
-        for rel, info in reversed(self._dir_meta):
-            self._meta(self._abs(rel), info)
+        for rel, info in sorted(self._dir_meta.items(), key=lambda item: -item[0].count("/")):
+            path = self._abs(rel)
+            if stat.S_ISDIR(os.lstat(path).st_mode):  # never chmod through a symlink that replaced it
+                self._meta(path, info)
 
 
 def _ns(mtime: float) -> int:
