@@ -96,15 +96,20 @@ async def test_failed_stream_leaves_the_upload_as_it_was(tmp_path: Path, upload_
     assert await uploads.commit("s1", blob_digest(b"first;second")) == 12
 
 
-async def test_cancelled_append_leaves_the_upload_as_it_was(tmp_path: Path, upload_factory: UploadFactory) -> None:
+@pytest.mark.parametrize("write_in_thread", [False, True])
+async def test_cancelled_append_leaves_the_upload_as_it_was(
+    tmp_path: Path, upload_factory: UploadFactory, write_in_thread: bool
+) -> None:
     uploads, _ = upload_factory(tmp_path)
+    if hasattr(uploads, "write_in_thread"):  # the filesystem store's knob: cancel while a thread writes
+        uploads.write_in_thread = write_in_thread
     uploads.create("s1")
     await uploads.append("s1", 0, stream(b"kept"))
     never = asyncio.Event()
 
     async def hanging() -> AsyncIterator[bytes]:
         for _ in range(4):
-            yield os.urandom(4 << 20)  # big enough to be written in a worker thread
+            yield os.urandom(4 << 20)
         await never.wait()
         yield b"unreachable"
 

@@ -42,12 +42,13 @@ __all__ = ["FilesystemBlobStore", "FilesystemUploadStore"]
 
 T = TypeVar("T")
 READ_CHUNK = 1 << 20
-# Writes/reads at least this big go to a worker thread (hashlib and file I/O release the GIL), so a large
-# upload does not stall the event loop; smaller ones are cheaper inline. bench/store_io.py on the 2-core CI
-# VM (under load from parallel jobs): same CPU within ~5% both ways, wall within noise (1 MiB: 0.97x,
-# 256 MiB: 0.85-1.5x across runs), and the worst event-loop stall during an upload lower with threads
-# (1 MiB: ~10 ms vs ~30 ms; 256 MiB: ~41 ms vs ~54 ms). So: thread, for the other requests' sake.
+# Reads at least this big run in a worker thread: a cold read waits for the disk, unbounded.
 THREAD_MIN = 256 << 10
+# Upload writes run inline in WRITE_BUFFER units, hashed as written. bench/store_io.py on the 2-core CI VM,
+# 256 MiB in 64 KiB chunks (median of 5): inline with 256 KiB units 1.52 s wall / 1.38 s CPU / 4.3 ms worst
+# event-loop stall; inline 1 MiB units 1.75 / 1.54 / 11.6; 1 MiB units in a thread 1.91 / 1.66 / 11.3
+# (GIL hand-offs cost more than they save). 1 MiB blobs: ~10 ms either way, stall ~1.3 ms inline-256K.
+WRITE_BUFFER = 256 << 10
 
 
 def _fsync_dir(path: Path) -> None:
@@ -216,12 +217,12 @@ class FilesystemUploadStore:
         self,
         paths: StorePaths,
         *,
-        write_buffer: int = 1 << 20,
-        thread_min: int = THREAD_MIN,
+        write_buffer: int = WRITE_BUFFER,
+        write_in_thread: bool = False,
         max_hash_states: int = 4096,
     ) -> None:
         self.paths = paths
-        self.thread_min = thread_min
+        self.write_in_thread = write_in_thread
         self.write_buffer = write_buffer
         self.max_hash_states = max_hash_states
         # sha256 of the bytes this process has seen, per session; reused by commit when still current.
@@ -303,7 +304,7 @@ class FilesystemUploadStore:
             os.close(fd)  # releases the flock
 
     async def _write(self, fd: int, state: _HashState | None, data: bytes | bytearray, offset: int) -> None:
-        if len(data) >= self.thread_min:
+        if self.write_in_thread:
             await _in_thread(self._write_sync, fd, state, data, offset)
         else:
             self._write_sync(fd, state, data, offset)
