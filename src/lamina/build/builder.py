@@ -14,6 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter
+from lamina.build.cache.inline import InlineCacheExporter
+from lamina.build.cache.registry import ExportSummary
+from lamina.build.cache.setup import make_cache_exporters, resolve_cache_from
+from lamina.build.cacheopts import CacheFrom, CacheTo
 from lamina.build.context import BuildContext
 from lamina.build.dockerfile import convert
 from lamina.build.execution import Executor
@@ -46,6 +50,8 @@ class BuildRequest:
     network: str = "default"
     source_date_epoch: int | None = None
     compression: str = "gzip"
+    cache_from: tuple[CacheFrom, ...] = ()  # resolved up front, asked in this order (first hit wins)
+    cache_to: tuple[CacheTo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class BuildResult:
     steps: tuple[StepReport, ...]
     pushed: tuple[str, ...]
     transfer: TransferStats  # bytes up/down by kind (manifest, config, layer) over every registry
+    cache_exports: tuple[ExportSummary, ...] = ()  # one per --cache-to
 
     @property
     def cached_steps(self) -> int:
@@ -71,8 +78,10 @@ async def build(
 ) -> BuildResult:
     state = BuildState.open(request.root)
     pool = ClientPool(insecure=insecure_registries_from_env())
+    imports = asyncio.ensure_future(resolve_cache_from(request.cache_from, pool, progress))  # while parsing
     try:
         images = RegistryImages(pool, state.content)
+        cache_exporters = make_cache_exporters(request.cache_to, pool, images, state.cache, progress)
         loop = asyncio.get_running_loop()
 
         def resolve_base(ref: str, platform: Platform) -> ImageConfig:
@@ -112,8 +121,8 @@ async def build(
                 compression=request.compression,
                 dockerfile_name=request.dockerfile_name,
             ),
-            importers=importers,
-            exporters=exporters,
+            importers=[*importers, *await imports],
+            exporters=[*exporters, *cache_exporters],
         )
         try:
             result = await solver.solve()
@@ -122,12 +131,24 @@ async def build(
         target = CachedResult(result.key, result.layers, result.config.created or "", "local")
         for exporter in exporters:
             await exporter.finalize(target)
-        image = ExportImage.create(_with_labels(result.config, request.labels), result.layers)
+        config = _with_labels(result.config, request.labels)
+        for inline in cache_exporters:
+            if isinstance(inline, InlineCacheExporter):
+                await inline.finalize(target)
+                config = inline.embed(config)
+        image = ExportImage.create(config, result.layers)
         pushed = await _export(request, image, result, pool, images, executor, progress, state)
+        for exporter in cache_exporters:  # after the image: its blobs are then HEAD hits or mounts
+            if not isinstance(exporter, InlineCacheExporter):
+                await exporter.finalize(target)
         return BuildResult(
-            image.digest, image.config, image.manifest_bytes, tuple(solver.reports), pushed, pool.stats()
+            image.digest, image.config, image.manifest_bytes, tuple(solver.reports), pushed, pool.stats(),
+            tuple(exporter.summary for exporter in cache_exporters),
         )
     finally:
+        if not imports.done():
+            imports.cancel()
+            await asyncio.gather(imports, return_exceptions=True)
         await pool.close()
         state.close()
 

@@ -44,6 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="network for RUN steps (default = host)")
     parser.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
                         help="layer compression (default gzip)")
+    parser.add_argument("--cache-from", dest="cache_from", action="append", default=[], metavar="SPEC",
+                        help="import a cache: type=registry,ref=REF | type=local,src=DIR[,tag=T|digest=D] | REF")
+    parser.add_argument("--cache-to", dest="cache_to", action="append", default=[], metavar="SPEC",
+                        help="export the cache: type=registry,ref=REF[,mode=min|max][,image-manifest=..]"
+                        "[,oci-mediatypes=..][,ignore-error=..] | type=local,dest=DIR[,tag=T] | type=inline")
+    parser.add_argument("--explain-cache", action="store_true",
+                        help="print, at the end, a table of every step: CACHED from where, or MISS and why")
     parser.set_defaults(func=run)
 
 
@@ -68,6 +75,7 @@ def _epoch() -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     from lamina.build.builder import BuildRequest, build
+    from lamina.build.cacheopts import parse_cache_from, parse_cache_to
     from lamina.build.exporter import parse_output
     from lamina.build.progress import make_progress
     from lamina.oci import Platform
@@ -94,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             network=args.network,
             source_date_epoch=_epoch(),
             compression=args.compression,
+            cache_from=tuple(parse_cache_from(c) for c in args.cache_from),
+            cache_to=tuple(parse_cache_to(c) for c in args.cache_to),
         )
         if request.push and not request.tags:
             raise ValueError("--push needs at least one -t REF")
@@ -108,5 +118,9 @@ def run(args: argparse.Namespace) -> int:
         message = str(exc) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1
+    if args.explain_cache:
+        from lamina.build.explain import explain_table
+
+        print(explain_table(result.steps), file=sys.stderr)
     print(result.digest)
     return 0

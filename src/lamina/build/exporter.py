@@ -99,9 +99,12 @@ async def _push_layer(
     candidates = [layer.source] if layer.source else []
     candidates += known.sources(digest)
     mount_from = list(dict.fromkeys(r for host, r in map(split_repository, candidates) if host == registry))
-    if layer.source is not None and await client.head_blob(repo, digest) is not None:
+    if layer.source is not None and (  # a lazy layer (base image, remote cache hit): never download what
+        await client.head_blob(repo, digest) is not None  # the target has or can mount from a sibling repo
+        or (mount_from and await client.mount_blob(repo, digest, mount_from))
+    ):
         known.add_source(digest, f"{registry}/{repo}")
-        return  # checked before fetching: a lazy layer the target already has is never downloaded
+        return
     path = await images.fetch(layer)
     await client.push_blob(repo, digest, layer.descriptor.size, path, mount_from=mount_from)
     known.add_source(digest, f"{registry}/{repo}")

@@ -19,7 +19,9 @@ from lamina.build.contentstore import ContentError, ContentStore
 from lamina.client import ClientPool, resolve_image
 from lamina.oci import Digest, ImageConfig, Platform, parse_reference
 
-__all__ = ["ImageSource", "RegistryImages", "SourceImage"]
+__all__ = ["LAYOUT_SOURCE_PREFIX", "ImageSource", "RegistryImages", "SourceImage"]
+
+LAYOUT_SOURCE_PREFIX = "oci-layout:"  # a LayerRef.source naming a local OCI layout dir (--cache-from type=local)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,11 @@ class RegistryImages:
         digest = layer.descriptor.digest
         if layer.source is None:
             raise ContentError(f"layer {digest} is neither in the local content store nor in a known registry")
+        if layer.source.startswith(LAYOUT_SOURCE_PREFIX):
+            with open(await self.fetch(layer), "rb") as fh:
+                while chunk := await asyncio.to_thread(fh.read, 1 << 20):
+                    yield chunk
+            return
         host, repo = split_repository(layer.source)
         with self.content.writer() as blob:
             async for chunk in self.pool.get(host).get_blob(repo, digest, size=layer.descriptor.size):
@@ -108,6 +115,10 @@ class RegistryImages:
         digest = layer.descriptor.digest
         if layer.source is None:
             raise ContentError(f"layer {digest} is neither in the local content store nor in a known registry")
+        if layer.source.startswith(LAYOUT_SOURCE_PREFIX):  # copied in and verified by digest
+            path = Path(layer.source.removeprefix(LAYOUT_SOURCE_PREFIX)) / "blobs" / digest.algorithm / digest.encoded
+            await asyncio.to_thread(self.content.ingest_file, path, digest)
+            return self.content.path(digest)
         host, repo = split_repository(layer.source)
         temp = self.content.ingest_path()
         try:

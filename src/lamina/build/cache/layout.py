@@ -22,18 +22,11 @@ from lamina.build.cache.graph import CacheExport
 from lamina.build.cache.importer import ImportedCache, read_cache_manifest
 from lamina.build.cache.registry import RegistryCacheExporter
 from lamina.build.cacheopts import CacheFrom
+from lamina.build.images import LAYOUT_SOURCE_PREFIX
 from lamina.oci import CacheConfig, Descriptor, Digest, FormatError, digest_of, parse_digest
 from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
 
-__all__ = ["LAYOUT_SOURCE_PREFIX", "LayoutCacheExporter", "import_layout_cache", "layout_blob"]
-
-LAYOUT_SOURCE_PREFIX = "oci-layout:"
-
-
-def layout_blob(source: str, digest: Digest) -> Path:
-    """The file of ``digest`` in the layout a ``oci-layout:<dir>`` source names."""
-    return Path(source.removeprefix(LAYOUT_SOURCE_PREFIX)) / blob_path(digest)
-
+__all__ = ["LayoutCacheExporter", "import_layout_cache"]
 
 def _read_verified(root: Path, digest: Digest) -> bytes:
     try:
