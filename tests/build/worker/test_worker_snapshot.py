@@ -155,16 +155,19 @@ def test_detect_prefers_overlay(tmp_path: Path) -> None:
     assert not list((tmp_path / "state" / "snapshots").iterdir())
 
 
-def test_overlay_view_reads_a_stack(base: Path, tmp_path: Path) -> None:
+def test_view_reads_a_stack(snapshotter: Snapshotter, base: Path, tmp_path: Path) -> None:
     top = tmp_path / "top"
     top.mkdir()
     (top / "extra").write_text("e")
-    snapshotter = OverlaySnapshotter(tmp_path / "state")
+    (top / "bin").mkdir()
+    os.mknod(top / "bin" / "gzip", stat.S_IFCHR, os.makedev(0, 0))
     with snapshotter.view([top, base]) as view:
         assert (view / "extra").read_text() == "e"
         assert (view / "bin" / "busybox").is_file()
+        assert not os.path.lexists(view / "bin" / "gzip")
         assert not (view / "etc" / "hosts").exists()
     assert not os.path.ismount(view)
+    assert not [p for p in (tmp_path / "state" / "snapshots").iterdir() if not p.name.startswith(".")]
 
 
 def test_stale_snapshots_of_dead_builds_are_cleaned(base: Path, tmp_path: Path) -> None:

@@ -12,12 +12,13 @@ replaced another entry (whiteouts for its vanished children where that xattr can
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -319,3 +320,17 @@ class CopySnapshotter:
         self, lowers: Sequence[Path], *, mountpoints: Sequence[tuple[str, bool]] = RUN_MOUNTPOINTS
     ) -> _CopySnapshot:
         return _CopySnapshot(self.root, lowers, mountpoints)
+
+    @contextlib.contextmanager
+    def view(self, lowers: Sequence[Path]) -> Iterator[Path]:
+        """A merged copy of ``lowers`` to read from (e.g. ``COPY --from``); removed afterwards."""
+        directory = self.root / "snapshots" / os.urandom(8).hex()
+        claim(directory)
+        try:
+            rootfs = directory / "rootfs"
+            rootfs.mkdir(mode=0o755)
+            for layer in reversed(lowers):
+                apply_lower(os.fspath(layer), os.fspath(rootfs))
+            yield rootfs
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)

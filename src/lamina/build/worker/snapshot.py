@@ -82,6 +82,10 @@ class Snapshotter(Protocol):
         self, lowers: Sequence[Path], *, mountpoints: Sequence[tuple[str, bool]] = RUN_MOUNTPOINTS
     ) -> ActiveSnapshot: ...
 
+    def view(self, lowers: Sequence[Path]) -> contextlib.AbstractContextManager[Path]:
+        """The merged tree of ``lowers`` to read from; changes to it are discarded."""
+        ...
+
 
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
@@ -299,9 +303,11 @@ class OverlaySnapshotter:
     def view(self, lowers: Sequence[Path]) -> Iterator[Path]:
         """A merged view of ``lowers`` to read from (e.g. ``COPY --from``); writes to it are discarded."""
         snapshot = self.prepare(lowers, mountpoints=())
-        with snapshot:
-            yield snapshot.rootfs
-        snapshot.discard()
+        try:
+            with snapshot:
+                yield snapshot.rootfs
+        finally:
+            snapshot.discard()
 
     def _short(self, lower: Path) -> str:
         """A short symlink name in ROOT/l for ``lower``, stable for a given path."""
