@@ -48,6 +48,7 @@ CHUNK = 8 * MiB
 WRITE_SLICE = 1 * MiB
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 TAG_COUNT = 100
+MAX_BLOBS = 256  # per blob figure, at least one per client: small blobs measure latency, not volume
 MAX_REQUESTS_PER_CLIENT = 1_000_000  # a bound even if the clock misbehaves
 
 # Filled in the parent before client processes fork, so every process shares them copy-on-write.
@@ -300,7 +301,7 @@ def phases(args: argparse.Namespace) -> list[Phase]:
     out: list[Phase] = []
     for clients in client_counts:
         for size in sizes:
-            ops = max(1, math.ceil(budget / (size * clients)))
+            ops = max(1, math.ceil(min(budget, MAX_BLOBS * size) / (size * clients)))
             out += [Phase(kind, clients, size, ops) for kind in ("push", "push-chunked", "pull")]
         out += [Phase(kind, clients, duration=duration) for kind in ("manifest-put", "manifest-get", "tags-list")]
     if args.only:
@@ -407,7 +408,14 @@ def main(argv: list[str] | None = None) -> int:
                 targets = [Target("lamina", lamina.url, lamina), Target("distribution", distribution.url, distribution)]
                 for t in targets:
                     say(f"{t.label} at {t.url}")
-                results = bench(targets, plan_phases, args.client_procs, args.repeat, say)
+                try:
+                    results = bench(targets, plan_phases, args.client_procs, args.repeat, say)
+                except RuntimeError as exc:
+                    for t in targets:
+                        assert t.server is not None
+                        say(f"--- {t.label} output (last lines) ---\n{t.server.stderr_text(3000)}")
+                    print(f"bench/registry.py: {exc}", file=sys.stderr)
+                    return 1
                 for t in targets:
                     t.wipe()
         finally:
