@@ -8,7 +8,6 @@ through ``scripts/install-system-deps.sh``, so nothing skips there.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers.images import make_busybox_rootfs
+from helpers.binaries import require_binary
+from helpers.images import PushedImage, PushedIndex, busybox_image, make_busybox_rootfs, two_platform_index
 from helpers.registries import (
     DISTRIBUTION_BINARY,
     RegistryProcess,
@@ -26,14 +26,6 @@ from helpers.registries import (
 )
 
 LaminaFactory = Callable[..., RegistryProcess]
-
-
-def require_binary(binary: str, package: str) -> str:
-    """Skip the calling test unless ``binary`` is installed; return its path."""
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} not installed (Debian package {package}; scripts/install-system-deps.sh installs it)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +82,17 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def skopeo_bin() -> str:
     return require_binary("skopeo", "skopeo")
+
+
+@pytest.fixture(scope="session")
+def busybox_base(lamina_registry: RegistryProcess, busybox_rootfs: Path, skopeo_bin: str) -> PushedImage:
+    """The busybox base image pushed (by skopeo) to the session's lamina registry as
+    ``HOST/base/busybox:latest``: one gzip layer, linux/amd64, ``Env PATH``, ``Cmd ["sh"]``."""
+    return busybox_image(lamina_registry, rootfs=busybox_rootfs)
+
+
+@pytest.fixture(scope="session")
+def two_platform_base(lamina_registry: RegistryProcess, busybox_rootfs: Path, skopeo_bin: str) -> PushedIndex:
+    """``HOST/base/multi:latest``: an OCI index of linux/amd64 and linux/arm64 images whose
+    ``/platform.txt`` says which platform they are."""
+    return two_platform_index(lamina_registry, rootfs=busybox_rootfs)
