@@ -35,6 +35,18 @@ class BuildError(Exception):
     """A build failed; the message names the Dockerfile line and what went wrong."""
 
 
+class _Unavailable(Exception):
+    """Materialising a lazy chain failed (a cached blob is missing, unreachable or corrupt)."""
+
+
+class _StaleCache(Exception):
+    """Cache hits of this stage named blobs that cannot be read: solve the stage again without them."""
+
+    def __init__(self, blobs: set[Digest], detail: str) -> None:
+        super().__init__(detail)
+        self.blobs = blobs
+
+
 @dataclass(frozen=True)
 class SolveOptions:
     no_cache: bool = False
@@ -99,6 +111,8 @@ class Solver:
         self._tasks: dict[int, asyncio.Task[StageResult]] = {}
         self._vertex = 0
         self.reports: list[StepReport] = []
+        self._bad_blobs: set[Digest] = set()  # cached blobs found unreadable during this build
+        self._base_blobs: set[Digest] = set()  # base image layers: no cache to fall back from
 
     async def solve(self) -> StageResult:
         """Solve the target stage (and, concurrently, every stage it needs)."""
@@ -130,6 +144,23 @@ class Solver:
         return stage.name or f"stage-{stage.index}"
 
     async def _solve_stage(self, stage: Stage) -> StageResult:
+        """Solve a stage; if cached layers it relied on turn out unreadable, solve it again without them
+        (a broken cache is a slower build, never a failed one)."""
+        for attempt in range(1, 4):
+            try:
+                return await self._solve_stage_once(stage)
+            except _StaleCache as exc:
+                self._bad_blobs |= exc.blobs
+                self.state.cache.drop_blobs(exc.blobs)
+                if attempt == 3:
+                    raise BuildError(f"stage {self._label(stage)}: cached layers keep failing: {exc}") from exc
+                self.progress.message(
+                    f"WARNING: cached layer(s) {', '.join(sorted(b.short for b in exc.blobs))} unusable ({exc}); "
+                    f"solving stage {self._label(stage)} again without them"
+                )
+        raise AssertionError("unreachable")
+
+    async def _solve_stage_once(self, stage: Stage) -> StageResult:
         total = 1 + sum(1 for s in stage.steps if not isinstance(s, MetaStep))
         label = self._label(stage)
         key, layers, base_config, base_repo, upstream = await self._solve_base(stage, f"[{label} 1/{total}]")
@@ -182,6 +213,7 @@ class Solver:
         if self.state.cache.lookup(key) is None:
             reason = self.state.cache.explain(slot, inputs)
             self.state.cache.add(key, inputs, CachedResult(key, image.layers, _now()), slot=slot)
+        self._base_blobs.update(layer.descriptor.digest for layer in image.layers)
         return key, image.layers, image.config, image.repository, reason
 
     async def _source_for_copy(self, stage: Stage, step: CopyStep) -> tuple[dict[str, Any], Any]:
@@ -234,6 +266,12 @@ class Solver:
             self.progress.miss(vertex, reason)
         try:
             layer = await self._execute(stage, step, layers, source, vertex)
+        except _Unavailable as exc:
+            stale = self._stale(layers, source)
+            if stale:
+                self.progress.miss(vertex, f"cached parent layers unreadable: {exc}")
+                raise _StaleCache(stale, str(exc)) from exc
+            raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
         except Exception as exc:  # the step failed, or materialising its parent did (mount, pull, unpack)
             raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
         chain = (*layers, layer)
@@ -258,9 +296,20 @@ class Solver:
     def _lookup(self, key: Digest) -> CachedResult | None:
         for importer in self.importers:
             hit = importer.lookup(key)
-            if hit is not None:
+            if hit is not None and not any(layer.descriptor.digest in self._bad_blobs for layer in hit.layers):
                 return hit
         return None
+
+    def _stale(self, layers: tuple[LayerRef, ...], source: SourceImage | StageResult | None) -> set[Digest]:
+        """The lazy, not-yet-local cached blobs a failed materialisation may have tripped on."""
+        chain = (*layers, *(source.layers if isinstance(source, StageResult) else ()))
+        return {
+            layer.descriptor.digest
+            for layer in chain
+            if layer.source is not None
+            and layer.descriptor.digest not in self._base_blobs
+            and not self.state.content.has(layer.descriptor.digest)
+        }
 
     def _explain(self, slot: str, inputs: dict[str, Any], upstream: str | None) -> str | None:
         if self.options.no_cache:
@@ -285,12 +334,18 @@ class Solver:
         def output(data: bytes) -> None:
             self.progress.log(vertex, data)
 
-        lowers = await self.executor.materialize(layers)
+        try:
+            lowers = await self.executor.materialize(layers)
+        except Exception as exc:
+            raise _Unavailable(str(exc) or type(exc).__name__) from exc
         if isinstance(step, RunStep):
             return await self.executor.run(step, lowers, output=output)
         if isinstance(step, CopyStep):
             source_lowers: list[Path] | None = None
             if source is not None:
-                source_lowers = await self.executor.materialize(source.layers)
+                try:
+                    source_lowers = await self.executor.materialize(source.layers)
+                except Exception as exc:
+                    raise _Unavailable(str(exc) or type(exc).__name__) from exc
             return await self.executor.copy(step, lowers, context_dir=self.context_dir, source_lowers=source_lowers)
         return await self.executor.workdir(step, lowers)

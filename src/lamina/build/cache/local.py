@@ -109,6 +109,15 @@ class LocalCache:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def drop_blobs(self, digests: set[Digest]) -> int:
+        """Forget every record whose chain names one of ``digests`` (found unreadable); returns how many."""
+        dropped = 0
+        with self._lock:
+            for digest in sorted(digests):
+                cursor = self._db.execute("DELETE FROM records WHERE instr(layers, ?) > 0", (f'"{digest}"',))
+                dropped += cursor.rowcount
+        return dropped
+
     async def finalize(self, target: CachedResult) -> None:
         return None  # every add() is already committed
 
