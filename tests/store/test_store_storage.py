@@ -187,3 +187,13 @@ def test_janitor_helpers(storage: Storage) -> None:
     fresh.write_bytes(b"busy")
     assert storage.blobs.sweep_tmp(older_than=time.time() - 3600) == 1
     assert sorted(p.name for p in storage.paths.tmp.iterdir()) == ["blob-writing"]
+
+
+def test_iter_digests_ignores_stray_files(storage: Storage) -> None:
+    storage.blobs.put(blob_digest(b"x"), b"x")
+    prefix = storage.paths.blob(blob_digest(b"x")).parent
+    (prefix / "not-a-digest").write_bytes(b"")
+    (prefix / (blob_digest(b"x").encoded[:2] + "zz")).write_bytes(b"")
+    (storage.paths.blobs / "md5").mkdir()
+    (storage.paths.blobs / "sha256" / "stray-file").write_bytes(b"")
+    assert list(storage.blobs.iter_digests()) == [blob_digest(b"x")]
