@@ -184,3 +184,13 @@ def test_stale_snapshots_of_dead_builds_are_cleaned(base: Path, tmp_path: Path) 
     assert not dead.dir.exists()
     assert live.upper.exists()
     live.discard()
+
+
+def test_short_links_of_per_snapshot_dirs_do_not_pile_up(base: Path, tmp_path: Path) -> None:
+    snapshotter = OverlaySnapshotter(tmp_path / "state")
+    for _ in range(3):
+        with snapshotter.prepare([base]) as snap:  # has an init layer: /etc/hosts is missing in base
+            assert (snap.rootfs / "etc" / "hosts").exists()
+        snap.discard()
+    links = list((tmp_path / "state" / "l").iterdir())
+    assert [os.readlink(link) for link in links] == [str(base)]

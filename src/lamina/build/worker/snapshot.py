@@ -249,17 +249,17 @@ class _OverlaySnapshot:
 
     def __enter__(self) -> _OverlaySnapshot:
         claim(self.dir)
-        for path in (self.upper, self._work, self.rootfs):
-            path.mkdir()
-        os.chmod(self.upper, 0o755)
-        lowers = list(self._lowers)
-        init = self.dir / "init"
-        init.mkdir()
-        if self._mountpoints and build_init_layer(lowers, init, self._mountpoints):
-            lowers.insert(0, init)
-        if not lowers:
-            lowers = [init]  # overlayfs needs at least one lower dir; FROM scratch gets an empty one
         try:
+            for path in (self.upper, self._work, self.rootfs):
+                path.mkdir()
+            os.chmod(self.upper, 0o755)
+            lowers = list(self._lowers)
+            init = self.dir / "init"
+            init.mkdir()
+            if self._mountpoints and build_init_layer(lowers, init, self._mountpoints):
+                lowers.insert(0, init)
+            if not lowers:
+                lowers = [init]  # overlayfs needs at least one lower dir; FROM scratch gets an empty one
             self._owner._mount(lowers, self.upper, self._work, self.rootfs)
             self._mounted = True
         except BaseException:
@@ -329,12 +329,23 @@ class OverlaySnapshotter:
         raise SnapshotError(f"cannot create a short link for {target}")
 
     def _mount(self, lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
-        names = ":".join(self._short(p) for p in lowers)
-        options = f"lowerdir={names},upperdir={upper},workdir={work}"
+        shorts = [self._short(p) for p in lowers]
+        try:
+            self._mount_short(shorts, upper, work, target)
+        finally:
+            # Links to per-snapshot dirs (init layers, probes) are not needed once mounted.
+            snapshots = os.path.abspath(self.root / "snapshots") + "/"
+            for lower, name in zip(lowers, shorts, strict=True):
+                if os.path.abspath(lower).startswith(snapshots):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._links / name)
+
+    def _mount_short(self, shorts: list[str], upper: Path, work: Path, target: Path) -> None:
+        options = f"lowerdir={':'.join(shorts)},upperdir={upper},workdir={work}"
         if self.options:
             options += "," + self.options
         if len(options) > _MAX_OPTIONS:
-            raise SnapshotError(f"too many layers to mount at once ({len(lowers)} lower dirs)")
+            raise SnapshotError(f"too many layers to mount at once ({len(shorts)} lower dirs)")
         # mount(8) with cwd=ROOT/l: the kernel resolves the relative lower names against our cwd,
         # which a subprocess changes without racing other threads of this process.
         result = subprocess.run(
@@ -346,7 +357,7 @@ class OverlaySnapshotter:
         )
         if result.returncode != 0:
             message = result.stderr.strip() or f"mount exited {result.returncode}"
-            raise SnapshotError(f"overlay mount of {len(lowers)} layers failed: {message}")
+            raise SnapshotError(f"overlay mount of {len(shorts)} layers failed: {message}")
 
 
 def detect_snapshotter(root: str | os.PathLike[str]) -> Snapshotter:
