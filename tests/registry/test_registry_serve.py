@@ -168,3 +168,30 @@ def test_public_api_is_pinned_and_lazy() -> None:
         capture_output=True, text=True, check=True,
     )
     assert probe.stdout.strip() == "False"
+
+
+def test_blob_get_under_uvloop_whole_ranges_and_disconnects(tmp_path: Path) -> None:
+    """The served process runs uvloop, where blob bodies go through lamina's own sendfile path."""
+    import hashlib
+    import os
+
+    server = start_lamina(tmp_path, workers=1)
+    try:
+        data = os.urandom(24 << 20)
+        digest = push_blob(server.url, "app", data)
+        assert get_blob(server.url, "app", digest) == data
+        part = requests.get(f"{server.url}/v2/app/blobs/{digest}", headers={"Range": "bytes=5-10485760"}, timeout=30)
+        assert part.status_code == 206 and part.content == data[5:10485761]
+        for _ in range(3):  # clients that vanish mid-body must not disturb the server
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(f"GET /v2/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                sock.recv(65536)
+        session = requests.Session()  # keep-alive: the next response on the connection is intact
+        for _ in range(3):
+            head = session.get(f"{server.url}/v2/app/blobs/{digest}", headers={"Range": "bytes=0-99"}, timeout=30)
+            assert head.content == data[:100]
+            assert hashlib.sha256(session.get(f"{server.url}/v2/app/blobs/{digest}", timeout=30).content).hexdigest() \
+                == digest.split(":")[1]
+        assert server.running
+    finally:
+        server.stop()

@@ -326,3 +326,38 @@ async def test_streamed_get_and_range_for_non_local_backends(client: Client) -> 
         response = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": bad})
         assert response.status == 416, bad
         assert response.headers["Content-Range"] == f"bytes */{len(data)}"
+
+
+def test_zero_copy_path_is_taken_under_uvloop(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Under uvloop (as served) blob bodies go through sendfile(2) in lamina's pool, ranges included."""
+    import uvloop
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from lamina.registry.app import create_app
+    from lamina.registry.config import RegistryConfig
+    from lamina.registry.routes import zerocopy
+
+    sent: list[tuple[int, int]] = []
+    real = zerocopy._send_all
+
+    def spy(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+        sent.append((offset, count))
+        real(sock_fd, file_fd, offset, count)
+
+    monkeypatch.setattr(zerocopy, "_send_all", spy)
+
+    async def scenario() -> None:
+        config = RegistryConfig(root=tmp_path / "uv", run_janitor=False)
+        client = TestClient(TestServer(create_app(config), host="127.0.0.1"))
+        await client.start_server()
+        try:
+            data = os.urandom(5 << 20)
+            digest = await push_blob(client, "app", data)
+            assert await (await client.get(f"/v2/app/blobs/{digest}")).read() == data
+            part = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": "bytes=10-19"})
+            assert part.status == 206 and await part.read() == data[10:20]
+        finally:
+            await client.close()
+
+    uvloop.run(scenario())
+    assert sent == [(0, 5 << 20), (10, 10)]

@@ -1,7 +1,8 @@
 """end-2 / end-10: ``HEAD``/``GET``/``DELETE /v2/<name>/blobs/<digest>``.
 
 A blob is visible in a repository only when it is linked there (pushed or mounted into it). GET is
-zero-copy: ``web.FileResponse`` uses sendfile(2) and answers ``Range`` with 206 (or 416) itself.
+zero-copy: ``web.FileResponse`` (with :mod:`.zerocopy` under uvloop) uses sendfile(2) and answers
+``Range`` with 206 (or 416) itself.
 DELETE unlinks the blob from the repository; the bytes are reclaimed by garbage collection.
 """
 
@@ -16,6 +17,7 @@ from lamina.oci import Digest
 
 from ..errors import ErrorCode, RegistryError
 from ._common import digest_param, storage
+from .zerocopy import BlobFileResponse
 
 __all__ = ["delete", "get", "head"]
 
@@ -54,7 +56,7 @@ async def get(request: web.Request) -> web.StreamResponse:
     store = storage(request)
     path = store.blobs.local_path(digest)
     if path is not None:
-        response = web.FileResponse(path, chunk_size=1 << 20, headers=_headers(digest))
+        response = BlobFileResponse(path, chunk_size=1 << 20, headers=_headers(digest))
         response.content_type = "application/octet-stream"
         return response
     return await _stream(request, digest, size)
