@@ -140,6 +140,7 @@ def test_public_api_is_pinned() -> None:
         "Storage",
         "StoreError",
         "StorePaths",
+        "TagImmutable",
         "UploadConflict",
         "UploadSession",
         "UploadStore",

@@ -14,7 +14,7 @@ Consistency rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +31,7 @@ __all__ = [
     "ReferenceSizeMismatch",
     "ReferrerRecord",
     "StoreError",
+    "TagImmutable",
     "UploadConflict",
     "UploadSession",
     "UploadStore",
@@ -72,6 +73,16 @@ class ReferenceSizeMismatch(MissingReference):
         self.what = what
         self.declared = declared
         self.actual = actual
+
+
+class TagImmutable(StoreError):
+    """``put_manifest(..., immutable=True)`` would move a tag that already names another digest (DENIED)."""
+
+    def __init__(self, repository: str, tag: str, current: Digest) -> None:
+        super().__init__(f"tag {tag!r} in {repository} is immutable and already points at {current}")
+        self.repository = repository
+        self.tag = tag
+        self.current = current
 
 
 class BlobUnknown(StoreError):
@@ -169,7 +180,13 @@ class UploadStore(Protocol):
 
 class MetadataStore(Protocol):
     # repositories and blob links
-    def link_blob(self, repository: str, digest: Digest, size: int) -> None: ...
+    def link_blob(
+        self, repository: str, digest: Digest, size: int, present: Callable[[], bool] | None = None
+    ) -> None:
+        """Link (or re-link: refreshes ``linked_at``) a blob; ``present`` is checked inside the write
+        transaction and BlobUnknown raised if it says the bytes are gone (the GC race, see store.sweep)."""
+        ...
+
     def linked_blob_size(self, repository: str, digest: Digest) -> int | None: ...
     def unlink_blob(self, repository: str, digest: Digest) -> bool: ...
     def repositories_with_blob(self, digest: Digest, limit: int = 1) -> Sequence[str]: ...
@@ -182,8 +199,10 @@ class MetadataStore(Protocol):
         record: ManifestRecord,
         references: Sequence[ManifestReference],
         tag: str | None,
+        immutable: bool = False,
     ) -> None:
-        """Store the manifest, its references and the tag in one transaction; raises MissingReference."""
+        """Store the manifest, its references and the tag in one transaction; raises MissingReference,
+        or TagImmutable when ``immutable`` and the tag already names another digest."""
         ...
 
     def get_manifest(self, repository: str, reference: str) -> ManifestRecord | None:

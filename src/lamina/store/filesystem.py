@@ -342,8 +342,12 @@ class FilesystemUploadStore:
     @staticmethod
     def _publish(fd: int, source: Path, target: Path) -> None:
         """Make the verified session file the blob: fsync, read-only, rename, fsync the directory."""
-        if target.exists():  # an identical blob won a race (or was pushed before): ours is dropped
-            return
+        if target.exists():  # an identical blob won a race (or was pushed before): ours is dropped...
+            try:
+                os.utime(target)  # ...but the blob counts as just uploaded for GC's grace period
+                return
+            except FileNotFoundError:
+                pass  # garbage collection removed it just now: publish ours
         os.fsync(fd)
         os.fchmod(fd, 0o444)
         _mkdir_durable(target.parent)

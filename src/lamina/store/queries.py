@@ -76,7 +76,10 @@ LINK_BLOB = compile_for_sqlite3(
         size=bindparam("b_size"),
         linked_at=bindparam("now"),
     )
-    .on_conflict_do_nothing()
+    .on_conflict_do_update(  # a re-upload or re-mount refreshes the GC grace period
+        index_elements=[blob_links.c.repository_id, blob_links.c.digest],
+        set_={"linked_at": bindparam("now")},
+    )
 )
 LINKED_SIZE = compile_for_sqlite3(
     select(blob_links.c.size).where(blob_links.c.repository_id == _REPO, blob_links.c.digest == bindparam("digest"))
@@ -122,6 +125,10 @@ UPSERT_TAG = compile_for_sqlite3(
         index_elements=[tags.c.repository_id, tags.c.tag],
         set_={"digest": _upsert_tag.excluded.digest, "updated_at": _upsert_tag.excluded.updated_at},
     )
+)
+
+TAG_DIGEST_BY_ID = compile_for_sqlite3(
+    select(tags.c.digest).where(tags.c.repository_id == bindparam("repo_id"), tags.c.tag == bindparam("b_tag"))
 )
 
 _other = tags.alias("t")

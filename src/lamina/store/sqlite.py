@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,14 @@ from lamina.oci import Digest, parse_digest
 
 from . import queries as q
 from .base import (
+    BlobUnknown,
     ManifestRecord,
     ManifestReference,
     MissingReference,
     ReferenceSizeMismatch,
     ReferrerRecord,
     StoreError,
+    TagImmutable,
     UploadSession,
 )
 from .schema import SCHEMA_VERSION
@@ -182,8 +184,13 @@ class SqliteMetadataStore:
         cursor = conn.execute(q.INSERT_REPO.sql, q.INSERT_REPO.bind(repository=name, now=time.time()))
         return int(cursor.lastrowid or 0)
 
-    def link_blob(self, repository: str, digest: Digest, size: int) -> None:
+    def link_blob(
+        self, repository: str, digest: Digest, size: int, present: Callable[[], bool] | None = None
+    ) -> None:
+        """Link or re-link; with ``present``, checked under the write lock (GC deletes files under it too)."""
         with self._transaction() as conn:
+            if present is not None and not present():
+                raise BlobUnknown(digest)
             repo_id = self._ensure_repository(conn, repository)
             params = q.LINK_BLOB.bind(repo_id=repo_id, b_digest=str(digest), b_size=size, now=time.time())
             conn.execute(q.LINK_BLOB.sql, params)
@@ -212,8 +219,11 @@ class SqliteMetadataStore:
         record: ManifestRecord,
         references: Sequence[ManifestReference],
         tag: str | None,
+        immutable: bool = False,
     ) -> None:
         """Validate references, upsert the manifest and move ``tag``, all in one IMMEDIATE transaction.
+
+        ``immutable``: refuse (TagImmutable) to move ``tag`` if it already names another digest.
 
         A re-PUT of a stored digest keeps its first ``pushed_at``; ``record.tags`` is ignored."""
         wanted = list({(ref.digest, ref.size, ref.is_manifest): ref for ref in references}.values())
@@ -221,6 +231,11 @@ class SqliteMetadataStore:
         with self._transaction() as conn:
             repo_id = self._ensure_repository(conn, record.repository)
             self._check_references(conn, repo_id, wanted)
+            if immutable and tag is not None:
+                current = conn.execute(q.TAG_DIGEST_BY_ID.sql, q.TAG_DIGEST_BY_ID.bind(repo_id=repo_id, b_tag=tag))
+                row = current.fetchone()
+                if row is not None and row[0] != digest:
+                    raise TagImmutable(record.repository, tag, _digest(row[0]))
             row = q.INSERT_MANIFEST.bind(
                 repository_id=repo_id,
                 digest=digest,
