@@ -83,9 +83,10 @@ class Executor:
 
     async def _unpacked(self, layer: LayerRef) -> Path:
         key = layer.diff_id.encoded
-        if key not in self._unpacking:
-            self._unpacking[key] = asyncio.ensure_future(self._unpack(layer))
-        return await self._unpacking[key]
+        task = self._unpacking.get(key)
+        if task is None or _failed(task):  # a failed unpack (bad cached blob) is never reused for a new layer
+            task = self._unpacking[key] = asyncio.ensure_future(self._unpack(layer))
+        return await task
 
     async def _unpack(self, layer: LayerRef) -> Path:
         if self.layer_store.has(layer.diff_id):
@@ -248,6 +249,10 @@ class Executor:
         digest = blob.digest
         created = epoch_time(self.source_date_epoch) if self.source_date_epoch is not None else _now()
         return LayerRef(Descriptor(blob.media_type, digest, blob.size), blob.diff_id, created, None)
+
+
+def _failed(task: asyncio.Future[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 @contextlib.asynccontextmanager

@@ -86,9 +86,10 @@ class RegistryImages:
         digest = layer.descriptor.digest
         if self.content.has(digest):
             return self.content.path(digest)
-        if digest not in self._fetching:
-            self._fetching[digest] = asyncio.ensure_future(self._download(layer))
-        return await self._fetching[digest]
+        task = self._fetching.get(digest)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._fetching[digest] = asyncio.ensure_future(self._download(layer))  # failures are retried
+        return await task
 
     async def stream(self, layer: LayerRef) -> AsyncIterator[bytes]:
         """The blob's bytes as they arrive (to unpack while downloading), stored in the content store too.
