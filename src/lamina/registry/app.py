@@ -21,7 +21,7 @@ from .config import RegistryConfig
 from .errors import ErrorCode, RegistryError, error_response
 from .janitor import expire_uploads_forever
 from .routes import base, blobs, catalog, manifests, referrers, tags, uploads
-from .services import CONFIG, STORAGE
+from .services import CONFIG, OFFLOAD, STORAGE, Offloader
 
 __all__ = ["create_app"]
 
@@ -97,15 +97,22 @@ def create_app(config: RegistryConfig) -> web.Application:
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
+        offload = Offloader()
         app[STORAGE] = storage
+        app[OFFLOAD] = offload
+        stop = asyncio.Event()
         janitor = None
         if config.run_janitor:
-            janitor = asyncio.create_task(expire_uploads_forever(storage, config.upload_expiry_seconds))
+            janitor = asyncio.create_task(
+                expire_uploads_forever(storage, config.upload_expiry_seconds, offload, stop)
+            )
         try:
             yield
         finally:
+            stop.set()
             if janitor is not None:
-                janitor.cancel()
+                await janitor
+            await offload.drain()  # no storage call may still run when the database closes
             storage.close()
 
     app.cleanup_ctx.append(storage_ctx)

@@ -15,6 +15,8 @@ import time
 
 from lamina.store import Storage
 
+from .services import Offloader
+
 __all__ = ["expire_uploads", "expire_uploads_forever"]
 
 log = logging.getLogger("lamina.registry.janitor")
@@ -38,13 +40,17 @@ def expire_uploads(storage: Storage, expiry_seconds: float, now: float | None = 
     return len(expired) + orphans
 
 
-async def expire_uploads_forever(storage: Storage, expiry_seconds: float) -> None:
+async def expire_uploads_forever(
+    storage: Storage, expiry_seconds: float, offload: Offloader, stop: asyncio.Event
+) -> None:
+    """Every min(expiry/4, 5 min) until ``stop`` is set; a running pass is finished, never abandoned."""
     interval = max(1.0, min(expiry_seconds / 4, 300.0))
-    while True:
+    while not stop.is_set():
         try:
-            count = await asyncio.to_thread(expire_uploads, storage, expiry_seconds)
+            count = await offload.run(expire_uploads, storage, expiry_seconds)
             if count:
                 log.info("expired %d abandoned upload session(s)", count)
         except Exception:
             log.exception("expiring upload sessions failed; retrying in %.0f s", interval)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

@@ -1,6 +1,11 @@
-"""Typed application keys for the services every handler shares."""
+"""Typed application keys for the services every handler shares, and the offloader for blocking calls."""
 
 from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -8,7 +13,38 @@ from lamina.store import Storage
 
 from .config import RegistryConfig
 
-__all__ = ["CONFIG", "STORAGE"]
+__all__ = ["CONFIG", "OFFLOAD", "STORAGE", "Offloader"]
+
+T = TypeVar("T")
+
+
+class Offloader:
+    """Runs blocking storage calls (SQLite writes wait for fsync and for other workers' write locks)
+    in threads, and remembers every call until it has finished, so shutdown can wait for all of them
+    before the storage is closed: closing SQLite under a running statement crashes the process. It
+    tracks the threads' own futures, which complete even when the awaiting request was cancelled."""
+
+    def __init__(self, max_workers: int = 16) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="lamina-store")
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        future = self._executor.submit(fn, *args)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return asyncio.wrap_future(future)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.submit(fn, *args)
+
+    async def drain(self) -> None:
+        """Wait for every submitted call, then stop the threads."""
+        pending = list(self._pending)
+        if pending:
+            await asyncio.get_running_loop().run_in_executor(None, concurrent.futures.wait, pending)
+        self._executor.shutdown(wait=True)
+
 
 CONFIG = web.AppKey("config", RegistryConfig)
 STORAGE = web.AppKey("storage", Storage)
+OFFLOAD = web.AppKey("offload", Offloader)

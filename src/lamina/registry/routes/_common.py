@@ -9,9 +9,14 @@ from lamina.store import Storage
 
 from ..config import RegistryConfig
 from ..errors import ErrorCode, RegistryError
-from ..services import CONFIG, STORAGE
+from ..services import CONFIG, OFFLOAD, STORAGE, Offloader
 
-__all__ = ["config", "digest_param", "page_params", "storage"]
+__all__ = ["config", "digest_param", "next_link", "offload", "page_params", "storage"]
+
+
+def offload(request: web.Request) -> Offloader:
+    """Where blocking storage writes run (tracked, so shutdown waits for them)."""
+    return request.app[OFFLOAD]
 
 
 def storage(request: web.Request) -> Storage:

@@ -8,7 +8,6 @@ DELETE unlinks the blob from the repository; the bytes are reclaimed by garbage 
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from aiohttp import web
@@ -16,7 +15,7 @@ from aiohttp import web
 from lamina.oci import Digest
 
 from ..errors import ErrorCode, RegistryError
-from ._common import digest_param, storage
+from ._common import digest_param, offload, storage
 from .zerocopy import BlobFileResponse
 
 __all__ = ["delete", "get", "head"]
@@ -96,7 +95,7 @@ async def _stream(request: web.Request, digest: Digest, size: int) -> web.Stream
 async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     digest = digest_param(request.match_info["digest"])
-    if not await asyncio.to_thread(storage(request).metadata.unlink_blob, name, digest):
+    if not await offload(request).run(storage(request).metadata.unlink_blob, name, digest):
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {name}",
                             detail={"digest": str(digest)})
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

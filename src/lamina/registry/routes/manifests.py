@@ -18,8 +18,9 @@ from lamina.oci import Digest
 from lamina.store import ManifestRecord, MetadataStore, MissingReference
 
 from ..errors import ErrorCode, RegistryError
+from ..services import Offloader
 from ..validation import check_manifest, parse_reference_param
-from ._common import config, storage
+from ._common import config, offload, storage
 
 __all__ = ["delete", "get", "put"]
 
@@ -68,17 +69,15 @@ async def get(request: web.Request) -> web.Response:
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(record.content))
         return web.Response(status=200, headers=headers, content_type=record.media_type)
-    _record_pull(metadata, record)
+    _record_pull(offload(request), metadata, record)
     return web.Response(status=200, body=record.content, headers=headers, content_type=record.media_type)
 
 
-def _record_pull(metadata: MetadataStore, record: ManifestRecord) -> None:
+def _record_pull(work: Offloader, metadata: MetadataStore, record: ManifestRecord) -> None:
     """At most once a minute per manifest, in a thread, not awaited: a GET never waits for a write."""
     now = time.time()
     if record.last_pulled_at is None or now - record.last_pulled_at > _PULL_RECORD_INTERVAL:
-        future = asyncio.get_running_loop().run_in_executor(
-            None, metadata.record_pull, record.repository, record.digest, now
-        )
+        future = work.submit(metadata.record_pull, record.repository, record.digest, now)
         future.add_done_callback(_log_failure)
 
 
@@ -111,7 +110,7 @@ async def put(request: web.Request) -> web.Response:
     checked = check_manifest(name, reference, body, request.headers.get("Content-Type"), settings)
     record = checked.record
     try:
-        await asyncio.to_thread(storage(request).metadata.put_manifest, record, checked.references, checked.tag)
+        await offload(request).run(storage(request).metadata.put_manifest, record, checked.references, checked.tag)
     except MissingReference as exc:
         raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, str(exc), detail={"digest": str(exc.digest)}) from None
     headers = {
@@ -130,9 +129,9 @@ async def delete(request: web.Request) -> web.Response:
     target = parse_reference_param(reference)
     metadata = storage(request).metadata
     if isinstance(target, Digest):
-        found = await asyncio.to_thread(metadata.delete_manifest, name, target)
+        found = await offload(request).run(metadata.delete_manifest, name, target)
     else:
-        found = await asyncio.to_thread(metadata.delete_tag, name, target)
+        found = await offload(request).run(metadata.delete_tag, name, target)
     if not found:
         raise _unknown(name, reference)
     return web.Response(status=202, headers={"Content-Length": "0"})

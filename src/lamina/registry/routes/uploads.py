@@ -8,7 +8,6 @@ which is what every client is tested against.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -20,7 +19,7 @@ from lamina.oci import Digest, is_valid_name
 from lamina.store import Storage, UploadConflict, UploadSession, UploadUnknown
 
 from ..errors import ErrorCode, RegistryError
-from ._common import digest_param, storage
+from ._common import digest_param, offload, storage
 
 __all__ = ["cancel", "finish", "patch", "start", "status"]
 
@@ -60,8 +59,8 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _new_session(store: Storage, name: str) -> str:
-    return await asyncio.to_thread(_new_session_sync, store, name)
+async def _new_session(request: web.Request, name: str) -> str:
+    return await offload(request).run(_new_session_sync, storage(request), name)
 
 
 def _new_session_sync(store: Storage, name: str) -> str:
@@ -82,8 +81,9 @@ def _session(request: web.Request) -> tuple[str, UploadSession]:
     return name, session
 
 
-async def _try_mount(store: Storage, name: str, digest: Digest, source: str | None) -> bool:
+async def _try_mount(request: web.Request, name: str, digest: Digest, source: str | None) -> bool:
     """Link ``digest`` into ``name`` when ``source`` (or, without it, any repository) has it."""
+    store = storage(request)
     if source is not None:
         size = store.metadata.linked_blob_size(source, digest)
     else:
@@ -91,7 +91,7 @@ async def _try_mount(store: Storage, name: str, digest: Digest, source: str | No
         size = store.metadata.linked_blob_size(holders[0], digest) if holders else None
     if size is None or store.blobs.size(digest) is None:
         return False
-    await asyncio.to_thread(store.metadata.link_blob, name, digest, size)
+    await offload(request).run(store.metadata.link_blob, name, digest, size)
     return True
 
 
@@ -106,21 +106,21 @@ async def start(request: web.Request) -> web.Response:
         if source is not None and not is_valid_name(source):
             raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name in from: {source!r}",
                                 detail={"from": source})
-        if await _try_mount(store, name, digest, source):
+        if await _try_mount(request, name, digest, source):
             return _created(name, digest)
-        session_id = await _new_session(store, name)
+        session_id = await _new_session(request, name)
         return web.Response(status=202, headers=_session_headers(name, session_id, 0))
     if "digest" in request.query:
         digest = digest_param(request.query["digest"])
-        session_id = await _new_session(store, name)
+        session_id = await _new_session(request, name)
         try:
             await _append(request, store, session_id, 0)
-            await _commit(store, name, session_id, digest)
+            await _commit(request, name, session_id, digest)
         except BaseException:
-            await asyncio.to_thread(_drop_session, store, session_id)
+            await offload(request).run(_drop_session, store, session_id)
             raise
         return _created(name, digest)
-    session_id = await _new_session(store, name)
+    session_id = await _new_session(request, name)
     return web.Response(status=202, headers=_session_headers(name, session_id, 0))
 
 
@@ -154,14 +154,15 @@ async def _append(request: web.Request, store: Storage, session_id: str, offset:
     return size
 
 
-async def _commit(store: Storage, name: str, session_id: str, digest: Digest) -> None:
+async def _commit(request: web.Request, name: str, session_id: str, digest: Digest) -> None:
+    store = storage(request)
     try:
         size = await store.uploads.commit(session_id, digest)
     except UploadUnknown as exc:
         raise _gone(session_id, exc) from None
     except ValueError as exc:
         raise RegistryError(ErrorCode.DIGEST_INVALID, str(exc), detail={"digest": str(digest)}) from None
-    await asyncio.to_thread(_link_and_close, store, name, digest, size, session_id)
+    await offload(request).run(_link_and_close, store, name, digest, size, session_id)
 
 
 def _link_and_close(store: Storage, name: str, digest: Digest, size: int, session_id: str) -> None:
@@ -178,7 +179,7 @@ async def patch(request: web.Request) -> web.Response:
     name, session = _session(request)
     store = storage(request)
     size = await _append(request, store, session.id, _current_size(store, session))
-    await asyncio.to_thread(store.metadata.update_upload, session.id, size, time.time())
+    await offload(request).run(store.metadata.update_upload, session.id, size, time.time())
     return web.Response(status=202, headers=_session_headers(name, session.id, size))
 
 
@@ -198,7 +199,7 @@ async def finish(request: web.Request) -> web.Response:
     offset = _current_size(store, session)
     if request.content_length or request.headers.get("Content-Range") or request.body_exists:
         await _append(request, store, session.id, offset)
-    await _commit(store, name, session.id, digest)
+    await _commit(request, name, session.id, digest)
     return _created(name, digest)
 
 
@@ -210,5 +211,5 @@ async def status(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     _, session = _session(request)
-    await asyncio.to_thread(_drop_session, storage(request), session.id)
+    await offload(request).run(_drop_session, storage(request), session.id)
     return web.Response(status=204, headers={"Content-Length": "0"})
