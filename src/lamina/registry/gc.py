@@ -1,0 +1,134 @@
+"""Online garbage collection: ``lamina registry gc [--dry-run]`` and the background schedule.
+
+Deletes blobs that no manifest in any repository references (layers, configs, index children, legacy
+BuildKit cache children are all recorded as references at PUT time) and, when ``delete_untagged`` is
+on, untagged manifests that are neither an index's child nor a referrer of a live subject. Runs while
+pushes continue; the race protocol lives in :mod:`lamina.store.sweep`. One GC at a time per root
+(an exclusive ``flock`` on ``ROOT/gc.lock``); a second one reports that it is busy and does nothing.
+
+::
+
+    [gc]
+    grace_seconds = 3600        # blobs linked/uploaded and manifests pushed more recently are kept
+    interval_seconds = 0        # > 0: run in the server every this many seconds (worker 0 only)
+    delete_untagged = false     # also delete untagged manifests (not index children, not referrers)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.store import Storage
+from lamina.store.sweep import SweepResult, sweep
+
+from .config import ConfigError
+
+__all__ = ["GcBusy", "GcSettings", "format_report", "gc_forever", "parse_gc", "run_gc"]
+
+log = logging.getLogger("lamina.registry.gc")
+
+
+class GcBusy(Exception):
+    """Another garbage collection holds the root's GC lock."""
+
+
+@dataclass(frozen=True, slots=True)
+class GcSettings:
+    grace_seconds: float = 3600.0
+    interval_seconds: float = 0.0
+    delete_untagged: bool = False
+
+
+def parse_gc(value: Any) -> GcSettings:
+    if not isinstance(value, dict):
+        raise ConfigError(f"gc: expected a table of settings, got {value!r}")
+    settings: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in ("grace_seconds", "interval_seconds"):
+            if isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
+                raise ConfigError(f"gc.{key}: expected a number of seconds >= 0, got {item!r}")
+            settings[key] = float(item)
+        elif key == "delete_untagged":
+            if not isinstance(item, bool):
+                raise ConfigError(f"gc.delete_untagged: expected true or false, got {item!r}")
+            settings[key] = item
+        else:
+            raise ConfigError(f"unknown setting gc.{key} (known: grace_seconds, interval_seconds, delete_untagged)")
+    return GcSettings(**settings)
+
+
+@contextlib.contextmanager
+def gc_lock(storage: Storage) -> Iterator[None]:
+    fd = os.open(storage.paths.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise GcBusy(f"another garbage collection is running on {storage.paths.root}") from None
+            raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def run_gc(
+    storage: Storage,
+    settings: GcSettings,
+    *,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> SweepResult:
+    """One collection; GcBusy if another is running. Blocking: call from a thread in the server."""
+    with gc_lock(storage):
+        result = sweep(
+            storage.paths,
+            storage.blobs.iter_digests(),
+            grace_seconds=settings.grace_seconds,
+            delete_untagged=settings.delete_untagged,
+            dry_run=dry_run,
+            now=now,
+        )
+    return result
+
+
+def format_report(result: SweepResult, *, dry_run: bool) -> list[str]:
+    """Human lines: one per removed item, then a summary."""
+    verb = "would delete" if dry_run else "deleted"
+    lines = [f"{verb} untagged manifest {name}@{digest} ({size} bytes)" for name, digest, size in result.untagged]
+    lines += [f"{verb.replace('delete', 'unlink')} blob {digest} from {name} (unreferenced)"
+              for name, digest, _ in result.links]
+    lines += [f"{verb} blob {digest} ({size} bytes)" for digest, size in result.blobs]
+    lines.append(
+        f"gc{' (dry run)' if dry_run else ''}: {len(result.untagged)} untagged manifest(s), "
+        f"{len(result.links)} stale link(s), {len(result.blobs)} blob(s), {result.bytes_freed} bytes "
+        f"{'would be ' if dry_run else ''}freed"
+    )
+    return lines
+
+
+async def gc_forever(
+    storage: Storage, settings: GcSettings, on_result: Callable[[SweepResult], None] | None = None
+) -> None:
+    """The background schedule (one worker runs it); a busy lock just skips a round."""
+    while True:
+        await asyncio.sleep(settings.interval_seconds)
+        try:
+            result = await asyncio.to_thread(run_gc, storage, settings)
+            if on_result is not None:
+                on_result(result)
+            if result.blobs or result.untagged or result.links:
+                for line in format_report(result, dry_run=False)[-1:]:
+                    log.info(line)
+        except GcBusy as exc:
+            log.info("%s; skipping this round", exc)
+        except Exception:
+            log.exception("garbage collection failed; retrying in %.0f s", settings.interval_seconds)

@@ -1,0 +1,226 @@
+"""Retention rules in the spirit of ECR lifecycle policies: ``lamina registry lifecycle [--dry-run]``.
+
+::
+
+    [lifecycle]
+    interval_seconds = 0                  # > 0: apply in the server every this many seconds (worker 0)
+
+    [[lifecycle.rules]]
+    repositories = ["**"]                 # globs (lamina.registry.globs); every matching rule applies
+    untagged_older_than_days = 7          # expire untagged manifests pushed more than N days ago
+    keep_last_tagged = 20                 # keep the N most recently pushed images with a tag matching...
+    tag_patterns = ["v*", "release-*"]    # ...these globs (default: any tag); older ones expire
+    cache_unused_days = 30                # expire build caches not pulled (nor pushed) for N days
+    quota_bytes = 50_000_000_000          # over quota: evict least-recently-pulled build caches first
+
+A manifest that an index lists is never expired on its own (its index holds it), nor is a referrer
+whose subject stays. Expiry deletes the manifest and its tags, and only if its tags did not change
+since the rules were evaluated (one transaction per manifest); the blobs go at the next GC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.store import Storage
+from lamina.store.inventory import ManifestInfo, delete_manifest_if_unchanged, list_manifests, repository_bytes
+
+from .config import ConfigError
+from .globs import matches_any
+
+__all__ = [
+    "Expiry",
+    "LifecycleRule",
+    "LifecycleSettings",
+    "apply_lifecycle",
+    "evaluate",
+    "format_expiries",
+    "lifecycle_forever",
+    "parse_lifecycle",
+]
+
+log = logging.getLogger("lamina.registry.lifecycle")
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleRule:
+    repositories: tuple[str, ...]
+    untagged_older_than_days: float | None = None
+    keep_last_tagged: int | None = None
+    tag_patterns: tuple[str, ...] = ("*",)
+    cache_unused_days: float | None = None
+    quota_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleSettings:
+    rules: tuple[LifecycleRule, ...] = ()
+    interval_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    repository: str
+    digest: str
+    tags: tuple[str, ...]
+    kind: str
+    size: int
+    reason: str
+
+
+def _number(key: str, value: Any, integer: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float) or value < 0:
+        raise ConfigError(f"{key}: expected {'an integer' if integer else 'a number'} >= 0, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key}: expected a non-empty list of strings, got {value!r}")
+    return tuple(value)
+
+
+_RULE_KEYS = ("repositories", "untagged_older_than_days", "keep_last_tagged", "tag_patterns", "cache_unused_days",
+              "quota_bytes")
+
+
+def parse_lifecycle(value: Any) -> LifecycleSettings:
+    if not isinstance(value, dict):
+        raise ConfigError(f"lifecycle: expected a table, got {value!r}")
+    unknown = set(value) - {"rules", "interval_seconds"}
+    if unknown:
+        raise ConfigError(f"unknown setting lifecycle.{sorted(unknown)[0]} (known: rules, interval_seconds)")
+    interval = float(_number("lifecycle.interval_seconds", value.get("interval_seconds", 0)))
+    items = value.get("rules", [])
+    if not isinstance(items, list):
+        raise ConfigError(f"lifecycle.rules: expected an array of tables ([[lifecycle.rules]]), got {items!r}")
+    rules = []
+    for i, item in enumerate(items):
+        key = f"lifecycle.rules[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{key}: expected a table, got {item!r}")
+        for name in item:
+            if name not in _RULE_KEYS:
+                raise ConfigError(f"unknown setting {key}.{name} (known: {', '.join(_RULE_KEYS)})")
+        if "repositories" not in item:
+            raise ConfigError(f"{key}: 'repositories' (a list of globs) is required")
+        fields: dict[str, Any] = {"repositories": _strings(f"{key}.repositories", item["repositories"])}
+        for name in ("untagged_older_than_days", "cache_unused_days"):
+            if name in item:
+                fields[name] = float(_number(f"{key}.{name}", item[name]))
+        for name in ("keep_last_tagged", "quota_bytes"):
+            if name in item:
+                fields[name] = _number(f"{key}.{name}", item[name], integer=True)
+        if "tag_patterns" in item:
+            fields["tag_patterns"] = _strings(f"{key}.tag_patterns", item["tag_patterns"])
+        rule = LifecycleRule(**fields)
+        if all(getattr(rule, n) is None for n in _RULE_KEYS[1:] if n != "tag_patterns"):
+            raise ConfigError(f"{key}: the rule expires nothing; set untagged_older_than_days, keep_last_tagged, "
+                              "cache_unused_days or quota_bytes")
+        rules.append(rule)
+    return LifecycleSettings(tuple(rules), interval)
+
+
+def _held(infos: Sequence[ManifestInfo]) -> set[str]:
+    """Digests an index lists, and referrers whose subject is present: never expired on their own."""
+    present = {info.digest for info in infos}
+    held = {ref.digest for info in infos for ref in info.references if ref.is_manifest}
+    held |= {info.digest for info in infos if info.subject is not None and info.subject in present}
+    return held
+
+
+def evaluate(rule: LifecycleRule, infos: Sequence[ManifestInfo], now: float) -> list[Expiry]:
+    """What ``rule`` expires among one repository's manifests (pure: no I/O)."""
+    held = _held(infos)
+    gone: dict[str, str] = {}
+    if rule.untagged_older_than_days is not None:
+        cutoff = now - rule.untagged_older_than_days * DAY
+        for info in infos:
+            if not info.tags and info.digest not in held and info.pushed_at < cutoff:
+                gone.setdefault(info.digest, f"untagged for more than {rule.untagged_older_than_days:g} days")
+    if rule.keep_last_tagged is not None:
+        matching = [i for i in infos if any(matches_any(rule.tag_patterns, t) for t in i.tags)]
+        matching.sort(key=lambda i: (-i.pushed_at, i.digest))
+        for info in matching[rule.keep_last_tagged:]:
+            gone.setdefault(info.digest, f"more than {rule.keep_last_tagged} images tagged "
+                                         f"{'|'.join(rule.tag_patterns)}")
+    caches = [i for i in infos if i.kind == "cache" and i.digest not in held]
+    if rule.cache_unused_days is not None:
+        cutoff = now - rule.cache_unused_days * DAY
+        for info in caches:
+            if info.last_used < cutoff:
+                gone.setdefault(info.digest, f"build cache not pulled for {rule.cache_unused_days:g} days")
+    if rule.quota_bytes is not None:
+        remaining = [i for i in infos if i.digest not in gone]
+        for info in sorted((c for c in caches if c.digest not in gone), key=lambda c: (c.last_used, c.digest)):
+            if repository_bytes(remaining) <= rule.quota_bytes:
+                break
+            gone[info.digest] = f"repository over its quota of {rule.quota_bytes} bytes (least recently pulled cache)"
+            remaining = [i for i in remaining if i.digest != info.digest]
+    by_digest = {info.digest: info for info in infos}
+    return [
+        Expiry(info.repository, digest, info.tags, info.kind, info.size, reason)
+        for digest, reason in gone.items()
+        for info in [by_digest[digest]]
+    ]
+
+
+def apply_lifecycle(
+    storage: Storage, settings: LifecycleSettings, *, dry_run: bool = False, now: float | None = None
+) -> list[Expiry]:
+    """Evaluate every rule on every matching repository; delete unless ``dry_run``. Blocking."""
+    when = time.time() if now is None else now
+    done: list[Expiry] = []
+    last: str | None = None
+    while True:
+        names = storage.metadata.list_repositories(last, 500)
+        if not names:
+            return done
+        last = names[-1]
+        for name in names:
+            rules = [r for r in settings.rules if matches_any(r.repositories, name)]
+            if not rules:
+                continue
+            infos = list_manifests(storage.paths, name)
+            seen: set[str] = set()
+            for rule in rules:
+                for expiry in evaluate(rule, infos, when):
+                    if expiry.digest in seen:
+                        continue
+                    seen.add(expiry.digest)
+                    if dry_run or delete_manifest_if_unchanged(storage.paths, name, expiry.digest, expiry.tags):
+                        done.append(expiry)
+                        if not dry_run:
+                            log.info("lifecycle: deleted %s@%s (%s)", name, expiry.digest, expiry.reason)
+
+
+def format_expiries(expiries: Sequence[Expiry], *, dry_run: bool) -> list[str]:
+    verb = "would delete" if dry_run else "deleted"
+    lines = [
+        f"{verb} {e.repository}@{e.digest} [{e.kind}] tags={','.join(e.tags) or '-'}: {e.reason}" for e in expiries
+    ]
+    count = len(expiries)
+    lines.append(f"lifecycle (dry run): {count} manifest(s) would be deleted" if dry_run
+                 else f"lifecycle: {count} manifest(s) deleted")
+    return lines
+
+
+async def lifecycle_forever(
+    storage: Storage, settings: LifecycleSettings, on_result: Callable[[list[Expiry]], None] | None = None
+) -> None:
+    while True:
+        await asyncio.sleep(settings.interval_seconds)
+        try:
+            expired = await asyncio.to_thread(apply_lifecycle, storage, settings)
+            if on_result is not None:
+                on_result(expired)
+        except Exception:
+            log.exception("applying lifecycle rules failed; retrying in %.0f s", settings.interval_seconds)

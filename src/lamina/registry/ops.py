@@ -1,0 +1,116 @@
+"""Operations settings and their wiring into the app: auth, immutable tags, GC, lifecycle, metrics, console.
+
+Kept apart from the core settings so the core's ``RegistryConfig`` grows by one field (``ops``) and
+``create_app`` by one call (:func:`install`). Keys (top level of the config file): ``auth``,
+``immutable_tags``, ``gc``, ``lifecycle``, ``access_log``, ``metrics``, ``console``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError
+from .gc import GcSettings, parse_gc
+from .immutability import ImmutableTagRule, parse_immutable_tags
+from .lifecycle import LifecycleSettings, parse_lifecycle
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from lamina.store.sweep import SweepResult
+
+    from .auth.config import AuthConfig
+    from .config import RegistryConfig
+    from .lifecycle import Expiry
+
+__all__ = ["OPS_KEYS", "OpsSettings", "install", "parse_ops_setting"]
+
+OPS_KEYS = ("auth", "immutable_tags", "gc", "lifecycle", "access_log", "metrics", "console")
+
+
+@dataclass(frozen=True, slots=True)
+class OpsSettings:
+    auth: AuthConfig | None = None
+    immutable_tags: tuple[ImmutableTagRule, ...] = ()
+    gc: GcSettings = field(default_factory=GcSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    access_log: bool = False
+    metrics: bool = True
+    console: bool = True
+
+
+def parse_ops_setting(ops: OpsSettings, key: str, value: Any) -> OpsSettings:
+    """``ops`` with one file setting applied; ConfigError naming the key."""
+    if key == "auth":
+        from .auth.config import parse_auth
+
+        return dataclasses.replace(ops, auth=parse_auth(value))
+    if key == "immutable_tags":
+        return dataclasses.replace(ops, immutable_tags=parse_immutable_tags(value))
+    if key == "gc":
+        return dataclasses.replace(ops, gc=parse_gc(value))
+    if key == "lifecycle":
+        return dataclasses.replace(ops, lifecycle=parse_lifecycle(value))
+    if key in ("access_log", "metrics", "console"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return dataclasses.replace(ops, **{key: value})
+    raise ConfigError(f"unknown setting {key!r}")
+
+
+def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> None:
+    """Add the ops middlewares, routes and background jobs to a not-yet-started app."""
+    from .auth import AUTH, AuthService
+    from .auth.middleware import auth_middleware, token_endpoint
+    from .metrics import METRICS, Metrics, healthz, metrics_handler, metrics_middleware
+    from .services import STORAGE
+
+    app[METRICS] = Metrics(config.root.absolute() / "run" / "metrics")
+    app.middlewares.insert(0, metrics_middleware(ops.access_log))
+    if ops.auth is not None:
+        app[AUTH] = AuthService(ops.auth, config.root.absolute())
+        app.middlewares.append(auth_middleware)
+        app.router.add_get("/token", token_endpoint, allow_head=False)
+        app.router.add_post("/token", token_endpoint)
+    app.router.add_get("/healthz", healthz)
+    if ops.metrics:
+        app.router.add_get("/metrics", metrics_handler, allow_head=False)
+    if ops.console:
+        from .console import add_console_routes
+
+        add_console_routes(app)
+    if config.run_janitor and (ops.gc.interval_seconds > 0 or ops.lifecycle.interval_seconds > 0):
+
+        async def background(app: web.Application) -> AsyncIterator[None]:
+            from .gc import gc_forever
+            from .lifecycle import lifecycle_forever
+
+            metrics = app[METRICS]
+
+            def gc_done(result: SweepResult) -> None:
+                metrics.inc("lamina_gc_runs_total")
+                metrics.inc("lamina_gc_bytes_freed_total", result.bytes_freed)
+                metrics.inc("lamina_gc_blobs_deleted_total", len(result.blobs))
+                metrics.flush(force=True)
+
+            def lifecycle_done(expired: list[Expiry]) -> None:
+                metrics.inc("lamina_lifecycle_manifests_expired_total", len(expired))
+                metrics.flush(force=True)
+
+            tasks = []
+            if ops.gc.interval_seconds > 0:
+                tasks.append(asyncio.create_task(gc_forever(app[STORAGE], ops.gc, gc_done)))
+            if ops.lifecycle.interval_seconds > 0 and ops.lifecycle.rules:
+                tasks.append(asyncio.create_task(lifecycle_forever(app[STORAGE], ops.lifecycle, lifecycle_done)))
+            yield
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        app.cleanup_ctx.append(background)
