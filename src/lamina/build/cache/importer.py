@@ -64,7 +64,8 @@ def read_cache_manifest(data: bytes, media_type: str) -> CacheManifest:
 
 
 def inline_config(image_config: bytes, layers: tuple[Descriptor, ...]) -> tuple[bytes, tuple[Descriptor, ...]]:
-    """The cacheconfig embedded in an image config, and the layers annotated with the config's diffIDs."""
+    """The cacheconfig embedded in an image config, and the layers annotated with the config's diffIDs
+    and history times (what a cache manifest's ``containerd.io/uncompressed`` / ``buildkit/createdat`` say)."""
     try:
         doc = json.loads(image_config)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -78,11 +79,15 @@ def inline_config(image_config: bytes, layers: tuple[Descriptor, ...]) -> tuple[
     diff_ids = (doc.get("rootfs") or {}).get("diff_ids") or []
     if len(diff_ids) != len(layers):
         raise FormatError(f"image config lists {len(diff_ids)} diff_ids for {len(layers)} layers")
-    annotated = tuple(
-        Descriptor(d.media_type, d.digest, d.size, annotations={**(d.annotations or {}), UNCOMPRESSED_ANNOTATION: i})
-        for d, i in zip(layers, diff_ids, strict=True)
-    )
-    return raw, annotated
+    history = [h for h in doc.get("history") or [] if isinstance(h, dict) and not h.get("empty_layer")]
+    times = [h.get("created") for h in history] if len(history) == len(layers) else [None] * len(layers)
+    annotated = []
+    for desc, diff_id, created in zip(layers, diff_ids, times, strict=True):
+        notes = {**(desc.annotations or {}), UNCOMPRESSED_ANNOTATION: diff_id}
+        if isinstance(created, str):  # the layer times the image was built with: the same image again
+            notes[CREATED_ANNOTATION] = created
+        annotated.append(Descriptor(desc.media_type, desc.digest, desc.size, annotations=notes))
+    return raw, tuple(annotated)
 
 
 class ImportedCache:
