@@ -63,6 +63,9 @@ class _Unpacker:
     def __init__(self, root: str) -> None:
         self.root = root
         self._dirs_ok: set[str] = {""}
+        # Everything this unpack created: the destination starts empty, so nothing else can exist,
+        # which saves an lstat per entry on the common path.
+        self._seen: set[str] = set()
         self._dir_meta: dict[str, tarfile.TarInfo] = {}  # applied last; dropped if the dir is replaced
 
     def _abs(self, rel: str) -> str:
@@ -80,9 +83,12 @@ class _Unpacker:
                 continue
             path = self._abs(prefix)
             try:
+                if prefix not in self._seen:
+                    raise FileNotFoundError(path)
                 st = os.lstat(path)
             except FileNotFoundError:
                 os.mkdir(path, 0o755)
+                self._seen.add(prefix)
             else:
                 if stat.S_ISLNK(st.st_mode):
                     raise LayerError(f"unsafe layer entry {entry!r}: its parent {prefix!r} is a symlink")
@@ -92,6 +98,8 @@ class _Unpacker:
 
     def _clear(self, rel: str, keep_dir: bool) -> None:
         """Remove what a later entry replaces (tar semantics: the last entry for a name wins)."""
+        if rel not in self._seen:
+            return
         path = self._abs(rel)
         try:
             st = os.lstat(path)
@@ -121,19 +129,23 @@ class _Unpacker:
             target = rel[: len(rel) - len(base)] + base[len(WHITEOUT_PREFIX) :]
             if base[len(WHITEOUT_PREFIX) :] in ("", ".", ".."):
                 raise LayerError(f"invalid layer entry {entry!r}: whiteout without a name")
-            if not os.path.lexists(self._abs(target)):  # a whiteout never hides its own layer's file
-                os.mknod(self._abs(target), stat.S_IFCHR | 0o000, os.makedev(0, 0))
+            if target not in self._seen or not os.path.lexists(self._abs(target)):
+                os.mknod(self._abs(target), stat.S_IFCHR | 0o000, os.makedev(0, 0))  # never hides its own layer
+                self._seen.add(target)
             return
         path = self._abs(rel)
         if info.isdir():
-            self._clear(rel, keep_dir=True)
-            if not os.path.isdir(path):
+            if rel in self._seen:
+                self._clear(rel, keep_dir=True)
+            if rel not in self._seen or not os.path.isdir(path):
                 os.mkdir(path, 0o700)
+            self._seen.add(rel)
             self._dirs_ok.add(rel)
             self._dir_meta.pop(rel, None)  # keep the order of the last entry for this dir
             self._dir_meta[rel] = info
             return
         self._clear(rel, keep_dir=False)
+        self._seen.add(rel)
         if info.isreg():
             self._regular(path, info, tar)
         elif info.issym():

@@ -1,16 +1,17 @@
 """A streaming tar reader over chunks, for unpacking layers fast (POSIX.1-2001 pax, ustar, GNU names).
 
-``tarfile``'s stream mode copies every byte through several Python-level buffers; a layer unpack
-is on the critical path of a cache-miss build, so file contents here go straight from the decoded
-chunk to ``os.write`` through memoryviews. Header fields are still decoded by
-``tarfile.TarInfo.frombuf`` (checksums, base-256 numbers, the ustar prefix); pax records
-(path, linkpath, size, uid, gid, mtime, SCHILY.xattr.*) and GNU long names/links are applied here.
+``tarfile``'s stream mode copies every byte through several Python-level buffers and decodes headers
+field by field; a layer unpack is on the critical path of a cache-miss build, so here file contents
+go straight from the decoded chunk to ``os.write`` through memoryviews and a header is one
+``struct.unpack`` (checksum, octal and base-256 numbers, the ustar prefix, V7 directories). pax
+records (path, linkpath, size, uid, gid, mtime, SCHILY.xattr.*) and GNU long names/links are applied.
 GNU sparse files are refused: no image builder writes them into layers.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import tarfile
 from collections.abc import Iterator
 
@@ -74,6 +75,52 @@ class _Chunks:
 
     def at_end(self) -> bool:
         return self._pos >= len(self._view) and not self._next()
+
+
+# ustar / GNU header layout (POSIX.1-1988 "ustar Interchange Format"); the last 12 bytes are padding.
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+_USTAR = b"ustar\x00"
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    if field and field[0] & 0x80:
+        return tarfile.nti(field)  # GNU base-256 for large values
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise TarFormatError(f"invalid number {field!r} in tar header") from None
+
+
+def _parse_header(block: bytes) -> tarfile.TarInfo:
+    """Decode one header block; the same result as ``TarInfo.frombuf``, at a fraction of its cost."""
+    (name, mode, uid, gid, size, mtime, chksum, kind, linkname, magic, _version, uname, gname, major, minor, prefix) = (
+        _HEADER.unpack(block)
+    )
+    stored = _number(chksum)
+    if stored != sum(block[:148]) + sum(block[156:]) + 256 and stored not in tarfile.calc_chksums(block):
+        raise TarFormatError("invalid tar header: bad checksum")
+    info = tarfile.TarInfo(_text(name))
+    info.mode = _number(mode)
+    info.uid = _number(uid)
+    info.gid = _number(gid)
+    info.size = _number(size)
+    info.mtime = _number(mtime)
+    info.type = kind
+    info.linkname = _text(linkname)
+    info.uname = _text(uname)
+    info.gname = _text(gname)
+    info.devmajor = _number(major)
+    info.devminor = _number(minor)
+    if kind == tarfile.AREGTYPE and info.name.endswith("/"):
+        info.type = tarfile.DIRTYPE  # old V7 tars mark directories only by the slash
+    if magic == _USTAR and prefix[0] and kind not in tarfile.GNU_TYPES:
+        info.name = _text(prefix) + "/" + info.name
+    return info
 
 
 def _parse_pax(data: bytes, entry: str) -> dict[str, str]:
@@ -159,10 +206,7 @@ class TarReader:
             block = self._read_block()
             if block == bytes(_BLOCK):
                 return None  # end of archive (the second zero block and padding are drained by the caller)
-            try:
-                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-            except tarfile.HeaderError as exc:
-                raise TarFormatError(f"invalid tar header: {exc}") from None
+            info = _parse_header(block)
             if info.type == tarfile.XHDTYPE:
                 records.update(_parse_pax(self._payload(info), info.name))
             elif info.type == tarfile.XGLTYPE:
@@ -181,6 +225,8 @@ class TarReader:
         if long_link is not None:
             info.linkname = long_link
         _apply_pax(info, records)
+        if info.type == tarfile.DIRTYPE and len(info.name) > 1:
+            info.name = info.name.rstrip("/")
         if not info.isreg() and info.type in tarfile.SUPPORTED_TYPES:
             info.size = 0  # like tarfile: only regular files (and unknown types) carry data
         self._pending = info.size + (-info.size % _BLOCK)
