@@ -15,7 +15,7 @@ import time
 from aiohttp import web
 
 from lamina.oci import Digest
-from lamina.store import ManifestRecord, MetadataStore, MissingReference
+from lamina.store import ManifestRecord, MetadataStore, MissingReference, TagImmutable
 
 from ..errors import ErrorCode, RegistryError
 from ..services import Offloader
@@ -113,6 +113,8 @@ async def put(request: web.Request) -> web.Response:
         await offload(request).run(storage(request).metadata.put_manifest, record, checked.references, checked.tag)
     except MissingReference as exc:
         raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, str(exc), detail={"digest": str(exc.digest)}) from None
+    except TagImmutable as exc:
+        raise RegistryError(ErrorCode.DENIED, str(exc), detail={"tag": checked.tag}) from None
     headers = {
         "Location": f"/v2/{name}/manifests/{record.digest}",
         "Docker-Content-Digest": str(record.digest),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from lamina.oci import Digest, is_valid_name
-from lamina.store import Storage, UploadConflict, UploadSession, UploadUnknown
+from lamina.store import BlobUnknown, Storage, UploadConflict, UploadSession, UploadUnknown
 
 from ..errors import ErrorCode, RegistryError
 from ._common import digest_param, offload, storage
@@ -91,7 +91,10 @@ async def _try_mount(request: web.Request, name: str, digest: Digest, source: st
         size = store.metadata.linked_blob_size(holders[0], digest) if holders else None
     if size is None or store.blobs.size(digest) is None:
         return False
-    await offload(request).run(store.metadata.link_blob, name, digest, size)
+    try:
+        await offload(request).run(store.metadata.link_blob, name, digest, size, _present(store, digest))
+    except BlobUnknown:  # garbage-collected since the check: upload it instead
+        return False
     return True
 
 
@@ -162,11 +165,22 @@ async def _commit(request: web.Request, name: str, session_id: str, digest: Dige
         raise _gone(session_id, exc) from None
     except ValueError as exc:
         raise RegistryError(ErrorCode.DIGEST_INVALID, str(exc), detail={"digest": str(digest)}) from None
-    await offload(request).run(_link_and_close, store, name, digest, size, session_id)
+    try:
+        await offload(request).run(_link_and_close, store, name, digest, size, session_id)
+    except BlobUnknown:
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_INVALID,
+            f"blob {digest} was garbage-collected before it could be linked into {name}; upload it again",
+        ) from None
+
+
+def _present(store: Storage, digest: Digest) -> Callable[[], bool]:
+    """For ``link_blob``: checked under the metadata write lock, the one GC sweeps files under."""
+    return lambda: store.blobs.size(digest) is not None
 
 
 def _link_and_close(store: Storage, name: str, digest: Digest, size: int, session_id: str) -> None:
-    store.metadata.link_blob(name, digest, size)
+    store.metadata.link_blob(name, digest, size, _present(store, digest))
     store.metadata.delete_upload(session_id)
 
 
