@@ -30,6 +30,7 @@ from lamina.store import Storage
 from lamina.store.sweep import SweepResult, sweep
 
 from .config import ConfigError
+from .services import Offloader
 
 __all__ = ["GcBusy", "GcSettings", "format_report", "gc_forever", "parse_gc", "run_gc"]
 
@@ -116,13 +117,20 @@ def format_report(result: SweepResult, *, dry_run: bool) -> list[str]:
 
 
 async def gc_forever(
-    storage: Storage, settings: GcSettings, on_result: Callable[[SweepResult], None] | None = None
+    storage: Storage,
+    settings: GcSettings,
+    offload: Offloader,
+    stop: asyncio.Event,
+    on_result: Callable[[SweepResult], None] | None = None,
 ) -> None:
-    """The background schedule (one worker runs it); a busy lock just skips a round."""
-    while True:
-        await asyncio.sleep(settings.interval_seconds)
+    """The background schedule (one worker runs it) until ``stop``; a busy lock just skips a round."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.interval_seconds)
+        if stop.is_set():
+            return
         try:
-            result = await asyncio.to_thread(run_gc, storage, settings)
+            result = await offload.run(run_gc, storage, settings)
             if on_result is not None:
                 on_result(result)
             if result.blobs or result.untagged or result.links:

@@ -21,6 +21,7 @@ since the rules were evaluated (one transaction per manifest); the blobs go at t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from lamina.store.inventory import ManifestInfo, delete_manifest_if_unchanged, l
 
 from .config import ConfigError
 from .globs import matches_any
+from .services import Offloader
 
 __all__ = [
     "Expiry",
@@ -214,12 +216,20 @@ def format_expiries(expiries: Sequence[Expiry], *, dry_run: bool) -> list[str]:
 
 
 async def lifecycle_forever(
-    storage: Storage, settings: LifecycleSettings, on_result: Callable[[list[Expiry]], None] | None = None
+    storage: Storage,
+    settings: LifecycleSettings,
+    offload: Offloader,
+    stop: asyncio.Event,
+    on_result: Callable[[list[Expiry]], None] | None = None,
 ) -> None:
-    while True:
-        await asyncio.sleep(settings.interval_seconds)
+    """The background schedule (one worker runs it) until ``stop``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.interval_seconds)
+        if stop.is_set():
+            return
         try:
-            expired = await asyncio.to_thread(apply_lifecycle, storage, settings)
+            expired = await offload.run(apply_lifecycle, storage, settings)
             if on_result is not None:
                 on_result(expired)
         except Exception:

@@ -24,7 +24,7 @@ from aiohttp import web
 from lamina.store import Storage
 from lamina.store.inventory import storage_totals
 
-__all__ = ["METRICS", "Metrics", "healthz", "metrics_handler", "metrics_middleware"]
+__all__ = ["METRICS", "Metrics", "healthz", "metrics_handler", "response_hook", "timing_middleware"]
 
 access_log = logging.getLogger("lamina.registry.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -130,21 +130,16 @@ def render(counters: dict[Key, float], gauges: dict[str, float]) -> str:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    import asyncio
+    from .services import OFFLOAD, STORAGE
 
-    from .services import STORAGE
-
-    gauges = await asyncio.to_thread(_storage_gauges, request.app[STORAGE])
+    gauges = await request.app[OFFLOAD].run(_storage_gauges, request.app[STORAGE])
     text = render(request.app[METRICS].merged(), gauges)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def healthz(request: web.Request) -> web.Response:
     """200 when the metadata database answers and the blob directory is there; 503 otherwise."""
-    import asyncio
-
-    from .services import STORAGE
+    from .services import OFFLOAD, STORAGE
 
     storage = request.app[STORAGE]
 
@@ -161,7 +156,7 @@ async def healthz(request: web.Request) -> web.Response:
             return f"blob directory {storage.paths.blobs} is missing"
         return None
 
-    problem = await asyncio.to_thread(probe)
+    problem = await request.app[OFFLOAD].run(probe)
     if problem:
         return web.json_response({"status": "unhealthy", "problem": problem}, status=503)
     return web.json_response({"status": "ok"})
@@ -179,51 +174,53 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def metrics_middleware(with_access_log: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.monotonic()
-        status = 500
-        response: web.StreamResponse | None = None
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            elapsed = time.monotonic() - started
-            route = _route(request)
-            metrics = request.app.get(METRICS)
-            bytes_in = request.content.total_bytes if request.body_exists else 0
-            bytes_out = 0
-            if response is not None and request.method != "HEAD":
-                bytes_out = max(response.body_length, response.content_length or 0)
-            if metrics is not None:
-                metrics.inc("lamina_http_requests_total", route=route, method=request.method, status=str(status))
-                metrics.inc("lamina_http_request_bytes_total", bytes_in, route=route)
-                metrics.inc("lamina_http_response_bytes_total", bytes_out, route=route)
-                metrics.inc("lamina_http_request_duration_seconds_total", elapsed, route=route)
-                if route.endswith("/blobs/uploads/") and request.method == "POST" and status == 202:
-                    metrics.inc("lamina_upload_sessions_started_total")
-                metrics.flush()
-            if with_access_log:
-                from .auth.middleware import IDENTITY
+STARTED = web.RequestKey("started", float)
 
-                identity = request.get(IDENTITY)
-                access_log.info(json.dumps({
-                    "time": _timestamp(),
-                    "remote": request.remote,
-                    "method": request.method,
-                    "path": request.path,
-                    "route": route,
-                    "status": status,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "user": getattr(identity, "user", None),
-                    "user_agent": request.headers.get("User-Agent"),
-                }, separators=(",", ":")))
 
-    return middleware
+@web.middleware
+async def timing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Stamp the start; the response hook below does the counting once status and length are known."""
+    request[STARTED] = time.monotonic()
+    return await handler(request)
+
+
+def response_hook(with_access_log: bool) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An ``on_response_prepare`` hook: counts the request and writes its access-log line.
+
+    Why at prepare time: a blob GET returns a file response whose length is only known when aiohttp
+    prepares it, after every middleware has returned. The duration is therefore time to first byte."""
+
+    async def hook(request: web.Request, response: web.StreamResponse) -> None:
+        elapsed = time.monotonic() - request.get(STARTED, time.monotonic())
+        route = _route(request)
+        status = response.status
+        bytes_in = request.content.total_bytes if request.body_exists else 0
+        bytes_out = (response.content_length or 0) if request.method != "HEAD" else 0
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.inc("lamina_http_requests_total", route=route, method=request.method, status=str(status))
+            metrics.inc("lamina_http_request_bytes_total", bytes_in, route=route)
+            metrics.inc("lamina_http_response_bytes_total", bytes_out, route=route)
+            metrics.inc("lamina_http_request_duration_seconds_total", elapsed, route=route)
+            if route.endswith("/blobs/uploads/") and request.method == "POST" and status == 202:
+                metrics.inc("lamina_upload_sessions_started_total")
+            metrics.flush()
+        if with_access_log:
+            from .auth.middleware import IDENTITY
+
+            identity = request.get(IDENTITY)
+            access_log.info(json.dumps({
+                "time": _timestamp(),
+                "remote": request.remote,
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": status,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "duration_ms": round(elapsed * 1000, 3),
+                "user": getattr(identity, "user", None),
+                "user_agent": request.headers.get("User-Agent"),
+            }, separators=(",", ":")))
+
+    return hook

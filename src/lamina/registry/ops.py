@@ -8,7 +8,6 @@ Kept apart from the core settings so the core's ``RegistryConfig`` grows by one 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -67,11 +66,12 @@ def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> N
     """Add the ops middlewares, routes and background jobs to a not-yet-started app."""
     from .auth import AUTH, AuthService
     from .auth.middleware import auth_middleware, token_endpoint
-    from .metrics import METRICS, Metrics, healthz, metrics_handler, metrics_middleware
-    from .services import STORAGE
+    from .metrics import METRICS, Metrics, healthz, metrics_handler, response_hook, timing_middleware
+    from .services import OFFLOAD, STORAGE
 
     app[METRICS] = Metrics(config.root.absolute() / "run" / "metrics")
-    app.middlewares.insert(0, metrics_middleware(ops.access_log))
+    app.middlewares.insert(0, timing_middleware)
+    app.on_response_prepare.append(response_hook(ops.access_log))
     if ops.auth is not None:
         app[AUTH] = AuthService(ops.auth, config.root.absolute())
         app.middlewares.append(auth_middleware)
@@ -102,15 +102,17 @@ def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> N
                 metrics.inc("lamina_lifecycle_manifests_expired_total", len(expired))
                 metrics.flush(force=True)
 
+            stop = asyncio.Event()
+            storage, offload = app[STORAGE], app[OFFLOAD]
             tasks = []
             if ops.gc.interval_seconds > 0:
-                tasks.append(asyncio.create_task(gc_forever(app[STORAGE], ops.gc, gc_done)))
+                tasks.append(asyncio.create_task(gc_forever(storage, ops.gc, offload, stop, gc_done)))
             if ops.lifecycle.interval_seconds > 0 and ops.lifecycle.rules:
-                tasks.append(asyncio.create_task(lifecycle_forever(app[STORAGE], ops.lifecycle, lifecycle_done)))
+                job = lifecycle_forever(storage, ops.lifecycle, offload, stop, lifecycle_done)
+                tasks.append(asyncio.create_task(job))
             yield
+            stop.set()  # a running pass finishes (the storage closes after this context)
             for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await task
 
         app.cleanup_ctx.append(background)

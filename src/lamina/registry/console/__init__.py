@@ -8,7 +8,6 @@ are read from stored content (config blobs are small and read with a size cap).
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from lamina.store.inventory import ManifestInfo, list_manifests, list_repositori
 from ..auth import AUTH
 from ..auth.middleware import identify_request
 from ..auth.service import AuthFailure, Identity
-from ..services import STORAGE
+from ..services import OFFLOAD, STORAGE
 from . import pages
 
 __all__ = ["add_console_routes"]
@@ -68,7 +67,7 @@ async def repositories(request: web.Request) -> web.Response:
     identity = await _viewer(request)
     if isinstance(identity, web.Response):
         return identity
-    repos = await asyncio.to_thread(list_repositories, request.app[STORAGE].paths)
+    repos = await request.app[OFFLOAD].run(list_repositories, request.app[STORAGE].paths)
     visible = [r for r in repos if _may_pull(request, identity, r.name)]
     return _html(pages.repositories_page(visible, identity.user))
 
@@ -130,7 +129,7 @@ async def repository(request: web.Request) -> web.Response:
             platforms[info.digest] = _platform_of(storage, info, record.content if record else None)
         return infos, platforms
 
-    infos, platforms = await asyncio.to_thread(load)
+    infos, platforms = await request.app[OFFLOAD].run(load)
     return _html(pages.repository_page(name, infos, platforms, identity.user))
 
 
@@ -185,7 +184,7 @@ async def manifest_detail(request: web.Request) -> web.Response:
         parse_digest(digest)
     except ValueError:
         return _html(pages.error_page(404, f"invalid digest {digest}", identity.user), 404)
-    detail = await asyncio.to_thread(_detail, request.app[STORAGE], name, digest)
+    detail = await request.app[OFFLOAD].run(_detail, request.app[STORAGE], name, digest)
     if detail is None:
         return _html(pages.error_page(404, f"no manifest {digest} in {name}", identity.user), 404)
     return _html(pages.detail_page(name, detail, identity.user))

@@ -1,0 +1,103 @@
+"""``lamina registry gc`` and ``lamina registry lifecycle``: the offline entry points of ops jobs.
+
+Both run against a root a server may be using at the same time (that is the point of online GC): they
+open the storage the same way a worker does and take the same locks and transactions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+__all__ = ["add_ops_commands"]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", metavar="DIR",
+                        help="data directory (default $LAMINA_REGISTRY_ROOT, else ./lamina-data)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="settings file (TOML, or YAML if *.yaml/*.yml)")
+    parser.add_argument("--dry-run", action="store_true", help="report what would be removed and remove nothing")
+
+
+def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    gc = sub.add_parser("gc", help="delete unreferenced blobs (and untagged manifests if configured)",
+                        description="Garbage-collect a registry root, safely while the server runs.")
+    _common(gc)
+    gc.add_argument("--grace", type=float, metavar="SECONDS",
+                    help="keep blobs and manifests newer than this (default: gc.grace_seconds, 3600)")
+    gc.add_argument("--delete-untagged", action="store_true", default=None,
+                    help="also delete untagged manifests (default: gc.delete_untagged)")
+    gc.set_defaults(func=gc_command)
+    lifecycle = sub.add_parser("lifecycle", help="apply the lifecycle (retention) rules of the config",
+                               description="Expire manifests by the [lifecycle] rules; blobs go at the next gc.")
+    _common(lifecycle)
+    lifecycle.set_defaults(func=lifecycle_command)
+
+
+def _fail(message: str) -> int:
+    print(f"lamina registry: {message}", file=sys.stderr)
+    return 2
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    from lamina.store import StoreError, open_storage
+
+    from .gc import GcBusy, format_report, run_gc
+
+    try:
+        config = load_config(args.config, {"root": args.root})
+    except ConfigError as exc:
+        return _fail(str(exc))
+    settings = config.ops.gc
+    if args.grace is not None:
+        if args.grace < 0:
+            return _fail(f"--grace: expected seconds >= 0, got {args.grace}")
+        settings = dataclasses.replace(settings, grace_seconds=args.grace)
+    if args.delete_untagged:
+        settings = dataclasses.replace(settings, delete_untagged=True)
+    if not config.root.is_dir():
+        return _fail(f"root {config.root} does not exist")
+    try:
+        storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
+        try:
+            result = run_gc(storage, settings, dry_run=args.dry_run)
+        finally:
+            storage.close()
+    except GcBusy as exc:
+        print(f"lamina registry: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        return _fail(str(exc))
+    for line in format_report(result, dry_run=args.dry_run):
+        print(line)
+    return 0
+
+
+def lifecycle_command(args: argparse.Namespace) -> int:
+    from lamina.store import StoreError, open_storage
+
+    from .lifecycle import apply_lifecycle, format_expiries
+
+    try:
+        config = load_config(args.config, {"root": args.root})
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if not config.ops.lifecycle.rules:
+        return _fail("no [[lifecycle.rules]] in the config: nothing to apply")
+    if not config.root.is_dir():
+        return _fail(f"root {config.root} does not exist")
+    try:
+        storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
+        try:
+            expired = apply_lifecycle(storage, config.ops.lifecycle, dry_run=args.dry_run)
+        finally:
+            storage.close()
+    except StoreError as exc:
+        return _fail(str(exc))
+    for line in format_expiries(expired, dry_run=args.dry_run):
+        print(line)
+    return 0
