@@ -20,6 +20,7 @@ from typing import Any
 
 from lamina.build import cachekey
 from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter, LayerRef, MissExplainer
+from lamina.build.demand import Demand
 from lamina.build.execution import Executor
 from lamina.build.imageconfig import StepOutcome, build_image_config
 from lamina.build.images import ImageSource, SourceImage
@@ -111,13 +112,21 @@ class Solver:
         self._tasks: dict[int, asyncio.Task[StageResult]] = {}
         self._vertex = 0
         self.reports: list[StepReport] = []
+        self.demand = Demand(
+            graph, images, lambda step: executor.context_checksum(context_dir, step),
+            lambda key: self._lookup(key) is not None, no_cache=options.no_cache,
+        )
         self._bad_blobs: set[Digest] = set()  # cached blobs found unreadable during this build
         self._base_blobs: set[Digest] = set()  # base image layers: no cache to fall back from
 
     async def solve(self) -> StageResult:
         """Solve the target stage (and, concurrently, every stage it needs)."""
-        for stage in self.graph.stages:
-            self._task(stage.index)
+        try:
+            needed = await self.demand.needed()  # a COPY --from that hits needs only its source's key
+        except Exception:
+            needed = {stage.index for stage in self.graph.stages}  # solving reports the error with its line
+        for index in sorted(needed):
+            self._task(index)
         try:
             return await self._task(self.graph.target)
         finally:
@@ -218,14 +227,12 @@ class Solver:
 
     async def _source_for_copy(self, stage: Stage, step: CopyStep) -> tuple[dict[str, Any], Any]:
         """The key inputs and the source description of a COPY: context, earlier stage or image."""
-        if step.from_stage is not None:
-            source = await self._task(step.from_stage)
-            return {"source_stage": source.key}, source
+        if step.from_stage is not None:  # the key only: the stage's result is awaited if this step executes
+            return await self.demand.copy_inputs(stage.index, step), None
         if step.from_image is not None:
             image = await self.images.resolve(step.from_image, stage.platform)
             return {"source_image": image.manifest_digest}, image
-        content = await asyncio.to_thread(self.executor.context_checksum, self.context_dir, step)
-        return {"content": content}, None
+        return {"content": await self.demand.checksum(step)}, None
 
     async def _solve_step(
         self,
@@ -264,6 +271,8 @@ class Solver:
         reason = self._explain(slot, inputs, upstream)
         if reason:
             self.progress.miss(vertex, reason)
+        if isinstance(step, CopyStep) and step.from_stage is not None:
+            source = await self._task(step.from_stage)  # raises BuildError if that stage failed
         try:
             layer = await self._execute(stage, step, layers, source, vertex)
         except _Unavailable as exc:

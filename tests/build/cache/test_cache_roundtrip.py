@@ -114,8 +114,8 @@ def test_multi_stage_min_versus_max(registry: RegistryProcess, base: str, tmp_pa
         final = [name for name in status if "ran-final" in name]
         assert status[final[0]] == f"CACHED ({cache})"
         assert not ran(text, "ran-final")
-        if mode == "max":
-            assert not ran(text, "ran-builder-one") and not ran(text, "ran-builder-two"), text
+        # the COPY --from hits, so the builder stage is not solved at all, even with mode=min (as in BuildKit)
+        assert not ran(text, "ran-builder-one") and not ran(text, "ran-builder-two"), text
     assert (summaries["min"].layers, summaries["max"].layers) == (3, 5)  # base+copy+run vs every step
 
 
