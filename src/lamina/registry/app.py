@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from lamina.oci import is_valid_name
-from lamina.store import open_storage
+from lamina.store import BlobUnknown, UploadUnknown, open_storage
 
 from .config import RegistryConfig
 from .errors import ErrorCode, RegistryError, error_response
@@ -79,7 +79,11 @@ async def spec_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPNotFound:
         error = RegistryError(ErrorCode.NAME_UNKNOWN, f"no such endpoint: {request.path}", status=404)
         return error_response(error, head=head)
-    except web.HTTPException:
+    except BlobUnknown as exc:  # the bytes went away between the check and the read (delete, GC)
+        return error_response(RegistryError(ErrorCode.BLOB_UNKNOWN, str(exc)), head=head)
+    except UploadUnknown as exc:
+        return error_response(RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, str(exc)), head=head)
+    except (web.HTTPException, ConnectionResetError):  # aiohttp's own answers; a client that went away
         raise
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path_qs)
