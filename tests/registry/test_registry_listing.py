@@ -179,3 +179,24 @@ async def test_legacy_cache_rejected_by_policy(make_client) -> None:  # type: ig
     ok = await client.put("/v2/app/manifests/cache", data=json.dumps(good).encode(),
                           headers={"Content-Type": mt.OCI_MANIFEST})
     assert ok.status == 201
+
+
+async def test_legacy_cache_children_survive_garbage_collection(client: Client) -> None:
+    """Accepted legacy caches record their blob children as references: a sweep keeps them."""
+    import time
+
+    from lamina.store.sweep import sweep
+
+    template = json.loads((REFERENCE / "cache-manifest.legacy-oci-index.json").read_text())
+    doc = await _buildkit_blobs(client, "app", template)
+    body = json.dumps(doc).encode()
+    pushed = await client.put("/v2/app/manifests/cache", data=body, headers={"Content-Type": mt.OCI_INDEX})
+    assert pushed.status == 201
+    stray = await push_blob(client, "app", b"referenced by nothing")
+    storage = client.server.app[STORAGE]
+    result = sweep(storage.paths, list(storage.blobs.iter_digests()), grace_seconds=0, now=time.time() + 60)
+    assert [digest for digest, _ in result.blobs] == [stray]
+    for child in doc["manifests"]:
+        got = await client.get(f"/v2/app/blobs/{child['digest']}")
+        assert got.status == 200 and sha256(await got.read()) == child["digest"]
+    assert (await client.head(f"/v2/app/blobs/{stray}")).status == 404
