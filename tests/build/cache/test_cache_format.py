@@ -57,7 +57,8 @@ def test_image_manifest_form_has_buildkits_shape() -> None:
     assert export is not None
     doc = json.loads(export.manifest_bytes)
     reference = json.loads((REFERENCE / "cache-manifest.image-manifest-true.json").read_text())
-    assert list(doc) == list(reference)  # schemaVersion, mediaType, config, layers; no artifactType
+    # BuildKit's fields in BuildKit's order (no artifactType), then lamina's one annotation (input fingerprints)
+    assert list(doc) == [*reference, "annotations"] and list(doc["annotations"]) == ["dev.lamina.cache.inputs"]
     assert doc["mediaType"] == mt.OCI_MANIFEST and export.manifest_media_type == mt.OCI_MANIFEST
     assert doc["config"] == {"mediaType": mt.BUILDKIT_CACHE_CONFIG, "digest": str(digest_of(export.config_bytes)),
                              "size": len(export.config_bytes)}
@@ -129,7 +130,7 @@ def test_legacy_index_form(oci: bool, index_type: str, layer_type: str) -> None:
     doc = json.loads(export.manifest_bytes)
     name = "legacy-oci-index" if oci else "legacy-docker-list"
     reference = json.loads((REFERENCE / f"cache-manifest.{name}.json").read_text())
-    assert list(doc) == list(reference) and doc["mediaType"] == index_type == reference["mediaType"]
+    assert list(doc) == [*reference, "annotations"] and doc["mediaType"] == index_type == reference["mediaType"]
     assert [m["mediaType"] for m in doc["manifests"]] == [layer_type] * 3 + [mt.BUILDKIT_CACHE_CONFIG]
     assert {m["mediaType"] for m in reference["manifests"][:-1]} == {layer_type}
     parsed = read_cache_manifest(export.manifest_bytes, export.manifest_media_type)
@@ -192,3 +193,24 @@ def test_foreign_manifests_are_refused_and_a_big_config_imports() -> None:
     cache = ImportedCache("r/a:c", CacheConfig.parse(export.config_bytes), manifest.layers, "r/a")
     hit = cache.lookup(parent)
     assert hit is not None and len(hit.layers) == 11 and len(cache) == 6001
+
+
+def test_fingerprints_explain_a_miss_without_leaking_values() -> None:
+    from lamina.build import cachekey
+    from lamina.build.ops import RunStep
+
+    step = RunStep(argv=("/bin/sh", "-c", "make"), env=("TOKEN=s3cret", "MODE=fast"), user="", workdir="/")
+    graph = RecordGraph()
+    inputs = cachekey.run_inputs(step, BASE)
+    key = cachekey.key_of(inputs)
+    graph.add(key, inputs, CachedResult(key, (L0, L1), "2026-11-28T10:00:00Z"))
+    export = plan_export(graph, key, mode="min")
+    assert export is not None and b"s3cret" not in export.manifest_bytes
+    manifest = read_cache_manifest(export.manifest_bytes, mt.OCI_MANIFEST)
+    cache = ImportedCache("r/a:c", CacheConfig.parse(export.config_bytes), manifest.layers, "r/a",
+                          manifest.annotations)
+    changed = RunStep(argv=step.argv, env=("TOKEN=s3cret", "MODE=slow"), user="", workdir="/")
+    assert cache.explain(str(BASE), cachekey.run_inputs(changed, BASE)) == "env/arg MODE changed (vs r/a:c)"
+    other = RunStep(argv=("/bin/sh", "-c", "make all"), env=step.env, user="", workdir="/")
+    assert cache.explain(str(BASE), cachekey.run_inputs(other, BASE)) == "argv changed (vs r/a:c)"
+    assert cache.explain(str(S1), cachekey.run_inputs(other, S1)) is None  # nothing on that parent

@@ -11,7 +11,8 @@ its lazy result — and :func:`plan_export` turns it into a :class:`CacheExport`
   stays two entries; records point at the top layer of their chain with ``createdAt``.
 - the graph goes through :func:`lamina.oci.normalize` (sorted by digest), so an unchanged build
   re-exports a byte-identical config; the manifest lists each blob once, sorted by digest, annotated
-  with ``containerd.io/uncompressed`` (diffID) and ``buildkit/createdat``.
+  with ``containerd.io/uncompressed`` (diffID) and ``buildkit/createdat``; the manifest carries the
+  steps' input fingerprints (:mod:`lamina.build.cache.fingerprint`) for miss explanations.
 
 A build whose export would hold no layer gives ``None``: registries like ECR and GCR reject an
 image manifest with an empty ``layers`` array, so the caller skips the export with a message.
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lamina.build.cache.base import CachedResult, LayerRef
+from lamina.build.cache.fingerprint import INPUTS_ANNOTATION, fingerprint
+from lamina.build.cache.fingerprint import encode as encode_prints
 from lamina.oci import (
     CacheConfig,
     CacheInput,
@@ -178,7 +181,11 @@ def plan_export(
     config = normalize(CacheConfig(tuple(layers), tuple(records)))
     config_bytes = config.to_bytes()
     refs = tuple(_flavoured(blobs[d], oci_mediatypes) for d in sorted(blobs))
-    manifest, media_type = cache_manifest(config_bytes, refs, image_manifest=image_manifest, oci=oci_mediatypes)
+    prints = {key: fingerprint(graph.nodes[key].inputs) for key in order if key in graph.nodes}
+    annotations = {INPUTS_ANNOTATION: encode_prints(prints)} if prints else None
+    manifest, media_type = cache_manifest(
+        config_bytes, refs, image_manifest=image_manifest, oci=oci_mediatypes, annotations=annotations
+    )
     return CacheExport(config, config_bytes, refs, manifest, media_type)
 
 
@@ -198,14 +205,15 @@ def _layer_descriptor(ref: LayerRef) -> Descriptor:
 
 
 def cache_manifest(
-    config_bytes: bytes, layers: tuple[LayerRef, ...], *, image_manifest: bool, oci: bool
+    config_bytes: bytes, layers: tuple[LayerRef, ...], *, image_manifest: bool, oci: bool,
+    annotations: dict[str, str] | None = None,
 ) -> tuple[bytes, str]:
     """The manifest bytes and media type: an OCI image manifest whose config is the cacheconfig
     (``image-manifest=true``), or the legacy index listing the layer blobs and then the cacheconfig."""
     config = Descriptor(mt.BUILDKIT_CACHE_CONFIG, digest_of(config_bytes), len(config_bytes))
     descriptors = tuple(_layer_descriptor(ref) for ref in layers)
     if image_manifest:
-        return ImageManifest(mt.OCI_MANIFEST, config, descriptors).to_bytes(), mt.OCI_MANIFEST
+        return ImageManifest(mt.OCI_MANIFEST, config, descriptors, annotations=annotations).to_bytes(), mt.OCI_MANIFEST
     media_type = mt.OCI_INDEX if oci else mt.DOCKER_MANIFEST_LIST
-    index = ImageIndex(media_type, (*descriptors, config))
+    index = ImageIndex(media_type, (*descriptors, config), annotations=annotations)
     return canonical_json(index.dump()), media_type

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamina.build.cache.base import CachedResult, LayerRef
+from lamina.build.cache.fingerprint import INPUTS_ANNOTATION, Fingerprints
+from lamina.build.cache.fingerprint import decode as decode_prints
 from lamina.build.cache.graph import CREATED_ANNOTATION, UNCOMPRESSED_ANNOTATION, layer_media_type
 from lamina.oci import (
     CacheConfig,
@@ -44,6 +46,7 @@ class CacheManifest:
     form: str  # "image-manifest" | "legacy-index" | "inline"
     config: Descriptor  # the cacheconfig (or, inline, the image config that embeds it)
     layers: tuple[Descriptor, ...]
+    annotations: Mapping[str, str] | None = None
 
 
 def read_cache_manifest(data: bytes, media_type: str) -> CacheManifest:
@@ -54,10 +57,10 @@ def read_cache_manifest(data: bytes, media_type: str) -> CacheManifest:
         if len(configs) != 1:
             raise FormatError("an image index, not a build cache (no single cacheconfig entry)")
         layers = tuple(d for d in manifest.manifests if d.media_type != mt.BUILDKIT_CACHE_CONFIG)
-        return CacheManifest("legacy-index", configs[0], layers)
+        return CacheManifest("legacy-index", configs[0], layers, manifest.annotations)
     assert isinstance(manifest, ImageManifest)
     if manifest.config.media_type == mt.BUILDKIT_CACHE_CONFIG:
-        return CacheManifest("image-manifest", manifest.config, manifest.layers)
+        return CacheManifest("image-manifest", manifest.config, manifest.layers, manifest.annotations)
     if manifest.config.media_type in (mt.OCI_CONFIG, mt.DOCKER_CONFIG):
         return CacheManifest("inline", manifest.config, manifest.layers)
     raise FormatError(f"not a build cache: config media type {manifest.config.media_type}")
@@ -93,8 +96,12 @@ def inline_config(image_config: bytes, layers: tuple[Descriptor, ...]) -> tuple[
 class ImportedCache:
     """CacheImporter + MissExplainer over one resolved cacheconfig (``name`` = the ref, for CACHED (ref))."""
 
-    def __init__(self, name: str, config: CacheConfig, layers: tuple[Descriptor, ...], source: str | None) -> None:
+    def __init__(
+        self, name: str, config: CacheConfig, layers: tuple[Descriptor, ...], source: str | None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self._prints = Fingerprints(decode_prints((annotations or {}).get(INPUTS_ANNOTATION, "")))
         self.config = config
         self.source = source  # "host/repo" holding the blobs, or "oci-layout:/dir" for a local cache
         self._blobs: dict[Digest, LayerRef] = {}
@@ -137,7 +144,11 @@ class ImportedCache:
         return digest in self._blobs
 
     def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None:
-        """Structural only: the cache stores keys, not their inputs (the local index has the details)."""
+        """The first input that differs from the nearest record on the same parent (from the fingerprints
+        lamina exports); for a cache without them (BuildKit's), how many other steps that parent has."""
+        reason = self._prints.explain(slot, inputs)
+        if reason:
+            return f"{reason} (vs {self.name})"
         try:
             parent = parse_digest(slot)
         except DigestError:

@@ -61,7 +61,7 @@ def import_layout_cache(spec: CacheFrom) -> ImportedCache:
     manifest = read_cache_manifest(_read_verified(root, chosen.digest), chosen.media_type)
     raw = _read_verified(root, manifest.config.digest)
     source = f"{LAYOUT_SOURCE_PREFIX}{root.resolve()}"
-    return ImportedCache(spec.label, CacheConfig.parse(raw), manifest.layers, source)
+    return ImportedCache(spec.label, CacheConfig.parse(raw), manifest.layers, source, manifest.annotations)
 
 
 def _write_file(path: Path, data: bytes | None = None, source: Path | None = None, *, mutable: bool = False) -> None:

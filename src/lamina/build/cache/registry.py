@@ -77,7 +77,8 @@ async def import_registry_cache(pool: ClientPool, ref: str, name: str | None = N
     layers = manifest.layers
     if manifest.form == "inline":
         raw, layers = inline_config(raw, layers)
-    return ImportedCache(name or ref, CacheConfig.parse(raw), layers, f"{reference.registry}/{repo}")
+    return ImportedCache(name or ref, CacheConfig.parse(raw), layers, f"{reference.registry}/{repo}",
+                         manifest.annotations)
 
 
 class RegistryCacheExporter:
