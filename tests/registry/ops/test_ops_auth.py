@@ -113,9 +113,19 @@ async def test_anonymous_pull_rule_allows_pull_and_nothing_else(client) -> None:
     assert (await client.get("/v2/_catalog")).status == 401
 
 
-async def test_catalog_needs_an_authenticated_user(client) -> None:  # type: ignore[no-untyped-def]
+async def test_catalog_needs_a_user_and_lists_only_pullable_repositories(client) -> None:  # type: ignore[no-untyped-def]
+    root = Authed(client, basic("root"))
+    for name in ("apps/web", "team-b/x", "public/tools"):
+        await push_image(root, name, "v1")
     response = await client.get("/v2/_catalog", headers=basic("bob"))
-    assert response.status == 200
+    assert response.status == 200 and (await response.json())["repositories"] == ["public/tools", "team-b/x"]
+    response = await client.get("/v2/_catalog", headers=basic("root"))
+    assert (await response.json())["repositories"] == ["apps/web", "public/tools", "team-b/x"]
+    token = await _token(client, "alice", "registry:catalog:*", "repository:apps/web:pull")
+    response = await client.get("/v2/_catalog", headers=bearer(token))
+    assert (await response.json())["repositories"] == ["apps/web"]
+    token = await _token(client, "alice", "repository:apps/web:pull")  # no catalog scope
+    assert (await client.get("/v2/_catalog", headers=bearer(token))).status == 401
 
 
 async def _token(client, user: str | None, *scopes: str) -> str:  # type: ignore[no-untyped-def]

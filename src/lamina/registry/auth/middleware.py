@@ -3,7 +3,8 @@ plus the token endpoint (``GET``/``POST /token``) of the Docker token flow.
 
 Actions per endpoint (distribution's token scopes): ``GET``/``HEAD`` under a repository need ``pull``;
 ``PUT``/``POST``/``PATCH`` and cancelling an upload need ``push``; deleting a manifest, tag or blob
-needs ``delete``; ``/v2/`` needs any valid credentials; ``/v2/_catalog`` needs ``registry:catalog:*``.
+needs ``delete``; ``/v2/`` needs any valid credentials; ``/v2/_catalog`` needs ``registry:catalog:*`` and lists only
+the repositories the caller may pull.
 A cross-repository mount also needs ``pull`` on the source: without it the mount is ignored and the
 client gets an ordinary upload session, as distribution does. Anonymous or wrong credentials get 401
 with a Bearer challenge naming the scope; a Basic user without the action gets 403 DENIED.
@@ -80,7 +81,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if name is None or action is None:
         if request.path == "/v2/_catalog":
             if service.may_list_catalog(identity):
-                return await handler(request)
+                return _visible_catalog(service, identity, await handler(request))
             if identity.user is not None and identity.method == "basic":
                 raise RegistryError(ErrorCode.DENIED, "listing the catalog is not allowed for this user")
             raise _unauthorized(service, request, scope, "authentication required to list the catalog")
@@ -106,6 +107,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request = _without_mount(request)
         request[IDENTITY] = identity
     return await handler(request)
+
+
+def _visible_catalog(service: AuthService, identity: Identity, response: web.StreamResponse) -> web.StreamResponse:
+    """The catalog page without the names this caller may not pull (a page may then hold fewer than n)."""
+    if not isinstance(response, web.Response) or response.status != 200 or response.body is None:
+        return response
+    doc = json.loads(bytes(response.body))  # type: ignore[arg-type]
+    doc["repositories"] = [name for name in doc.get("repositories", []) if "pull" in service.actions(identity, name)]
+    headers = {k: v for k, v in response.headers.items() if k.lower() in ("link",)}
+    return web.json_response(doc, headers=headers)
 
 
 def _token_error(status: int, message: str, challenge: str | None = None) -> web.Response:
