@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .config import RegistryConfig
     from .lifecycle import Expiry
 
-__all__ = ["OPS_KEYS", "OpsSettings", "install", "parse_ops_setting"]
+__all__ = ["OPS_KEYS", "OpsSettings", "configure_access_log", "exposure_warning", "install", "parse_ops_setting"]
 
 OPS_KEYS = ("auth", "immutable_tags", "gc", "lifecycle", "access_log", "metrics", "console")
 
@@ -60,6 +60,37 @@ def parse_ops_setting(ops: OpsSettings, key: str, value: Any) -> OpsSettings:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return dataclasses.replace(ops, **{key: value})
     raise ConfigError(f"unknown setting {key!r}")
+
+
+def configure_access_log() -> None:
+    """Access-log lines are bare JSON objects on stderr (one per line), whatever the log level."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("lamina.registry.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def exposure_warning(host: str, ops: OpsSettings) -> str | None:
+    """The loud start-up warning for a registry reachable beyond loopback without authentication."""
+    import ipaddress
+
+    if ops.auth is not None:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"WARNING: listening on {host}, which is not a loopback address, WITHOUT AUTHENTICATION: anyone who "
+        "can reach this port can push, overwrite and delete images. Add an [auth] section (docs/registry.md)."
+    )
 
 
 def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> None:
