@@ -214,3 +214,15 @@ def test_fingerprints_explain_a_miss_without_leaking_values() -> None:
     other = RunStep(argv=("/bin/sh", "-c", "make all"), env=step.env, user="", workdir="/")
     assert cache.explain(str(BASE), cachekey.run_inputs(other, BASE)) == "argv changed (vs r/a:c)"
     assert cache.explain(str(S1), cachekey.run_inputs(other, S1)) is None  # nothing on that parent
+
+
+def test_force_compression_refuses_layers_in_another_compression() -> None:
+    from lamina.build.cache.registry import check_compression
+    from lamina.build.cacheopts import parse_cache_to
+
+    export = plan_export(_graph(), F2, mode="min")
+    assert export is not None
+    check_compression(export, parse_cache_to("type=registry,ref=r/a:c,compression=zstd"))  # not forced: kept
+    check_compression(export, parse_cache_to("type=registry,ref=r/a:c,compression=gzip,force-compression=true"))
+    with pytest.raises(ValueError, match="force-compression=true,compression=zstd: layer sha256:"):
+        check_compression(export, parse_cache_to("type=registry,ref=r/a:c,compression=zstd,force-compression=true"))

@@ -26,8 +26,16 @@ from lamina.build.cacheopts import CacheTo
 from lamina.build.images import ImageSource, split_repository
 from lamina.client import ClientPool, PushOutcome, RegistryClient
 from lamina.oci import CacheConfig, Digest, parse_reference
+from lamina.oci import mediatypes as mt
 
-__all__ = ["BlobSources", "CacheExportError", "ExportSummary", "RegistryCacheExporter", "import_registry_cache"]
+__all__ = [
+    "BlobSources",
+    "CacheExportError",
+    "ExportSummary",
+    "RegistryCacheExporter",
+    "check_compression",
+    "import_registry_cache",
+]
 
 
 class CacheExportError(Exception):
@@ -81,6 +89,31 @@ async def import_registry_cache(pool: ClientPool, ref: str, name: str | None = N
                          manifest.annotations)
 
 
+_COMPRESSIONS = {
+    "gzip": {mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP},
+    "zstd": {mt.OCI_LAYER_ZSTD},
+    "uncompressed": {mt.OCI_LAYER, "application/vnd.docker.image.rootfs.diff.tar"},
+}
+
+
+def check_compression(export: CacheExport, spec: CacheTo) -> None:
+    """``force-compression=true``: every exported layer must already be in ``compression``.
+
+    Cached layers keep the compression they were built with (``lamina build --compression``), as
+    BuildKit keeps existing blobs without ``force-compression``; lamina does not recompress them, so a
+    forced mismatch is an export error naming the layer rather than a silently different cache.
+    """
+    if not spec.force_compression:
+        return
+    for layer in export.layers:
+        if layer.descriptor.media_type not in _COMPRESSIONS[spec.compression]:
+            raise ValueError(
+                f"force-compression=true,compression={spec.compression}: layer {layer.descriptor.digest} is "
+                f"{layer.descriptor.media_type} (lamina does not recompress cached layers; build with "
+                f"--compression {spec.compression})"
+            )
+
+
 class RegistryCacheExporter:
     """CacheExporter for ``--cache-to type=registry`` (and the shared add/plan part for the other backends)."""
 
@@ -99,10 +132,13 @@ class RegistryCacheExporter:
         self.graph.add(key, inputs, result)
 
     def plan(self, target: CachedResult) -> CacheExport | None:
-        return plan_export(
+        export = plan_export(
             self.graph, target.key, mode=self.spec.mode, image_manifest=self.spec.image_manifest,
             oci_mediatypes=self.spec.oci_mediatypes,
         )
+        if export is not None:
+            check_compression(export, self.spec)
+        return export
 
     async def finalize(self, target: CachedResult) -> None:
         started = time.monotonic()
