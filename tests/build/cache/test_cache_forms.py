@@ -126,3 +126,18 @@ def test_cli_flags_and_explain_table(
     assert "MISS parent step missed" in err
     assert main(["build", "--cache-to", "type=registry,ref=x/y,oci-mediatypes=false", str(context)]) == 1
     assert "image-manifest=true requires oci-mediatypes=true" in capsys.readouterr().err
+
+
+def test_several_caches_merge_in_flag_order(context: Path, tmp_path: Path) -> None:
+    """Two caches that both hold every step: the hits come from the first flag, whatever answers first."""
+    one, two = tmp_path / "cache-one", tmp_path / "cache-two"
+    cold, _ = run_build(context, tmp_path / "cold", cache_to=(f"type=local,dest={one}", f"type=local,dest={two}"))
+    for first, second in ((one, two), (two, one)):
+        warm, text = run_build(context, tmp_path / f"warm-{first.name}",
+                               cache_from=(f"type=local,src={first}", f"type=local,src={second}"))
+        assert _all_cached(text, f"local:{first}") and warm.digest == cold.digest
+    missing = tmp_path / "missing"
+    _, text = run_build(context, tmp_path / "warm-missing", cache_from=(f"type=local,src={missing}",
+                                                                       f"type=local,src={two}"))
+    assert f"WARNING: cache local:{missing} not used: {missing} is not an OCI layout (no index.json)" in text
+    assert _all_cached(text, f"local:{two}")
