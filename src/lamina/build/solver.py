@@ -228,7 +228,11 @@ class Solver:
     async def _source_for_copy(self, stage: Stage, step: CopyStep) -> tuple[dict[str, Any], Any]:
         """The key inputs and the source description of a COPY: context, earlier stage or image."""
         if step.from_stage is not None:  # the key only: the stage's result is awaited if this step executes
-            return await self.demand.copy_inputs(stage.index, step), None
+            try:
+                return await self.demand.copy_inputs(stage.index, step), None
+            except Exception:
+                await self._task(step.from_stage)  # the source stage reports its own error, with its line
+                raise
         if step.from_image is not None:
             image = await self.images.resolve(step.from_image, stage.platform)
             return {"source_image": image.manifest_digest}, image
