@@ -122,4 +122,7 @@ def create_app(config: RegistryConfig) -> web.Application:
     app.cleanup_ctx.append(storage_ctx)
     app.on_response_prepare.append(_api_version_header)
     app.router.add_routes(_routes())
+    from .ops import install  # auth, metrics, console, background gc/lifecycle (issue 5)
+
+    install(app, config, config.ops)
     return app

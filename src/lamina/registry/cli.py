@@ -31,6 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--config", type=Path, metavar="FILE", help="settings file (TOML, or YAML if *.yaml/*.yml)")
     serve.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(func=serve_command)
+    from .opscli import add_ops_commands
+
+    add_ops_commands(sub)
 
 
 def _fail(message: str) -> int:
@@ -76,6 +79,14 @@ def serve_command(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .ops import configure_access_log, exposure_warning
+
+    warning = exposure_warning(config.host, config.ops)
+    if warning:
+        print(f"lamina registry: {warning}", file=sys.stderr, flush=True)
+        logging.getLogger("lamina.registry").warning(warning)
+    if config.ops.access_log:
+        configure_access_log()
     print(
         f"lamina registry listening on http://{config.listen} (root {config.root.resolve()}, "
         f"{config.workers} worker{'s' if config.workers != 1 else ''}); push with: "

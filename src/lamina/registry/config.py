@@ -10,11 +10,14 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from .ops import OpsSettings
 
 __all__ = ["ConfigError", "RegistryConfig", "load_config", "parse_listen"]
 
@@ -25,6 +28,12 @@ _LEGACY_POLICIES = ("accept", "reject")
 
 class ConfigError(ValueError):
     """A bad setting; the message names the key and the value."""
+
+
+def _default_ops() -> OpsSettings:
+    from .ops import OpsSettings  # ops imports this module: import on use
+
+    return OpsSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,8 @@ class RegistryConfig:
     upload_expiry_seconds: float = 24 * 3600.0
     sqlite_synchronous: str = "FULL"
     run_janitor: bool = True  # expire abandoned uploads in this process (one worker only)
+    # auth, immutable tags, gc, lifecycle, access log, metrics, console (lamina.registry.ops)
+    ops: OpsSettings = field(default_factory=_default_ops)
 
     @property
     def listen(self) -> str:
@@ -92,7 +103,8 @@ def _check(key: str, value: Any) -> Any:
             raise ConfigError(f"sqlite_synchronous: expected one of {', '.join(_SYNCHRONOUS)}, got {value!r}")
         return value.upper()
     known = "listen, root, workers, max_manifest_bytes, legacy_buildkit_cache, allow_empty_layers, "
-    raise ConfigError(f"unknown setting {key!r} (known: {known}upload_expiry_seconds, sqlite_synchronous)")
+    known += "upload_expiry_seconds, sqlite_synchronous, auth, immutable_tags, gc, lifecycle, access_log, metrics, "
+    raise ConfigError(f"unknown setting {key!r} (known: {known}console)")
 
 
 def _read_file(path: Path) -> Mapping[str, Any]:
@@ -116,11 +128,18 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
     values["workers"] = os.cpu_count() or 1
     settings: dict[str, Any] = dict(_read_file(path)) if path is not None else {}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    from .ops import OPS_KEYS, parse_ops_setting
+
+    ops = _default_ops()
     for key, value in settings.items():
+        if key in OPS_KEYS:
+            ops = parse_ops_setting(ops, str(key), value)
+            continue
         checked = _check(str(key), value)
         if key == "listen":
             values["host"], values["port"] = checked
         else:
             values[key] = checked
+    values["ops"] = ops
     fields = {f.name for f in dataclasses.fields(RegistryConfig)}
     return RegistryConfig(**{k: v for k, v in values.items() if k in fields})

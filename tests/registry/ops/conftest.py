@@ -34,14 +34,7 @@ async def make_ops_client(tmp_path: Path) -> AsyncIterator[OpsClient]:
     async def make(text: str = "", root: Path | None = None, **settings: Any) -> TestClient:  # type: ignore[type-arg]
         ops = ops_from_toml(text)
         config = dataclasses.replace(RegistryConfig(root=root or tmp_path / "root", run_janitor=False), **settings)
-        if hasattr(config, "ops"):
-            config = dataclasses.replace(config, ops=ops)
-            app = create_app(config)
-        else:  # TEMPORARY until the core wires ops in
-            from lamina.registry.ops import install
-
-            app = create_app(config)
-            install(app, config, ops)
+        app = create_app(dataclasses.replace(config, ops=ops))
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

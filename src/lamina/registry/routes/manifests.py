@@ -18,6 +18,7 @@ from lamina.oci import Digest
 from lamina.store import ManifestRecord, MetadataStore, MissingReference, TagImmutable
 
 from ..errors import ErrorCode, RegistryError
+from ..immutability import is_immutable, tag_immutable_error
 from ..services import Offloader
 from ..validation import check_manifest, parse_reference_param
 from ._common import config, offload, storage
@@ -110,11 +111,14 @@ async def put(request: web.Request) -> web.Response:
     checked = check_manifest(name, reference, body, request.headers.get("Content-Type"), settings)
     record = checked.record
     try:
-        await offload(request).run(storage(request).metadata.put_manifest, record, checked.references, checked.tag)
+        immutable = checked.tag is not None and is_immutable(settings.ops.immutable_tags, name, checked.tag)
+        await offload(request).run(
+            storage(request).metadata.put_manifest, record, checked.references, checked.tag, immutable
+        )
     except MissingReference as exc:
         raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, str(exc), detail={"digest": str(exc.digest)}) from None
     except TagImmutable as exc:
-        raise RegistryError(ErrorCode.DENIED, str(exc), detail={"tag": checked.tag}) from None
+        raise tag_immutable_error(name, exc.tag, str(exc.current), str(record.digest)) from None
     headers = {
         "Location": f"/v2/{name}/manifests/{record.digest}",
         "Docker-Content-Digest": str(record.digest),
