@@ -87,6 +87,9 @@ def serve_command(args: argparse.Namespace) -> int:
         logging.getLogger("lamina.registry").warning(warning)
     if config.ops.access_log:
         configure_access_log()
+    import shutil
+
+    shutil.rmtree(config.root / "run" / "metrics", ignore_errors=True)  # a previous run's workers' counters
     print(
         f"lamina registry listening on http://{config.listen} (root {config.root.resolve()}, "
         f"{config.workers} worker{'s' if config.workers != 1 else ''}); push with: "

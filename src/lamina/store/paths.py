@@ -15,6 +15,9 @@
         <session-id>/
           data                         bytes received so far for one upload session (appended in order)
       tmp/                             temp files for atomic writes (same filesystem, so rename is atomic)
+      gc.lock                          flock held by the one garbage collection running (registry.gc)
+      auth/token-signing-key.pem       the token endpoint's EC key, created once (registry.auth.tokens)
+      run/metrics/<pid>.json           each live worker's counters, summed by /metrics (registry.metrics)
 
 Everything that becomes visible (a blob) is first written elsewhere on the same filesystem and then
 renamed into place, so a reader sees either no file or the whole verified file. Session ids are
