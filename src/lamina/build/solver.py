@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from lamina.build import cachekey
-from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter, LayerRef, MissExplainer
+from lamina.build.cache.base import (
+    CachedResult,
+    CacheExporter,
+    CacheImporter,
+    CacheLinker,
+    LayerRef,
+    MissExplainer,
+)
 from lamina.build.demand import Demand
 from lamina.build.execution import Executor
 from lamina.build.imageconfig import StepOutcome, build_image_config
@@ -128,12 +135,40 @@ class Solver:
         for index in sorted(needed):
             self._task(index)
         try:
-            return await self._task(self.graph.target)
+            result = await self._task(self.graph.target)
+            await self._record_unsolved()
+            return result
         finally:
             for task in self._tasks.values():
                 if not task.done():
                     task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _record_unsolved(self) -> None:
+        """Give the exporters the cached steps of stages that were not solved (a ``COPY --from`` of them
+        hit), so a ``mode=max`` re-export keeps their records for the day that COPY misses."""
+        if self.options.no_cache:
+            return
+        for stage in self.graph.stages:
+            if stage.index in self._tasks:
+                continue
+            try:
+                parent = await self.demand.base_key(stage.index)
+                missed = False
+                for step, key in await self.demand.step_keys(stage.index):
+                    extra = await self.demand.copy_inputs(stage.index, step) if isinstance(step, CopyStep) else {}
+                    inputs = cachekey.step_inputs(step, parent, **extra)
+                    assert inputs is not None
+                    hit = None if missed else self._lookup(key)  # nothing after a miss is a hit
+                    missed = hit is None
+                    for exporter in self.exporters:
+                        if hit is not None and (exporter is not self.state.cache or hit.origin != "local"):
+                            exporter.add(key, inputs, hit, slot=str(parent))
+                        elif hit is None and isinstance(exporter, CacheLinker):
+                            exporter.link(key, inputs, slot=str(parent))  # min: the stage stays as links
+                    parent = key
+            except Exception:  # only the export's completeness is at stake, never the build
+                continue
 
     def _task(self, index: int) -> asyncio.Task[StageResult]:
         task = self._tasks.get(index)

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from lamina.oci import Descriptor, Digest, parse_digest
 
-__all__ = ["CacheExporter", "CacheImporter", "CachedResult", "LayerRef", "MissExplainer"]
+__all__ = ["CacheExporter", "CacheImporter", "CacheLinker", "CachedResult", "LayerRef", "MissExplainer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +86,11 @@ class CacheExporter(Protocol):
     def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None: ...
 
     async def finalize(self, target: CachedResult) -> None: ...
+
+
+@runtime_checkable
+class CacheLinker(Protocol):
+    """Optional exporter role: a step known only by its key — its stage was not solved because every
+    ``COPY --from`` of it hit, and no cache holds its result — kept as a pure link record."""
+
+    def link(self, key: Digest, inputs: Mapping[str, Any], *, slot: str) -> None: ...

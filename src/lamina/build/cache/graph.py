@@ -69,7 +69,7 @@ def layer_media_type(media_type: str, oci: bool) -> str:
 @dataclass
 class _Node:
     inputs: dict[str, Any]
-    result: CachedResult
+    result: CachedResult | None  # None: a pure link (the step's key is known, its result is not)
 
 
 @dataclass
@@ -78,7 +78,9 @@ class RecordGraph:
 
     nodes: dict[Digest, _Node] = field(default_factory=dict)
 
-    def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult) -> None:
+    def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult | None) -> None:
+        if result is None and key in self.nodes:
+            return  # a link never hides a result
         self.nodes[key] = _Node(dict(inputs), result)
 
     def links(self, key: Digest) -> list[list[Digest]]:
@@ -170,7 +172,7 @@ def plan_export(
     for key in order:
         results: tuple[CacheResult, ...] = ()
         node = graph.nodes.get(key)
-        if node is not None and key in with_results and node.result.layers:
+        if node is not None and key in with_results and node.result is not None and node.result.layers:
             results = (CacheResult(chain_top(node.result.layers), node.result.created_at or None),)
         inputs = tuple(
             tuple(CacheInput(record_index[k]) for k in group if k in record_index) for group in graph.links(key)

@@ -131,6 +131,9 @@ class RegistryCacheExporter:
     def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None:
         self.graph.add(key, inputs, result)
 
+    def link(self, key: Digest, inputs: Mapping[str, Any], *, slot: str) -> None:
+        self.graph.add(key, inputs, None)
+
     def plan(self, target: CachedResult) -> CacheExport | None:
         export = plan_export(
             self.graph, target.key, mode=self.spec.mode, image_manifest=self.spec.image_manifest,
