@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -160,3 +161,34 @@ def test_server_runs_gc_in_the_background_and_counts_it(make_lamina_registry) ->
         time.sleep(0.2)
     assert "lamina_gc_bytes_freed_total 1000" in text, text
     assert not any(server.root.glob(f"blobs/sha256/*/{digest.split(':')[1]}"))
+
+
+def test_server_applies_lifecycle_rules_in_the_background(make_lamina_registry) -> None:  # type: ignore[no-untyped-def]
+    from helpers.buildkit_cache import buildkit_cache
+
+    server = make_lamina_registry(
+        config="[lifecycle]\ninterval_seconds = 0.2\n[[lifecycle.rules]]\nrepositories = ['ci/**']\nquota_bytes = 0\n",
+        workers=1,
+    )
+    cache = buildkit_cache()
+    for blob in cache.blobs():
+        request = urllib.request.Request(f"{server.url}/v2/ci/app/blobs/uploads/?digest={blob.digest}",
+                                         data=blob.data, method="POST")
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 201
+    request = urllib.request.Request(f"{server.url}/v2/ci/app/manifests/cache", data=cache.image_manifest.data,
+                                     method="PUT", headers={"Content-Type": cache.image_manifest.media_type})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 201
+    deadline = time.monotonic() + 20
+    status = 200
+    while time.monotonic() < deadline and status == 200:
+        time.sleep(0.2)
+        try:
+            with urllib.request.urlopen(f"{server.url}/v2/ci/app/manifests/cache") as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+    assert status == 404  # over its quota of 0 bytes: the build cache was evicted
+    with urllib.request.urlopen(f"{server.url}/metrics") as response:
+        assert "lamina_lifecycle_manifests_expired_total 1" in response.read().decode()
