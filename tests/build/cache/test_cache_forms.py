@@ -15,6 +15,7 @@ from cache_helpers import make_context, ran, run_build, step_status
 
 from helpers.images import busybox_image
 from helpers.registries import RegistryProcess
+from lamina.build.cache.registry import CacheExportError
 from lamina.cli import main
 from lamina.oci import CacheConfig
 from lamina.oci import mediatypes as mt
@@ -48,10 +49,16 @@ def _all_cached(text: str, origin: str) -> bool:
     return len(steps) == 3 and all(v == f"CACHED ({origin})" for v in steps) and not ran(text, "ran-one")
 
 
+@pytest.fixture(scope="module", params=["lamina", "distribution"])
+def registry(request: pytest.FixtureRequest) -> RegistryProcess:
+    return request.getfixturevalue(f"{request.param}_registry")  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize(("oci", "media_type"), [("true", mt.OCI_INDEX), ("false", mt.DOCKER_MANIFEST_LIST)])
 def test_legacy_index_round_trip(
-    distribution_registry: RegistryProcess, base: str, tmp_path: Path, oci: str, media_type: str
+    registry: RegistryProcess, base: str, tmp_path: Path, oci: str, media_type: str
 ) -> None:
+    distribution_registry = registry
     context = make_context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n"})
     cache = f"{distribution_registry.host}/forms/legacy-{oci}:cache"
     cold, _ = run_build(context, tmp_path / "cold",
@@ -90,8 +97,8 @@ def test_local_layout_round_trip(context: Path, tmp_path: Path) -> None:
     assert ran(text, "ran-two-changed") and not ran(text, "ran-one")  # lower layers copied in from the layout
 
 
-def test_inline_cache_round_trip(lamina_registry: RegistryProcess, context: Path, tmp_path: Path) -> None:
-    image = f"{lamina_registry.host}/forms/inline:v1"
+def test_inline_cache_round_trip(registry: RegistryProcess, context: Path, tmp_path: Path) -> None:
+    image = f"{registry.host}/forms/inline:v1"
     cold, text = run_build(context, tmp_path / "cold", cache_to=("type=inline",), tags=(image,), push=True)
     config = json.loads(cold.config.to_bytes())
     embedded = CacheConfig.parse(base64.b64decode(config["moby.buildkit.cache.v0"]))
@@ -141,3 +148,18 @@ def test_several_caches_merge_in_flag_order(context: Path, tmp_path: Path) -> No
                                                                        f"type=local,src={two}"))
     assert f"WARNING: cache local:{missing} not used: {missing} is not an OCI layout (no index.json)" in text
     assert _all_cached(text, f"local:{two}")
+
+
+def test_zstd_layers_round_trip(registry: RegistryProcess, context: Path, tmp_path: Path) -> None:
+    """Layers keep the compression they were built with; force-compression refuses the gzip base layer."""
+    cache = f"{registry.host}/forms/zstd:cache"
+    spec = f"type=registry,ref={cache},mode=max,compression=zstd"
+    with pytest.raises(CacheExportError, match="force-compression=true,compression=zstd: layer sha256:"):
+        run_build(context, tmp_path / "cold", cache_to=(f"{spec},force-compression=true",), compression="zstd")
+    cold, _ = run_build(context, tmp_path / "cold", cache_to=(spec,), compression="zstd")
+    manifest = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{registry.url}/v2/forms/zstd/manifests/cache", headers={"Accept": mt.OCI_MANIFEST})).read())
+    assert sorted(layer["mediaType"] for layer in manifest["layers"]) == sorted(
+        [mt.OCI_LAYER_GZIP] + [mt.OCI_LAYER_ZSTD] * 3)  # the busybox base is gzip, the three steps zstd
+    warm, text = run_build(context, tmp_path / "warm", cache_from=(cache,), compression="zstd")
+    assert _all_cached(text, cache) and warm.digest == cold.digest
