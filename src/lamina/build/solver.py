@@ -154,6 +154,12 @@ class Solver:
                 continue
             try:
                 parent = await self.demand.base_key(stage.index)
+                if isinstance(stage.base, BaseImage):
+                    image = await self.images.resolve(stage.base.ref, stage.platform)
+                    base_inputs = cachekey.image_inputs(image.manifest_digest, stage.platform)
+                    for exporter in self.exporters:
+                        if isinstance(exporter, CacheLinker):
+                            exporter.link(parent, base_inputs, slot=f"from:{stage.base.ref} {stage.platform}")
                 missed = False
                 for step, key in await self.demand.step_keys(stage.index):
                     extra = await self.demand.copy_inputs(stage.index, step) if isinstance(step, CopyStep) else {}
@@ -258,6 +264,9 @@ class Solver:
             reason = self.state.cache.explain(slot, inputs)
             self.state.cache.add(key, inputs, CachedResult(key, image.layers, _now()), slot=slot)
         self._base_blobs.update(layer.descriptor.digest for layer in image.layers)
+        for exporter in self.exporters:
+            if isinstance(exporter, CacheLinker):
+                exporter.link(key, inputs, slot=slot)  # the base image: a pure link record, as in BuildKit
         return key, image.layers, image.config, image.repository, reason
 
     async def _source_for_copy(self, stage: Stage, step: CopyStep) -> tuple[dict[str, Any], Any]:

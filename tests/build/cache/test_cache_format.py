@@ -226,3 +226,26 @@ def test_force_compression_refuses_layers_in_another_compression() -> None:
     check_compression(export, parse_cache_to("type=registry,ref=r/a:c,compression=gzip,force-compression=true"))
     with pytest.raises(ValueError, match="force-compression=true,compression=zstd: layer sha256:"):
         check_compression(export, parse_cache_to("type=registry,ref=r/a:c,compression=zstd,force-compression=true"))
+
+
+def test_fingerprints_say_the_base_image_changed() -> None:
+    from lamina.build import cachekey
+    from lamina.build.ops import RunStep
+    from lamina.oci import Platform
+
+    platform = Platform("amd64", "linux")
+    old_base = cachekey.image_inputs(_digest("old manifest"), platform)
+    new_base = cachekey.image_inputs(_digest("new manifest"), platform)
+    step = RunStep(argv=("/bin/sh", "-c", "make"), env=(), user="", workdir="/")
+    graph = RecordGraph()
+    graph.add(cachekey.key_of(old_base), old_base, None)  # how the solver links the base image
+    inputs = cachekey.run_inputs(step, cachekey.key_of(old_base))
+    graph.add(cachekey.key_of(inputs), inputs, CachedResult(cachekey.key_of(inputs), (L0, L1), "t"))
+    export = plan_export(graph, cachekey.key_of(inputs), mode="min")
+    assert export is not None
+    manifest = read_cache_manifest(export.manifest_bytes, mt.OCI_MANIFEST)
+    cache = ImportedCache("r/a:c", CacheConfig.parse(export.config_bytes), manifest.layers, "r/a",
+                          manifest.annotations)
+    new_key = cachekey.key_of(new_base)
+    assert cache.explain(str(new_key), cachekey.run_inputs(step, new_key)) == (
+        "base image changed (this step is cached on another base image digest) (vs r/a:c)")

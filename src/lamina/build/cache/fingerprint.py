@@ -62,15 +62,16 @@ class Fingerprints:
     """The nearest imported record on the same parent, and the first input that differs from it."""
 
     def __init__(self, prints: Mapping[str, Mapping[str, Any]]) -> None:
+        self._prints = dict(prints)
         self._by_parent: dict[str, list[Mapping[str, Any]]] = {}
         for _key, value in sorted(prints.items()):
             self._by_parent.setdefault(str(value.get("parent")), []).append(value)
 
     def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None:
+        mine = fingerprint(inputs)
         candidates = self._by_parent.get(slot)
         if not candidates:
-            return None
-        mine = fingerprint(inputs)
+            return self._moved(mine)
 
         def distance(other: Mapping[str, Any]) -> tuple[int, int]:
             fields = set(other) | set(mine)
@@ -78,3 +79,16 @@ class Fingerprints:
 
         nearest = min(candidates, key=distance)
         return describe_difference(dict(nearest), mine)
+
+    def _moved(self, mine: Mapping[str, Any]) -> str | None:
+        """No record on this parent: is the very same step cached on another parent?"""
+        same = [
+            other for other in self._prints.values()
+            if {k: v for k, v in other.items() if k != "parent"} == {k: v for k, v in mine.items() if k != "parent"}
+        ]
+        if not same:
+            return None
+        parents = [self._prints.get(str(other.get("parent"))) or {} for other in same]
+        if any(parent.get("op") == "image" for parent in parents):
+            return "base image changed (this step is cached on another base image digest)"
+        return "parent step changed (this step is cached on another parent)"
