@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import ConfigError
 from .errors import ErrorCode, RegistryError
-from .globs import matches_any
+from .globs import matches_any, string_list
 
 __all__ = ["ImmutableTagRule", "is_immutable", "parse_immutable_tags", "tag_immutable_error"]
 
@@ -31,14 +31,6 @@ class ImmutableTagRule:
     repositories: tuple[str, ...]
     tags: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-
-
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{key}: expected a list of non-empty strings, got {value!r}")
-    return tuple(value)
 
 
 def parse_immutable_tags(value: Any) -> tuple[ImmutableTagRule, ...]:
@@ -55,9 +47,9 @@ def parse_immutable_tags(value: Any) -> tuple[ImmutableTagRule, ...]:
         if "repositories" not in item:
             raise ConfigError(f"{key}: 'repositories' (a list of globs) is required")
         rules.append(ImmutableTagRule(
-            repositories=_strings(f"{key}.repositories", item["repositories"]),
-            tags=_strings(f"{key}.tags", item.get("tags", ["*"])),
-            exclude=_strings(f"{key}.exclude", item.get("exclude", [])),
+            repositories=string_list(f"{key}.repositories", item["repositories"]),
+            tags=string_list(f"{key}.tags", item.get("tags", ["*"])),
+            exclude=string_list(f"{key}.exclude", item.get("exclude", [])),
         ))
     return tuple(rules)
 

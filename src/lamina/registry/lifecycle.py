@@ -32,7 +32,7 @@ from lamina.store import Storage
 from lamina.store.inventory import ManifestInfo, delete_manifest_if_unchanged, list_manifests, repository_bytes
 
 from .config import ConfigError
-from .globs import matches_any
+from .globs import matches_any, string_list
 from .services import Offloader
 
 __all__ = [
@@ -82,14 +82,6 @@ def _number(key: str, value: Any, integer: bool = False) -> Any:
     return value
 
 
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{key}: expected a non-empty list of strings, got {value!r}")
-    return tuple(value)
-
-
 _RULE_KEYS = ("repositories", "untagged_older_than_days", "keep_last_tagged", "tag_patterns", "cache_unused_days",
               "quota_bytes")
 
@@ -114,7 +106,8 @@ def parse_lifecycle(value: Any) -> LifecycleSettings:
                 raise ConfigError(f"unknown setting {key}.{name} (known: {', '.join(_RULE_KEYS)})")
         if "repositories" not in item:
             raise ConfigError(f"{key}: 'repositories' (a list of globs) is required")
-        fields: dict[str, Any] = {"repositories": _strings(f"{key}.repositories", item["repositories"])}
+        repos = string_list(f"{key}.repositories", item["repositories"], non_empty=True)
+        fields: dict[str, Any] = {"repositories": repos}
         for name in ("untagged_older_than_days", "cache_unused_days"):
             if name in item:
                 fields[name] = float(_number(f"{key}.{name}", item[name]))
@@ -122,7 +115,7 @@ def parse_lifecycle(value: Any) -> LifecycleSettings:
             if name in item:
                 fields[name] = _number(f"{key}.{name}", item[name], integer=True)
         if "tag_patterns" in item:
-            fields["tag_patterns"] = _strings(f"{key}.tag_patterns", item["tag_patterns"])
+            fields["tag_patterns"] = string_list(f"{key}.tag_patterns", item["tag_patterns"], non_empty=True)
         rule = LifecycleRule(**fields)
         if all(getattr(rule, n) is None for n in _RULE_KEYS[1:] if n != "tag_patterns"):
             raise ConfigError(f"{key}: the rule expires nothing; set untagged_older_than_days, keep_last_tagged, "

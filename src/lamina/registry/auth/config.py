@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..globs import string_list
 
 __all__ = ["ACTIONS", "AccessRule", "AuthConfig", "TokenSettings", "parse_auth"]
 
@@ -63,14 +64,6 @@ class AuthConfig:
     token: TokenSettings = TokenSettings()
 
 
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{key}: expected a list of non-empty strings, got {value!r}")
-    return tuple(value)
-
-
 def _table(key: str, value: Any, known: tuple[str, ...]) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{key}: expected a table of settings, got {value!r}")
@@ -85,7 +78,7 @@ def _rule(index: int, value: Any) -> AccessRule:
     table = _table(key, value, ("repositories", "users", "groups", "actions", "anonymous_pull"))
     if "repositories" not in table:
         raise ConfigError(f"{key}: 'repositories' (a list of globs) is required")
-    actions = _strings(f"{key}.actions", table.get("actions", []))
+    actions = string_list(f"{key}.actions", table.get("actions", []))
     for action in actions:
         if action not in ACTIONS:
             raise ConfigError(f"{key}.actions: unknown action {action!r} (known: {', '.join(ACTIONS)})")
@@ -93,9 +86,9 @@ def _rule(index: int, value: Any) -> AccessRule:
     if not isinstance(anonymous, bool):
         raise ConfigError(f"{key}.anonymous_pull: expected true or false, got {anonymous!r}")
     return AccessRule(
-        repositories=_strings(f"{key}.repositories", table["repositories"]),
-        users=_strings(f"{key}.users", table.get("users", [])),
-        groups=_strings(f"{key}.groups", table.get("groups", [])),
+        repositories=string_list(f"{key}.repositories", table["repositories"]),
+        users=string_list(f"{key}.users", table.get("users", [])),
+        groups=string_list(f"{key}.groups", table.get("groups", [])),
         actions=frozenset(actions),
         anonymous_pull=anonymous,
     )
@@ -136,7 +129,7 @@ def parse_auth(value: Any) -> AuthConfig:
     groups_value = table.get("groups", {})
     if not isinstance(groups_value, dict):
         raise ConfigError(f"auth.groups: expected a table of group = [users], got {groups_value!r}")
-    groups = {str(name): _strings(f"auth.groups.{name}", members) for name, members in groups_value.items()}
+    groups = {str(name): string_list(f"auth.groups.{name}", members) for name, members in groups_value.items()}
     rules_value = table.get("rules", [])
     if not isinstance(rules_value, list):
         raise ConfigError(f"auth.rules: expected an array of tables ([[auth.rules]]), got {rules_value!r}")
