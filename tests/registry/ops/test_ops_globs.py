@@ -36,5 +36,5 @@ def test_string_list_accepts_a_string_or_a_list_and_names_the_key() -> None:
     assert string_list("k", []) == ()
     with pytest.raises(ConfigError, match="k: expected a non-empty list"):
         string_list("k", [], non_empty=True)
-    with pytest.raises(ConfigError, match="rules.users"):
+    with pytest.raises(ConfigError, match=r"rules\.users"):
         string_list("rules.users", ["ok", 3])
