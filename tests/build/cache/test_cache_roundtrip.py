@@ -92,13 +92,14 @@ def test_unchanged_re_export_sends_only_the_manifest(registry: RegistryProcess, 
     context = make_context(tmp_path / "ctx", APP.format(base=base), {"a.txt": "A\n", "b.txt": "B\n"})
     cache = f"{registry.host}/rt/again:cache"
     first, _ = run_build(context, tmp_path / "one", cache_to=(f"type=registry,ref={cache},mode=max",))
+    elsewhere = f"{registry.host}/rt/elsewhere:v1"  # another repository: every layer is cross-repo mounted
     second, _ = run_build(context, tmp_path / "two", cache_from=(cache,),
-                             cache_to=(f"type=registry,ref={cache},mode=max",))
+                          cache_to=(f"type=registry,ref={cache},mode=max",), tags=(elsewhere,), push=True)
     assert second.digest == first.digest
     assert second.cache_exports[0].manifest_digest == first.cache_exports[0].manifest_digest  # byte-identical
     assert second.cache_exports[0].outcomes == {"exists": 6}
-    assert second.transfer.uploaded["layer"] == 0 and second.transfer.uploaded["config"] == 0
-    assert second.transfer.downloaded["layer"] == 0
+    assert second.transfer.uploaded["layer"] == 0 and second.transfer.downloaded["layer"] == 0
+    assert second.transfer.uploaded["config"] == len(second.config.to_bytes())  # the new image's config only
 
 
 def test_multi_stage_min_versus_max(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
