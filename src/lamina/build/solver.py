@@ -5,8 +5,12 @@ earlier stage's final key) and a lazy layer chain; each step's key is computed f
 (:mod:`lamina.build.cachekey`). A hit in any importer (local index first) yields a lazy result — just
 descriptors. A miss executes the step on top of its parent, which is only then materialised (blobs
 fetched, unpacked by diffID, stacked as overlay lowers); the new layer goes into the content store
-and its record into the local cache. Stages run as concurrent tasks; a stage that needs another
-(``FROM stage``, ``COPY --from``) awaits it.
+and its record into the local cache. Which stages to solve is decided first from the keys alone
+(:mod:`lamina.build.demand`): a ``COPY --from`` that hits needs only its source's key. The needed
+stages run as concurrent tasks; a stage that needs another's result (``FROM stage``, a ``COPY --from``
+that executes) awaits it. Cached layers that turn out unreadable when a step needs their bytes make
+the stage solve again without them: a broken remote cache is a slower build, never a failed one.
+Every result (executed, hit, or known only by key in a stage not solved) goes to the cache exporters.
 """
 
 from __future__ import annotations
