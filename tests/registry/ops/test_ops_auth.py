@@ -80,6 +80,13 @@ async def test_basic_user_can_push_and_pull_only_where_a_rule_allows(client) -> 
     # push is not delete
     denied = await alice.delete(f"/v2/apps/web/manifests/{digest}")
     assert denied.status == 403 and await error_code(denied) == "DENIED"
+    # an upload session's status and cancellation need push, like the upload itself
+    started = await alice.post("/v2/apps/web/blobs/uploads/")
+    location = started.headers["Location"]
+    bob = Authed(client, basic("bob"))
+    assert (await bob.get(location)).status == 403
+    assert (await bob.delete(location)).status == 403
+    assert (await alice.get(location)).status == 204
     # '*' stays within one path segment: apps/web/deep is not apps/*
     assert (await alice.post("/v2/apps/web/deep/blobs/uploads/")).status == 403
 

@@ -2,12 +2,12 @@
 plus the token endpoint (``GET``/``POST /token``) of the Docker token flow.
 
 Actions per endpoint (distribution's token scopes): ``GET``/``HEAD`` under a repository need ``pull``;
-``PUT``/``POST``/``PATCH`` and cancelling an upload need ``push``; deleting a manifest, tag or blob
-needs ``delete``; ``/v2/`` needs any valid credentials; ``/v2/_catalog`` needs ``registry:catalog:*`` and lists only
-the repositories the caller may pull.
-A cross-repository mount also needs ``pull`` on the source: without it the mount is ignored and the
-client gets an ordinary upload session, as distribution does. Anonymous or wrong credentials get 401
-with a Bearer challenge naming the scope; a Basic user without the action gets 403 DENIED.
+``PUT``/``POST``/``PATCH`` and every upload request (status and cancel too) need ``push``; deleting a
+manifest, tag or blob needs ``delete``; ``/v2/`` needs any valid credentials; ``/v2/_catalog`` needs
+``registry:catalog:*`` and lists only the repositories the caller may pull. A cross-repository mount
+also needs ``pull`` on the source: without it the mount is ignored and the client gets an ordinary
+upload session, as distribution does. Anonymous or wrong credentials get 401 with a Bearer challenge
+naming the scope; a Basic user without the action gets 403 DENIED.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def _needed(request: web.Request) -> str | None:
     if request.match_info.get("name") is None:
         return None
     method = request.method
+    if "/blobs/uploads/" in request.path:
+        return "push"  # every step of an upload, its status and its cancellation included
     if method in ("GET", "HEAD"):
         return "pull"
     if method == "DELETE":
-        return "push" if "/blobs/uploads/" in request.path else "delete"
+        return "delete"
     return "push"
 
 
