@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,17 @@ class RegistryProcess:
         self.stop()
 
 
+def _start_on_free_port(make: Callable[[int], RegistryProcess], attempts: int = 3) -> RegistryProcess:
+    """Start ``make(port)`` on a free port; another port if someone took this one in between."""
+    for attempt in range(attempts):
+        try:
+            return make(free_port()).start()
+        except ServerStartError as exc:
+            if "in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_lamina(
     workdir: Path,
     *,
@@ -165,18 +177,21 @@ def start_lamina(
     """Start ``lamina registry serve`` with its root under ``workdir``; ``config`` is the file's text."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "root"
-    port = free_port()
-    argv = [python, "-m", "lamina.cli", "registry", "serve", "--listen", f"127.0.0.1:{port}", "--root", str(root)]
+    extra: list[str] = []
     if workers is not None:
-        argv += ["--workers", str(workers)]
+        extra += ["--workers", str(workers)]
     if config is not None:
         config_path = workdir / f"config{config_suffix}"
         config_path.write_text(config)
-        argv += ["--config", str(config_path)]
+        extra += ["--config", str(config_path)]
     env = dict(os.environ)
     env.pop("LAMINA_REGISTRY_ROOT", None)
-    server = RegistryProcess("lamina registry", argv, port, root, workdir / "server.log", env=env)
-    return server.start()
+
+    def make(port: int) -> RegistryProcess:
+        argv = [python, "-m", "lamina.cli", "registry", "serve", "--listen", f"127.0.0.1:{port}", "--root", str(root)]
+        return RegistryProcess("lamina registry", [*argv, *extra], port, root, workdir / "server.log", env=env)
+
+    return _start_on_free_port(make)
 
 
 def distribution_config(root: Path, port: int) -> str:
@@ -200,9 +215,12 @@ def start_distribution(workdir: Path, binary: str = DISTRIBUTION_BINARY) -> Regi
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "root"
     root.mkdir(exist_ok=True)
-    port = free_port()
     config_path = workdir / "config.yml"
-    config_path.write_text(distribution_config(root, port))
-    argv = [binary, "serve", str(config_path)]
-    server = RegistryProcess("docker-registry", argv, port, root, workdir / "server.log")
-    return server.start()
+
+    def make(port: int) -> RegistryProcess:
+        config_path.write_text(distribution_config(root, port))
+        return RegistryProcess(
+            "docker-registry", [binary, "serve", str(config_path)], port, root, workdir / "server.log"
+        )
+
+    return _start_on_free_port(make)

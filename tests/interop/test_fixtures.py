@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import socket
 import stat
 import subprocess
 import tarfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers.registries as registries
 from helpers.api import blob_exists, push_blob
 from helpers.images import APPLETS, layer_from_dir, layer_from_files
 from helpers.registries import RegistryProcess, ServerStartError, start_lamina
@@ -64,3 +66,17 @@ def test_restart_keeps_the_root(make_lamina_registry: Callable[..., RegistryProc
 def test_failed_start_shows_the_server_output(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="legacy_buildkit_cache"):
         start_lamina(tmp_path, config='legacy_buildkit_cache = "sometimes"\n')
+
+
+def test_a_taken_port_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between picking a free port and the server binding it, someone else may take it."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real_free_port = registries.free_port
+        monkeypatch.setattr(registries, "free_port", lambda: next(ports, None) or real_free_port())
+        with registries.start_distribution(tmp_path) as server:
+            assert server.port != taken and server.running
+    assert "in use" in (tmp_path / "server.log").read_text()
