@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -67,13 +68,17 @@ class Executor:
         self.network = network
         self.layer_store = LayerStore(state.root)  # unpacked layers in <root>/layers/<diffID hex>
         self.layer_store.cleanup_partial()  # unpacks of killed builds (never used: not renamed into place)
-        self.snapshotter: Snapshotter = detect_snapshotter(state.root)
         self.runtime = RuncExecutor(state.root / "runc", runtime=runtime)
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
         self.downloads = Downloads()  # ADD <url>: fetched once per build, shared by checksum and copy
 
     def close(self) -> None:
         self.downloads.close()
+
+    @functools.cached_property
+    def snapshotter(self) -> Snapshotter:
+        """overlayfs, or copying where it cannot mount — probed on first use: a fully cached build never is."""
+        return detect_snapshotter(self.state.root)
 
     # -- materialising lazy results ------------------------------------------------------------------
 
