@@ -208,6 +208,9 @@ async def test_cross_repository_mount_needs_pull_on_the_source(client) -> None: 
     response = await bob.post("/v2/team-b/x/blobs/uploads/", params={"mount": digest, "from": "apps/web"})
     assert response.status == 202  # an ordinary upload session: no mount without pull on apps/web
     assert (await bob.head(f"/v2/team-b/x/blobs/{digest}")).status == 404
+    response = await bob.post("/v2/team-b/x/blobs/uploads/", params={"mount": digest})
+    assert response.status == 202  # no automatic mount either: it could read a repository bob may not pull
+    assert (await bob.head(f"/v2/team-b/x/blobs/{digest}")).status == 404
     response = await alice.post("/v2/apps/api/blobs/uploads/", params={"mount": digest, "from": "apps/web"})
     assert response.status == 201
     assert (await alice.head(f"/v2/apps/api/blobs/{digest}")).status == 200

@@ -6,8 +6,9 @@ Actions per endpoint (distribution's token scopes): ``GET``/``HEAD`` under a rep
 manifest, tag or blob needs ``delete``; ``/v2/`` needs any valid credentials; ``/v2/_catalog`` needs
 ``registry:catalog:*`` and lists only the repositories the caller may pull. A cross-repository mount
 also needs ``pull`` on the source: without it the mount is ignored and the client gets an ordinary
-upload session, as distribution does. Anonymous or wrong credentials get 401 with a Bearer challenge
-naming the scope; a Basic user without the action gets 403 DENIED.
+upload session, as distribution does; an automatic mount (no ``from``) is never tried with auth on.
+Anonymous or wrong credentials get 401 with a Bearer challenge naming the scope; a Basic user
+without the action gets 403 DENIED.
 """
 
 from __future__ import annotations
@@ -103,8 +104,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                                 "insufficient_scope")
         raise RegistryError(ErrorCode.DENIED, message, detail={"name": name, "action": action})
     source = request.query.get("from")
-    if request.method == "POST" and "mount" in request.query and source and (
-        "pull" not in service.actions(identity, source)
+    # A mount needs pull on its source. An automatic mount (no ``from``) could link the blob from any
+    # repository, including ones this caller may not read, so with auth on it is never attempted.
+    if request.method == "POST" and "mount" in request.query and (
+        not source or "pull" not in service.actions(identity, source)
     ):
         request = _without_mount(request)
         request[IDENTITY] = identity
