@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from helpers.reference import REFERENCE_DIR
 from lamina.build.cache import LayerRef
 from lamina.build.imageconfig import HISTORY_COMMENT, StepOutcome, build_image_config, image_manifest
 from lamina.oci import ContainerConfig, Descriptor, HistoryEntry, ImageConfig, Platform, digest_of
 from lamina.oci import mediatypes as mt
 
-REFERENCE = Path("/work/shared/reference/buildkit-cache")
+REFERENCE = REFERENCE_DIR
 AMD64 = Platform("amd64", "linux")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from lamina.oci import CacheConfig, normalize
 from lamina.oci import mediatypes as mt
@@ -25,7 +24,8 @@ from .images import Blob, Layer, layer_from_files
 
 __all__ = ["REFERENCE_DIR", "BuildkitCache", "buildkit_cache"]
 
-REFERENCE_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "buildkit-cache"
+from helpers.reference import REFERENCE_DIR
+
 UNCOMPRESSED = "containerd.io/uncompressed"
 
 

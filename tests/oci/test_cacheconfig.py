@@ -1,13 +1,13 @@
 """BuildKit cacheconfig.v0: byte-identical round trip of BuildKit's own output and order-independence."""
 
 import random
-from pathlib import Path
 
 import pytest
 
+from helpers.reference import REFERENCE_DIR
 from lamina.oci import CacheConfig, CacheInput, CacheLayer, CacheRecord, CacheResult, FormatError, digest_of, normalize
 
-REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "buildkit-cache"
+REF = REFERENCE_DIR
 
 
 @pytest.mark.parametrize(

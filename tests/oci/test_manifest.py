@@ -1,14 +1,14 @@
 """Manifest parsing and classification against the BuildKit reference captures and hand-made cases."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers.reference import REFERENCE_DIR
 from lamina.oci import FormatError, ImageIndex, ImageManifest, ManifestKind, classify, parse_manifest
 from lamina.oci import mediatypes as mt
 
-REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "buildkit-cache"
+REF = REFERENCE_DIR
 D = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 

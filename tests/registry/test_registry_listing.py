@@ -4,15 +4,15 @@ BuildKit-shaped cache round trip (image-manifest=true and the legacy index, unde
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from regtools import Client, descriptor, error_code, push_blob, push_image, sha256
 
+from helpers.reference import REFERENCE_DIR
 from lamina.oci import mediatypes as mt
 from lamina.registry.services import STORAGE
 
-REFERENCE = Path("/work/shared/reference/buildkit-cache")
+REFERENCE = REFERENCE_DIR
 
 
 async def test_tags_list_and_pagination(client: Client) -> None:

@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from pathlib import Path
 
 import pytest
 
+from helpers.reference import REFERENCE_DIR
 from lamina.build.cache.base import CachedResult, LayerRef
 from lamina.build.cache.graph import RecordGraph, plan_export
 from lamina.build.cache.importer import ImportedCache, read_cache_manifest
 from lamina.oci import CacheConfig, Descriptor, Digest, FormatError, digest_of, normalize, parse_digest
 from lamina.oci import mediatypes as mt
 
-REFERENCE = Path("/work/shared/reference/buildkit-cache")
+REFERENCE = REFERENCE_DIR
 
 
 def _digest(text: str) -> Digest:

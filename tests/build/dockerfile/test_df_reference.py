@@ -1,12 +1,13 @@
 """The history BuildKit wrote for a real build (shared/reference/buildkit-cache) is what convert() writes."""
 
 import json
-from pathlib import Path
 
 import pytest
 from dfsupport import run, target
 
-REFERENCE = Path("/work/shared/reference/buildkit-cache/image-config.json")
+from helpers.reference import REFERENCE_DIR
+
+REFERENCE = REFERENCE_DIR / "image-config.json"
 
 DOCKERFILE = """\
 FROM localhost:5000/base/busybox:latest
