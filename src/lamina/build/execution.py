@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.context import BuildContext, ContextError
@@ -27,13 +27,13 @@ from lamina.build.imageconfig import epoch_time
 from lamina.build.images import ImageSource
 from lamina.build.ops import CopyStep, RunStep, WorkdirStep
 from lamina.build.state import BuildState
-from lamina.build.worker.executor import RuncExecutor, RunFailed
-from lamina.build.worker.layerstore import LayerStore
-from lamina.build.worker.runtime_spec import Mount, RunSpec
-from lamina.build.worker.snapshot import Snapshotter, detect_snapshotter
-from lamina.build.worker.tarwrite import write_layer
-from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
 from lamina.oci import Descriptor
+
+if TYPE_CHECKING:  # the worker (runc, overlay, tar, zstd) is imported on first use: a cached build never needs it
+    from lamina.build.worker.executor import RuncExecutor
+    from lamina.build.worker.layerstore import LayerStore
+    from lamina.build.worker.runtime_spec import Mount
+    from lamina.build.worker.snapshot import Snapshotter
 
 __all__ = ["ExecutionError", "Executor"]
 
@@ -66,9 +66,7 @@ class Executor:
         self.compression = compression
         self.source_date_epoch = source_date_epoch
         self.network = network
-        self.layer_store = LayerStore(state.root)  # unpacked layers in <root>/layers/<diffID hex>
-        self.layer_store.cleanup_partial()  # unpacks of killed builds (never used: not renamed into place)
-        self.runtime = RuncExecutor(state.root / "runc", runtime=runtime)
+        self._runtime_name = runtime
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
         self.downloads = Downloads()  # ADD <url>: fetched once per build, shared by checksum and copy
 
@@ -78,7 +76,24 @@ class Executor:
     @functools.cached_property
     def snapshotter(self) -> Snapshotter:
         """overlayfs, or copying where it cannot mount — probed on first use: a fully cached build never is."""
+        from lamina.build.worker.snapshot import detect_snapshotter
+
         return detect_snapshotter(self.state.root)
+
+    @functools.cached_property
+    def layer_store(self) -> LayerStore:
+        """Unpacked layers in <root>/layers/<diffID hex>, swept of unpacks killed builds left (never used)."""
+        from lamina.build.worker.layerstore import LayerStore
+
+        store = LayerStore(self.state.root)
+        store.cleanup_partial()
+        return store
+
+    @functools.cached_property
+    def runtime(self) -> RuncExecutor:
+        from lamina.build.worker.executor import RuncExecutor
+
+        return RuncExecutor(self.state.root / "runc", runtime=self._runtime_name)
 
     # -- materialising lazy results ------------------------------------------------------------------
 
@@ -106,6 +121,10 @@ class Executor:
     # -- steps ---------------------------------------------------------------------------------------
 
     async def run(self, step: RunStep, lowers: list[Path], *, output: Output) -> LayerRef:
+        from lamina.build.worker.executor import RunFailed
+        from lamina.build.worker.runtime_spec import RunSpec
+        from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
+
         network = step.network if step.network != "default" else self.network
 
         def on_output(_stream: str, line: str) -> None:
@@ -145,6 +164,8 @@ class Executor:
     @staticmethod
     def _inline_mounts(step: RunStep, scratch: Path) -> tuple[Mount, ...]:
         """``RUN <<EOF`` scripts: files bound read-only (mode 0755) into this RUN only, never into the layer."""
+        from lamina.build.worker.runtime_spec import Mount
+
         mounts = []
         for i, (path, content) in enumerate(step.inline_files):
             source = scratch / f"inline-{i}"
@@ -161,6 +182,8 @@ class Executor:
         context_dir: Path,
         source_lowers: list[Path] | None,
     ) -> LayerRef:
+        from lamina.build.worker.users import resolve_user
+
         def copy_into(rootfs: Path) -> None:
             def owner(spec: str) -> tuple[int, int]:
                 user = resolve_user(rootfs, spec)
@@ -192,6 +215,8 @@ class Executor:
             raise ExecutionError(str(exc)) from None
 
     async def workdir(self, step: WorkdirStep, lowers: list[Path]) -> LayerRef:
+        from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
+
         def make(rootfs: Path) -> None:
             target = resolve_in_root(rootfs, step.path)
             if target.is_dir():
@@ -230,6 +255,8 @@ class Executor:
         it as a lower without unpacking the blob again. RUN needs the runtime's mountpoints; COPY and
         WORKDIR do not.
         """
+        from lamina.build.worker.tarwrite import write_layer
+
         top_first = lowers[::-1]
         mountpoints = {} if run else {"mountpoints": ()}
         snapshot = self.snapshotter.prepare(top_first, **mountpoints)
