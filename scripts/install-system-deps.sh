@@ -4,7 +4,7 @@
 # only when something is missing.
 set -euo pipefail
 
-PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah curl ca-certificates chromium)
+PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah podman curl ca-certificates chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -1,10 +1,14 @@
 """Real clients against a real ``lamina registry serve`` with auth: skopeo login + copy (containers/image,
-the token flow of docker and podman), and lamina's own client reading ``~/.docker/config.json``."""
+the token flow of docker and podman), podman and docker login, and lamina's own client reading
+``~/.docker/config.json``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -84,3 +88,40 @@ async def test_lamina_client_uses_docker_config_credentials(make_lamina_registry
         with pytest.raises(Exception) as refused:
             await client.push_blob("apps/cache", digest_of(b"bob's"), 5, b"bob's")
         assert "denied" in str(refused.value).lower() or "403" in str(refused.value)
+
+
+@pytest.mark.parametrize("tool", ["podman", "docker"])
+def test_podman_and_docker_login_then_lamina_uses_what_they_wrote(  # type: ignore[no-untyped-def]
+    make_lamina_registry, tmp_path: Path, tool: str
+) -> None:
+    """`podman login` / `docker login` (the CLI alone: it logs in client-side when no engine runs) check the
+    password against lamina and store it; lamina's client then pushes with exactly that file."""
+    binary = shutil.which(tool)
+    if binary is None:
+        pytest.skip(f"{tool} is not installed (scripts/install-system-deps.sh installs podman; docker's CLI ships "
+                    "with this kind of machine)")
+    server = make_lamina_registry(config=_config(tmp_path))
+    config_dir = tmp_path / f"{tool}-config"
+    config_dir.mkdir()
+    env = {**os.environ, "DOCKER_CONFIG": str(config_dir), "REGISTRY_AUTH_FILE": str(config_dir / "config.json")}
+    flags = ["--tls-verify=false"] if tool == "podman" else []
+
+    def login(password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([binary, "login", *flags, "-u", "alice", "--password-stdin", server.host],
+                              input=password, capture_output=True, text=True, timeout=60, env=env)
+
+    assert login("wrong password").returncode != 0
+    good = login(PASSWORDS["alice"])
+    assert good.returncode == 0, good.stderr
+    written = json.loads((config_dir / "config.json").read_text())
+    assert server.host in written["auths"]
+
+    data = f"layer pushed after {tool} login".encode()
+
+    async def push() -> None:
+        store = CredentialStore(config_dir / "config.json")
+        async with RegistryClient(server.host, credentials=store) as client:
+            await client.push_blob("apps/logged-in", digest_of(data), len(data), data)
+            assert await client.head_blob("apps/logged-in", digest_of(data)) == len(data)
+
+    asyncio.run(push())
