@@ -189,11 +189,24 @@ class SqliteMetadataStore:
     ) -> None:
         """Link or re-link; with ``present``, checked under the write lock (GC deletes files under it too)."""
         with self._transaction() as conn:
-            if present is not None and not present():
-                raise BlobUnknown(digest)
-            repo_id = self._ensure_repository(conn, repository)
-            params = q.LINK_BLOB.bind(repo_id=repo_id, b_digest=str(digest), b_size=size, now=time.time())
-            conn.execute(q.LINK_BLOB.sql, params)
+            self._link(conn, repository, digest, size, present)
+
+    def link_uploaded_blob(
+        self, session_id: str, repository: str, digest: Digest, size: int, present: Callable[[], bool] | None = None
+    ) -> None:
+        """``link_blob`` and ``delete_upload`` in one transaction: a finished push costs one durable commit."""
+        with self._transaction() as conn:
+            self._link(conn, repository, digest, size, present)
+            conn.execute(q.DELETE_UPLOAD.sql, q.DELETE_UPLOAD.bind(upload_id=session_id))
+
+    def _link(
+        self, conn: sqlite3.Connection, repository: str, digest: Digest, size: int, present: Callable[[], bool] | None
+    ) -> None:
+        if present is not None and not present():
+            raise BlobUnknown(digest)
+        repo_id = self._ensure_repository(conn, repository)
+        params = q.LINK_BLOB.bind(repo_id=repo_id, b_digest=str(digest), b_size=size, now=time.time())
+        conn.execute(q.LINK_BLOB.sql, params)
 
     def linked_blob_size(self, repository: str, digest: Digest) -> int | None:
         row = self._fetch_one(q.LINKED_SIZE, repository=repository, digest=str(digest))
