@@ -361,3 +361,29 @@ def test_zero_copy_path_is_taken_under_uvloop(tmp_path: Path, monkeypatch) -> No
 
     uvloop.run(scenario())
     assert sent == [(0, 5 << 20), (10, 10)]
+
+
+async def test_streamed_body_longer_or_shorter_than_its_content_range_keeps_nothing(client: Client) -> None:
+    """A chunked-encoded PATCH has no Content-Length: its Content-Range is checked while the body streams,
+    so a longer body fails before the extra bytes are stored, and neither kind leaves any byte behind."""
+    start = await client.post("/v2/app/blobs/uploads/")
+    location = start.headers["Location"]
+    first = await client.patch(location, data=b"0123456789", headers={"Content-Range": "0-9"})
+    assert first.status == 202
+
+    def streamed(data: bytes):  # type: ignore[no-untyped-def]
+        async def body():  # type: ignore[no-untyped-def]
+            for i in range(0, len(data), 1 << 16):
+                yield data[i : i + (1 << 16)]
+        return body()
+
+    longer = await client.patch(location, data=streamed(os.urandom(300_000)), headers={"Content-Range": "10-1009"})
+    assert longer.status == 400 and await error_code(longer) == "SIZE_INVALID"
+    shorter = await client.patch(location, data=streamed(b"abc"), headers={"Content-Range": "10-19"})
+    assert shorter.status == 400 and await error_code(shorter) == "SIZE_INVALID"
+    status = await client.get(location)
+    assert status.headers["Range"] == "0-9"
+    exact = await client.patch(location, data=streamed(b"abcdefghij"), headers={"Content-Range": "10-19"})
+    assert exact.status == 202 and exact.headers["Range"] == "0-19"
+    put = await client.put(location, params={"digest": sha256(b"0123456789abcdefghij")})
+    assert put.status == 201

@@ -1,7 +1,8 @@
 """end-4a/4b/5/6/11/13: blob upload sessions, monolithic and chunked, and cross-repository mounts.
 
-Bytes stream from the socket into the upload store (hashed on commit by the store, never held whole
-in memory). Session state lives in the metadata store and partial data on disk, so an upload survives
+Bytes stream from the socket into the upload store (hashed as they stream by the store, never held
+whole in memory; a body longer or shorter than its headers declare fails inside the stream, so none of it
+is kept). Session state lives in the metadata store and partial data on disk, so an upload survives
 a restart. ``Range`` follows CNCF distribution (``0-<size-1>``, and ``0-0`` for an empty session),
 which is what every client is tested against.
 """
@@ -25,7 +26,6 @@ __all__ = ["cancel", "finish", "patch", "start", "status"]
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
-_CHUNK = 1 << 20
 
 
 def _location(name: str, session_id: str) -> str:
@@ -54,9 +54,18 @@ def _gone(session_id: str, exc: Exception) -> RegistryError:
     return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, str(exc), detail={"session": session_id})
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(_CHUNK):
+async def _body(request: web.Request, declared: int | None, what: str) -> AsyncIterator[bytes]:
+    """The body as it arrives; with ``declared``, a size error raised *inside* the stream, so the store's
+    all-or-nothing append keeps none of a body longer (checked before the extra bytes are stored) or shorter
+    than ``what`` (the Content-Length or Content-Range header) says."""
+    received = 0
+    async for chunk in request.content.iter_any():
+        received += len(chunk)
+        if declared is not None and received > declared:
+            raise RegistryError(ErrorCode.SIZE_INVALID, f"the body is longer than the {declared} bytes {what} declares")
         yield chunk
+    if declared is not None and received != declared:
+        raise RegistryError(ErrorCode.SIZE_INVALID, f"received {received} bytes, {what} declares {declared}")
 
 
 async def _new_session(request: web.Request, name: str) -> str:
@@ -131,6 +140,7 @@ async def _append(request: web.Request, store: Storage, session_id: str, offset:
     """Stream the request body at ``offset``; check Content-Range/Content-Length; return the new size."""
     content_range = request.headers.get("Content-Range")
     length = request.content_length
+    declared, what = (length, f"Content-Length {length}") if length is not None else (None, "")
     if content_range is not None:
         match = _CONTENT_RANGE.match(content_range.strip())
         if match is None:
@@ -146,14 +156,13 @@ async def _append(request: web.Request, store: Storage, session_id: str, offset:
         if length is not None and length != last - first + 1:
             raise RegistryError(ErrorCode.SIZE_INVALID,
                                 f"Content-Length {length} does not match Content-Range {content_range}")
+        declared, what = last - first + 1, f"Content-Range {content_range}"
     try:
-        size = await store.uploads.append(session_id, offset, _body(request))
+        size = await store.uploads.append(session_id, offset, _body(request, declared, what))
     except UploadConflict as exc:
         raise RegistryError(ErrorCode.RANGE_INVALID, str(exc), headers={"Range": _range(exc.current_size)}) from None
     except UploadUnknown as exc:
         raise _gone(session_id, exc) from None
-    if length is not None and size - offset != length:
-        raise RegistryError(ErrorCode.SIZE_INVALID, f"received {size - offset} bytes, Content-Length said {length}")
     return size
 
 
@@ -166,7 +175,8 @@ async def _commit(request: web.Request, name: str, session_id: str, digest: Dige
     except ValueError as exc:
         raise RegistryError(ErrorCode.DIGEST_INVALID, str(exc), detail={"digest": str(digest)}) from None
     try:
-        await offload(request).run(_link_and_close, store, name, digest, size, session_id)
+        await offload(request).run(store.metadata.link_uploaded_blob, session_id, name, digest, size,
+                                   _present(store, digest))
     except BlobUnknown:
         raise RegistryError(
             ErrorCode.BLOB_UPLOAD_INVALID,
@@ -177,11 +187,6 @@ async def _commit(request: web.Request, name: str, session_id: str, digest: Dige
 def _present(store: Storage, digest: Digest) -> Callable[[], bool]:
     """For ``link_blob``: checked under the metadata write lock, the one GC sweeps files under."""
     return lambda: store.blobs.size(digest) is not None
-
-
-def _link_and_close(store: Storage, name: str, digest: Digest, size: int, session_id: str) -> None:
-    store.metadata.link_blob(name, digest, size, _present(store, digest))
-    store.metadata.delete_upload(session_id)
 
 
 def _drop_session(store: Storage, session_id: str) -> None:
