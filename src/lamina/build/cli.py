@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -74,6 +73,8 @@ def _epoch() -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `lamina build --help` and flag errors need no event loop
+
     from lamina.build.builder import BuildRequest, build
     from lamina.build.cacheopts import parse_cache_from, parse_cache_to
     from lamina.build.exporter import parse_output

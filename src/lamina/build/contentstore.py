@@ -18,7 +18,6 @@ import hashlib
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -93,7 +92,7 @@ class ContentStore:
     @contextlib.contextmanager
     def writer(self) -> Iterator[BlobWriter]:
         """Write a blob; call ``commit`` inside the block. Anything not committed is discarded."""
-        path = self.root / "ingest" / uuid.uuid4().hex
+        path = self.root / "ingest" / os.urandom(16).hex()
         handle = open(path, "xb")  # noqa: SIM115 - closed by commit or below
         blob = BlobWriter(self, handle, path)
         try:
@@ -117,7 +116,7 @@ class ContentStore:
 
     def ingest_path(self) -> Path:
         """A fresh private path in ``ingest/`` for a downloader that verifies as it writes (then :meth:`adopt`)."""
-        return self.root / "ingest" / uuid.uuid4().hex
+        return self.root / "ingest" / os.urandom(16).hex()
 
     def adopt(self, temp: Path, digest: Digest) -> None:
         """Publish a file already written and verified under ``ingest/`` (by the registry client)."""

@@ -12,12 +12,11 @@ import asyncio
 import io
 import os
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.imageconfig import image_manifest
@@ -26,6 +25,9 @@ from lamina.client import ClientPool, RegistryClient
 from lamina.oci import Descriptor, Digest, ImageConfig, digest_of, parse_reference
 from lamina.oci import mediatypes as mt
 from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
+
+if TYPE_CHECKING:  # tarfile is imported by write_oci_tar only: a pushed build never writes a tar
+    import tarfile
 
 __all__ = ["ExportImage", "parse_output", "push_image", "write_local", "write_oci_tar"]
 
@@ -121,6 +123,8 @@ async def write_oci_tar(dest: Path, image: ExportImage, images: ImageSource, *, 
     top = Descriptor(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), annotations=annotations)
 
     def write() -> None:
+        import tarfile
+
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, "oci-layout", oci_layout_json())
             _add_bytes(tar, "index.json", index_json([top]))
@@ -147,7 +151,7 @@ async def write_oci_tar(dest: Path, image: ExportImage, images: ImageSource, *, 
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
+    info = tar.tarinfo(name)  # TarFile.tarinfo is TarInfo: no module-level tarfile import
     info.size = len(data)
     info.mode = 0o444
     tar.addfile(info, io.BytesIO(data))

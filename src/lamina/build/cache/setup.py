@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from lamina.build.cache.importer import ImportedCache
 from lamina.build.cache.inline import InlineCacheExporter
-from lamina.build.cache.layout import LayoutCacheExporter, import_layout_cache
 from lamina.build.cache.registry import BlobSources, RegistryCacheExporter, Reporter, import_registry_cache
 from lamina.build.cacheopts import CacheFrom, CacheTo
 from lamina.build.images import ImageSource
@@ -24,6 +23,8 @@ __all__ = ["make_cache_exporters", "resolve_cache_from"]
 
 async def _resolve(spec: CacheFrom, pool: ClientPool) -> ImportedCache:
     if spec.type == "local":
+        from lamina.build.cache.layout import import_layout_cache  # the OCI-layout backend: only when asked for
+
         return await asyncio.to_thread(import_layout_cache, spec)
     assert spec.ref is not None
     return await import_registry_cache(pool, spec.ref)
@@ -49,5 +50,11 @@ async def resolve_cache_from(specs: Sequence[CacheFrom], pool: ClientPool, progr
 def make_cache_exporters(
     specs: Sequence[CacheTo], pool: ClientPool, images: ImageSource, known: BlobSources, progress: Reporter
 ) -> list[RegistryCacheExporter]:
-    kinds = {"registry": RegistryCacheExporter, "local": LayoutCacheExporter, "inline": InlineCacheExporter}
-    return [kinds[spec.type](spec, pool, images, known, progress) for spec in specs]
+    def kind(name: str) -> type[RegistryCacheExporter]:
+        if name == "local":
+            from lamina.build.cache.layout import LayoutCacheExporter  # only when asked for
+
+            return LayoutCacheExporter
+        return {"registry": RegistryCacheExporter, "inline": InlineCacheExporter}[name]
+
+    return [kind(spec.type)(spec, pool, images, known, progress) for spec in specs]

@@ -5,7 +5,8 @@ it (both share ADD URL downloads through one :class:`Downloads` per build). Sema
 see :mod:`lamina.build.filecopy.copier`. Writes never leave the rootfs (:mod:`.rootfs`).
 """
 
-from lamina.build.filecopy.archive import extract_archive, is_archive
+from typing import Any
+
 from lamina.build.filecopy.copier import OwnerResolver, apply_copy, copy_checksum, parse_chmod
 from lamina.build.filecopy.fetch import Download, Downloads, is_url
 from lamina.build.filecopy.rootfs import CopyError, RootFS
@@ -23,3 +24,12 @@ __all__ = [
     "is_url",
     "parse_chmod",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``extract_archive``/``is_archive`` load tarfile and every codec: imported when first asked for."""
+    if name in ("extract_archive", "is_archive"):
+        from lamina.build.filecopy import archive
+
+        return getattr(archive, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,6 @@ from pathlib import Path
 from lamina.build import gopath
 from lamina.build.context import ContextError, Entry, Selected, SourceTree
 from lamina.build.dockerignore import PatternMatcher
-from lamina.build.filecopy.archive import extract_archive, is_archive
 from lamina.build.filecopy.fetch import Download, Downloads, is_url
 from lamina.build.filecopy.rootfs import DIR_FLAGS, NEW_FILE_FLAGS, CopyError, RootFS, write_all
 from lamina.build.ops import CopyStep
@@ -290,6 +289,8 @@ class _Copier:
                 self._write_inline(item, dfd, name, self.root.display(target))
 
     def _unpack(self, item: Selected, dest_rel: str) -> bool:
+        from lamina.build.filecopy.archive import extract_archive, is_archive  # tar + codecs: only ADD needs them
+
         tree = self._tree()
         fd = tree.open_file(item.entry)
         with open(fd, "rb") as raw:

@@ -15,9 +15,7 @@ import os
 import posixpath
 import tempfile
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +111,9 @@ class Downloads:
         return done
 
     def _fetch(self, url: str) -> Download:
+        import urllib.error  # http.client and friends: only ADD <url> needs them
+        import urllib.request
+
         request = urllib.request.Request(url, headers={"User-Agent": "lamina"})
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".part-")
         h = hashlib.sha256()

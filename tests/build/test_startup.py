@@ -1,0 +1,95 @@
+"""What a fresh ``lamina build`` process imports: ``--help`` needs no event loop or client, and a fully
+cached build (every step from the registry cache, image pushed) never loads the worker (runc, overlay,
+tar, codecs), archive extraction, the OCI-layout cache backend or rich. Start-up time is mostly imports,
+so these properties are what keeps it low; a timing assert would only be flaky."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.images import busybox_image
+from helpers.registries import RegistryProcess
+from lamina.build.builder import BuildRequest, build
+from lamina.build.cacheopts import parse_cache_to
+from lamina.build.progress import PlainProgress
+
+_REPORT = """\
+import json, sys
+from lamina.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as exc:
+    rc = exc.code
+print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr)
+sys.exit(rc)
+"""
+
+# Never needed when every step is a cache hit and the image is pushed.
+_NOT_ON_CACHED_PATH = (
+    "lamina.build.worker",
+    "lamina.build.filecopy.archive",
+    "lamina.build.cache.layout",
+    "rich",
+    "tarfile",
+    "zstandard",
+)
+
+
+def _run(*argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    proc = subprocess.run([sys.executable, "-c", _REPORT, *argv], capture_output=True, text=True, timeout=120,
+                          check=False)
+    modules = set(json.loads(proc.stderr.rsplit("MODULES ", 1)[1]))
+    return proc, modules
+
+
+def _loaded(modules: set[str], prefix: str) -> list[str]:
+    return sorted(m for m in modules if m == prefix or m.startswith(prefix + "."))
+
+
+def test_build_help_loads_no_event_loop_client_or_builder() -> None:
+    proc, modules = _run("build", "--help")
+    assert proc.returncode == 0 and "--cache-from" in proc.stdout
+    for prefix in ("asyncio", "aiohttp", "ssl", "lamina.client", "lamina.build.builder", "lamina.build.dockerfile",
+                   *_NOT_ON_CACHED_PATH):
+        assert _loaded(modules, prefix) == [], prefix
+
+
+def test_bad_flag_loads_no_event_loop() -> None:
+    proc, modules = _run("build", "--progress", "fancy", ".")
+    assert proc.returncode == 2 and "invalid choice: 'fancy'" in proc.stderr
+    assert _loaded(modules, "asyncio") == [] and _loaded(modules, "aiohttp") == []
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runc") is None, reason="needs root and runc")
+def test_fully_cached_build_process_never_loads_the_worker(
+    lamina_registry: RegistryProcess, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    base = busybox_image(lamina_registry, name="startup/busybox", rootfs=busybox_rootfs).reference
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {base}\nWORKDIR /app\nCOPY a.txt /app/\nRUN cat a.txt > b.txt\n")
+    (context / "a.txt").write_text("A\n")
+    cache = f"{lamina_registry.host}/startup/app:cache"
+    request = BuildRequest(context_dir=context, dockerfile=(context / "Dockerfile").read_text(), root=tmp_path / "cold",
+                           cache_to=(parse_cache_to(f"type=registry,ref={cache},mode=max"),))
+    cold = asyncio.run(build(request, PlainProgress(io.StringIO())))
+    assert cold.cached_steps == 0
+
+    tag = f"{lamina_registry.host}/startup/app:warm"
+    proc, modules = _run("build", "--progress", "plain", "--root", str(tmp_path / "warm"), "--cache-from", cache,
+                         "-t", tag, "--push", str(context))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(cold.digest)  # same image, rebuilt from the cache alone
+    assert "CACHED" in proc.stderr
+    for prefix in _NOT_ON_CACHED_PATH:
+        assert _loaded(modules, prefix) == [], prefix
