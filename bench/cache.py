@@ -25,6 +25,7 @@ import asyncio
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -113,52 +114,71 @@ def _figures(result: BuildResult, seconds: float) -> dict[str, Any]:
 
 _PROCESS = """\
 import sys, time
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 from lamina.cli import main
 import lamina.build.builder, lamina.build.cli, lamina.build.cache.setup
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 rc = main(sys.argv[1:])
-t2 = time.perf_counter()
-print(f"TIMES {t1 - t0:.3f} {t2 - t1:.3f}", file=sys.stderr)
+t2, c2 = time.perf_counter(), time.process_time()
+print(f"TIMES {t1 - t0:.3f} {t2 - t1:.3f} {c1 - c0:.3f} {c2 - c1:.3f}", file=sys.stderr)
 sys.exit(rc)
 """
 
 
-def _cli_seconds(context: Path, base: str, state: Path, cache: str, tag: str, pycache: Path | None) -> dict[str, float]:
+def _cli_seconds(context: Path, base: str, state: Path, cache: str, tag: str, pycache: Path | None,
+                 src: Path | None = None) -> dict[str, float]:
     """The warm build as CI runs it (a fresh process), split into interpreter start-up, imports and build.
 
     With ``pycache``, bytecode is written to and read from that private dir (an installed wheel has its
     .pyc files); without, the process honours the caller's PYTHONDONTWRITEBYTECODE (a source checkout).
+    ``src`` (another revision's ``src/`` dir) goes first on PYTHONPATH.
     """
     env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     if pycache is not None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(pycache)
     (context / "Dockerfile").write_text(DOCKERFILE.format(base=base))
     argv = ["build", "--progress", "plain", "--root", str(state), "--cache-from", cache, "-t", tag, "--push",
             str(context)]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", _PROCESS, *argv], check=True, capture_output=True, text=True, env=env)
     total = time.monotonic() - started
-    imports, work = (float(x) for x in proc.stderr.rsplit("TIMES ", 1)[1].split())
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    imports, work, imports_cpu, work_cpu = (float(x) for x in proc.stderr.rsplit("TIMES ", 1)[1].split())
+    # CPU seconds are steadier than wall-clock on a shared machine (others' load mostly adds waiting)
     return {"process_seconds": round(total, 3), "python_startup_seconds": round(total - imports - work, 3),
-            "imports_seconds": round(imports, 3), "build_seconds": round(work, 3)}
+            "imports_seconds": round(imports, 3), "build_seconds": round(work, 3),
+            "process_cpu_seconds": round(cpu, 3), "imports_cpu_seconds": round(imports_cpu, 3),
+            "build_cpu_seconds": round(work_cpu, 3)}
 
 
-def _cli_best(context: Path, base: str, work: Path, cache: str, tag: str, runs: int, bytecode: bool) -> dict[str, Any]:
+def _cli_best(context: Path, base: str, work: Path, cache: str, tag: str, runs: int, bytecode: bool,
+              compare: Path | None = None) -> dict[str, Any]:
     """``runs`` warm processes, each on a fresh state dir: the best and the median of each part (shared machine).
 
-    With ``bytecode``, one untimed process first fills a private bytecode cache the timed ones read.
+    With ``bytecode``, one untimed process first fills a private bytecode cache the timed ones read. With
+    ``compare`` (another revision's ``src/``), its processes alternate with ours, so both see the same load.
     """
-    pycache = work / "pycache" if bytecode else None
-    if pycache is not None:
-        _cli_seconds(context, base, work / "s-warm-cli-warmup", cache, tag, pycache)
-    samples = [_cli_seconds(context, base, work / f"s-warm-cli-{i}", cache, tag, pycache) for i in range(runs)]
-    out: dict[str, Any] = {"runs": runs, "bytecode_cache": bytecode}
-    for key in samples[0]:
-        values = sorted(s[key] for s in samples)
-        out[key] = values[0]
-        out[f"{key}_median"] = values[len(values) // 2]
+    variants: dict[str, Path | None] = {"this": None, **({"compare": compare} if compare else {})}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for i in range(-1 if bytecode else 0, runs):
+        for name, src in variants.items():
+            pycache = work / f"pycache-{name}" if bytecode else None
+            sample = _cli_seconds(context, base, work / f"s-warm-cli-{name}-{i}", cache, tag, pycache, src)
+            if i >= 0:  # -1: the untimed run that fills the bytecode cache
+                samples[name].append(sample)
+    out: dict[str, Any] = {}
+    for name, runs_of in samples.items():
+        fig: dict[str, Any] = {"runs": runs, "bytecode_cache": bytecode}
+        for key in runs_of[0]:
+            values = sorted(s[key] for s in runs_of)
+            fig[key] = values[0]
+            fig[f"{key}_median"] = values[len(values) // 2]
+        out[name] = fig
     return out
 
 
@@ -197,6 +217,9 @@ def main() -> int:
                         help="time the warm build as a fresh process N times; report best and median (default 5)")
     parser.add_argument("--no-bytecode-cache", action="store_true",
                         help="time the processes without .pyc files (a checkout under PYTHONDONTWRITEBYTECODE)")
+    parser.add_argument("--compare-src", type=Path, metavar="DIR",
+                        help="also time the warm process with DIR (another revision's src/) first on PYTHONPATH,"
+                        " alternating with this checkout's")
     args = parser.parse_args()
     report: dict[str, Any] = {"registry": args.registry}
     with tempfile.TemporaryDirectory(prefix="lamina-bench-cache-") as tmp:
@@ -216,8 +239,11 @@ def main() -> int:
             result, seconds = _run(context, base, work / "s-warm", cache_from=(max_ref,),
                                    tags=(f"{host}/bench/app:warm",))
             report["warm"] = _figures(result, seconds)
-            report["warm_cli"] = _cli_best(context, base, work, max_ref, f"{host}/bench/app:cli",
-                                         args.process_runs, not args.no_bytecode_cache)
+            timed = _cli_best(context, base, work, max_ref, f"{host}/bench/app:cli", args.process_runs,
+                              not args.no_bytecode_cache, args.compare_src)
+            report["warm_cli"] = timed["this"]
+            if "compare" in timed:
+                report["warm_cli_compare"] = {"src": str(args.compare_src), **timed["compare"]}
             (context / "src" / "mod00.py").write_text("def changed():\n    return 1\n")
             result, seconds = _run(context, base, work / "s-change", cache_from=(max_ref,),
                                    tags=(f"{host}/bench/app:change",))
@@ -239,16 +265,24 @@ def main() -> int:
               f" up {fig['up_other_bytes']} B  {fig['requests']} requests")
         if "export" in fig:
             print(f"{'':16} {fig['export']}")
-    cli = report["warm_cli"]
+    for label, key in (("warm as a process", "warm_cli"), (f"  with {args.compare_src}", "warm_cli_compare")):
+        if key in report:
+            _print_cli(label, report[key])
+    if "buildah" in report:
+        print(f"buildah          {json.dumps(report['buildah'])}")
+    return 0
+
+
+def _print_cli(label: str, cli: dict[str, Any]) -> None:
     pyc = "with" if cli["bytecode_cache"] else "without"
-    print(f"warm as a process ({pyc} .pyc), best of {cli['runs']} (median): {cli['process_seconds']:.2f}s"
+    print(f"{label} ({pyc} .pyc), best of {cli['runs']} (median): {cli['process_seconds']:.2f}s"
           f" ({cli['process_seconds_median']:.2f}) = python start-up {cli['python_startup_seconds']:.2f}s"
           f" ({cli['python_startup_seconds_median']:.2f}) + imports {cli['imports_seconds']:.2f}s"
           f" ({cli['imports_seconds_median']:.2f}) + build {cli['build_seconds']:.2f}s"
           f" ({cli['build_seconds_median']:.2f})")
-    if "buildah" in report:
-        print(f"buildah          {json.dumps(report['buildah'])}")
-    return 0
+    print(f"{'':{len(label)}} CPU: process {cli['process_cpu_seconds']:.2f}s ({cli['process_cpu_seconds_median']:.2f})"
+          f" = imports {cli['imports_cpu_seconds']:.2f}s ({cli['imports_cpu_seconds_median']:.2f})"
+          f" + build {cli['build_cpu_seconds']:.2f}s ({cli['build_cpu_seconds_median']:.2f}) + the rest")
 
 
 if __name__ == "__main__":
