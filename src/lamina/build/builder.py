@@ -48,6 +48,7 @@ class BuildRequest:
     labels: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
     network: str = "default"
+    runtime: str = "runc"  # the OCI runtime binary for RUN steps (runc or crun), looked up at the first RUN
     source_date_epoch: int | None = None
     compression: str = "gzip"
     cache_from: tuple[CacheFrom, ...] = ()  # resolved up front, asked in this order (first hit wins)
@@ -107,6 +108,7 @@ async def build(
             compression=request.compression,
             source_date_epoch=request.source_date_epoch,
             network=request.network,
+            runtime=request.runtime,
         )
         solver = Solver(
             graph,
@@ -192,6 +194,6 @@ async def _export(
             progress.message(f"exporting to oci image format {output['dest']} done")
         elif output["type"] == "local":
             lowers = await executor.materialize(result.layers)
-            await write_local(Path(output["dest"]), lowers[::-1], executor.snapshotter.view)  # type: ignore[attr-defined]
+            await write_local(Path(output["dest"]), lowers[::-1], executor.snapshotter.view)
             progress.message(f"copying files to {output['dest']} done")
     return tuple(pushed)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 __all__ = ["configure"]
 
+RUNTIMES = ("runc", "crun")  # OCI runtimes RUN steps can use; each binary is the Debian package of its name
+
 
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
@@ -41,6 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="state directory (default: the per-user data directory)")
     parser.add_argument("--network", choices=("default", "host", "none"), default="default",
                         help="network for RUN steps (default = host)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="runc",
+                        help="OCI runtime for RUN steps (default runc; crun needs a cgroup v2 host)")
     parser.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
                         help="layer compression (default gzip)")
     parser.add_argument("--cache-from", dest="cache_from", action="append", default=[], metavar="SPEC",
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             labels=dict(args.labels),
             root=args.root,
             network=args.network,
+            runtime=args.runtime,
             source_date_epoch=_epoch(),
             compression=args.compression,
             cache_from=tuple(parse_cache_from(c) for c in args.cache_from),

@@ -75,9 +75,13 @@ class Executor:
 
     @functools.cached_property
     def snapshotter(self) -> Snapshotter:
-        """overlayfs, or copying where it cannot mount — probed on first use: a fully cached build never is."""
-        from lamina.build.worker.snapshot import detect_snapshotter
+        """overlayfs, or copying where it cannot mount — probed on first use: a fully cached build never is.
 
+        First, once per build, the snapshots (and their overlay mounts) of builds that died are removed.
+        """
+        from lamina.build.worker.snapshot import cleanup_stale_snapshots, detect_snapshotter
+
+        cleanup_stale_snapshots(self.state.root)
         return detect_snapshotter(self.state.root)
 
     @functools.cached_property
@@ -91,9 +95,13 @@ class Executor:
 
     @functools.cached_property
     def runtime(self) -> RuncExecutor:
+        """The OCI runtime (runc, or crun with ``--runtime crun``), looked up at the first RUN."""
         from lamina.build.worker.executor import RuncExecutor
 
-        return RuncExecutor(self.state.root / "runc", runtime=self._runtime_name)
+        try:
+            return RuncExecutor(self.state.root / "runc", runtime=self._runtime_name)
+        except FileNotFoundError as exc:
+            raise ExecutionError(str(exc)) from None
 
     # -- materialising lazy results ------------------------------------------------------------------
 
@@ -126,6 +134,7 @@ class Executor:
         from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
 
         network = step.network if step.network != "default" else self.network
+        runtime = self.runtime  # a missing runtime binary fails here, before anything is mounted
 
         def on_output(_stream: str, line: str) -> None:
             output(line.encode() + b"\n")
@@ -135,9 +144,12 @@ class Executor:
                 user = resolve_user(rootfs, step.user)
             except UnknownUser as exc:
                 raise ExecutionError(f"USER {step.user!r}: {exc}") from None
+            env = (*step.env, *step.proxy_env)
+            if not any(item.startswith("HOME=") for item in env):  # as Docker: the user's passwd home
+                env = (*env, f"HOME={user.home}")
             spec = RunSpec(
                 argv=step.argv,
-                env=(*step.env, *step.proxy_env),
+                env=env,
                 mounts=self._inline_mounts(step, scratch),
                 cwd=step.workdir or "/",
                 uid=user.uid,
@@ -149,7 +161,7 @@ class Executor:
             if not cwd.exists():
                 cwd.mkdir(parents=True, exist_ok=True)
             try:
-                await self.runtime.run(spec, rootfs, on_output)
+                await runtime.run(spec, rootfs, on_output)
             except RunFailed as exc:
                 tail = "\n".join(f"  {line}" for line in exc.last_lines[-8:])
                 detail = f"; last output:\n{tail}" if tail else ""
@@ -192,7 +204,7 @@ class Executor:
             if source_lowers is None:
                 self._apply_copy(step, self.context.root, rootfs, owner, from_context=True)
                 return
-            with self.snapshotter.view(source_lowers[::-1]) as source_root:  # type: ignore[attr-defined]
+            with self.snapshotter.view(source_lowers[::-1]) as source_root:
                 self._apply_copy(step, Path(source_root), rootfs, owner, from_context=False)
 
         async def execute(rootfs: Path) -> None:

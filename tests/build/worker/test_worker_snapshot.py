@@ -124,6 +124,23 @@ def test_stack_order_whiteouts_and_opaque_lowers(snapshotter: Snapshotter, tmp_p
     assert lookup_in_stack([top, middle, bottom], "f") == middle / "f"
 
 
+def test_a_layer_repeated_in_the_stack_mounts_with_the_same_view(snapshotter: Snapshotter, tmp_path: Path) -> None:
+    """Two steps that leave the same diff share one unpacked dir; overlayfs alone refuses it twice (ELOOP)."""
+    same, middle, bottom = (tmp_path / n for n in ("same", "middle", "bottom"))
+    for layer in (same, middle, bottom):
+        layer.mkdir()
+    (bottom / "f").write_text("bottom")
+    (bottom / "kept").write_text("kept")
+    (middle / "f").write_text("middle")
+    os.mknod(middle / "g", stat.S_IFCHR, os.makedev(0, 0))
+    (same / "g").write_text("same")
+    with snapshotter.prepare([same, middle, same, bottom], mountpoints=()) as snap:
+        assert (snap.rootfs / "f").read_text() == "middle"
+        assert (snap.rootfs / "g").read_text() == "same"
+        assert (snap.rootfs / "kept").read_text() == "kept"
+    snap.discard()
+
+
 def test_error_inside_the_step_cleans_up(snapshotter: Snapshotter, base: Path, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), snapshotter.prepare([base]) as snap:
         (snap.rootfs / "x").write_text("x")

@@ -32,7 +32,7 @@ def root(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("", ResolvedUser(0, 0, (), "root", "/")),
+        ("", ResolvedUser(0, 0, (), "root", "/root")),
         ("root", ResolvedUser(0, 0, (), "root", "/root")),
         ("app", ResolvedUser(1000, 1000, (10, 999), "app", "/home/app")),
         ("1000", ResolvedUser(1000, 1000, (10, 999), "app", "/home/app")),
@@ -57,6 +57,10 @@ def test_unknown_names_are_clear_errors(root: Path) -> None:
 
 def test_missing_files_allow_numeric_ids_only(tmp_path: Path) -> None:
     assert resolve_user(tmp_path, "123:456") == ResolvedUser(123, 456)
+    # HOME defaults as Docker's: /root for uid 0, / for any other uid without a passwd entry
+    assert resolve_user(tmp_path, "") == ResolvedUser(0, 0, (), "root", "/root")
+    assert resolve_user(tmp_path, "0") == ResolvedUser(0, 0, (), "", "/root")
+    assert resolve_user(tmp_path, "123").home == "/"
     with pytest.raises(UnknownUser):
         resolve_user(tmp_path, "app")
 

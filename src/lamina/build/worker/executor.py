@@ -56,7 +56,9 @@ class RuncExecutor:
     def __init__(self, state_dir: str | os.PathLike[str], runtime: str = "runc") -> None:
         binary = shutil.which(runtime)
         if binary is None:
-            raise FileNotFoundError(f"OCI runtime {runtime!r} not found in PATH")
+            raise FileNotFoundError(
+                f"OCI runtime {runtime!r} not found in PATH: install it (Debian package {runtime!r})"
+            )
         self.runtime = runtime
         self.binary = binary
         self.state_dir = Path(state_dir)

@@ -243,7 +243,10 @@ class _OverlaySnapshot:
         self.upper = self.dir / "upper"
         self.rootfs = self.dir / "merged"
         self._work = self.dir / "work"
-        self._lowers = list(lowers)
+        # A layer can recur in a chain (two RUNs that leave the same, often empty, diff): overlayfs refuses a
+        # repeated lower dir (ELOOP). Keeping only its topmost place gives the same merged view, since every
+        # path the lower copy could decide, the identical upper copy decides first.
+        self._lowers = list(dict.fromkeys(lowers))
         self._mountpoints = tuple(mountpoints)
         self._mounted = False
 

@@ -31,7 +31,7 @@ class ResolvedUser:
     gid: int
     additional_gids: tuple[int, ...] = ()
     name: str = ""  # the passwd name, "" when the uid is not in passwd
-    home: str = "/"  # from passwd; the executor's caller may export it as HOME
+    home: str = "/"  # from passwd ("/root" for uid 0 without an entry); RUN exports it as HOME when unset
 
 
 def resolve_in_root(root: str | os.PathLike[str], path: str) -> Path:
@@ -89,7 +89,8 @@ def resolve_user(rootfs: str | os.PathLike[str], spec: str) -> ResolvedUser:
         if group_arg:
             user_arg = "0"
         else:
-            return ResolvedUser(0, 0, name="root")
+            root = next((row for row in _read_db(rootfs, "/etc/passwd") if len(row) > 5 and row[2] == "0"), None)
+            return ResolvedUser(0, 0, name="root", home=root[5] if root is not None and root[5] else "/root")
     passwd = [row for row in _read_db(rootfs, "/etc/passwd") if len(row) >= 4]
     uid_num = _int(user_arg)
     entry = None
@@ -105,7 +106,8 @@ def resolve_user(rootfs: str | os.PathLike[str], spec: str) -> ResolvedUser:
             raise UnknownUser(f"invalid /etc/passwd entry for user {user_arg}: {':'.join(entry)}")
         name, home = entry[0], (entry[5] if len(entry) > 5 and entry[5] else "/")
     else:
-        uid, gid, name, home = uid_num or 0, 0, "", "/"
+        uid, gid, name = uid_num or 0, 0, ""
+        home = "/root" if uid == 0 else "/"  # Docker's defaults when passwd has no entry
     groups = [row for row in _read_db(rootfs, "/etc/group") if len(row) >= 3 and _int(row[2]) is not None]
     if group_arg:
         gid_num = _int(group_arg)
