@@ -182,6 +182,44 @@ def _cli_best(context: Path, base: str, work: Path, cache: str, tag: str, runs: 
     return out
 
 
+_FLOOR = {
+    "python -c pass": "pass",
+    "import asyncio": "import asyncio",
+    "import asyncio, aiohttp": "import asyncio, aiohttp",
+    "lamina build --help": "from lamina.cli import main\ntry:\n    main(['build', '--help'])\n"
+                           "except SystemExit:\n    pass",
+    "lamina build's imports": "import lamina.build.cli, lamina.build.builder, lamina.build.cache.setup",
+}
+
+
+def _import_floor(work: Path, runs: int, compare: Path | None) -> dict[str, dict[str, float]]:
+    """Fresh interpreters (with a bytecode cache), alternating: how much of the start-up is the floor
+    (the interpreter, asyncio, aiohttp) and how much is lamina's own; best and median wall and CPU seconds."""
+    cases = [(name, code, None) for name, code in _FLOOR.items()]
+    if compare is not None:
+        cases += [(f"{name} [{compare}]", code, compare) for name, code in _FLOOR.items() if "lamina" in name]
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in cases}
+    for i in range(-1, runs):  # -1: fills the bytecode caches, untimed
+        for name, code, src in cases:
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            env["PYTHONPYCACHEPREFIX"] = str(work / ("pycache-compare" if src else "pycache-this"))
+            if src is not None:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
+            wall = time.monotonic() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if i >= 0:
+                samples[name].append((wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime))
+    out: dict[str, dict[str, float]] = {}
+    for name, values in samples.items():
+        walls, cpus = sorted(v[0] for v in values), sorted(v[1] for v in values)
+        out[name] = {"wall": round(walls[0], 3), "wall_median": round(walls[len(walls) // 2], 3),
+                     "cpu": round(cpus[0], 3), "cpu_median": round(cpus[len(cpus) // 2], 3)}
+    return out
+
+
 def _buildah(context: Path, base: str, registry: RegistryProcess, work: Path) -> dict[str, Any]:
     """The same scenario with buildah's own registry cache (its format, not BuildKit's)."""
     if shutil.which("buildah") is None:
@@ -220,7 +258,20 @@ def main() -> int:
     parser.add_argument("--compare-src", type=Path, metavar="DIR",
                         help="also time the warm process with DIR (another revision's src/) first on PYTHONPATH,"
                         " alternating with this checkout's")
+    parser.add_argument("--import-floor", action="store_true",
+                        help="only time fresh interpreters: bare, asyncio, aiohttp, lamina build's imports, --help")
     args = parser.parse_args()
+    if args.import_floor:
+        with tempfile.TemporaryDirectory(prefix="lamina-bench-floor-") as tmp:
+            floor = _import_floor(Path(tmp), args.process_runs, args.compare_src)
+        if args.json:
+            print(json.dumps(floor, indent=2))
+            return 0
+        print(f"fresh interpreters, best of {args.process_runs} (median), wall and CPU seconds:")
+        for name, fig in floor.items():
+            print(f"  {name:60} wall {fig['wall']:.3f} ({fig['wall_median']:.3f})"
+                  f"  cpu {fig['cpu']:.3f} ({fig['cpu_median']:.3f})")
+        return 0
     report: dict[str, Any] = {"registry": args.registry}
     with tempfile.TemporaryDirectory(prefix="lamina-bench-cache-") as tmp:
         work = Path(tmp)
