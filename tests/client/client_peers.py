@@ -1,5 +1,6 @@
-"""Real peers for the client tests: CNCF distribution on a free loopback port (plain, htpasswd, or
-token auth with a tiny JWT issuer we run), and a helper to serve small aiohttp apps on 127.0.0.1.
+"""Real peers for the client tests: a tiny JWT token issuer we run (the realm of a token-auth CNCF
+distribution, which ``helpers.registries.start_distribution`` starts), and a helper to serve small
+aiohttp apps on 127.0.0.1.
 
 A module of its own (not conftest) so test files can import these names unambiguously."""
 
@@ -9,17 +10,12 @@ import base64
 import datetime
 import json
 import secrets
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,64 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-DISTRIBUTION = "/usr/bin/docker-registry"
+from helpers.registries import RegistryProcess
+
 ServeApp = Callable[[web.Application], Awaitable[str]]  # the serve_app fixture: app -> "127.0.0.1:<port>"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Distribution:
-    """A running docker-registry process; ``host`` is ``127.0.0.1:<port>``."""
-
-    host: str
-    root: Path
-    proc: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_distribution(workdir: Path, auth: dict[str, Any] | None = None) -> Distribution:
-    if not Path(DISTRIBUTION).exists():
-        pytest.skip("CNCF distribution (Debian docker-registry) is not installed")
-    port = free_port()
-    root = workdir / "storage"
-    root.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "version": 0.1,
-        "log": {"level": "error", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(root)}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }
-    if auth:
-        config["auth"] = auth
-    config_path = workdir / "config.yml"
-    config_path.write_text(json.dumps(config))  # JSON is YAML
-    log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([DISTRIBUTION, "serve", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break  # 401 means it is up and asking for auth
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"docker-registry did not start: {(workdir / 'registry.log').read_text()}") from None
-            time.sleep(0.03)
-    return Distribution(f"127.0.0.1:{port}", root, proc)
 
 
 async def serve(app: web.Application) -> tuple[str, web.AppRunner]:
@@ -182,5 +123,5 @@ class TokenIssuer:
 
 @dataclass
 class TokenRegistry:
-    registry: Distribution
+    registry: RegistryProcess
     issuer: TokenIssuer

@@ -1,6 +1,6 @@
 """Fixtures for the client tests: real CNCF distribution registries (plain, htpasswd, token auth), a
 loopback server for small fault-injecting aiohttp apps, and a PATH directory for credential helpers.
-The peers themselves live in ``client_peers.py``."""
+Distribution is started by ``helpers.registries``; the token issuer lives in ``client_peers.py``."""
 
 from __future__ import annotations
 
@@ -11,23 +11,28 @@ from pathlib import Path
 import bcrypt
 import pytest
 from aiohttp import web
-from client_peers import Distribution, ServeApp, TokenIssuer, TokenRegistry, serve, start_distribution
+from client_peers import ServeApp, TokenIssuer, TokenRegistry, serve
+
+from helpers.binaries import require_binary
+from helpers.registries import DISTRIBUTION_BINARY, RegistryProcess, start_distribution
 
 
 @pytest.fixture
-def distribution(tmp_path: Path) -> Iterator[Distribution]:
+def distribution(tmp_path: Path) -> Iterator[RegistryProcess]:
+    require_binary(DISTRIBUTION_BINARY, "docker-registry")
     reg = start_distribution(tmp_path / "registry")
     yield reg
     reg.stop()
 
 
 @pytest.fixture
-def htpasswd_distribution(tmp_path: Path) -> Iterator[Distribution]:
+def htpasswd_distribution(tmp_path: Path) -> Iterator[RegistryProcess]:
     """Distribution with Basic auth: user ``alice`` / password ``wonderland``."""
     path = tmp_path / "htpasswd"
     hashed = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=5)).decode()
     path.write_text(f"alice:{hashed}\n")
-    reg = start_distribution(tmp_path / "registry", {"htpasswd": {"realm": "lamina-test", "path": str(path)}})
+    require_binary(DISTRIBUTION_BINARY, "docker-registry")
+    reg = start_distribution(tmp_path / "registry", auth={"htpasswd": {"realm": "lamina-test", "path": str(path)}})
     yield reg
     reg.stop()
 
@@ -56,7 +61,8 @@ async def token_registry(tmp_path: Path, serve_app: ServeApp) -> AsyncIterator[T
     issuer.write_bundle(bundle)
     auth = {"token": {"realm": f"http://{issuer.host}/token", "service": issuer.service, "issuer": issuer.issuer,
                       "rootcertbundle": str(bundle)}}
-    reg = start_distribution(tmp_path / "registry", auth)
+    require_binary(DISTRIBUTION_BINARY, "docker-registry")
+    reg = start_distribution(tmp_path / "registry", auth=auth)
     yield TokenRegistry(reg, issuer)
     reg.stop()
 

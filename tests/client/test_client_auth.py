@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from client_peers import Distribution, TokenRegistry
+from client_peers import TokenRegistry
 
+from helpers.registries import RegistryProcess
 from lamina.client import (
     Credentials,
     CredentialStore,
@@ -45,7 +46,7 @@ def test_parse_challenge_basic_and_garbage() -> None:
 
 
 @pytest.mark.interop
-async def test_basic_auth_push_and_pull(htpasswd_distribution: Distribution) -> None:
+async def test_basic_auth_push_and_pull(htpasswd_distribution: RegistryProcess) -> None:
     data = b"basic auth blob"
     digest = digest_of(data)
     async with RegistryClient(htpasswd_distribution.host, credentials=Credentials("alice", "wonderland")) as c:
@@ -55,7 +56,7 @@ async def test_basic_auth_push_and_pull(htpasswd_distribution: Distribution) -> 
 
 
 @pytest.mark.interop
-async def test_basic_auth_wrong_password_is_unauthorized(htpasswd_distribution: Distribution) -> None:
+async def test_basic_auth_wrong_password_is_unauthorized(htpasswd_distribution: RegistryProcess) -> None:
     async with RegistryClient(htpasswd_distribution.host, credentials=Credentials("alice", "nope")) as c:
         with pytest.raises(Unauthorized) as info:
             await c.head_blob("team/app", digest_of(b"x"))
@@ -64,7 +65,7 @@ async def test_basic_auth_wrong_password_is_unauthorized(htpasswd_distribution: 
 
 
 @pytest.mark.interop
-async def test_basic_auth_from_docker_config(htpasswd_distribution: Distribution, tmp_path: Path) -> None:
+async def test_basic_auth_from_docker_config(htpasswd_distribution: RegistryProcess, tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     encoded = base64.b64encode(b"alice:wonderland").decode()
     config.write_text(json.dumps({"auths": {f"http://{htpasswd_distribution.host}/v2/": {"auth": encoded}}}))
@@ -73,7 +74,7 @@ async def test_basic_auth_from_docker_config(htpasswd_distribution: Distribution
 
 
 @pytest.mark.interop
-async def test_anonymous_on_basic_registry_is_unauthorized(htpasswd_distribution: Distribution) -> None:
+async def test_anonymous_on_basic_registry_is_unauthorized(htpasswd_distribution: RegistryProcess) -> None:
     async with RegistryClient(htpasswd_distribution.host, credentials=Credentials()) as c:
         with pytest.raises(Unauthorized):
             await c.ping()

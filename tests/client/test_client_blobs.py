@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from client_peers import Distribution
 
+from helpers.registries import RegistryProcess
 from lamina.client import DigestMismatch, NotFound, PushOutcome, RegistryClient, RegistryError
 from lamina.oci import digest_of
 
@@ -21,7 +21,7 @@ def _write(path: Path, size: int) -> bytes:
     return data
 
 
-async def test_push_bytes_then_exists_head_and_fetch(distribution: Distribution) -> None:
+async def test_push_bytes_then_exists_head_and_fetch(distribution: RegistryProcess) -> None:
     data = b'{"architecture":"amd64"}'
     digest = digest_of(data)
     async with RegistryClient(distribution.host) as c:
@@ -35,7 +35,7 @@ async def test_push_bytes_then_exists_head_and_fetch(distribution: Distribution)
         assert c.stats.downloaded["layer"] == 0
 
 
-async def test_large_file_is_uploaded_in_content_range_chunks(distribution: Distribution, tmp_path: Path) -> None:
+async def test_large_file_is_uploaded_in_content_range_chunks(distribution: RegistryProcess, tmp_path: Path) -> None:
     src = tmp_path / "layer.tar.gz"
     data = _write(src, 300_000)
     digest = digest_of(data)
@@ -55,7 +55,7 @@ async def test_large_file_is_uploaded_in_content_range_chunks(distribution: Dist
     assert [p.name for p in dest.parent.iterdir()] == ["blob"]
 
 
-async def test_small_file_is_one_monolithic_put(distribution: Distribution, tmp_path: Path) -> None:
+async def test_small_file_is_one_monolithic_put(distribution: RegistryProcess, tmp_path: Path) -> None:
     src = tmp_path / "small"
     data = _write(src, 10_000)
     async with RegistryClient(distribution.host) as c:
@@ -65,7 +65,7 @@ async def test_small_file_is_one_monolithic_put(distribution: Distribution, tmp_
         assert await c.fetch_blob("proj/small", digest_of(data), kind="layer") == data
 
 
-async def test_cross_repo_mount_sends_no_bytes(distribution: Distribution) -> None:
+async def test_cross_repo_mount_sends_no_bytes(distribution: RegistryProcess) -> None:
     data = os.urandom(5000)
     digest = digest_of(data)
     async with RegistryClient(distribution.host) as c:
@@ -78,7 +78,7 @@ async def test_cross_repo_mount_sends_no_bytes(distribution: Distribution) -> No
         assert await c.head_blob("app/repo", digest) == len(data)
 
 
-async def test_failed_mount_uploads_instead(distribution: Distribution) -> None:
+async def test_failed_mount_uploads_instead(distribution: RegistryProcess) -> None:
     data = os.urandom(3000)
     digest = digest_of(data)
     async with RegistryClient(distribution.host) as c:
@@ -87,7 +87,7 @@ async def test_failed_mount_uploads_instead(distribution: Distribution) -> None:
         assert await c.fetch_blob("app/other", digest, kind="layer") == data
 
 
-async def test_get_blob_streams_and_verifies(distribution: Distribution) -> None:
+async def test_get_blob_streams_and_verifies(distribution: RegistryProcess) -> None:
     data = os.urandom(3 << 20)
     digest = digest_of(data)
     async with RegistryClient(distribution.host) as c:
@@ -97,7 +97,7 @@ async def test_get_blob_streams_and_verifies(distribution: Distribution) -> None
         assert c.stats.downloaded["layer"] == len(data)
 
 
-async def test_wrong_expected_size_is_a_mismatch(distribution: Distribution) -> None:
+async def test_wrong_expected_size_is_a_mismatch(distribution: RegistryProcess) -> None:
     data = b"twelve bytes"
     digest = digest_of(data)
     async with RegistryClient(distribution.host) as c:
@@ -108,7 +108,7 @@ async def test_wrong_expected_size_is_a_mismatch(distribution: Distribution) -> 
             await c.fetch_blob("proj/size", digest, size=20)
 
 
-async def test_missing_blob_is_not_found_naming_it(distribution: Distribution, tmp_path: Path) -> None:
+async def test_missing_blob_is_not_found_naming_it(distribution: RegistryProcess, tmp_path: Path) -> None:
     digest = digest_of(b"never pushed")
     out = tmp_path / "out"
     out.mkdir()
@@ -123,14 +123,14 @@ async def test_missing_blob_is_not_found_naming_it(distribution: Distribution, t
     assert list(out.iterdir()) == []
 
 
-async def test_push_refuses_bytes_that_do_not_match(distribution: Distribution) -> None:
+async def test_push_refuses_bytes_that_do_not_match(distribution: RegistryProcess) -> None:
     async with RegistryClient(distribution.host) as c:
         with pytest.raises(DigestMismatch, match="bytes given to push"):
             await c.push_blob("proj/bad", digest_of(b"a"), 1, b"b")
         assert c.stats.requests == 0
 
 
-async def test_push_file_whose_content_differs_names_the_file(distribution: Distribution, tmp_path: Path) -> None:
+async def test_push_file_whose_content_differs_names_the_file(distribution: RegistryProcess, tmp_path: Path) -> None:
     src = tmp_path / "changed"
     src.write_bytes(b"content now")
     claimed = digest_of(b"content was")
@@ -140,7 +140,7 @@ async def test_push_file_whose_content_differs_names_the_file(distribution: Dist
         assert await c.head_blob("proj/bad", claimed) is None
 
 
-async def test_push_file_size_mismatch(distribution: Distribution, tmp_path: Path) -> None:
+async def test_push_file_size_mismatch(distribution: RegistryProcess, tmp_path: Path) -> None:
     src = tmp_path / "short"
     src.write_bytes(b"abc")
     async with RegistryClient(distribution.host) as c:

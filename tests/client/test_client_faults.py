@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from client_peers import ServeApp, free_port
+from client_peers import ServeApp
 
+from helpers.registries import free_port
 from lamina.client import (
     Credentials,
     DigestMismatch,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from client_peers import Distribution
 
+from helpers.registries import RegistryProcess
 from lamina.client import NotFound, RegistryClient, RegistryError
 from lamina.oci import Descriptor, ImageManifest, digest_of
 from lamina.oci import mediatypes as mt
@@ -29,7 +29,7 @@ async def _push_image(c: RegistryClient, repo: str, layer: bytes, *, subject: De
     return manifest, Descriptor(mt.OCI_MANIFEST, digest_of(manifest), len(manifest))
 
 
-async def test_put_get_head_by_tag_and_digest(distribution: Distribution) -> None:
+async def test_put_get_head_by_tag_and_digest(distribution: RegistryProcess) -> None:
     async with RegistryClient(distribution.host) as c:
         data, desc = await _push_image(c, "proj/app", b"layer one")
         assert await c.put_manifest("proj/app", "v1", data, mt.OCI_MANIFEST) == desc.digest
@@ -44,7 +44,7 @@ async def test_put_get_head_by_tag_and_digest(distribution: Distribution) -> Non
         assert c.stats.uploaded["manifest"] == len(data)
 
 
-async def test_put_by_digest_checks_bytes_first(distribution: Distribution) -> None:
+async def test_put_by_digest_checks_bytes_first(distribution: RegistryProcess) -> None:
     async with RegistryClient(distribution.host) as c:
         data, desc = await _push_image(c, "proj/pin", b"layer")
         assert await c.put_manifest("proj/pin", str(desc.digest), data, mt.OCI_MANIFEST) == desc.digest
@@ -52,7 +52,7 @@ async def test_put_by_digest_checks_bytes_first(distribution: Distribution) -> N
             await c.put_manifest("proj/pin", str(digest_of(b"other")), data, mt.OCI_MANIFEST)
 
 
-async def test_manifest_errors_are_parsed_from_the_spec_body(distribution: Distribution) -> None:
+async def test_manifest_errors_are_parsed_from_the_spec_body(distribution: RegistryProcess) -> None:
     async with RegistryClient(distribution.host) as c:
         with pytest.raises(NotFound) as missing:
             await c.get_manifest("proj/none", "latest")
@@ -68,7 +68,7 @@ async def test_manifest_errors_are_parsed_from_the_spec_body(distribution: Distr
         assert info.value.status == 400 and info.value.code == "MANIFEST_BLOB_UNKNOWN"
 
 
-async def test_list_tags(distribution: Distribution) -> None:
+async def test_list_tags(distribution: RegistryProcess) -> None:
     """(distribution 2.8 ignores ``n``; Link pagination is tested against a loopback server in test_client_faults.)"""
     async with RegistryClient(distribution.host) as c:
         data, _ = await _push_image(c, "proj/tags", b"layer")
@@ -81,7 +81,7 @@ async def test_list_tags(distribution: Distribution) -> None:
             await c.list_tags("proj/absent")
 
 
-async def test_delete_manifest(distribution: Distribution) -> None:
+async def test_delete_manifest(distribution: RegistryProcess) -> None:
     async with RegistryClient(distribution.host) as c:
         data, desc = await _push_image(c, "proj/del", b"layer")
         await c.put_manifest("proj/del", "gone", data, mt.OCI_MANIFEST)
@@ -91,7 +91,7 @@ async def test_delete_manifest(distribution: Distribution) -> None:
             await c.delete_manifest("proj/del", str(desc.digest))
 
 
-async def test_referrers_fall_back_to_the_tag_schema(distribution: Distribution) -> None:
+async def test_referrers_fall_back_to_the_tag_schema(distribution: RegistryProcess) -> None:
     """distribution 2.8 has no referrers API: the spec's fallback tag ``sha256-<hex>`` is read instead."""
     async with RegistryClient(distribution.host) as c:
         data, subject = await _push_image(c, "proj/ref", b"layer")

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from client_peers import Distribution
 from yarl import URL
 
 from helpers.registries import RegistryProcess
@@ -65,5 +64,5 @@ async def test_mount_blob_on_lamina_registry(make_lamina_registry: Callable[...,
 
 
 @pytest.mark.interop
-async def test_mount_blob_on_distribution(distribution: Distribution) -> None:
+async def test_mount_blob_on_distribution(distribution: RegistryProcess) -> None:
     await _check_mount_blob(distribution.host)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from client_peers import Distribution
 
+from helpers.registries import RegistryProcess
 from lamina.client import NoMatchingPlatform, RegistryClient, resolve_image, resolve_platform, select_platform
 from lamina.oci import Descriptor, ImageIndex, ImageManifest, Platform, digest_of
 from lamina.oci import mediatypes as mt
@@ -81,7 +81,7 @@ async def _push_platform_image(c: RegistryClient, repo: str, arch: str, docker: 
 
 @pytest.mark.interop
 @pytest.mark.parametrize("docker", [False, True], ids=["oci-index", "docker-manifest-list"])
-async def test_resolve_image_through_an_index(distribution: Distribution, docker: bool) -> None:
+async def test_resolve_image_through_an_index(distribution: RegistryProcess, docker: bool) -> None:
     async with RegistryClient(distribution.host) as c:
         amd = await _push_platform_image(c, "lib/base", "amd64", docker)
         arm = await _push_platform_image(c, "lib/base", "arm64", docker)

@@ -12,8 +12,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from client_peers import Distribution
 
+from helpers.registries import RegistryProcess
 from lamina.client import RegistryClient, resolve_image
 from lamina.oci import Descriptor, ImageManifest, Platform, digest_of
 from lamina.oci import mediatypes as mt
@@ -57,7 +57,7 @@ async def _push_arch(c: RegistryClient, repo: str, arch: str) -> Descriptor:
     return Descriptor(mt.OCI_MANIFEST, digest, len(manifest), platform=Platform(arch, "linux"))
 
 
-async def test_skopeo_reads_what_we_push_and_agrees_on_the_platform(distribution: Distribution,
+async def test_skopeo_reads_what_we_push_and_agrees_on_the_platform(distribution: RegistryProcess,
                                                                    tmp_path: Path) -> None:
     skopeo = _skopeo()
     async with RegistryClient(distribution.host) as c:
@@ -78,7 +78,7 @@ async def test_skopeo_reads_what_we_push_and_agrees_on_the_platform(distribution
     assert layout_index["manifests"][0]["digest"] == str(s390.digest)
 
 
-async def test_we_resolve_what_skopeo_pushes(distribution: Distribution, tmp_path: Path) -> None:
+async def test_we_resolve_what_skopeo_pushes(distribution: RegistryProcess, tmp_path: Path) -> None:
     skopeo = _skopeo()
     layout = tmp_path / "src"
     (layout / "blobs" / "sha256").mkdir(parents=True)

@@ -9,6 +9,7 @@ itself. Stdlib only, so ``bench/`` can use it without the test dependencies.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DISTRIBUTION_BINARY",
@@ -194,8 +196,10 @@ def start_lamina(
     return _start_on_free_port(make)
 
 
-def distribution_config(root: Path, port: int) -> str:
-    """CNCF distribution 2.8: filesystem storage, delete enabled, Debian's default in-memory blob cache."""
+def distribution_config(root: Path, port: int, auth: dict[str, Any] | None = None) -> str:
+    """CNCF distribution 2.8: filesystem storage, delete enabled, Debian's default in-memory blob cache;
+    ``auth`` (e.g. ``{"htpasswd": {...}}`` or ``{"token": {...}}``) becomes the ``auth:`` section."""
+    auth_section = f"auth: {json.dumps(auth)}\n" if auth else ""  # a JSON value is YAML flow style
     return (
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
@@ -205,11 +209,15 @@ def distribution_config(root: Path, port: int) -> str:
         "  cache:\n    blobdescriptor: inmemory\n"
         "  redirect:\n    disable: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"{auth_section}"
     )
 
 
-def start_distribution(workdir: Path, binary: str = DISTRIBUTION_BINARY) -> RegistryProcess:
-    """Start CNCF distribution (``docker-registry serve CONFIG``) with storage under ``workdir``."""
+def start_distribution(
+    workdir: Path, binary: str = DISTRIBUTION_BINARY, auth: dict[str, Any] | None = None
+) -> RegistryProcess:
+    """Start CNCF distribution (``docker-registry serve CONFIG``) with storage under ``workdir``;
+    ``auth`` is its ``auth:`` config section (none: anonymous push and pull)."""
     if not shutil.which(binary):
         raise FileNotFoundError(f"{binary} not found: run scripts/install-system-deps.sh (package docker-registry)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +226,7 @@ def start_distribution(workdir: Path, binary: str = DISTRIBUTION_BINARY) -> Regi
     config_path = workdir / "config.yml"
 
     def make(port: int) -> RegistryProcess:
-        config_path.write_text(distribution_config(root, port))
+        config_path.write_text(distribution_config(root, port, auth))
         return RegistryProcess(
             "docker-registry", [binary, "serve", str(config_path)], port, root, workdir / "server.log"
         )
