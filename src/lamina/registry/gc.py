@@ -30,7 +30,7 @@ from lamina.store import Storage
 from lamina.store.sweep import SweepResult, sweep
 
 from .config import ConfigError
-from .services import Offloader
+from .services import Offloader, repeat_until_stopped
 
 __all__ = ["GcBusy", "GcSettings", "format_report", "gc_forever", "parse_gc", "run_gc"]
 
@@ -124,11 +124,8 @@ async def gc_forever(
     on_result: Callable[[SweepResult], None] | None = None,
 ) -> None:
     """The background schedule (one worker runs it) until ``stop``; a busy lock just skips a round."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.interval_seconds)
-        if stop.is_set():
-            return
+
+    async def one_round() -> None:
         try:
             result = await offload.run(run_gc, storage, settings)
             if on_result is not None:
@@ -138,5 +135,5 @@ async def gc_forever(
                     log.info(line)
         except GcBusy as exc:
             log.info("%s; skipping this round", exc)
-        except Exception:
-            log.exception("garbage collection failed; retrying in %.0f s", settings.interval_seconds)
+
+    await repeat_until_stopped(stop, settings.interval_seconds, one_round, log, "garbage collection", wait_first=True)

@@ -15,7 +15,7 @@ import time
 
 from lamina.store import Storage
 
-from .services import Offloader
+from .services import Offloader, repeat_until_stopped
 
 __all__ = ["expire_uploads", "expire_uploads_forever"]
 
@@ -45,12 +45,10 @@ async def expire_uploads_forever(
 ) -> None:
     """Every min(expiry/4, 5 min) until ``stop`` is set; a running pass is finished, never abandoned."""
     interval = max(1.0, min(expiry_seconds / 4, 300.0))
-    while not stop.is_set():
-        try:
-            count = await offload.run(expire_uploads, storage, expiry_seconds)
-            if count:
-                log.info("expired %d abandoned upload session(s)", count)
-        except Exception:
-            log.exception("expiring upload sessions failed; retrying in %.0f s", interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+
+    async def one_round() -> None:
+        count = await offload.run(expire_uploads, storage, expiry_seconds)
+        if count:
+            log.info("expired %d abandoned upload session(s)", count)
+
+    await repeat_until_stopped(stop, interval, one_round, log, "expiring upload sessions", wait_first=False)

@@ -21,7 +21,6 @@ since the rules were evaluated (one transaction per manifest); the blobs go at t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from lamina.store.inventory import ManifestInfo, delete_manifest_if_unchanged, l
 
 from .config import ConfigError
 from .globs import matches_any, string_list
-from .services import Offloader
+from .services import Offloader, repeat_until_stopped
 
 __all__ = [
     "Expiry",
@@ -216,14 +215,12 @@ async def lifecycle_forever(
     on_result: Callable[[list[Expiry]], None] | None = None,
 ) -> None:
     """The background schedule (one worker runs it) until ``stop``."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.interval_seconds)
-        if stop.is_set():
-            return
-        try:
-            expired = await offload.run(apply_lifecycle, storage, settings)
-            if on_result is not None:
-                on_result(expired)
-        except Exception:
-            log.exception("applying lifecycle rules failed; retrying in %.0f s", settings.interval_seconds)
+
+    async def one_round() -> None:
+        expired = await offload.run(apply_lifecycle, storage, settings)
+        if on_result is not None:
+            on_result(expired)
+
+    await repeat_until_stopped(
+        stop, settings.interval_seconds, one_round, log, "applying lifecycle rules", wait_first=True
+    )

@@ -1,10 +1,13 @@
-"""Typed application keys for the services every handler shares, and the offloader for blocking calls."""
+"""Typed application keys for the services every handler shares, the offloader for blocking calls, and
+the one background schedule the janitor, gc and lifecycle loops share."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -13,7 +16,7 @@ from lamina.store import Storage
 
 from .config import RegistryConfig
 
-__all__ = ["CONFIG", "OFFLOAD", "STORAGE", "Offloader"]
+__all__ = ["CONFIG", "OFFLOAD", "STORAGE", "Offloader", "repeat_until_stopped"]
 
 T = TypeVar("T")
 
@@ -43,6 +46,33 @@ class Offloader:
         if pending:
             await asyncio.get_running_loop().run_in_executor(None, concurrent.futures.wait, pending)
         self._executor.shutdown(wait=True)
+
+
+async def repeat_until_stopped(
+    stop: asyncio.Event,
+    interval: float,
+    one_round: Callable[[], Awaitable[None]],
+    log: logging.Logger,
+    what: str,
+    *,
+    wait_first: bool,
+) -> None:
+    """Await ``one_round()`` every ``interval`` seconds until ``stop`` is set (``wait_first``: the first
+    round comes after one interval, not at once). A failed round is logged as ``<what> failed; retrying
+    in N s`` and never ends the loop; a running round is finished, never abandoned."""
+    while not stop.is_set():
+        if wait_first:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+        try:
+            await one_round()
+        except Exception:
+            log.exception("%s failed; retrying in %.0f s", what, interval)
+        if not wait_first:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
 
 CONFIG = web.AppKey("config", RegistryConfig)
