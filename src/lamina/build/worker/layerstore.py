@@ -26,6 +26,7 @@ from typing import BinaryIO
 from lamina.oci import Digest, parse_digest
 
 from .extract import LayerError, extract_layer, extract_layer_async
+from .snapshot import process_alive
 
 __all__ = ["LayerStore"]
 
@@ -127,18 +128,8 @@ class LayerStore:
         """Remove leftovers of unpacks whose process died (never used: they were not renamed into place)."""
         for entry in self.layers.glob(".tmp-unpack-*"):
             pid = entry.name.rsplit("-", 2)[-2]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _strip_bookkeeping(root: Path) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "cleanup_stale_snapshots",
     "detect_snapshotter",
     "lookup_in_stack",
+    "process_alive",
 ]
 
 # (path, is_dir): what runc mounts over in every RUN container (see runtime_spec.runtime_config).
@@ -174,7 +175,8 @@ def claim(directory: Path) -> None:
     (directory / "owner").write_text(str(os.getpid()))
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a PID owning a snapshot or an unpack dir; EPERM means it does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -209,7 +211,7 @@ def cleanup_stale_snapshots(root: str | os.PathLike[str]) -> int:
             owner = int((directory / "owner").read_text())
         except (OSError, ValueError):
             owner = None
-        if owner is not None and _alive(owner):
+        if owner is not None and process_alive(owner):
             continue
         for mount in _mounts_under(directory):
             _umount(mount)
