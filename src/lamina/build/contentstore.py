@@ -24,6 +24,8 @@ from typing import BinaryIO
 
 from lamina.oci import Digest
 
+from .durable import fsync_dir
+
 __all__ = ["BlobWriter", "ContentError", "ContentStore"]
 
 _CHUNK = 1 << 20
@@ -129,7 +131,7 @@ class ContentStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(temp, 0o444)
         os.replace(temp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def sweep_ingest(self, older_than: float = _STALE_INGEST_SECONDS) -> int:
         """Remove ingest files left by killed builds; returns how many were removed."""
@@ -146,9 +148,3 @@ class ContentStore:
         return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina.build.durable import fsync_dir
 from lamina.oci import Digest
 
 from .compression import Compression, Compressor, media_type_for, new_compressor
@@ -238,12 +239,6 @@ class TarStreamWriter:
         self._sink.write(b"\0" * (2 * _BLOCK))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_layer(
@@ -274,7 +269,7 @@ def write_layer(
             os.fsync(fh.fileno())
         final = out / digest.encoded
         os.replace(tmp, final)
-        _fsync_dir(out)
+        fsync_dir(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
