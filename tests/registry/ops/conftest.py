@@ -1,20 +1,16 @@
 """Fixtures for the registry-operations tests: the real app (with ops settings from TOML text) on a
-loopback test server, and an htpasswd file with fast bcrypt hashes."""
+loopback test server (through the parent conftest's ``make_client``), and an htpasswd file with fast
+bcrypt hashes."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from opstools import PASSWORDS, OpsClient, ops_from_toml
-
-from lamina.registry.app import create_app
-from lamina.registry.config import RegistryConfig
 
 
 @pytest.fixture
@@ -27,19 +23,11 @@ def htpasswd(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def make_ops_client(tmp_path: Path) -> AsyncIterator[OpsClient]:
-    """``await make_ops_client(toml_text, **core_settings)``: a client of a fresh registry with those settings."""
-    clients: list[TestClient] = []  # type: ignore[type-arg]
+def make_ops_client(make_client: OpsClient) -> OpsClient:  # make_client has the same type
+    """``await make_ops_client(toml_text, **core_settings)``: a client of a fresh registry with those settings
+    (``make_client`` of tests/registry/conftest.py starts it and closes it after the test)."""
 
     async def make(text: str = "", root: Path | None = None, **settings: Any) -> TestClient:  # type: ignore[type-arg]
-        ops = ops_from_toml(text)
-        config = dataclasses.replace(RegistryConfig(root=root or tmp_path / "root", run_janitor=False), **settings)
-        app = create_app(dataclasses.replace(config, ops=ops))
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await make_client(root, ops=ops_from_toml(text), **settings)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
