@@ -193,17 +193,13 @@ class BlobOps:
         for i, source_repo in enumerate(candidates):
             location = None
             try:
-                async with self.transport.request(
-                    "POST", f"/v2/{repo}/blobs/uploads/", params={"mount": str(digest), "from": source_repo},
-                    scopes=[push_scope(repo), pull_scope(source_repo)], repository=repo, obj=obj, ok=(201, 202),
-                ) as resp:
-                    if resp.status == 201:
-                        return PushOutcome.MOUNTED
-                    location = self._location(resp, repo, obj)
+                location = await self._mount_request(repo, digest, source_repo, obj)
             except RegistryUnreachable:
                 raise
             except RegistryError:
                 continue  # source gone, not ours to read, or mounts unsupported: try the next, then upload
+            if location is None:
+                return PushOutcome.MOUNTED
             if i < len(candidates) - 1:
                 await self._cancel(location, repo)
                 location = None
@@ -229,19 +225,26 @@ class BlobOps:
         obj = f"blob {digest}"
         for source_repo in [r for r in dict.fromkeys(mount_from) if r != repo]:
             try:
-                async with self.transport.request(
-                    "POST", f"/v2/{repo}/blobs/uploads/", params={"mount": str(digest), "from": source_repo},
-                    scopes=[push_scope(repo), pull_scope(source_repo)], repository=repo, obj=obj, ok=(201, 202),
-                ) as resp:
-                    if resp.status == 201:
-                        return True
-                    location = self._location(resp, repo, obj)
+                location = await self._mount_request(repo, digest, source_repo, obj)
             except RegistryUnreachable:
                 raise
             except RegistryError:
                 continue
+            if location is None:
+                return True
             await self._cancel(location, repo)
         return False
+
+    async def _mount_request(self, repo: str, digest: Digest, source_repo: str, obj: str) -> URL | None:
+        """POST a cross-repository mount from ``source_repo``: None once mounted (201), else the upload
+        session the registry opened instead (202); a refused mount raises :class:`RegistryError`."""
+        async with self.transport.request(
+            "POST", f"/v2/{repo}/blobs/uploads/", params={"mount": str(digest), "from": source_repo},
+            scopes=[push_scope(repo), pull_scope(source_repo)], repository=repo, obj=obj, ok=(201, 202),
+        ) as resp:
+            if resp.status == 201:
+                return None
+            return self._location(resp, repo, obj)
 
     def _location(self, resp: aiohttp.ClientResponse, repo: str, obj: str) -> URL:
         value = resp.headers.get("Location")
