@@ -16,11 +16,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lamina.build.cache.base import LayerRef
+from lamina.build.cache.base import LayerRef, utc_now
 from lamina.build.context import BuildContext, ContextError
 from lamina.build.filecopy import CopyError, Downloads, apply_copy, copy_checksum
 from lamina.build.imageconfig import epoch_time
@@ -42,10 +41,6 @@ Output = Callable[[bytes], None]
 
 class ExecutionError(Exception):
     """A step could not be executed; the message says why (the solver adds the Dockerfile line)."""
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Executor:
@@ -291,7 +286,7 @@ class Executor:
         finally:
             await asyncio.to_thread(snapshot.discard)
         digest = blob.digest
-        created = epoch_time(self.source_date_epoch) if self.source_date_epoch is not None else _now()
+        created = epoch_time(self.source_date_epoch) if self.source_date_epoch is not None else utc_now()
         return LayerRef(Descriptor(blob.media_type, digest, blob.size), blob.diff_id, created, None)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from lamina.build.cache.base import (
     CacheLinker,
     LayerRef,
     MissExplainer,
+    utc_now,
 )
 from lamina.build.demand import Demand
 from lamina.build.execution import Executor
@@ -91,10 +91,6 @@ class StepReport:
     origin: str | None
     reason: str | None
     seconds: float
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Solver:
@@ -266,7 +262,7 @@ class Solver:
         reason = None
         if self.state.cache.lookup(key) is None:
             reason = self.state.cache.explain(slot, inputs)
-            self.state.cache.add(key, inputs, CachedResult(key, image.layers, _now()), slot=slot)
+            self.state.cache.add(key, inputs, CachedResult(key, image.layers, utc_now()), slot=slot)
         self._base_blobs.update(layer.descriptor.digest for layer in image.layers)
         for exporter in self.exporters:
             if isinstance(exporter, CacheLinker):
@@ -336,7 +332,7 @@ class Solver:
         except Exception as exc:  # the step failed, or materialising its parent did (mount, pull, unpack)
             raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
         chain = (*layers, layer)
-        result = CachedResult(key, chain, layer.created or _now(), "local")
+        result = CachedResult(key, chain, layer.created or utc_now(), "local")
         for exporter in self.exporters:
             exporter.add(key, inputs, result, slot=slot)
         self.progress.done(vertex)

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from lamina.oci import Descriptor, Digest, parse_digest
 
-__all__ = ["CacheExporter", "CacheImporter", "CacheLinker", "CachedResult", "LayerRef", "MissExplainer"]
+__all__ = ["CacheExporter", "CacheImporter", "CacheLinker", "CachedResult", "LayerRef", "MissExplainer", "utc_now"]
+
+
+def utc_now() -> str:
+    """Now as RFC 3339 UTC with microseconds: the one format of a layer's ``created`` and a record's times."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,10 @@ import json
 import sqlite3
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lamina.build.cache.base import CachedResult, LayerRef
+from lamina.build.cache.base import CachedResult, LayerRef, utc_now
 from lamina.build.cachekey import describe_difference
 from lamina.build.contentstore import ContentStore
 from lamina.oci import Digest
@@ -49,10 +48,6 @@ CREATE TABLE IF NOT EXISTS blob_sources (
     PRIMARY KEY (digest, repository)
 );
 """
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LocalCache:
@@ -85,7 +80,7 @@ class LocalCache:
         if any(layer.source is None and not self.content.has(layer.descriptor.digest) for layer in layers):
             return None
         with self._lock:
-            self._db.execute("UPDATE records SET used_at = ? WHERE key = ?", (_now(), str(key)))
+            self._db.execute("UPDATE records SET used_at = ? WHERE key = ?", (utc_now(), str(key)))
         return CachedResult(key, layers, row[1], "local")
 
     def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None:
@@ -98,7 +93,7 @@ class LocalCache:
             json.dumps(dict(inputs), sort_keys=True),
             json.dumps([layer.dump() for layer in result.layers]),
             result.created_at,
-            _now(),
+            utc_now(),
         )
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
