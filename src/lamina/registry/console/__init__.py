@@ -85,6 +85,18 @@ def _read_small_blob(storage: Storage, digest: str) -> bytes | None:
     return data if parsed.verify(data) else None
 
 
+def _cache_counts(storage: Storage, digest: str) -> tuple[int, int] | None:
+    """(records, layers) of the cacheconfig blob ``digest``; None when it is missing, too big or not one."""
+    data = _read_small_blob(storage, digest)
+    if data is None:
+        return None
+    try:
+        cache = CacheConfig.parse(data)
+    except FormatError:
+        return None
+    return len(cache.records), len(cache.layers)
+
+
 def _platform_of(storage: Storage, info: ManifestInfo, content: bytes | None) -> str:
     if content is None:
         return ""
@@ -148,14 +160,9 @@ def _detail(storage: Storage, name: str, digest: str) -> pages.Detail | None:
         config = (manifest.config.media_type, str(manifest.config.digest), manifest.config.size)
         layers = [(d.media_type, str(d.digest), d.size) for d in manifest.layers]
         records = cache_layers = None
-        if info.kind == "cache":
-            data = _read_small_blob(storage, str(manifest.config.digest))
-            if data is not None:
-                try:
-                    cache = CacheConfig.parse(data)
-                    records, cache_layers = len(cache.records), len(cache.layers)
-                except FormatError:
-                    pass
+        counts = _cache_counts(storage, str(manifest.config.digest)) if info.kind == "cache" else None
+        if counts is not None:
+            records, cache_layers = counts
         return pages.Detail(info, config, layers, (), referrers, records, cache_layers)
     children = [(d.media_type, str(d.digest), d.size, _platform_text(d.platform) if d.platform else "")
                 for d in manifest.manifests]
@@ -163,13 +170,9 @@ def _detail(storage: Storage, name: str, digest: str) -> pages.Detail | None:
     if info.kind == "cache":  # BuildKit's legacy cache index: the cacheconfig is one of its "manifests"
         for d in manifest.manifests:
             if d.media_type == mt.BUILDKIT_CACHE_CONFIG:
-                data = _read_small_blob(storage, str(d.digest))
-                if data is not None:
-                    try:
-                        cache = CacheConfig.parse(data)
-                        records, cache_layers = len(cache.records), len(cache.layers)
-                    except FormatError:
-                        pass
+                counts = _cache_counts(storage, str(d.digest))
+                if counts is not None:
+                    records, cache_layers = counts
     return pages.Detail(info, None, (), children, referrers, records, cache_layers)
 
 
