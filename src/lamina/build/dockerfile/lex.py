@@ -248,12 +248,7 @@ class _Scan:
             modifier += ch
         if ch not in "+-?#%":
             raise ExpansionError(f"unsupported modifier ({modifier}) in substitution")
-        try:
-            word, _ = self.process_stop_on("}", ch in "#%")
-        except ExpansionError:
-            if self.peek() is None:
-                raise ExpansionError("syntax error: missing '}'") from None
-            raise
+        word = self._word_until("}", ch in "#%", "syntax error: missing '}'")
         value, found = self.get_env(name)
         if self.lx.skip_unset and not found:
             return "${" + name + modifier + word + "}"
@@ -275,22 +270,22 @@ class _Scan:
             return _trim_suffix(word, value, greedy)
         return _trim_prefix(word, value, greedy)
 
+    def _word_until(self, stop: str, raw_escapes: bool, missing: str) -> str:
+        """The word up to ``stop``; an error at the end of input becomes ``missing`` (the unclosed part)."""
+        try:
+            word, _ = self.process_stop_on(stop, raw_escapes)
+        except ExpansionError:
+            if self.peek() is None:
+                raise ExpansionError(missing) from None
+            raise
+        return word
+
     def _replace(self, name: str) -> str:
         replace_all = self.peek() == "/"
         if replace_all:
             self.next()
-        try:
-            pattern, _ = self.process_stop_on("/", True)
-        except ExpansionError:
-            if self.peek() is None:
-                raise ExpansionError("syntax error: missing '/' in ${}") from None
-            raise
-        try:
-            replacement, _ = self.process_stop_on("}", True)
-        except ExpansionError:
-            if self.peek() is None:
-                raise ExpansionError("syntax error: missing '}'") from None
-            raise
+        pattern = self._word_until("/", True, "syntax error: missing '/' in ${}")
+        replacement = self._word_until("}", True, "syntax error: missing '}'")
         value, found = self.get_env(name)
         if self.lx.skip_unset and not found:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
