@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.registries import free_port
 from lamina.registry.config import ConfigError, load_config
 from lamina.registry.ops import exposure_warning
 
@@ -78,14 +78,8 @@ def test_exposure_warning_only_for_non_loopback_without_auth(htpasswd: Path) -> 
     assert exposure_warning("0.0.0.0", with_auth) is None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_on_all_interfaces_without_auth_warns_loudly(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "lamina.cli", "registry", "serve", "--listen", f"0.0.0.0:{port}", "--root",
          str(tmp_path / "root"), "--workers", "1"],
