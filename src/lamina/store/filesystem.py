@@ -58,8 +58,8 @@ THREAD_MIN = 256 << 10
 WRITE_BUFFER = 1 << 20
 # Buffers one append may have waiting for its thread (memory per upload: WRITE_DEPTH + 1 buffers).
 WRITE_DEPTH = 4
-# An append shorter than this that never filled a buffer is written inline: a thread hop costs more.
-INLINE_MAX = 64 << 10
+# Buffers a hash thread takes from one upload before it serves the next upload waiting for it.
+DRAIN_SLICE = 4
 
 
 def _fsync_dir(path: Path) -> None:
@@ -244,21 +244,22 @@ class _Pipeline:
     async def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk).cast("B")
         while view:
+            if self.filled == self.size:  # handed off only once more bytes come: a one-buffer append stays inline
+                await self._hand_off()
             n = min(len(view), self.size - self.filled)
             self.buffer[self.filled : self.filled + n] = view[:n]
             self.filled += n
             view = view[n:]
-            if self.filled == self.size:
-                await self._hand_off()
 
     async def finish(self) -> int:
         """Write what is left, wait for the thread; return the offset after the last byte."""
-        if self.filled and self.threaded and (self._jobs or self.filled >= INLINE_MAX):
+        if self.filled and self._jobs:
             await self._hand_off()
-        elif self.filled:  # small and alone: a thread hop would cost more than the hash
+        elif self.filled:  # the whole append fit one buffer: hashing it here costs less than a thread hop
             self._write(self.buffer, self.filled, self.offset)
             self.offset += self.filled
             self.filled = 0
+        await self._pump(until_empty=True)
         for job in self._jobs:
             await asyncio.shield(job)  # a cancellation must not orphan the running thread
         self._raise_error()
@@ -282,17 +283,24 @@ class _Pipeline:
             return
         with self._lock:
             self._queue.append(item)
-            start, self._draining = not self._draining, True
             self.buffer = self._free.pop() if self._free else bytearray(self.size)
-        if start:
-            self._jobs = [job for job in self._jobs if not job.done()]
-            self._jobs.append(self._loop.run_in_executor(None, self._drain))
+        await self._pump(until_empty=False)
+
+    async def _pump(self, *, until_empty: bool) -> None:
+        """Keep a drain job going until fewer than ``depth`` buffers wait (or none, ``until_empty``)."""
         while True:
             with self._lock:
-                if self._error is not None or len(self._queue) < self.depth:
-                    break
-                self._room = self._loop.create_future()
-            await self._room
+                start = bool(self._queue) and not self._draining and self._error is None
+                self._draining = self._draining or start
+                done = (not self._queue and not self._draining) if until_empty else len(self._queue) < self.depth
+                if not done and self._error is None:
+                    self._room = room = self._loop.create_future()
+            if start:
+                self._jobs = [job for job in self._jobs if not job.done()]
+                self._jobs.append(self._loop.run_in_executor(_thread_pool("hash"), self._drain))
+            if done or self._error is not None:
+                break
+            await room
         self._raise_error()
 
     def _raise_error(self) -> None:
@@ -300,28 +308,31 @@ class _Pipeline:
             raise self._error
 
     def _drain(self) -> None:
-        """In the worker thread: write and hash queued buffers in order until none is left."""
-        while True:
+        """In a hash thread: write and hash up to DRAIN_SLICE queued buffers in order, then yield the thread
+        (so one fast stream cannot keep it from the others; the loop starts the next job)."""
+        for _ in range(DRAIN_SLICE):
             with self._lock:
                 if not self._queue or self._stop:
-                    self._queue.clear()
-                    self._draining = False
-                    return
+                    break
                 buffer, length, offset = self._queue[0]
             try:
                 self._write(buffer, length, offset)
             except BaseException as exc:
                 with self._lock:
                     self._error, self._stop = exc, True
-                    self._wake()
-                continue
+                break
             with self._lock:
                 self._queue.popleft()
                 self._free.append(buffer)
                 self._wake()
+        with self._lock:
+            if self._stop:
+                self._queue.clear()
+            self._draining = False
+            self._wake()
 
     def _wake(self) -> None:
-        """Under the lock: tell a loop waiting for room that there is some."""
+        """Under the lock: tell a loop waiting in ``_pump`` that something changed."""
         room, self._room = self._room, None
         if room is not None:
             self._loop.call_soon_threadsafe(_resolve, room)
@@ -334,24 +345,26 @@ class _Pipeline:
                     self.hasher.update(data)
                 return
             # the copy into the page cache (slow when writeback throttles) runs on another core meanwhile
-            written = _writer_pool().submit(_pwrite_all, self.fd, data, offset)
+            written = _thread_pool("write").submit(_pwrite_all, self.fd, data, offset)
             try:
                 self.hasher.update(data)
             finally:
                 written.result()  # never return while that thread still uses the buffer and the fd
 
 
-_WRITERS_LOCK = threading.Lock()
-_writers: tuple[int, ThreadPoolExecutor] | None = None
+_POOLS_LOCK = threading.Lock()
+_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
 
 
-def _writer_pool() -> ThreadPoolExecutor:
-    """This process's threads for upload ``pwrite`` calls (created after a fork, never inherited)."""
-    global _writers
-    with _WRITERS_LOCK:
-        if _writers is None or _writers[0] != os.getpid():
-            _writers = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="lamina-upload-write"))
-        return _writers[1]
+def _thread_pool(role: str) -> ThreadPoolExecutor:
+    """This process's one thread for ``role`` (``hash``: upload hashing, ``write``: upload pwrites), created
+    after a fork, never inherited. One hash thread per process: the registry runs a worker per CPU, so this
+    hashes on every core without a dozen threads thrashing two cores' caches under many concurrent pushes."""
+    with _POOLS_LOCK:
+        found = _pools.get(role)
+        if found is None or found[0] != os.getpid():
+            found = _pools[role] = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix=f"lamina-upload-{role}"))
+        return found[1]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
