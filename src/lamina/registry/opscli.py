@@ -7,11 +7,17 @@ open the storage the same way a worker does and take the same locks and transact
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import ConfigError, load_config
+from .config import ConfigError, RegistryConfig, load_config
+
+if TYPE_CHECKING:
+    from lamina.store import Storage
 
 __all__ = ["add_ops_commands"]
 
@@ -43,8 +49,23 @@ def _fail(message: str) -> int:
     return 2
 
 
-def gc_command(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _open_root(config: RegistryConfig) -> Iterator[Storage]:
+    """The root's storage, opened as a server worker opens it and closed afterwards; a missing root is a
+    StoreError like any other storage failure (the commands turn it into exit status 2)."""
     from lamina.store import StoreError, open_storage
+
+    if not config.root.is_dir():
+        raise StoreError(f"root {config.root} does not exist")
+    storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    from lamina.store import StoreError
 
     from .gc import GcBusy, format_report, run_gc
 
@@ -59,14 +80,9 @@ def gc_command(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, grace_seconds=args.grace)
     if args.delete_untagged:
         settings = dataclasses.replace(settings, delete_untagged=True)
-    if not config.root.is_dir():
-        return _fail(f"root {config.root} does not exist")
     try:
-        storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
-        try:
+        with _open_root(config) as storage:
             result = run_gc(storage, settings, dry_run=args.dry_run)
-        finally:
-            storage.close()
     except GcBusy as exc:
         print(f"lamina registry: {exc}", file=sys.stderr)
         return 1
@@ -78,7 +94,7 @@ def gc_command(args: argparse.Namespace) -> int:
 
 
 def lifecycle_command(args: argparse.Namespace) -> int:
-    from lamina.store import StoreError, open_storage
+    from lamina.store import StoreError
 
     from .lifecycle import apply_lifecycle, format_expiries
 
@@ -88,14 +104,9 @@ def lifecycle_command(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if not config.ops.lifecycle.rules:
         return _fail("no [[lifecycle.rules]] in the config: nothing to apply")
-    if not config.root.is_dir():
-        return _fail(f"root {config.root} does not exist")
     try:
-        storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
-        try:
+        with _open_root(config) as storage:
             expired = apply_lifecycle(storage, config.ops.lifecycle, dry_run=args.dry_run)
-        finally:
-            storage.close()
     except StoreError as exc:
         return _fail(str(exc))
     for line in format_expiries(expired, dry_run=args.dry_run):

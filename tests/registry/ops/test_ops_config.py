@@ -137,6 +137,18 @@ def test_lifecycle_cli_previews_then_deletes(tmp_path: Path) -> None:
     assert none.returncode == 2 and "lifecycle.rules" in none.stderr
 
 
+def test_ops_commands_refuse_a_missing_root(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    config = tmp_path / "registry.toml"
+    config.write_text('[[lifecycle.rules]]\nrepositories = ["ci/**"]\ncache_unused_days = 30\n')
+    for command in ("gc", "lifecycle"):
+        done = subprocess.run([sys.executable, "-m", "lamina.cli", "registry", command, "--root", str(missing),
+                               "--config", str(config)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == f"lamina registry: root {missing} does not exist\n", done.stderr
+        assert not missing.exists()
+
+
 def test_server_runs_gc_in_the_background_and_counts_it(make_lamina_registry) -> None:  # type: ignore[no-untyped-def]
     server = make_lamina_registry(config="[gc]\ninterval_seconds = 0.2\ngrace_seconds = 0\n", workers=2)
     junk = os.urandom(1000)
