@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from aiohttp import web
+from client_peers import ServeApp
 
 from helpers.registries import RegistryProcess
-from lamina.client import NoMatchingPlatform, RegistryClient, resolve_image, resolve_platform, select_platform
+from lamina.client import (
+    Credentials,
+    NoMatchingPlatform,
+    RegistryClient,
+    RegistryError,
+    resolve_image,
+    resolve_platform,
+    select_platform,
+)
 from lamina.oci import Descriptor, ImageIndex, ImageManifest, Platform, digest_of
 from lamina.oci import mediatypes as mt
 
@@ -107,3 +117,26 @@ async def test_resolve_image_through_an_index(distribution: RegistryProcess, doc
         with pytest.raises(NoMatchingPlatform, match="lib/base"):
             await resolve_image(c, "lib/base", "1.0", Platform.from_string("linux/s390x"))
         assert c.stats.downloaded["layer"] == layers_before  # resolving never touches layers
+
+
+async def test_bytes_that_are_not_a_manifest_are_manifest_invalid_naming_which(serve_app: ServeApp) -> None:
+    """At the top (the tag) and one level down (the index's chosen child): MANIFEST_INVALID naming the reference."""
+    junk = b"not json"
+    child = Descriptor(mt.OCI_MANIFEST, digest_of(junk), len(junk), platform=Platform("amd64", "linux"))
+    index = _index(child).to_bytes()
+    served = {"junk": (junk, mt.OCI_MANIFEST), "multi": (index, mt.OCI_INDEX),
+              str(child.digest): (junk, mt.OCI_MANIFEST)}
+
+    async def handler(request: web.Request) -> web.Response:
+        body, media_type = served[request.match_info["ref"]]
+        return web.Response(body=body, content_type=media_type)
+
+    app = web.Application()
+    app.router.add_get("/v2/{repo:.+}/manifests/{ref}", handler)
+    host = await serve_app(app)
+    async with RegistryClient(host, credentials=Credentials()) as c:
+        for reference, named in (("junk", "manifest junk"), ("multi", f"manifest {child.digest}")):
+            with pytest.raises(RegistryError) as info:
+                await resolve_image(c, "r/x", reference, Platform("amd64", "linux"))
+            assert info.value.code == "MANIFEST_INVALID" and info.value.obj == named, info.value
+            assert "not valid JSON" in info.value.message and info.value.repository == "r/x"

@@ -11,9 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..oci import Descriptor, Digest, FormatError, ImageConfig, ImageIndex, ImageManifest, Platform, parse_manifest
+from ..oci import (
+    Descriptor,
+    Digest,
+    FormatError,
+    ImageConfig,
+    ImageIndex,
+    ImageManifest,
+    Manifest,
+    Platform,
+    parse_manifest,
+)
 from .client import RegistryClient
 from .errors import NoMatchingPlatform, RegistryError
+from .manifests import FetchedManifest
 
 __all__ = ["ResolvedImage", "normalize_platform", "resolve_image", "resolve_platform", "select_platform"]
 
@@ -89,15 +100,20 @@ class ResolvedImage:
     config: ImageConfig
 
 
+def _parse_fetched(client: RegistryClient, repo: str, fetched: FetchedManifest, reference: str) -> Manifest:
+    """Parse a manifest the registry sent; bytes that are not one are MANIFEST_INVALID naming ``reference``."""
+    try:
+        return parse_manifest(fetched.data, fetched.media_type)
+    except FormatError as exc:
+        raise RegistryError(None, "MANIFEST_INVALID", str(exc), registry=client.registry, repository=repo,
+                            obj=f"manifest {reference}") from None
+
+
 async def resolve_image(client: RegistryClient, repo: str, reference: str, platform: Platform) -> ResolvedImage:
     """Fetch ``repo:reference`` (tag or digest), descend an index to ``platform``, fetch the config."""
     fetched = await client.get_manifest(repo, reference)
     index_digest: Digest | None = None
-    try:
-        doc = parse_manifest(fetched.data, fetched.media_type)
-    except FormatError as exc:
-        raise RegistryError(None, "MANIFEST_INVALID", str(exc), registry=client.registry, repository=repo,
-                            obj=f"manifest {reference}") from None
+    doc = _parse_fetched(client, repo, fetched, reference)
     if isinstance(doc, ImageIndex):
         index_digest = fetched.digest
         try:
@@ -109,11 +125,7 @@ async def resolve_image(client: RegistryClient, repo: str, reference: str, platf
         if len(fetched.data) != chosen.size:
             raise RegistryError(None, "SIZE_INVALID", f"{len(fetched.data)} bytes, the index says {chosen.size}",
                                 registry=client.registry, repository=repo, obj=f"manifest {chosen.digest}")
-        try:
-            doc = parse_manifest(fetched.data, fetched.media_type)
-        except FormatError as exc:
-            raise RegistryError(None, "MANIFEST_INVALID", str(exc), registry=client.registry, repository=repo,
-                                obj=f"manifest {chosen.digest}") from None
+        doc = _parse_fetched(client, repo, fetched, str(chosen.digest))
         if not isinstance(doc, ImageManifest):
             raise RegistryError(None, "MANIFEST_INVALID", f"index entry for {platform} is itself an index",
                                 registry=client.registry, repository=repo, obj=f"manifest {chosen.digest}")
