@@ -134,3 +134,15 @@ def test_a_build_sweeps_snapshots_a_killed_build_left(
     finally:
         if (stale / "rootfs").is_mount():
             subprocess.run(["umount", str(stale / "rootfs")], check=False)
+
+
+@pytest.mark.parametrize("step", ["RUN true", "WORKDIR /made-for-ghost"])
+def test_an_unknown_user_is_one_error_naming_it(
+    step: str, base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RUN and a WORKDIR that must create its directory resolve USER in the image; both say the same."""
+    rc, err = _build(capsys, tmp_path, f"FROM {base}\nUSER ghost\n{step}\n")
+    assert rc == 1, err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Dockerfile:3" in error[0], err
+    assert "USER 'ghost': unable to find user ghost: no matching entries in passwd file" in error[0], err

@@ -33,10 +33,21 @@ if TYPE_CHECKING:  # the worker (runc, overlay, tar, zstd) is imported on first 
     from lamina.build.worker.layerstore import LayerStore
     from lamina.build.worker.runtime_spec import Mount
     from lamina.build.worker.snapshot import Snapshotter
+    from lamina.build.worker.users import ResolvedUser
 
 __all__ = ["ExecutionError", "Executor"]
 
 Output = Callable[[bytes], None]
+
+
+def _user_of(rootfs: Path, spec: str) -> ResolvedUser:
+    """USER ``spec`` as ``rootfs``'s passwd/group resolve it; an unknown one is an ExecutionError naming it."""
+    from lamina.build.worker.users import UnknownUser, resolve_user
+
+    try:
+        return resolve_user(rootfs, spec)
+    except UnknownUser as exc:
+        raise ExecutionError(f"USER {spec!r}: {exc}") from None
 
 
 class ExecutionError(Exception):
@@ -126,7 +137,7 @@ class Executor:
     async def run(self, step: RunStep, lowers: list[Path], *, output: Output) -> LayerRef:
         from lamina.build.worker.executor import RunFailed
         from lamina.build.worker.runtime_spec import RunSpec
-        from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
+        from lamina.build.worker.users import resolve_in_root
 
         network = step.network if step.network != "default" else self.network
         runtime = self.runtime  # a missing runtime binary fails here, before anything is mounted
@@ -135,10 +146,7 @@ class Executor:
             output(line.encode() + b"\n")
 
         async def execute(rootfs: Path) -> None:
-            try:
-                user = resolve_user(rootfs, step.user)
-            except UnknownUser as exc:
-                raise ExecutionError(f"USER {step.user!r}: {exc}") from None
+            user = _user_of(rootfs, step.user)
             env = (*step.env, *step.proxy_env)
             if not any(item.startswith("HOME=") for item in env):  # as Docker: the user's passwd home
                 env = (*env, f"HOME={user.home}")
@@ -222,7 +230,7 @@ class Executor:
             raise ExecutionError(str(exc)) from None
 
     async def workdir(self, step: WorkdirStep, lowers: list[Path]) -> LayerRef:
-        from lamina.build.worker.users import UnknownUser, resolve_in_root, resolve_user
+        from lamina.build.worker.users import resolve_in_root
 
         def make(rootfs: Path) -> None:
             target = resolve_in_root(rootfs, step.path)
@@ -233,10 +241,7 @@ class Executor:
                 missing.append(missing[-1].parent)
             target.mkdir(parents=True, mode=0o755)
             if step.user:
-                try:
-                    user = resolve_user(rootfs, step.user)
-                except UnknownUser as exc:
-                    raise ExecutionError(f"USER {step.user!r}: {exc}") from None
+                user = _user_of(rootfs, step.user)
                 for path in missing:
                     os.chown(path, user.uid, user.gid)
 
