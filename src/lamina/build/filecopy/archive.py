@@ -147,10 +147,7 @@ class _Extractor:
             if src is not None:
                 while chunk := src.read(_CHUNK):
                     write_all(fd, chunk)
-            self.dest.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)
-            ns = int(member.mtime * 1_000_000_000)
-            os.utime(fd, ns=(ns, ns))
+            self._meta_fd(fd, member)
         finally:
             os.close(fd)
 
@@ -187,14 +184,17 @@ class _Extractor:
         ns = int(member.mtime * 1_000_000_000)
         os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 
+    def _meta_fd(self, fd: int, member: tarfile.TarInfo) -> None:
+        self.dest.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, member.mode & 0o7777)
+        ns = int(member.mtime * 1_000_000_000)
+        os.utime(fd, ns=(ns, ns))
+
     def finish(self) -> None:
         """Directory owners, modes and times last, deepest first, so children do not disturb them."""
         for rel, member in reversed(self.dirs):
             with self.dest.dir(rel) as fd:
-                self.dest.fchown(fd, member.uid, member.gid)
-                os.fchmod(fd, member.mode & 0o7777)
-                ns = int(member.mtime * 1_000_000_000)
-                os.utime(fd, ns=(ns, ns))
+                self._meta_fd(fd, member)
 
 
 def extract_archive(raw: BinaryIO, dest: RootFS, *, what: str) -> None:
