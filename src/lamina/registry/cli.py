@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from pathlib import Path
 
 from .config import ConfigError, RegistryConfig, load_config
@@ -128,6 +129,11 @@ def _supervise(config: RegistryConfig) -> int:
             code = 1
             try:
                 code = _run_worker(dataclasses.replace(config, run_janitor=index == 0))
+            except KeyboardInterrupt:
+                code = 0
+            except BaseException:  # os._exit below would swallow the traceback: print it first
+                traceback.print_exc()
+                sys.stderr.flush()
             finally:
                 os._exit(code)
         children.append(pid)
