@@ -156,12 +156,29 @@ class SqliteMetadataStore:
         with self._transaction() as conn:
             return conn.execute(query.sql, query.bind(**values)).rowcount
 
+    def _enable_wal(self) -> None:
+        """Switch a new database to WAL. SQLite answers "database is locked" at once, without its busy
+        handler, when another process is switching the same fresh file at that moment (several workers
+        opening a new root), so retry with backoff for up to ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                conn = self._connection()
+                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise StoreError(f"metadata database {self.path}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"metadata database {self.path}: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
     def create_schema(self) -> None:
         """Switch to WAL and create missing tables/indexes; idempotent and safe when processes race."""
-        try:
-            self._connection().execute("PRAGMA journal_mode = WAL")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"metadata database {self.path}: {exc}") from exc
+        self._enable_wal()
         with self._transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
