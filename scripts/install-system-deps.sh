@@ -4,7 +4,8 @@
 # only when something is missing.
 set -euo pipefail
 
-PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah podman curl ca-certificates chromium)
+PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah podman curl ca-certificates chromium
+          slirp4netns passt golang-github-containers-common iproute2 apache2-utils)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
