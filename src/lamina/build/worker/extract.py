@@ -4,6 +4,7 @@ OCI whiteouts (image-spec layer.md) become what overlayfs reads as deletions: ``
 character device, ``.wh..wh..opq`` -> the ``trusted.overlay.opaque=y`` xattr on the parent. The result
 is used directly as an overlay lower dir, so a layer is unpacked once and never "applied" onto others.
 
+A root entry (``/``, ``./``, ``.``) is accepted and its metadata ignored, as containerd does.
 Nothing outside the destination is ever written: entries with ``..`` or absolute names, entries whose
 parent goes through a symlink (the classic "symlink, then a file through it" escape), hard links to
 anything but an earlier entry of the same layer, overlay xattrs and device nodes other than whiteouts
@@ -48,12 +49,15 @@ class LayerError(ValueError):
 
 
 def _clean_name(name: str, what: str = "path") -> str:
-    """Validate a tar name and return it relative, without './' or trailing slashes."""
-    if name.startswith("/"):
-        raise LayerError(f"unsafe layer entry {name!r}: absolute {what}")
+    """Validate a tar name and return it relative, without './' or trailing slashes.
+
+    The layer root itself (``/``, ``./``, ``.``, ``.//``, ``/.``...) comes back as ``""``; any other
+    absolute name, and any name with a ``..`` component, is refused."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise LayerError(f"unsafe layer entry {name!r}: {what} contains '..'")
+    if name.startswith("/") and parts:
+        raise LayerError(f"unsafe layer entry {name!r}: absolute {what}")
     if any("\0" in p for p in parts):
         raise LayerError(f"unsafe layer entry {name!r}: NUL in {what}")
     return "/".join(parts)
@@ -118,7 +122,12 @@ class _Unpacker:
         entry = info.name
         rel = _clean_name(entry)
         if not rel:
-            return  # the layer root itself: its metadata belongs to the image's root, not to us
+            # The layer root itself, which umoci, Go's archive/tar users and `tar -C dir .` write. As
+            # containerd's applier does ("file ignored: resolved to root"), its owner, mode, times and
+            # xattrs are not applied: the root of the image is the snapshot's, not any one layer's.
+            if not info.isdir():
+                raise LayerError(f"invalid layer entry {entry!r}: the layer root can only be a directory")
+            return
         self._parent(rel, entry)
         base = rel.rpartition("/")[2]
         if base == OPAQUE_MARKER:
