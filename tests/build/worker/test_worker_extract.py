@@ -228,6 +228,26 @@ def test_tar_without_end_of_archive_blocks_is_accepted(tmp_path: Path) -> None:
     assert (tmp_path / "layer" / "a").read_bytes() == b"1"
 
 
+def test_tar_ending_right_after_the_last_data_is_accepted_as_go_reads_it(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("a", b"first"), ("b", b"hi\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = raw.getvalue()
+    end = data.index(b"hi\n") + 3  # no padding, no end-of-archive blocks: what umoci 0.4 writes
+    stream, diff_id = raw_layer(data[:end])
+    extract_layer(stream, mediatypes.OCI_LAYER, tmp_path / "layer", expected_diff_id=diff_id)
+    assert (tmp_path / "layer" / "b").read_bytes() == b"hi\n"
+    assert (tmp_path / "layer" / "a").read_bytes() == b"first"
+    for cut in (end - 1, end + 100):  # inside the data, inside the padding: truncated
+        stream, diff_id = raw_layer(data[:cut])
+        with pytest.raises(LayerError, match="unexpected end of the tar stream"):
+            extract_layer(stream, mediatypes.OCI_LAYER, tmp_path / f"cut{cut}", expected_diff_id=diff_id)
+    assert sorted(os.listdir(tmp_path)) == ["layer"]
+
+
 def test_truncated_file_data_and_bad_checksums_are_refused(tmp_path: Path) -> None:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:

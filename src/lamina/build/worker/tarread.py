@@ -5,6 +5,8 @@ field by field; a layer unpack is on the critical path of a cache-miss build, so
 go straight from the decoded chunk to ``os.write`` through memoryviews and a header is one
 ``struct.unpack`` (checksum, octal and base-256 numbers, the ustar prefix, V7 directories). pax
 records (path, linkpath, size, uid, gid, mtime, SCHILY.xattr.*) and GNU long names/links are applied.
+Like Go's archive/tar, a stream may end without its end-of-archive blocks, and even right after the
+last member's data, before its padding (umoci writes such layers).
 GNU sparse files are refused: no image builder writes them into layers.
 """
 
@@ -166,17 +168,30 @@ class TarReader:
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._src = _Chunks(chunks)
-        self._pending = 0  # unread data + padding of the current member
+        self._pending = 0  # unread data of the current member
+        self._padding = 0  # then the zeros up to the next 512-byte block
         self._global: dict[str, str] = {}
 
     def copy_data(self, fd: int, info: tarfile.TarInfo) -> None:
         self._src.copy_to(fd, info.size)
         self._pending -= info.size
 
-    def _skip_pending(self) -> None:
+    def _skip_pending(self) -> bool:
+        """Skip the rest of the current member; False if the stream ends right after its data.
+
+        Go's archive/tar reads that as the end of the archive (``tryReadFull`` gives io.EOF when no
+        byte of the padding arrives), so Go-written layers that were never closed, like umoci 0.4's
+        ``insert`` and ``repack`` layers, unpack in docker and containerd: they do here too. A stream
+        that ends inside the data or inside the padding is still truncated."""
         if self._pending:
             self._src.copy_to(-1, self._pending)
             self._pending = 0
+        padding, self._padding = self._padding, 0
+        if padding:
+            if self._src.at_end():
+                return False
+            self._src.copy_to(-1, padding)
+        return True
 
     def _read_block(self) -> bytes:
         return self._src.read_exact(_BLOCK)
@@ -194,7 +209,8 @@ class TarReader:
         return data
 
     def _next(self) -> tarfile.TarInfo | None:
-        self._skip_pending()
+        if not self._skip_pending():
+            return None
         records: dict[str, str] = dict(self._global)
         long_name: str | None = None
         long_link: str | None = None
@@ -229,5 +245,5 @@ class TarReader:
             info.name = info.name.rstrip("/")
         if not info.isreg() and info.type in tarfile.SUPPORTED_TYPES:
             info.size = 0  # like tarfile: only regular files (and unknown types) carry data
-        self._pending = info.size + (-info.size % _BLOCK)
+        self._pending, self._padding = info.size, -info.size % _BLOCK
         return info
