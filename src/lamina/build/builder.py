@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from lamina.build.access import declare_access
 from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter
 from lamina.build.cache.inline import InlineCacheExporter
 from lamina.build.cache.registry import ExportSummary
@@ -79,6 +80,7 @@ async def build(
 ) -> BuildResult:
     state = BuildState.open(request.root)
     pool = ClientPool(insecure=insecure_registries_from_env())
+    declare_access(pool, _push_refs(request), request.cache_to, request.cache_from)
     imports = asyncio.ensure_future(resolve_cache_from(request.cache_from, pool, progress))  # while parsing
     try:
         images = RegistryImages(pool, state.content)
@@ -163,6 +165,18 @@ def _with_labels(config: ImageConfig, labels: dict[str, str]) -> ImageConfig:
     return replace(config, config=config.config.with_(Labels=merged))
 
 
+def _push_refs(request: BuildRequest) -> list[str]:
+    """Every reference the image is pushed to: ``-t`` with ``--push``, and ``--output type=registry`` names."""
+    refs = list(request.tags) if request.push else []
+    for output in request.outputs:
+        if output["type"] in ("registry", "image") and (output.get("push", "true") != "false"):
+            names = [n for n in output.get("name", "").split(";") if n] or list(request.tags)
+            if not names:
+                raise ValueError("--output type=registry needs a name: pass -t REF or name=REF")
+            refs.extend(n for n in names if n not in refs)
+    return refs
+
+
 async def _export(
     request: BuildRequest,
     image: ExportImage,
@@ -174,13 +188,7 @@ async def _export(
     state: BuildState,
 ) -> tuple[str, ...]:
     pushed: list[str] = []
-    registry_refs = list(request.tags) if request.push else []
-    for output in request.outputs:
-        if output["type"] in ("registry", "image") and (output.get("push", "true") != "false"):
-            names = [n for n in output.get("name", "").split(";") if n] or list(request.tags)
-            if not names:
-                raise ValueError("--output type=registry needs a name: pass -t REF or name=REF")
-            registry_refs.extend(n for n in names if n not in registry_refs)
+    registry_refs = _push_refs(request)
     progress.message(f"writing image {image.digest}")
     if registry_refs:
         await push_image(pool, registry_refs, image, images, state.cache)

@@ -1,17 +1,24 @@
-"""The registry auth handshake: parse ``WWW-Authenticate``, answer Basic or fetch and cache Bearer tokens.
+"""The registry auth handshake: parse ``WWW-Authenticate``, answer Basic, or get one Bearer token at a time.
 
-Implements Docker's token authentication (distribution docs "Token Authentication Specification" and
-"OAuth2 token authentication"): on a 401 the registry names a realm, a service and a scope; we GET the
-realm with ``service`` and one ``scope`` per resource (Basic credentials when we have them, anonymous
-otherwise), or POST a ``refresh_token`` grant when the credentials are an identity token. Tokens are
-cached per scope set until shortly before ``expires_in`` runs out, and once a registry has challenged
-us we authenticate proactively so later requests do not pay a 401 round trip each.
+Implements Docker's token authentication (distribution docs "Token Authentication Specification"). Per
+registry there is one current token, asked for the union of every scope declared up front (the builder
+declares what it will pull and push, see :meth:`Authenticator.declare`) and every scope a request has
+needed so far, so a build typically makes one token request per registry. Fetches are single-flight:
+however many concurrent requests find no usable token (none yet, about to expire, lacking a scope, or
+refused by the registry), one request goes to the realm and every one of them waits for its answer.
+
+A 401 is retried by comparing what the request *sent* with what is current (:meth:`on_unauthorized`):
+sent nothing or an older token -> retry with the current one; sent the current token and still refused
+(expired early, revoked, ``insufficient_scope``) -> drop it and fetch once more; refused again -> give
+up with an error naming the registry, the repository and the scope. Basic (ECR, htpasswd) works the
+same way: sent nothing -> retry with the credentials; credentials refused -> give up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,21 +27,12 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from .credentials import Credentials
-from .errors import RegistryUnreachable, Unauthorized
+from .scopes import ScopeSet, pull_scope, push_scope
+from .tokens import Token, fetch_token
 
-__all__ = ["Authenticator", "Challenge", "parse_challenge", "pull_scope", "push_scope"]
+__all__ = ["Authenticator", "Challenge", "Verdict", "parse_challenge", "pull_scope", "push_scope"]
 
 _PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
-_DEFAULT_EXPIRY = 60.0  # the token spec's default when expires_in is missing
-_CLIENT_ID = "lamina"
-
-
-def pull_scope(repository: str) -> str:
-    return f"repository:{repository}:pull"
-
-
-def push_scope(repository: str) -> str:
-    return f"repository:{repository}:pull,push"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +60,25 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme.lower(), params)
 
 
+class Verdict(enum.Enum):
+    """What a request that got 401 should do next."""
+
+    RETRY = "retry"  # it sent nothing or an outdated credential: send the current one
+    RENEWED = "renewed"  # it sent the current token, which was dropped and fetched again: retry once
+    GIVE_UP = "give up"
+
+
 CredentialGetter = Callable[[], Awaitable[Credentials | None]]
 
 
+@dataclass(slots=True)
+class _Fetch:
+    scopes: ScopeSet
+    task: asyncio.Task[Token]
+
+
 class Authenticator:
-    """Per-registry auth state: the challenge last seen and the Bearer tokens obtained, by scope set."""
+    """Per-registry auth state: the challenge (realm, service), the scopes wanted and the current token."""
 
     def __init__(self, registry: str, session_getter: Callable[[], aiohttp.ClientSession],
                  credentials: CredentialGetter) -> None:
@@ -74,13 +86,22 @@ class Authenticator:
         self._session = session_getter
         self._credentials = credentials
         self._challenge: Challenge | None = None
-        self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
-        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._wanted = ScopeSet()
+        self._token: Token | None = None
+        self._fetch: _Fetch | None = None
         self.token_requests = 0  # how many times we asked a realm; tests and progress read it
 
     @property
     def challenged(self) -> bool:
         return self._challenge is not None
+
+    @property
+    def scheme(self) -> str | None:
+        return self._challenge.scheme if self._challenge else None
+
+    def declare(self, scopes: Sequence[str]) -> None:
+        """Scopes the caller will need later: every token from now on asks for them too."""
+        self._wanted = self._wanted | ScopeSet.parse(scopes)
 
     async def header(self, scopes: Sequence[str]) -> str | None:
         """The Authorization value to send for ``scopes`` now, or None (anonymous / not challenged yet)."""
@@ -91,84 +112,102 @@ class Authenticator:
             creds = await self._credentials()
             if creds is None or not creds.has_basic:
                 return None
-            raw = f"{creds.username}:{creds.password}".encode()
-            return "Basic " + base64.b64encode(raw).decode()
-        if challenge.scheme == "bearer":
-            return f"Bearer {await self._token(tuple(sorted(set(scopes))))}"
-        return None
+            return "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+        token = await self._usable(ScopeSet.parse(scopes), refused=None)
+        return f"Bearer {token.value}"
 
-    def on_unauthorized(self, www_authenticate: str | None, scopes: Sequence[str]) -> bool:
-        """Record a 401's challenge; True when a retry with fresh credentials can help."""
+    async def on_unauthorized(self, www_authenticate: str | None, scopes: Sequence[str],
+                              sent: str | None) -> Verdict:
+        """A request for ``scopes`` that sent ``sent`` (its Authorization value) got 401: what next.
+
+        Waits, when a new token is needed, for the one fetch every concurrent request shares.
+        """
         challenge = parse_challenge(www_authenticate or "")
         if challenge is None or challenge.scheme not in ("basic", "bearer"):
-            return False
+            return Verdict.GIVE_UP
         if challenge.scheme == "bearer" and "realm" not in challenge.params:
-            return False
-        first_time = self._challenge != challenge
-        self._challenge = challenge
-        key = tuple(sorted(set(scopes)))
-        had_token = self._tokens.pop(key, None) is not None
-        return first_time or had_token or challenge.params.get("error") == "insufficient_scope"
+            return Verdict.GIVE_UP
+        # The realm and service stay; scope and error describe this one request.
+        kept = {k: v for k, v in challenge.params.items() if k in ("realm", "service")}
+        if self._challenge is None or self._challenge.scheme != challenge.scheme or self._challenge.params != kept:
+            self._challenge = Challenge(challenge.scheme, kept)
+            self._token = None  # a token from another realm or service means nothing here
+        if challenge.scheme == "basic":
+            if sent is not None and sent.lower().startswith("basic "):
+                return Verdict.GIVE_UP  # these credentials were refused: resending them cannot help
+            creds = await self._credentials()
+            return Verdict.RETRY if creds is not None and creds.has_basic else Verdict.GIVE_UP
+        need = ScopeSet.parse(scopes) | ScopeSet.parse([challenge.params.get("scope", "")])
+        self._wanted = self._wanted | need
+        sent_token = sent[7:] if sent is not None and sent.lower().startswith("bearer ") else None
+        current = self._token
+        if sent_token is None or current is None or sent_token != current.value:
+            await self._usable(need, refused=None)  # sent nothing or an older token: the current one, covering need
+            return Verdict.RETRY
+        await self._usable(need, refused=sent_token)
+        return Verdict.RENEWED
 
-    async def _token(self, scopes: tuple[str, ...]) -> str:
-        lock = self._locks.setdefault(scopes, asyncio.Lock())
-        async with lock:
-            cached = self._tokens.get(scopes)
-            if cached is not None and cached[1] > time.monotonic():
-                return cached[0]
-            token, lifetime = await self._fetch_token(scopes)
-            # Refresh a little early so a token never expires between header() and the server's check.
-            self._tokens[scopes] = (token, time.monotonic() + max(lifetime * 0.9 - 5.0, 1.0))
-            return token
-
-    async def _fetch_token(self, scopes: tuple[str, ...]) -> tuple[str, float]:
-        assert self._challenge is not None
-        realm = self._challenge.params["realm"]
-        service = self._challenge.params.get("service")
+    async def explain(self, scopes: Sequence[str]) -> str:
+        """Why a request for ``scopes`` stays unauthorized, for the one-line error (never a secret)."""
         creds = await self._credentials()
-        session = self._session()
-        what = f"token for {' '.join(scopes) or 'registry access'} from {realm}"
+        wanted = ScopeSet.parse(scopes)
+        login = f"no credentials for {self._registry} in the docker config (run `lamina login {self._registry}`)"
+        if self._challenge is None:
+            return f"the registry refused {wanted} without asking for credentials"
+        if self._challenge.scheme == "basic":
+            if creds is None or not creds.has_basic:
+                return f"the registry needs Basic login: {login}"
+            return f"the registry refused user {creds.username!r} (Basic) for {wanted}"
+        who = login if creds is None else (
+            "identity token" if creds.identity_token else f"user {creds.username!r}"
+        )
+        realm = self._challenge.params.get("realm", "")
+        return f"a token from {realm} for {wanted} was refused ({who})"
+
+    async def close(self) -> None:
+        fetch, self._fetch = self._fetch, None
+        if fetch is not None and not fetch.task.done():
+            fetch.task.cancel()
+            await asyncio.gather(fetch.task, return_exceptions=True)
+
+    # -- the one token ------------------------------------------------------------------------------
+
+    async def _usable(self, need: ScopeSet, refused: str | None) -> Token:
+        """The current token if it covers ``need``, is not about to expire and is not ``refused``; else
+        the result of the one fetch in flight (joined) or of a new one for everything wanted."""
+        while True:
+            token = self._token
+            if (token is not None and token.value != refused and token.scopes.covers(need)
+                    and time.monotonic() < token.renew_at):
+                return token
+            fetch = self._fetch
+            if fetch is not None and fetch.scopes.covers(need):
+                return await asyncio.shield(fetch.task)  # its failure is everyone's: one error, one request
+            if fetch is not None:  # a narrower fetch in flight: let it land, then ask for the union
+                await asyncio.gather(asyncio.shield(fetch.task), return_exceptions=True)
+                continue
+            scopes = self._wanted | need
+            self._wanted = scopes
+            fetch = self._fetch = _Fetch(scopes, asyncio.ensure_future(self._new_token(scopes)))
+            try:
+                return await asyncio.shield(fetch.task)
+            finally:
+                if self._fetch is fetch and fetch.task.done():
+                    self._fetch = None
+
+    async def _new_token(self, scopes: ScopeSet) -> Token:
+        challenge = self._challenge
+        assert challenge is not None and challenge.scheme == "bearer"
+        creds = await self._credentials()
         self.token_requests += 1
         try:
-            if creds is not None and creds.identity_token:
-                form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token, "client_id": _CLIENT_ID}
-                if service:
-                    form["service"] = service
-                if scopes:
-                    form["scope"] = " ".join(scopes)
-                async with session.post(realm, data=form) as resp:
-                    return await self._read_token(resp, what)
-            params: list[tuple[str, str]] = []
-            if service:
-                params.append(("service", service))
-            params.extend(("scope", s) for s in scopes)
-            headers = {}
-            if creds is not None and creds.has_basic:
-                params.append(("account", creds.username or ""))
-                raw = f"{creds.username}:{creds.password}".encode()
-                headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-            async with session.get(realm, params=params, headers=headers) as resp:
-                return await self._read_token(resp, what)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise RegistryUnreachable(None, "UNREACHABLE", f"cannot get a {what}: {exc or type(exc).__name__}",
-                                      registry=self._registry) from None
-
-    async def _read_token(self, resp: aiohttp.ClientResponse, what: str) -> tuple[str, float]:
-        body = await resp.read()
-        if resp.status != 200:
-            text = body[:200].decode("utf-8", "replace").strip()
-            raise Unauthorized(resp.status, "UNAUTHORIZED", f"could not get a {what}: {text or resp.reason}",
-                               registry=self._registry)
-        try:
-            doc = await resp.json(content_type=None)
-        except ValueError:
-            doc = None
-        token = None
-        if isinstance(doc, dict):
-            token = doc.get("token") or doc.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise Unauthorized(resp.status, "UNAUTHORIZED", f"the answer to the {what} holds no token",
-                               registry=self._registry)
-        expires = doc.get("expires_in") if isinstance(doc, dict) else None
-        lifetime = float(expires) if isinstance(expires, int | float) and expires > 0 else _DEFAULT_EXPIRY
-        return token, lifetime
+            token = await fetch_token(
+                self._session(), registry=self._registry, realm=challenge.params["realm"],
+                service=challenge.params.get("service"), scopes=scopes, creds=creds,
+            )
+        finally:
+            if self._fetch is not None and self._fetch.scopes == scopes:
+                self._fetch = None
+        if self._challenge is challenge:
+            self._token = token
+        return token

@@ -7,6 +7,7 @@ client per host for callers that talk to several registries (base images, cache 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 
 import aiohttp
@@ -93,6 +94,10 @@ class ClientPool:
             client = RegistryClient(registry, insecure=insecure, credentials=self._credentials, retry=self._retry)
             self._clients[registry] = client
         return client
+
+    def declare(self, registry: str, scopes: Iterable[str]) -> None:
+        """Scopes a caller will need on ``registry``: its first token covers them all (fewer token requests)."""
+        self.get(registry).transport.auth.declare(list(scopes))
 
     def clients(self) -> dict[str, RegistryClient]:
         return dict(self._clients)

@@ -4,9 +4,10 @@ One :class:`Transport` per registry host, over one aiohttp session whose pool al
 host. ``https`` always, except for loopback hosts and registries the caller (or
 ``LAMINA_INSECURE_REGISTRIES=host:port,...``) marks insecure. Requests that are safe to repeat are
 retried with exponential backoff and full jitter on connection errors, 429 and 5xx other than 501
-(distribution-spec: 501 means "not supported", which retrying cannot change). A 401 is answered once
-with the credentials the challenge asks for (see ``auth.py``). Redirects (blob GETs to object storage)
-are followed by hand so the registry's Authorization header never leaks to another origin.
+(distribution-spec: 501 means "not supported", which retrying cannot change). A 401 is answered with
+the credentials the challenge asks for, as ``auth.py`` decides from what the request sent: at most
+:data:`AUTH_RETRIES` times per request, one of them after dropping a refused token. Redirects (blob GETs
+to object storage) are followed by hand so the registry's Authorization header never leaks to another origin.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Literal
 import aiohttp
 from yarl import URL
 
-from .auth import Authenticator
+from .auth import Authenticator, Verdict
 from .credentials import CredentialError, Credentials, CredentialStore
 from .errors import RegistryError, RegistryUnreachable, Unauthorized, error_from_response
 
@@ -44,6 +45,7 @@ TransferKind = Literal["manifest", "config", "layer", "other"]
 Body = bytes | Callable[[], AsyncIterable[bytes]] | None
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
+AUTH_RETRIES = 3  # sent nothing -> current token -> (refused) a fresh token; one more for a token that changed
 
 
 def is_loopback(host: str) -> bool:
@@ -138,9 +140,17 @@ class Transport:
         self._limit = connections_per_host
         self._timeout = timeout or aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
         self._creds_source = credentials
+        self._creds_task: asyncio.Task[Credentials | None] | None = None
         self.auth = Authenticator(registry, self.session, self._credentials)
 
     async def _credentials(self) -> Credentials | None:
+        """The credentials for this registry, looked up once (a helper runs once however many requests
+        ask at the same time); a failure is one line and is given to every caller."""
+        if self._creds_task is None:
+            self._creds_task = asyncio.ensure_future(self._lookup_credentials())
+        return await asyncio.shield(self._creds_task)
+
+    async def _lookup_credentials(self) -> Credentials | None:
         try:
             source = self._creds_source
             if source is None:
@@ -149,7 +159,7 @@ class Transport:
                 return source
             return await source.get(self.registry)
         except CredentialError as exc:  # callers that turn RegistryError into a warning get this one too
-            raise Unauthorized(None, "CREDENTIALS", str(exc), registry=self.registry) from None
+            raise Unauthorized(None, "CREDENTIALS", " ".join(str(exc).split()), registry=self.registry) from None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -163,6 +173,10 @@ class Transport:
         return self._session
 
     async def close(self) -> None:
+        await self.auth.close()
+        if self._creds_task is not None and not self._creds_task.done():
+            self._creds_task.cancel()
+            await asyncio.gather(self._creds_task, return_exceptions=True)
         if self._own_session and self._session is not None and not self._session.closed:
             await self._session.close()
 
@@ -198,15 +212,16 @@ class Transport:
         target = self.url(url) if isinstance(url, str) else url
         if params:
             target = target.extend_query(params)
-        attempt, redirects, auth_answered = 0, 0, False
+        attempt, redirects, auth_retries, renewed = 0, 0, 0, False
         while True:
             attempt += 1
             send_auth = _origin(target) == _origin(self.base_url)
             hdrs = dict(headers or {})
+            sent: str | None = None
             if send_auth:
-                value = await self.auth.header(scopes)
-                if value:
-                    hdrs["Authorization"] = value
+                sent = await self.auth.header(scopes)
+                if sent:
+                    hdrs["Authorization"] = sent
             data = body() if callable(body) else body
             self.stats.requests += 1
             try:
@@ -227,14 +242,18 @@ class Transport:
                     registry=self.registry, repository=repository, obj=obj,
                 ) from None
             status = resp.status
-            if status == 401 and send_auth and not auth_answered:
+            if status == 401 and send_auth:
                 challenge = resp.headers.get("WWW-Authenticate")
                 payload = await self._drain(resp)
-                if self.auth.on_unauthorized(challenge, scopes):
-                    auth_answered = True
+                verdict = Verdict.GIVE_UP
+                if auth_retries < AUTH_RETRIES:
+                    verdict = await self.auth.on_unauthorized(challenge, scopes, sent)
+                if verdict is Verdict.RETRY or (verdict is Verdict.RENEWED and not renewed):
+                    renewed = renewed or verdict is Verdict.RENEWED
+                    auth_retries += 1
                     attempt -= 1  # the handshake is not a failure
                     continue
-                raise error_from_response(401, payload, registry=self.registry, repository=repository, obj=obj)
+                raise await self._unauthorized(payload, scopes, repository, obj)
             if retry and attempt < self.retry.attempts and (status == 429 or (status >= 500 and status != 501)):
                 delay = self._retry_after(resp.headers.get("Retry-After"))
                 await self._drain(resp)
@@ -260,6 +279,14 @@ class Transport:
             finally:
                 resp.release()
             return
+
+    async def _unauthorized(self, payload: bytes, scopes: Sequence[str], repository: str | None,
+                            obj: str | None) -> RegistryError:
+        """The final 401 as one line: the registry's words, then which scope and whose credentials."""
+        error = error_from_response(401, payload, registry=self.registry, repository=repository, obj=obj)
+        why = await self.auth.explain(scopes)
+        return Unauthorized(401, error.code, f"{error.message}; {why}", registry=self.registry,
+                            repository=repository, obj=obj)
 
     def _retry_after(self, value: str | None) -> float | None:
         if not value:
