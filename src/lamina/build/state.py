@@ -10,10 +10,16 @@
 
 ``--root`` picks it; the default is the per-user data dir (``platformdirs.user_data_dir("lamina")``).
 Everything under it is either complete and published atomically or private to one build.
+
+The root is mode 0700: unpacked layers keep their setuid binaries and their files' modes, so the
+directory that leads to them must be closed to other local users (containerd's root is 0711 and its
+snapshots 0700, Docker's data root 0710). A root left 0755 by an older lamina is tightened on open.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +28,28 @@ import platformdirs
 from lamina.build.cache.local import LocalCache
 from lamina.build.contentstore import ContentStore
 
-__all__ = ["BuildState", "default_root"]
+__all__ = ["BuildState", "StateDirError", "default_root"]
+
+
+class StateDirError(Exception):
+    """The state directory cannot be created or made private."""
 
 
 def default_root() -> Path:
     return Path(platformdirs.user_data_dir("lamina"))
+
+
+def _private_root(root: Path) -> None:
+    """Create ``root`` mode 0700, or tighten an existing one that others can enter or read."""
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(root.stat().st_mode) != 0o700:
+            os.chmod(root, 0o700)
+    except OSError as exc:
+        raise StateDirError(
+            f"state directory {root} cannot be made private (mode 0700): {exc.strerror or exc}; "
+            "pass --root with a directory you own"
+        ) from None
 
 
 @dataclass
@@ -38,6 +61,7 @@ class BuildState:
     @classmethod
     def open(cls, root: Path | None = None) -> BuildState:
         root = Path(root) if root is not None else default_root()
+        _private_root(root)
         for sub in ("layers", "snapshots", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         content = ContentStore(root / "content")
