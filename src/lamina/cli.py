@@ -1,4 +1,4 @@
-"""The ``lamina`` command: a thin dispatcher to ``lamina registry ...`` and ``lamina build ...``.
+"""The ``lamina`` command: a thin dispatcher to ``lamina registry|build|login|logout ...``.
 
 Each program registers its own sub-commands (``lamina.registry.cli``, ``lamina.build.cli``); this module
 only parses the first word, so start-up stays fast and one program's imports never slow the other.
@@ -12,9 +12,11 @@ import sys
 
 from lamina import __version__
 
-_PROGRAMS = {
+_PROGRAMS = {  # name -> ("module[:configure function]", summary); the function defaults to `configure`
     "registry": ("lamina.registry.cli", "run an OCI distribution-spec registry"),
     "build": ("lamina.build.cli", "build an image from a Dockerfile"),
+    "login": ("lamina.client.logincli:configure_login", "log in to a registry (saved in docker's config.json)"),
+    "logout": ("lamina.client.logincli:configure_logout", "remove a registry's saved credentials"),
 }
 
 
@@ -32,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     if program is None:
         print(f"lamina: unknown command {argv[0]!r} (expected one of: {', '.join(_PROGRAMS)})", file=sys.stderr)
         return 2
-    module = importlib.import_module(program[0])
+    module_name, _, configure = program[0].partition(":")
+    module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"lamina {argv[0]}", description=program[1])
-    module.configure(parser)
+    getattr(module, configure or "configure")(parser)
     args = parser.parse_args(argv[1:])
     try:
         return int(args.func(args) or 0)
