@@ -10,11 +10,14 @@ import base64
 import io
 import json
 import os
+import pty
+import select
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -203,6 +206,44 @@ def test_build_push_with_basic_login(
     assert (rc, out) == (0, "Login Succeeded\n")
     _build_and_push(lamina, tmp_path, f"{host}/team/app:v1")
     assert asyncio.run(_tags(host, "team/app", Credentials("alice", "wonderland"))) == ["v1"]
+
+
+def _read_until(fd: int, wanted: bytes | None, seen: bytearray, timeout: float = 60.0) -> None:
+    """Read the terminal's output into ``seen`` until it holds ``wanted`` (None: until the program exits)."""
+    deadline = time.monotonic() + timeout
+    while wanted is None or wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, f"no {wanted!r} within {timeout:.0f}s; the terminal showed {bytes(seen)!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the program exited and closed the terminal
+            chunk = b""
+        if not chunk:
+            assert wanted is None, f"exited before {wanted!r}; the terminal showed {bytes(seen)!r}"
+            return
+        seen += chunk
+
+
+def test_prompts_for_username_and_password_on_a_terminal(
+    htpasswd_distribution: RegistryProcess, docker_config: Path
+) -> None:
+    host = htpasswd_distribution.host
+    pid, fd = pty.fork()  # the child's stdin is a real terminal, its controlling one (getpass reads /dev/tty)
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-m", "lamina.cli", "login", host])
+    seen = bytearray()
+    try:
+        _read_until(fd, b"Username: ", seen)
+        os.write(fd, b"alice\n")
+        _read_until(fd, b"Password: ", seen)
+        os.write(fd, b"wonderland\n")
+        _read_until(fd, None, seen)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and b"Login Succeeded" in seen, bytes(seen)
+    assert b"wonderland" not in seen  # getpass turned the echo off
+    assert json.loads(docker_config.read_text())["auths"] == {host: _auth("alice", "wonderland")}
 
 
 @pytest.fixture
