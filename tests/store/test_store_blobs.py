@@ -31,7 +31,7 @@ def test_put_then_size_and_local_path(tmp_path: Path, blob_factory: BlobFactory)
     path = store.local_path(digest)
     if path is not None:  # local backends: a read-only file with exactly the bytes
         assert path.read_bytes() == data
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o400
 
 
 def test_put_refuses_content_that_does_not_match(tmp_path: Path, blob_factory: BlobFactory) -> None:

@@ -124,7 +124,7 @@ def test_blob_put_leaves_no_temp_files(tmp_path: Path) -> None:
         storage.blobs.put(blob_digest(b"y"), b"not y")
     assert list((tmp_path / "tmp").iterdir()) == []
     mode = (tmp_path / "blobs/sha256" / blob_digest(b"x").encoded[:2] / blob_digest(b"x").encoded).stat().st_mode
-    assert stat.S_IMODE(mode) == 0o444
+    assert stat.S_IMODE(mode) == 0o400
 
 
 def test_public_api_is_pinned() -> None:

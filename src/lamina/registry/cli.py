@@ -44,7 +44,7 @@ def _fail(message: str) -> int:
 
 def _check_root(root: Path) -> str | None:
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # open_storage tightens an older, wider root
         probe = root / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -69,6 +69,9 @@ def _check_port(host: str, port: int) -> str | None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    # Whatever this process and its workers write (SQLite's temp files, metrics, the auth key's
+    # directory) is for the registry's owner only; lamina.store sets its own files' modes explicitly too.
+    os.umask(0o077)
     try:
         overrides = {"listen": args.listen, "root": args.root, "workers": args.workers}
         config = load_config(args.config, overrides)

@@ -68,7 +68,7 @@ def parse_gc(value: Any) -> GcSettings:
 
 @contextlib.contextmanager
 def gc_lock(storage: Storage) -> Iterator[None]:
-    fd = os.open(storage.paths.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(storage.paths.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

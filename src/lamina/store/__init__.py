@@ -29,6 +29,7 @@ from .base import (
 )
 from .filesystem import FilesystemBlobStore, FilesystemUploadStore
 from .paths import StorePaths
+from .private import private_dir, private_file
 from .sqlite import SqliteMetadataStore
 
 __all__ = [
@@ -78,12 +79,16 @@ class Storage:
 def open_storage(root: Path, *, synchronous: str = "FULL") -> Storage:
     """Create (idempotently, race-safe across processes) and open the storage under ``root``.
 
-    Raises StoreError naming the root when it cannot be created or written."""
+    Raises StoreError naming the root when it cannot be created or written. Everything is private to the
+    owner (see :mod:`lamina.store.private`); a root an older version left open is tightened here."""
     paths = StorePaths(Path(root).absolute())
     metadata = SqliteMetadataStore(paths.metadata_db, synchronous=synchronous)  # validates before touching disk
     try:
         for directory in paths.directories():
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)
+        private_file(paths.metadata_db, create=True)  # SQLite gives -wal and -shm this file's mode
+        for sqlite_file in paths.metadata_sidecars():
+            private_file(sqlite_file, create=False)
         probe = paths.tmp / f"probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()

@@ -41,6 +41,7 @@ from lamina.oci.digest import SUPPORTED_ALGORITHMS
 from .base import BlobUnknown, StoreError, UploadConflict, UploadUnknown
 from .paths import StorePaths, check_session_id
 from .pipeline import INLINE_BUFFER, WRITE_BUFFER, WRITE_DEPTH, Pipeline, pwrite_all
+from .private import BLOB_MODE, DIR_MODE, FILE_MODE
 
 __all__ = ["FilesystemBlobStore", "FilesystemUploadStore"]
 
@@ -64,7 +65,7 @@ def _mkdir_durable(path: Path) -> None:
         return
     _mkdir_durable(path.parent)
     try:
-        path.mkdir()
+        path.mkdir(mode=DIR_MODE)
     except FileExistsError:
         return
     _fsync_dir(path.parent)
@@ -150,7 +151,7 @@ class FilesystemBlobStore:
         try:
             pwrite_all(fd, data, 0)
             os.fsync(fd)
-            os.fchmod(fd, 0o444)
+            os.fchmod(fd, BLOB_MODE)
             _mkdir_durable(target.parent)
             os.rename(tmp, target)
         except BaseException:
@@ -227,10 +228,10 @@ class FilesystemUploadStore:
     def create(self, session_id: str) -> None:
         directory = self.paths.upload_dir(session_id)
         try:
-            directory.mkdir()
+            directory.mkdir(mode=DIR_MODE)
         except FileExistsError:
             raise StoreError(f"upload session {session_id!r} already exists") from None
-        fd = os.open(directory / "data", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(directory / "data", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             st = os.fstat(fd)
             self._remember(session_id, _HashState(hashlib.sha256(), 0, (st.st_dev, st.st_ino)))
@@ -328,7 +329,7 @@ class FilesystemUploadStore:
             except FileNotFoundError:
                 pass  # garbage collection removed it just now: publish ours
         os.fsync(fd)
-        os.fchmod(fd, 0o444)
+        os.fchmod(fd, BLOB_MODE)
         _mkdir_durable(target.parent)
         os.rename(source, target)
         _fsync_dir(target.parent)

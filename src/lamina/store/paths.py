@@ -2,13 +2,13 @@
 
 ::
 
-    ROOT/
+    ROOT/                              mode 0700; every directory below 0700, every file 0600 (private.py)
       metadata.db                      SQLite (WAL): repositories, manifests, tags, links, sessions
       metadata.db-wal, metadata.db-shm SQLite's write-ahead log and shared index (do not copy alone)
       blobs/
         sha256/
           ab/
-            abcdef0123...              one complete, digest-verified blob; mode 0444, never rewritten
+            abcdef0123...              one complete, digest-verified blob; mode 0400, never rewritten
         sha512/
           ...                          same shape for sha512 digests
       uploads/
@@ -73,6 +73,10 @@ class StorePaths:
 
     def upload_data(self, session_id: str) -> Path:
         return self.upload_dir(session_id) / "data"
+
+    def metadata_sidecars(self) -> tuple[Path, ...]:
+        """SQLite's own files beside ``metadata.db``: the write-ahead log and its shared-memory index."""
+        return (self.root / "metadata.db-wal", self.root / "metadata.db-shm")
 
     def directories(self) -> tuple[Path, ...]:
         """The directories :func:`lamina.store.open_storage` creates up front."""
