@@ -5,7 +5,8 @@
 set -euo pipefail
 
 PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah podman curl ca-certificates chromium
-          slirp4netns passt golang-github-containers-common iproute2 apache2-utils)
+          slirp4netns passt golang-github-containers-common iproute2 apache2-utils
+          golang-docker-credential-helpers pass gnupg)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DOCKER_HUB_AUTH_KEY", "CredentialError", "CredentialStore", "Credentials", "server_key"]
+__all__ = [
+    "DOCKER_HUB_AUTH_KEY", "CredentialError", "CredentialStore", "Credentials", "registry_host", "server_key",
+]
 
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
@@ -49,7 +51,7 @@ def server_key(host: str) -> str:
     return DOCKER_HUB_AUTH_KEY if host in _DOCKER_HUB_HOSTS else host
 
 
-def _normalise_key(key: str) -> str:
+def registry_host(key: str) -> str:
     """``https://host:5000/v1/`` -> ``host:5000`` (docker's ConvertToHostname), Hub keys -> docker.io."""
     text = key
     for prefix in ("https://", "http://"):
@@ -65,7 +67,7 @@ class CredentialStore:
     def __init__(self, config_path: Path | None = None, *, config: dict[str, Any] | None = None) -> None:
         if config is None:
             path = config_path or self.default_path()
-            config = self._read(path)
+            config = self.read_config(path)
         self._config = config
         self._cache: dict[str, Credentials | None] = {}
 
@@ -75,7 +77,8 @@ class CredentialStore:
         return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
 
     @staticmethod
-    def _read(path: Path) -> dict[str, Any]:
+    def read_config(path: Path) -> dict[str, Any]:
+        """The parsed config.json at ``path`` ({} when missing or empty); CredentialError when unusable."""
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -92,7 +95,7 @@ class CredentialStore:
 
     async def get(self, host: str) -> Credentials | None:
         """Credentials for registry ``host`` (``docker.io`` for Hub), or None for anonymous access."""
-        wanted = _normalise_key(host)
+        wanted = registry_host(host)
         if wanted in self._cache:
             return self._cache[wanted]
         creds = await self._lookup(wanted)
@@ -103,7 +106,7 @@ class CredentialStore:
         helpers = self._config.get("credHelpers")
         if isinstance(helpers, dict):
             for key, helper in helpers.items():
-                if _normalise_key(key) == host and isinstance(helper, str) and helper:
+                if registry_host(key) == host and isinstance(helper, str) and helper:
                     return await run_helper(helper, server_key(host))
         store = self._config.get("credsStore")
         if isinstance(store, str) and store:
@@ -117,7 +120,7 @@ class CredentialStore:
         if not isinstance(auths, dict):
             return None
         for key, entry in auths.items():
-            if _normalise_key(key) != host or not isinstance(entry, dict):
+            if registry_host(key) != host or not isinstance(entry, dict):
                 continue
             username, password = entry.get("username"), entry.get("password")
             encoded = entry.get("auth")
