@@ -35,6 +35,8 @@ def test_every_run_input_changes_the_key() -> None:
         replace(RUN, user="app"),
         replace(RUN, workdir="/"),
         replace(RUN, network="none"),
+        replace(RUN, network="host"),
+        replace(RUN, security="insecure"),
     ]
     keys = {cachekey.key_of(cachekey.run_inputs(v, BASE)) for v in variants}
     assert key not in keys and len(keys) == len(variants)
@@ -86,3 +88,19 @@ def test_proxy_env_is_not_in_the_key_but_inline_files_are() -> None:
     key = cachekey.key_of(cachekey.run_inputs(RUN, BASE))
     assert cachekey.key_of(cachekey.run_inputs(replace(RUN, proxy_env=("HTTP_PROXY=http://p:3128",)), BASE)) == key
     assert cachekey.key_of(cachekey.run_inputs(replace(RUN, inline_files=(("/dev/pipes/EOF", "x"),)), BASE)) != key
+
+
+def test_ordinary_run_keys_are_unchanged_by_the_sandbox() -> None:
+    """The default modes encode as before the sandbox existed: caches made by earlier versions still hit."""
+    inputs = cachekey.run_inputs(RUN, BASE)
+    assert inputs["network"] == "default" and "security" not in inputs
+    assert cachekey.run_inputs(replace(RUN, security="insecure"), BASE)["security"] == "insecure"
+
+
+def test_a_network_or_security_change_is_explained_by_name() -> None:
+    old = cachekey.run_inputs(replace(RUN, network="none"), BASE)
+    assert cachekey.describe_difference(old, cachekey.run_inputs(RUN, BASE)) == "network mode changed (none -> default)"
+    insecure = cachekey.run_inputs(replace(RUN, security="insecure"), BASE)
+    assert cachekey.describe_difference(insecure, cachekey.run_inputs(RUN, BASE)) == (
+        "security mode changed (insecure -> sandbox)"
+    )

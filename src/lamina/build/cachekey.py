@@ -10,14 +10,17 @@ bytes. The objects per operation are::
     {"v": 1, "op": "image",   "manifest": "<manifest digest>", "platform": "linux/amd64"}
     {"v": 1, "op": "scratch", "platform": "linux/amd64"}
     {"v": 1, "op": "run",     "parent": K, "argv": [...], "env": [...], "user": U, "workdir": W,
-                              "network": N, "inline_files": [[path, content], ...]}
+                              "network": N, "inline_files": [[path, content], ...], ["security": S]}
     {"v": 1, "op": "copy",    "parent": K, "add": bool, "sources": [...], "dest": D, "chown": C|null,
                               "chmod": M|null, "link": bool, "heredocs": [[name, content], ...],
                               "from": null | {"stage": K2} | {"image": DIGEST}, "exclude": [...],
                               "checksum": "sha256:..." | null, "content": "<checksum of what it reads>"}
     {"v": 1, "op": "workdir", "parent": K, "path": P, "user": U}
 
-(COPY's ``content`` is ``lamina.build.filecopy.copy_checksum``: names, modes, bytes of exactly the
+(RUN's ``network`` is the effective mode, the build's ``--network`` already applied: ``default`` (the
+sandbox), ``none`` or ``host``; ``security`` appears only for ``insecure``, so the keys of ordinary steps
+are those of every earlier version, as BuildKit leaves default modes out of an ExecOp's digest.
+COPY's ``content`` is ``lamina.build.filecopy.copy_checksum``: names, modes, bytes of exactly the
 selected context files, URL digests, heredocs; ``null`` for ``--from``, whose source key stands in.
 The USER in effect does not change what COPY writes, so it is not in the key.)
 
@@ -72,7 +75,7 @@ def scratch_inputs(platform: Platform) -> Inputs:
 
 
 def run_inputs(step: RunStep, parent: Digest) -> Inputs:
-    return {
+    inputs: Inputs = {
         "v": VERSION,
         "op": "run",
         "parent": str(parent),
@@ -83,6 +86,9 @@ def run_inputs(step: RunStep, parent: Digest) -> Inputs:
         "network": step.network,
         "inline_files": [list(f) for f in step.inline_files],
     }
+    if step.security != "sandbox":
+        inputs["security"] = step.security
+    return inputs
 
 
 def copy_inputs(
@@ -170,6 +176,9 @@ def describe_difference(old: Inputs, new: Inputs) -> str:
         return "copied files changed in the context"
     if old.get("from") != new.get("from"):
         return "COPY --from source changed"
+    for name, default in (("network", "default"), ("security", "sandbox")):
+        if old.get("op") == "run" and old.get(name, default) != new.get(name, default):
+            return f"{name} mode changed ({old.get(name, default)} -> {new.get(name, default)})"
     for name in sorted(old.keys() | new.keys()):
         if old.get(name) != new.get(name):
             return f"{name} changed"

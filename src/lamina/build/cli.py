@@ -42,7 +42,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, metavar="STATE_DIR",
                         help="state directory (default: the per-user data directory)")
     parser.add_argument("--network", choices=("default", "host", "none"), default="default",
-                        help="network for RUN steps (default = host)")
+                        help="network for RUN steps: default = own namespace with outbound access through "
+                        "slirp4netns (no access to the host's loopback), none = loopback only, "
+                        "host = the host's (needs --allow network.host)")
+    parser.add_argument("--allow", dest="allow", action="append", default=[], metavar="ENTITLEMENT",
+                        help="grant an entitlement: network.host, security.insecure "
+                        "(a comma-separated list; repeatable)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="runc",
                         help="OCI runtime for RUN steps (default runc; crun needs a cgroup v2 host)")
     parser.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
@@ -81,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lamina.build.builder import BuildRequest, build
     from lamina.build.cacheopts import parse_cache_from, parse_cache_to
+    from lamina.build.entitlements import parse_allow
     from lamina.build.exporter import parse_output
     from lamina.build.progress import make_progress
     from lamina.oci import Platform
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             labels=dict(args.labels),
             root=args.root,
             network=args.network,
+            allow=parse_allow(args.allow),
             runtime=args.runtime,
             source_date_epoch=_epoch(),
             compression=args.compression,

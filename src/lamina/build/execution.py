@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lamina.build.cache.base import LayerRef, utc_now
 from lamina.build.context import BuildContext, ContextError
@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # the worker (runc, overlay, tar, zstd) is imported on first 
 __all__ = ["ExecutionError", "Executor"]
 
 Output = Callable[[bytes], None]
+# RunStep.network (the effective mode, see lamina.build.entitlements) -> RunSpec.network
+_NETWORK_MODES: dict[str, Literal["sandbox", "none", "host"]] = {"default": "sandbox", "none": "none", "host": "host"}
 
 
 def _user_of(rootfs: Path, spec: str) -> ResolvedUser:
@@ -64,14 +66,12 @@ class Executor:
         compression: str = "gzip",
         source_date_epoch: int | None = None,
         runtime: str = "runc",
-        network: str = "default",
     ) -> None:
         self.state = state
         self.images = images
         self.context = context
         self.compression = compression
         self.source_date_epoch = source_date_epoch
-        self.network = network
         self._runtime_name = runtime
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
         self.downloads = Downloads()  # ADD <url>: fetched once per build, shared by checksum and copy
@@ -139,7 +139,6 @@ class Executor:
         from lamina.build.worker.runtime_spec import RunSpec
         from lamina.build.worker.users import resolve_in_root
 
-        network = step.network if step.network != "default" else self.network
         runtime = self.runtime  # a missing runtime binary fails here, before anything is mounted
 
         def on_output(_stream: str, line: str) -> None:
@@ -158,7 +157,8 @@ class Executor:
                 uid=user.uid,
                 gid=user.gid,
                 additional_gids=user.additional_gids,
-                network="none" if network == "none" else "host",
+                network=_NETWORK_MODES[step.network],
+                security="insecure" if step.security == "insecure" else "sandbox",
             )
             cwd = resolve_in_root(rootfs, step.workdir or "/")
             if not cwd.exists():

@@ -55,7 +55,10 @@ class RunStep:
     env: tuple[str, ...]  # "K=V", the image Env plus the ARGs in scope (as Docker exposes them to RUN)
     user: str  # "" = root; "name", "uid", "uid:gid", "name:group" (resolved by the worker in the rootfs)
     workdir: str  # absolute
-    network: str = "default"  # default | host | none (from --network / RUN --network)
+    # default (the sandbox: own namespace, user-mode network) | none | host, from RUN --network; the builder
+    # replaces "default" by the build's --network before solving, so the cache key holds the effective mode
+    network: str = "default"
+    security: str = "sandbox"  # sandbox | insecure (RUN --security; insecure needs --allow security.insecure)
     # HTTP_PROXY etc. from --build-arg, given to the container but, as in BuildKit, not part of the cache key
     proxy_env: tuple[str, ...] = ()
     # (absolute path, content): files the executor provides read-only, mode 0755, for this RUN only;

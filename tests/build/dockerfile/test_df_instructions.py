@@ -50,6 +50,7 @@ def test_run_forms_and_shell(build: Build) -> None:
     assert shell.created_by == "SHELL [/bin/bash -o pipefail -c]"
     assert isinstance(run3, RunStep) and run3.argv == ("/bin/bash", "-o", "pipefail", "-c", "echo hi")
     assert run3.network == "none" and run1.network == "default"
+    assert run1.security == "sandbox"
     assert stage.config.get("Shell") == ["/bin/bash", "-o", "pipefail", "-c"]
 
 
@@ -77,6 +78,10 @@ def test_run_unsupported_flags(build: Build) -> None:
         build("FROM busybox\nRUN --mount=type=cache,target=/x true\n")
     with pytest.raises(DockerfileError, match="unsupported network mode"):
         build("FROM busybox\nRUN --network=bridge true\n")
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:2: RUN: unsupported security mode 'privileged'"):
+        build("FROM busybox\nRUN --security=privileged true\n")
+    (insecure,) = target(build("FROM busybox\nRUN --security=insecure true\n")).steps
+    assert isinstance(insecure, RunStep) and insecure.security == "insecure"  # the builder checks --allow
 
 
 def test_env_forms_and_reference_example(build: Build) -> None:

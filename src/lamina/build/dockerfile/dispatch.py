@@ -131,8 +131,9 @@ def _run(st: StageState, inst: Instruction, ctx: Context) -> None:
     for unsupported in ("mount", "device"):
         if flags[unsupported]:
             raise DockerfileError(f"RUN --{unsupported} is not supported by lamina", inst.line)
-    if flag_str(flags, "security") not in ("", "sandbox"):
-        raise DockerfileError("RUN --security=insecure is not supported by lamina", inst.line)
+    security = flag_str(flags, "security") or "sandbox"
+    if security not in ("sandbox", "insecure"):
+        raise DockerfileError(f"RUN: unsupported security mode {security!r} (sandbox, insecure)", inst.line)
     network = flag_str(flags, "network") or "default"
     if network not in ("default", "none", "host"):
         raise DockerfileError(f"RUN: unsupported network mode {network!r} (default, none, host)", inst.line)
@@ -162,6 +163,7 @@ def _run(st: StageState, inst: Instruction, ctx: Context) -> None:
             user=st.config.get("User") or "",
             workdir=st.config.get("WorkingDir") or "/",
             network=network,
+            security=security,
             proxy_env=ctx.proxy_env,
             inline_files=inline,
             line=inst.line,
