@@ -75,6 +75,17 @@ class _Chunks:
             size -= end - self._pos
             self._pos = end
 
+    def skip_padding(self, size: int) -> bool:
+        """Skip ``size`` bytes of padding; False if the stream ends before the first of them."""
+        end = self._pos + size
+        if end <= len(self._view):
+            self._pos = end
+            return True
+        if self._pos >= len(self._view) and not self._next():
+            return False
+        self.copy_to(-1, size)
+        return True
+
     def at_end(self) -> bool:
         return self._pos >= len(self._view) and not self._next()
 
@@ -186,11 +197,9 @@ class TarReader:
         if self._pending:
             self._src.copy_to(-1, self._pending)
             self._pending = 0
-        padding, self._padding = self._padding, 0
-        if padding:
-            if self._src.at_end():
-                return False
-            self._src.copy_to(-1, padding)
+        if self._padding:
+            padding, self._padding = self._padding, 0
+            return self._src.skip_padding(padding)
         return True
 
     def _read_block(self) -> bytes:
