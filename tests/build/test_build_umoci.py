@@ -37,10 +37,9 @@ def _layer_root_names(layout: Path) -> set[str]:
     """The raw name of the first member of each gzip layer in the layout (umoci writes the root first)."""
     names = set()
     for blob in (layout / "blobs" / "sha256").iterdir():
-        head = blob.read_bytes()[:2]
-        if head == b"\x1f\x8b":
-            first = gzip.decompress(blob.read_bytes())[:100]
-            names.add(first.split(b"\0", 1)[0].decode())
+        data = blob.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            names.add(gzip.decompress(data)[:100].split(b"\0", 1)[0].decode())
     return names
 
 
