@@ -350,15 +350,16 @@ def test_independent_stages_run_concurrently(
     base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Stage ``server`` waits for a connection that only stage ``client`` makes: built one after the
-    other, the listener would time out; built concurrently, both finish."""
+    other, the listener would time out; built concurrently, both finish. (Over the host's loopback: each
+    sandboxed RUN has its own, so both use ``--network=host``, granted by ``--allow network.host``.)"""
     from helpers.registries import free_port
 
     port = free_port()
     dockerfile = f"""\
 FROM {base} AS server
-RUN busybox timeout 30 busybox nc -l -p {port} > /received.txt
+RUN --network=host busybox timeout 30 busybox nc -l -p {port} > /received.txt
 FROM {base} AS client
-RUN i=0; until echo hello-from-client | busybox nc 127.0.0.1 {port}; do i=$((i+1)); \\
+RUN --network=host i=0; until echo hello-from-client | busybox nc 127.0.0.1 {port}; do i=$((i+1)); \\
     [ $i -gt 250 ] && exit 1; sleep 0.1; done; echo sent > /sent.txt
 FROM scratch
 COPY --from=server /received.txt /
@@ -366,7 +367,8 @@ COPY --from=client /sent.txt /
 """
     context = _context(tmp_path / "ctx", dockerfile, {})
     out = tmp_path / "rootfs"
-    rc, _, err = _build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
+    rc, _, err = _build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}",
+                        "--allow", "network.host")
     assert rc == 0, err
     assert (out / "received.txt").read_text() == "hello-from-client\n"
 

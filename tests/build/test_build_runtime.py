@@ -33,6 +33,9 @@ def base(lamina_registry: RegistryProcess, busybox_rootfs: Path) -> str:
     return busybox_image(lamina_registry, name="runtime/busybox", rootfs=busybox_rootfs).reference
 
 
+_EXECUTOR_DIRS = ("bundles", "network")  # the executor's own dirs beside the runtime's root
+
+
 def _build(capsys: pytest.CaptureFixture[str], tmp_path: Path, dockerfile: str, *args: str) -> tuple[int, str]:
     context = tmp_path / "ctx"
     context.mkdir(exist_ok=True)
@@ -50,7 +53,7 @@ def test_runc_is_the_default(base: str, tmp_path: Path, capsys: pytest.CaptureFi
     rc, err = _build(capsys, tmp_path, f"FROM {base}\nRUN echo ran\n")
     assert rc == 0, err
     assert "ran" in _output(err)
-    assert sorted(p.name for p in (tmp_path / "state" / "runc").iterdir() if p.name != "bundles") == ["runc"]
+    assert sorted(p.name for p in (tmp_path / "state" / "runc").iterdir() if p.name not in _EXECUTOR_DIRS) == ["runc"]
 
 
 def test_runtime_crun_reaches_the_executor(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -62,7 +65,7 @@ def test_runtime_crun_reaches_the_executor(base: str, tmp_path: Path, capsys: py
     rc, err = _build(capsys, tmp_path, f"FROM {base}\nRUN echo ran-by-crun\n", "--runtime", "crun")
     assert rc == 0, err
     assert "ran-by-crun" in _output(err)
-    assert sorted(p.name for p in (tmp_path / "state" / "runc").iterdir() if p.name != "bundles") == ["crun"]
+    assert sorted(p.name for p in (tmp_path / "state" / "runc").iterdir() if p.name not in _EXECUTOR_DIRS) == ["crun"]
 
 
 def test_missing_runtime_is_one_line_naming_the_package(base: str, tmp_path: Path) -> None:

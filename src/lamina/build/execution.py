@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the worker (runc, overlay, tar, zstd) is imported on first 
     from lamina.build.worker.layerstore import LayerStore
     from lamina.build.worker.runtime_spec import Mount
     from lamina.build.worker.snapshot import Snapshotter
+    from lamina.build.worker.usernet import NetworkPool
     from lamina.build.worker.users import ResolvedUser
 
 __all__ = ["ExecutionError", "Executor"]
@@ -74,10 +75,17 @@ class Executor:
         self.source_date_epoch = source_date_epoch
         self._runtime_name = runtime
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
+        self._networks: NetworkPool | None = None  # the RUN sandbox's networks, made with the runtime
         self.downloads = Downloads()  # ADD <url>: fetched once per build, shared by checksum and copy
 
     def close(self) -> None:
         self.downloads.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait until every RUN sandbox network is torn down (none outlives the build)."""
+        self.close()
+        if self._networks is not None:
+            await self._networks.aclose()
 
     @functools.cached_property
     def snapshotter(self) -> Snapshotter:
@@ -103,11 +111,15 @@ class Executor:
     def runtime(self) -> RuncExecutor:
         """The OCI runtime (runc, or crun with ``--runtime crun``), looked up at the first RUN."""
         from lamina.build.worker.executor import RuncExecutor
+        from lamina.build.worker.usernet import NetworkPool
 
+        state_dir = self.state.root / "runc"
         try:
-            return RuncExecutor(self.state.root / "runc", runtime=self._runtime_name)
+            runtime = RuncExecutor(state_dir, runtime=self._runtime_name, networks=NetworkPool(state_dir / "network"))
         except FileNotFoundError as exc:
             raise ExecutionError(str(exc)) from None
+        self._networks = runtime.networks
+        return runtime
 
     # -- materialising lazy results ------------------------------------------------------------------
 

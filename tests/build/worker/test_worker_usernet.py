@@ -15,7 +15,7 @@ from worker_helpers import ROOT_ONLY
 from helpers.binaries import require_binary
 from helpers.netns import LoopbackServer, RemoteHost, lamina_namespaces, loopback_server, remote_host, slirp_children
 from lamina.build.worker import LayerStore, OverlaySnapshotter, RuncExecutor, RunFailed, RunSpec, write_layer
-from lamina.build.worker.usernet import HOSTS_FILE, SLIRP_DNS, cleanup_stale_namespaces, resolv_conf_text
+from lamina.build.worker.usernet import HOSTS_FILE, SLIRP_DNS, NetworkPool, cleanup_stale_namespaces, resolv_conf_text
 
 pytestmark = ROOT_ONLY
 
@@ -116,6 +116,26 @@ async def test_nothing_is_left_after_success_failure_and_cancellation(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert lamina_namespaces() == [] and slirp_children() == []
+
+
+async def test_a_pool_prepares_the_next_network_and_tears_used_ones_down_in_the_background(
+    base: Path, tmp_path: Path, remote: RemoteHost
+) -> None:
+    pool = NetworkPool(tmp_path / "net")
+    executor = RuncExecutor(tmp_path / "state", networks=pool)
+    script = f"cat /proc/self/net/dev | grep -c tap0; {_wget(remote.url('hello.txt'))}"
+    for _ in range(3):  # a fresh namespace every time, prepared while the previous RUN ran
+        assert await run(executor, base, tmp_path, script) == ["1", "hello from the remote host"]
+        assert len(lamina_namespaces()) <= 3  # the spare, plus at most the last ones still being torn down
+    task = asyncio.create_task(run(executor, base, tmp_path, "sleep 60"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await pool.aclose()
+    assert lamina_namespaces() == [] and slirp_children() == []
+    with pytest.raises(RuntimeError, match="pool is closed"):
+        await pool.take()
 
 
 async def test_namespaces_of_dead_processes_are_swept() -> None:
