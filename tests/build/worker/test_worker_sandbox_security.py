@@ -25,7 +25,9 @@ PROBE = (
     "(echo x > /proc/sys/kernel/hostname) 2>/dev/null && echo procsys=rw || echo procsys=ro;"
     "touch /sys/kernel/x 2>&1 | grep -q 'Read-only' && echo sys=ro || echo sys=rw;"
     "echo devices=$(ls /dev | tr '\\n' ,);"
-    "mknod /tmp/blk b 7 0 && (head -c 1 /tmp/blk >/dev/null 2>&1 && echo blockdev=open || echo blockdev=denied);"
+    # Nodes made with mknod (allowed, as in Docker): a loop block device and /dev/kmsg's char device.
+    "mknod /tmp/blk b 7 0 && ( (: < /tmp/blk) 2>/dev/null && echo blockdev=open || echo blockdev=denied);"
+    "mknod /tmp/chr c 1 11 && ( (: < /tmp/chr) 2>/dev/null && echo chardev=open || echo chardev=denied);"
     "hostname"
 )
 
@@ -70,7 +72,7 @@ async def test_sandbox_defaults(executor: RuncExecutor, base: Path, tmp_path: Pa
     assert out["interrupts"] == out["keys"] == out["timers"] == "0" and out["firmware"] == "0"  # masked
     assert out["procsys"] == "ro" and out["sys"] == "ro"
     assert "fuse" not in out["devices"] and "kvm" not in out["devices"]
-    assert out["blockdev"] == "denied"  # mknod works (as in Docker), opening a host disk does not
+    assert out["blockdev"] == out["chardev"] == "denied"  # the device cgroup refuses what runc did not allow
     assert out["last"] == "buildkitsandbox"
     user = await run(executor, base, tmp_path, PROBE, uid=1000, gid=1000)
     assert (user["Seccomp"], user["NoNewPrivs"], user["CapEff"]) == ("2", "1", "0000000000000000")
@@ -86,7 +88,7 @@ async def test_insecure_lifts_each_restriction(executor: RuncExecutor, base: Pat
     assert out["userns"] == "yes" and out["mountns"] == "yes"
     assert int(out["interrupts"]) > 0 and out["procsys"] == "rw" and out["sys"] == "rw"
     assert {"fuse", "kvm", "loop-control", "loop0", "loop7", "kmsg", "net"} <= set(out["devices"].split(","))
-    assert out["blockdev"] == "open"
+    assert out["chardev"] == "open"  # every device allowed
     user = await run(executor, base, tmp_path, PROBE, security="insecure", uid=1000, gid=1000)
     assert user["CapEff"] == out["CapEff"]  # BuildKit hands every capability on through the ambient set
 
