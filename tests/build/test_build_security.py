@@ -49,3 +49,25 @@ def test_run_security_profile_by_default_and_insecure_with_the_entitlement(
     insecure = (dest / "insecure.txt").read_text().split()
     assert insecure[2:6] == ["NoNewPrivs:", "0", "Seccomp:", "0"] and insecure[6] == "userns=yes"
     assert int(insecure[1], 16) & 0x200000  # CAP_SYS_ADMIN
+
+
+def test_a_missing_seccomp_profile_fails_the_run_in_one_line(
+    lamina_registry: RegistryProcess,
+    busybox_rootfs: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require_binary("slirp4netns", "slirp4netns")
+    base = busybox_image(lamina_registry, name="security/busybox", rootfs=busybox_rootfs).reference
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {base}\nRUN echo never > /ran.txt\n")
+    monkeypatch.setenv("LAMINA_SECCOMP_PROFILE", str(tmp_path / "nowhere.json"))
+    rc = main(["build", "--progress", "plain", "--root", str(tmp_path / "state"),
+               "--output", f"type=local,dest={tmp_path / 'out'}", str(context)])  # fmt: skip
+    _, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 1 and len(errors) == 1, err
+    assert f"seccomp profile '{tmp_path / 'nowhere.json'}' (from $LAMINA_SECCOMP_PROFILE) not found" in errors[0]
+    assert not (tmp_path / "out" / "ran.txt").exists()
