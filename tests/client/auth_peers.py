@@ -32,6 +32,7 @@ class Realm:
     expires_in: int = 300
     issued_at_offset: float | None = None  # seconds added to now for issued_at; None: field omitted
     delay: float = 0.05
+    refuse: set[str] = field(default_factory=set)  # a request naming one of these repositories gets 403
     requests: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, tuple[ScopeSet, float]] = field(default_factory=dict)  # token -> (scopes, expires)
     host: str = ""
@@ -56,6 +57,8 @@ class Realm:
                 user, _, password = base64.b64decode(header[6:]).decode().partition(":")
                 if self.users.get(user) != password:
                     return web.json_response({"details": "bad credentials"}, status=401)
+            if any(name in self.refuse for _, name, _ in ScopeSet.parse(scopes).items):
+                return web.json_response({"details": "requested access to the resource is denied"}, status=403)
             return self._issue(scopes)
 
         async def post_token(request: web.Request) -> web.Response:

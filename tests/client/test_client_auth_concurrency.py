@@ -77,6 +77,20 @@ async def test_insufficient_scope_challenge_widens_the_token(serve_app: ServeApp
     assert ScopeSet.parse(realm.requests[-1]["scopes"]).covers(ScopeSet.parse(front.also_needed))
 
 
+async def test_realm_refusing_a_declared_scope_falls_back_to_what_is_needed(serve_app: ServeApp) -> None:
+    realm, _, host = await _peers(serve_app)
+    realm.refuse.add("someone/else")  # some realms refuse the whole request rather than grant less
+    async with RegistryClient(host, credentials=Credentials("alice", "secret")) as c:
+        c.transport.auth.declare(["repository:someone/else:pull,push", "repository:team/app:pull,push"])
+        assert await asyncio.gather(*(c.head_blob("team/app", DIGEST) for _ in range(N))) == [3] * N
+        await c.head_blob("team/other", DIGEST)  # the refused scope is not asked for again
+    assert [ScopeSet.parse(r["scopes"]) for r in realm.requests] == [
+        ScopeSet.parse(["repository:someone/else:pull,push", "repository:team/app:pull,push"]),
+        ScopeSet.parse(["repository:team/app:pull"]),
+        ScopeSet.parse(["repository:team/app:pull,push", "repository:team/other:pull"]),
+    ]
+
+
 async def test_refused_current_token_is_fetched_once_more_for_all(serve_app: ServeApp) -> None:
     realm, front, host = await _peers(serve_app)
     async with RegistryClient(host, credentials=Credentials("alice", "secret")) as c:

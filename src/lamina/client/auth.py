@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from .credentials import Credentials
+from .errors import Unauthorized
 from .scopes import ScopeSet, pull_scope, push_scope
 from .tokens import Token, fetch_token
 
@@ -188,26 +189,40 @@ class Authenticator:
                 continue
             scopes = self._wanted | need
             self._wanted = scopes
-            fetch = self._fetch = _Fetch(scopes, asyncio.ensure_future(self._new_token(scopes)))
+            fetch = self._fetch = _Fetch(scopes, asyncio.ensure_future(self._new_token(scopes, need)))
             try:
                 return await asyncio.shield(fetch.task)
             finally:
                 if self._fetch is fetch and fetch.task.done():
                     self._fetch = None
 
-    async def _new_token(self, scopes: ScopeSet) -> Token:
+    async def _new_token(self, scopes: ScopeSet, need: ScopeSet) -> Token:
+        """A token for ``scopes`` (everything wanted); a realm that refuses the whole request because of a
+        scope it will not grant (some answer 401/403 rather than a narrower token) is asked again for
+        ``need`` alone, and the declared scopes on other resources are no longer asked for up front."""
         challenge = self._challenge
         assert challenge is not None and challenge.scheme == "bearer"
         creds = await self._credentials()
-        self.token_requests += 1
         try:
-            token = await fetch_token(
-                self._session(), registry=self._registry, realm=challenge.params["realm"],
-                service=challenge.params.get("service"), scopes=scopes, creds=creds,
-            )
+            try:
+                token = await self._ask(challenge, scopes, creds)
+            except Unauthorized as exc:
+                if exc.status not in (401, 403) or scopes == need:
+                    raise
+                token = await self._ask(challenge, need, creds)
+                using = {(kind, name) for kind, name, _ in need.items}
+                self._wanted = ScopeSet(frozenset(i for i in self._wanted.items if (i[0], i[1]) in using
+                                                  or i not in scopes.items))
         finally:
             if self._fetch is not None and self._fetch.scopes == scopes:
                 self._fetch = None
         if self._challenge is challenge:
             self._token = token
         return token
+
+    async def _ask(self, challenge: Challenge, scopes: ScopeSet, creds: Credentials | None) -> Token:
+        self.token_requests += 1
+        return await fetch_token(
+            self._session(), registry=self._registry, realm=challenge.params["realm"],
+            service=challenge.params.get("service"), scopes=scopes, creds=creds,
+        )
