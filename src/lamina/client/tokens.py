@@ -53,8 +53,8 @@ def token_lifetime(doc: dict[str, Any], wall_now: float) -> float:
     """Seconds the token stays valid from ``wall_now``: ``expires_in`` counted from ``issued_at`` when that
     is plausible (in the past, not before the lifetime began); a clock far off falls back to our own."""
     expires = doc.get("expires_in")
-    lifetime = float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) and expires > 0 \
-        else DEFAULT_EXPIRY
+    valid = isinstance(expires, int | float) and not isinstance(expires, bool) and expires > 0
+    lifetime = float(expires) if valid else DEFAULT_EXPIRY  # type: ignore[arg-type]
     issued = _parse_time(doc.get("issued_at"))
     if issued is not None:
         left = issued + lifetime - wall_now
