@@ -138,6 +138,27 @@ async def test_a_pool_prepares_the_next_network_and_tears_used_ones_down_in_the_
         await pool.take()
 
 
+async def test_concurrent_takes_keep_one_spare_and_leave_nothing(tmp_path: Path) -> None:
+    pool = NetworkPool(tmp_path / "net")
+    nets = await asyncio.gather(*(pool.take() for _ in range(3)))  # as parallel stages do
+    assert len({net.path for net in nets}) == 3
+    for net in nets:
+        pool.retire(net)
+    await pool.aclose()
+    assert lamina_namespaces() == [] and slirp_children() == []
+
+
+async def test_a_take_cancelled_while_the_network_opens_leaves_nothing(tmp_path: Path) -> None:
+    pool = NetworkPool(tmp_path / "net")
+    taking = asyncio.create_task(pool.take())
+    await asyncio.sleep(0)  # started: `ip netns add` is on its way
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    await pool.aclose()  # waits for the opening network, then tears it down
+    assert lamina_namespaces() == [] and slirp_children() == []
+
+
 async def test_namespaces_of_dead_processes_are_swept() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()

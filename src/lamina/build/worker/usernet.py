@@ -212,6 +212,7 @@ class NetworkPool:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self._next: asyncio.Future[SandboxNetwork] | None = None
+        self._opening: set[asyncio.Future[SandboxNetwork]] = set()
         self._retiring: set[asyncio.Future[None]] = set()
         self._closed = False
 
@@ -220,14 +221,21 @@ class NetworkPool:
             raise NetworkError("the sandbox network pool is closed")
         task, self._next = self._next, None
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = asyncio.ensure_future(open_network(self.log_dir))  # a failed spare: retry, with its own error
+            task = self._open()  # no spare, or a failed one: open now (a real failure raises its own error)
         try:
             net = await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.add_done_callback(self._retire_result)
+            self._retire_when_ready(task)  # the caller is gone: tear the network down once it is up
             raise
-        self._next = asyncio.ensure_future(open_network(self.log_dir))
+        if self._next is None:  # one spare at most: concurrent RUNs (parallel stages) open their own
+            self._next = self._open()
         return net
+
+    def _open(self) -> asyncio.Future[SandboxNetwork]:
+        task = asyncio.ensure_future(open_network(self.log_dir))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+        return task
 
     def retire(self, net: SandboxNetwork) -> None:
         """Tear ``net`` down in the background; :meth:`aclose` waits for it."""
@@ -235,19 +243,24 @@ class NetworkPool:
         self._retiring.add(closing)
         closing.add_done_callback(self._retiring.discard)
 
+    def _retire_when_ready(self, task: asyncio.Future[SandboxNetwork]) -> None:
+        if task.done():
+            self._retire_result(task)
+        else:  # still in _opening, so aclose waits for it; this callback runs before aclose resumes
+            task.add_done_callback(self._retire_result)
+
     def _retire_result(self, task: asyncio.Future[SandboxNetwork]) -> None:
         if not task.cancelled() and task.exception() is None:
             self.retire(task.result())
 
     async def aclose(self) -> None:
-        """Close the spare and wait until every network handed out has been torn down."""
+        """Retire the spare and wait until every network opened, also for a cancelled caller, is torn down."""
         self._closed = True
-        task, self._next = self._next, None
-        if task is not None:
-            with contextlib.suppress(Exception):
-                self.retire(await asyncio.shield(task))
-        while self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+        spare, self._next = self._next, None
+        if spare is not None:
+            self._retire_when_ready(spare)
+        while self._opening or self._retiring:
+            await asyncio.gather(*self._opening, *self._retiring, return_exceptions=True)
 
 
 def resolv_conf_text(host_resolv_conf: str) -> str:
