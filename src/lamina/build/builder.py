@@ -21,6 +21,7 @@ from lamina.build.cache.setup import make_cache_exporters, resolve_cache_from
 from lamina.build.cacheopts import CacheFrom, CacheTo
 from lamina.build.context import BuildContext
 from lamina.build.dockerfile import convert
+from lamina.build.entitlements import apply_sandbox, check_build_network
 from lamina.build.execution import Executor
 from lamina.build.exporter import ExportImage, push_image, write_local, write_oci_tar
 from lamina.build.images import RegistryImages
@@ -48,7 +49,8 @@ class BuildRequest:
     no_cache: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
-    network: str = "default"
+    network: str = "default"  # RUN's network unless RUN --network says otherwise: default (sandbox) | none | host
+    allow: frozenset[str] = frozenset()  # entitlements granted (--allow): network.host, security.insecure
     runtime: str = "runc"  # the OCI runtime binary for RUN steps (runc or crun), looked up at the first RUN
     source_date_epoch: int | None = None
     compression: str = "gzip"
@@ -78,6 +80,7 @@ async def build(
     importers: Sequence[CacheImporter] = (),
     exporters: Sequence[CacheExporter] = (),
 ) -> BuildResult:
+    check_build_network(request.network, request.allow)  # before any work: a refused flag costs nothing
     state = BuildState.open(request.root)
     pool = ClientPool(insecure=insecure_registries_from_env())
     declare_access(pool, _push_refs(request), request.cache_to, request.cache_from)
@@ -99,6 +102,7 @@ async def build(
             platform=request.platform,
             resolve_base=resolve_base,
         )
+        graph = apply_sandbox(graph, request.network, request.allow, request.dockerfile_name)
         for warning in graph.warnings:
             progress.message(f"WARNING: {warning}")
         dockerfile_path = request.dockerfile_dir / request.dockerfile_name if request.dockerfile_dir else None
@@ -109,7 +113,6 @@ async def build(
             context,
             compression=request.compression,
             source_date_epoch=request.source_date_epoch,
-            network=request.network,
             runtime=request.runtime,
         )
         solver = Solver(
@@ -131,7 +134,7 @@ async def build(
         try:
             result = await solver.solve()
         finally:
-            executor.close()
+            await executor.aclose()  # also waits for the RUN sandbox's networks to be torn down
         target = CachedResult(result.key, result.layers, result.config.created or "", "local")
         for exporter in exporters:
             await exporter.finalize(target)

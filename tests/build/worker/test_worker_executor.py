@@ -110,7 +110,7 @@ async def test_user_and_groups(executor: RuncExecutor, base: Path, tmp_path: Pat
 async def test_network_modes_and_rlimits(executor: RuncExecutor, base: Path, tmp_path: Path) -> None:
     _, isolated = await run(executor, base, tmp_path, "cat /proc/net/dev | tail -n +3", network="none")
     assert [line.split(":")[0].strip() for _, line in isolated] == ["lo"]
-    _, host = await run(executor, base, tmp_path, "cat /proc/net/dev | tail -n +3")
+    _, host = await run(executor, base, tmp_path, "cat /proc/net/dev | tail -n +3", network="host")
     assert len(host) == len(Path("/proc/net/dev").read_text().splitlines()) - 2
     _, limits = await run(executor, base, tmp_path, "ulimit -n; ulimit -Hn")
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -121,7 +121,8 @@ async def test_network_modes_and_rlimits(executor: RuncExecutor, base: Path, tmp
 async def test_hosts_and_resolv_conf_are_the_hosts_and_read_only(
     executor: RuncExecutor, base: Path, tmp_path: Path
 ) -> None:
-    _, lines = await run(executor, base, tmp_path, "cat /etc/hosts; echo x >> /etc/hosts || echo readonly", check=False)
+    script = "cat /etc/hosts; echo x >> /etc/hosts || echo readonly"
+    _, lines = await run(executor, base, tmp_path, script, network="host", check=False)
     stdout = [line for stream, line in lines if stream == "stdout"]
     assert stdout[:-1] == Path("/etc/hosts").read_text().splitlines()
     assert stdout[-1] == "readonly"
