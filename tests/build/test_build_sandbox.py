@@ -29,6 +29,7 @@ WGET = "/bin/busybox timeout 5 /bin/busybox wget -q -O-"  # busybox's own wget -
 @pytest.fixture(scope="module")
 def base(lamina_registry: RegistryProcess, busybox_rootfs: Path) -> str:
     require_binary("slirp4netns", "slirp4netns")
+    require_binary("ip", "iproute2")
     return busybox_image(lamina_registry, name="sandbox/busybox", rootfs=busybox_rootfs).reference
 
 
