@@ -14,6 +14,8 @@ HOST = {"RLIMIT_NOFILE": (1024, 20000), "RLIMIT_NPROC": (resource.RLIM_INFINITY,
 
 def config(**fields: object) -> dict:
     fields.setdefault("argv", ("/bin/sh", "-c", "true"))
+    if fields.get("network", "sandbox") == "sandbox":
+        fields.setdefault("netns_path", "/run/netns/lamina-1-ab")
     return runtime_config(RunSpec(**fields), "/state/rootfs", host_limits=HOST)  # type: ignore[arg-type]
 
 
@@ -31,7 +33,7 @@ def test_process() -> None:
     assert process["env"] == [DEFAULT_ENV_PATH, "A=1"]
     assert process["cwd"] == "/work"
     assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [10, 20]}
-    assert process["noNewPrivileges"] is False
+    assert process["noNewPrivileges"] is True  # the sandbox default; security.py's tests cover the modes
     assert cfg["root"] == {"path": "/state/rootfs", "readonly": False}
     assert cfg["ociVersion"].startswith("1.0")
     assert config(env=("PATH=/opt/bin",))["process"]["env"] == ["PATH=/opt/bin"]
@@ -60,7 +62,7 @@ def test_rlimits_never_exceed_the_hosts_hard_limit() -> None:
 
 def test_real_host_limits_are_read() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    cfg = runtime_config(RunSpec(argv=("true",)), "/r")
+    cfg = runtime_config(RunSpec(argv=("true",), network="host"), "/r")
     (nofile,) = cfg["process"]["rlimits"]
     expected = 1 << 20 if hard == resource.RLIM_INFINITY else min(1 << 20, hard)
     assert nofile == {"type": "RLIMIT_NOFILE", "hard": expected, "soft": expected}
@@ -90,9 +92,8 @@ def test_mounts_and_namespaces() -> None:
     assert "ro" in mount(cfg, "/etc/resolv.conf")["options"]
     assert mount(cfg, "/cache")["options"] == ["rbind", "rw"]
     kinds = [ns["type"] for ns in cfg["linux"]["namespaces"]]
-    assert kinds == ["mount", "pid", "ipc", "uts"]
-    assert "network" in [ns["type"] for ns in config(network="none")["linux"]["namespaces"]]
-    assert "resources" not in cfg["linux"] and "cgroupsPath" not in cfg["linux"]
+    assert kinds == ["mount", "pid", "ipc", "uts", "network"]  # the sandbox's namespace: see test_worker_netspec
+    assert "cgroupsPath" not in cfg["linux"]  # the executor names one per container
     assert "/proc/kcore" in cfg["linux"]["maskedPaths"]
     assert "/proc/sys" in cfg["linux"]["readonlyPaths"]
 
@@ -104,3 +105,7 @@ def test_invalid_specs_are_refused() -> None:
         RunSpec(argv=("true",), cwd="work")
     with pytest.raises(ValueError, match="unknown network mode 'bridge'"):
         RunSpec(argv=("true",), network="bridge")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="netns_path is only for network 'sandbox', not 'host'"):
+        RunSpec(argv=("true",), network="host", netns_path="/run/netns/x")
+    with pytest.raises(ValueError, match="'sandbox' needs netns_path"):
+        runtime_config(RunSpec(argv=("true",)), "/r")

@@ -5,6 +5,12 @@ path (the snapshot's merged mount), run with ``runc --root state_dir/<runtime> r
 no terminal. Output is streamed line by line to a callback (the progress display) while the last
 lines are kept for the error message; the container and its bundle are always deleted, also when
 the caller is cancelled.
+
+The network is prepared here, because only the worker knows it: ``network="sandbox"`` gets a fresh
+namespace served by slirp4netns (:mod:`.usernet`) for this one run, torn down afterwards (or, with a
+:class:`~.usernet.NetworkPool`, prepared during the previous run and torn down in the background), with a
+resolv.conf naming slirp4netns's DNS; ``"sandbox"`` and ``"none"`` get BuildKit's hosts file
+(localhost and ``buildkitsandbox``); ``"host"`` keeps the host's files.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ import json
 import os
 import shutil
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from .runtime_spec import RunSpec, runtime_config
+from .security_host import prepare_security
+from .usernet import HOSTS_FILE, NetworkPool, cleanup_stale_namespaces, resolv_conf_text, sandbox_network
 
 __all__ = ["Executor", "OutputCallback", "RunFailed", "RuncExecutor"]
 
@@ -53,7 +62,12 @@ class Executor(Protocol):
 
 
 class RuncExecutor:
-    def __init__(self, state_dir: str | os.PathLike[str], runtime: str = "runc") -> None:
+    """RUN steps in runc (or crun). With a :class:`NetworkPool` (a build's executor), sandbox networks are
+    prepared ahead and torn down in the background; without one, each run opens and closes its own."""
+
+    def __init__(
+        self, state_dir: str | os.PathLike[str], runtime: str = "runc", *, networks: NetworkPool | None = None
+    ) -> None:
         binary = shutil.which(runtime)
         if binary is None:
             raise FileNotFoundError(
@@ -64,16 +78,63 @@ class RuncExecutor:
         self.state_dir = Path(state_dir)
         self._runtime_root = self.state_dir / runtime
         self._bundles = self.state_dir / "bundles"
+        self._network_files: tuple[str, str] | None = None  # (hosts, resolv.conf) for own-namespace runs
+        self._swept = False
+        self.networks = networks
 
     async def run(
         self, spec: RunSpec, rootfs: Path, on_output: OutputCallback | None = None, *, check: bool = True
     ) -> int:
         """Run ``spec`` with ``rootfs`` as /; return the exit code, or raise :class:`RunFailed` when ``check``."""
+        spec = prepare_security(spec)  # the seccomp filter (loaded once per process) or insecure's devices
+        async with self._network(spec) as networked:
+            return await self._run(networked, rootfs, on_output, check=check)
+
+    @contextlib.asynccontextmanager
+    async def _network(self, spec: RunSpec) -> AsyncIterator[RunSpec]:
+        """``spec`` with its network prepared: a sandbox namespace for this run, or the generated files."""
+        if spec.network == "host":
+            yield spec
+            return
+        hosts, resolv = self._files()
+        if spec.network == "none":
+            yield replace(spec, hosts_file=hosts)
+            return
+        if not self._swept:  # once per executor: namespaces left behind by builds that were killed
+            self._swept = True
+            await cleanup_stale_namespaces()
+        if self.networks is None:
+            async with sandbox_network(self.state_dir / "network") as net:
+                yield replace(spec, netns_path=net.path, hosts_file=hosts, resolv_conf=resolv)
+            return
+        net = await self.networks.take()
+        try:
+            yield replace(spec, netns_path=net.path, hosts_file=hosts, resolv_conf=resolv)
+        finally:
+            self.networks.retire(net)
+
+    def _files(self) -> tuple[str, str]:
+        """The hosts file and resolv.conf of own-namespace runs, written once per executor."""
+        if self._network_files is None:
+            directory = self.state_dir / "network"
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                host_resolv = Path("/etc/resolv.conf").read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                host_resolv = ""
+            hosts, resolv = directory / "hosts", directory / "resolv.conf"
+            _replace_file(hosts, HOSTS_FILE)
+            _replace_file(resolv, resolv_conf_text(host_resolv))
+            self._network_files = (str(hosts), str(resolv))
+        return self._network_files
+
+    async def _run(self, spec: RunSpec, rootfs: Path, on_output: OutputCallback | None, *, check: bool) -> int:
         container_id = f"lamina-{os.urandom(8).hex()}"
         bundle = self._bundles / container_id
         bundle.mkdir(parents=True)
         self._runtime_root.mkdir(parents=True, exist_ok=True)
-        config = runtime_config(spec, Path(rootfs).resolve())
+        # The container's own cgroup, named like it (so never shared), under runc's cgroup; runc delete removes it.
+        config = runtime_config(spec, Path(rootfs).resolve(), cgroups_path=container_id)
         (bundle / "config.json").write_text(json.dumps(config), encoding="utf-8")
         last = _Tail()
         try:
@@ -128,6 +189,14 @@ class RuncExecutor:
     async def _delete(self, container_id: str) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(self._runtime("delete", "--force", container_id))
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``path`` whole by rename: a build sharing the state dir never binds a half-written file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    partial.write_text(text, encoding="utf-8")
+    partial.chmod(0o644)
+    os.replace(partial, path)
 
 
 class _Tail:
