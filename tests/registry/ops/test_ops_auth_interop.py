@@ -105,6 +105,14 @@ def test_podman_and_docker_login_then_lamina_uses_what_they_wrote(  # type: igno
     config_dir.mkdir()
     env = {**os.environ, "DOCKER_CONFIG": str(config_dir), "REGISTRY_AUTH_FILE": str(config_dir / "config.json")}
     flags = ["--tls-verify=false"] if tool == "podman" else []
+    if tool == "docker":
+        # The docker CLI picks `pass` as its default credsStore whenever `pass` and docker-credential-pass are
+        # on PATH (both are, for lamina's own helper tests): give it a PATH holding only itself, so it writes
+        # the plain `auths` entry this test is about.
+        only_docker = tmp_path / "docker-bin"
+        only_docker.mkdir()
+        (only_docker / "docker").symlink_to(binary)
+        env["PATH"] = str(only_docker)
 
     def login(password: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([binary, "login", *flags, "-u", "alice", "--password-stdin", server.host],
