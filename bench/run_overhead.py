@@ -4,7 +4,8 @@ Starts a lamina registry on loopback, pushes a busybox-static base image (skopeo
 Dockerfile of N trivial ``RUN true`` steps with ``--no-cache`` in each network mode, alternating the
 modes round by round so that load on the machine hits them alike:
 
-- ``default``: the sandbox (own network namespace, slirp4netns started and stopped around each RUN);
+- ``default``: the sandbox (own network namespace served by slirp4netns; the build prepares the next
+  namespace while a RUN runs and tears used ones down in the background);
 - ``none``: own empty network namespace (runc creates it);
 - ``host``: the host's network namespace (``--allow network.host``), the behaviour before the sandbox.
 
