@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from worker_helpers import ROOT_ONLY
 
-from lamina.build.worker import LayerStore, OverlaySnapshotter, RuncExecutor, RunSpec, write_layer
+from lamina.build.worker import OverlaySnapshotter, RuncExecutor, RunSpec
 from lamina.build.worker.seccomp import SeccompProfileError
 
 pytestmark = ROOT_ONLY
@@ -30,17 +30,6 @@ PROBE = (
     "mknod /tmp/chr c 1 11 && ( (: < /tmp/chr) 2>/dev/null && echo chardev=open || echo chardev=denied);"
     "hostname"
 )
-
-
-@pytest.fixture
-def base(tmp_path: Path, rootfs_dir: Path) -> Path:
-    blob = write_layer(rootfs_dir, tmp_path / "blobs", source_date_epoch=1_700_000_000)
-    return LayerStore(tmp_path / "state").unpack(blob.path, blob.media_type, blob.diff_id)
-
-
-@pytest.fixture
-def executor(tmp_path: Path) -> RuncExecutor:
-    return RuncExecutor(tmp_path / "state")
 
 
 async def run(executor: RuncExecutor, base: Path, tmp_path: Path, script: str, **fields: object) -> dict[str, str]:

@@ -14,7 +14,7 @@ from worker_helpers import ROOT_ONLY
 
 from helpers.binaries import require_binary
 from helpers.netns import LoopbackServer, RemoteHost, lamina_namespaces, loopback_server, remote_host, slirp_children
-from lamina.build.worker import LayerStore, OverlaySnapshotter, RuncExecutor, RunFailed, RunSpec, write_layer
+from lamina.build.worker import OverlaySnapshotter, RuncExecutor, RunFailed, RunSpec
 from lamina.build.worker.usernet import HOSTS_FILE, SLIRP_DNS, NetworkPool, cleanup_stale_namespaces, resolv_conf_text
 
 pytestmark = ROOT_ONLY
@@ -24,17 +24,6 @@ pytestmark = ROOT_ONLY
 def _tools() -> None:
     require_binary("slirp4netns", "slirp4netns")
     require_binary("ip", "iproute2")
-
-
-@pytest.fixture
-def base(tmp_path: Path, rootfs_dir: Path) -> Path:
-    blob = write_layer(rootfs_dir, tmp_path / "blobs", source_date_epoch=1_700_000_000)
-    return LayerStore(tmp_path / "state").unpack(blob.path, blob.media_type, blob.diff_id)
-
-
-@pytest.fixture
-def executor(tmp_path: Path) -> RuncExecutor:
-    return RuncExecutor(tmp_path / "state")
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .snapshot import process_alive
+
 __all__ = [
     "GUEST_ADDRESS",
     "HOSTS_FILE",
@@ -273,16 +275,6 @@ def resolv_conf_text(host_resolv_conf: str) -> str:
     return "\n".join([f"nameserver {SLIRP_DNS}", *kept]) + "\n"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def cleanup_stale_namespaces(netns_dir: Path = NETNS_DIR) -> list[str]:
     """Delete the namespaces of lamina processes that died before tearing them down; return their names."""
     try:
@@ -292,7 +284,7 @@ async def cleanup_stale_namespaces(netns_dir: Path = NETNS_DIR) -> list[str]:
     stale = []
     for name in names:
         match = _NAME.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             with contextlib.suppress(NetworkError):
                 await _ip("netns", "delete", name)
                 stale.append(name)
