@@ -1,9 +1,11 @@
 """Registry errors: one enum of distribution-spec error codes, each with its HTTP status.
 
 The spec's error table (distribution-spec spec.md "Error Codes") plus the few codes CNCF distribution
-adds (RANGE_INVALID, TAG_INVALID, PAGINATION_NUMBER_INVALID). Handlers raise :class:`RegistryError`;
-one middleware (:mod:`lamina.registry.app`) renders ``{"errors": [{"code", "message", "detail"}]}``,
-so statuses can never drift apart between handlers (distribution's errcode package).
+adds (RANGE_INVALID, TAG_INVALID, PAGINATION_NUMBER_INVALID), and lamina's one extension code,
+PRECONDITION_FAILED (a conditional tag update lost its race, :mod:`lamina.registry.conditional`).
+Handlers raise :class:`RegistryError`; one middleware (:mod:`lamina.registry.app`) renders
+``{"errors": [{"code", "message", "detail"}]}``, so statuses can never drift apart between handlers
+(distribution's errcode package).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ErrorCode(enum.Enum):
     TOOMANYREQUESTS = (429, "too many requests")
     RANGE_INVALID = (416, "invalid content range")
     PAGINATION_NUMBER_INVALID = (400, "invalid number of results requested")
+    PRECONDITION_FAILED = (412, "the tag does not point where If-Match / If-None-Match expects")  # lamina's
     UNKNOWN = (500, "unknown error")
 
     @property

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from lamina.oci import Digest
 
@@ -31,7 +31,9 @@ __all__ = [
     "ReferenceSizeMismatch",
     "ReferrerRecord",
     "StoreError",
+    "TagCondition",
     "TagImmutable",
+    "TagPreconditionFailed",
     "UploadConflict",
     "UploadSession",
     "UploadStore",
@@ -83,6 +85,37 @@ class TagImmutable(StoreError):
         self.repository = repository
         self.tag = tag
         self.current = current
+
+
+class TagPreconditionFailed(StoreError):
+    """``put_manifest(..., condition=...)`` found the tag somewhere the condition does not allow (HTTP 412)."""
+
+    def __init__(self, repository: str, tag: str, current: Digest | None) -> None:
+        where = f"points at {current}" if current is not None else "does not exist"
+        super().__init__(f"tag {tag!r} in {repository} {where}")
+        self.repository = repository
+        self.tag = tag
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class TagCondition:
+    """A precondition on where a tag points, checked in the transaction that moves it (RFC 9110 13.1.1-2
+    over the tag's digest: HTTP ``If-Match`` / ``If-None-Match`` on a manifest PUT by tag).
+
+    ``match``: the tag must exist and point at one of these digests (``"*"``: exist at all).
+    ``none_match``: the tag must not point at any of these (``"*"``: must not exist)."""
+
+    match: frozenset[Digest] | Literal["*"] | None = None
+    none_match: frozenset[Digest] | Literal["*"] | None = None
+
+    def holds(self, current: Digest | None) -> bool:
+        """Whether a tag now at ``current`` (None: no such tag) may be moved."""
+        if self.match is not None and (current is None or (self.match != "*" and current not in self.match)):
+            return False
+        if self.none_match is not None and current is not None:
+            return self.none_match != "*" and current not in self.none_match
+        return True
 
 
 class BlobUnknown(StoreError):
@@ -206,9 +239,13 @@ class MetadataStore(Protocol):
         references: Sequence[ManifestReference],
         tag: str | None,
         immutable: bool = False,
+        condition: TagCondition | None = None,
     ) -> None:
         """Store the manifest, its references and the tag in one transaction; raises MissingReference,
-        or TagImmutable when ``immutable`` and the tag already names another digest."""
+        TagImmutable when ``immutable`` and the tag already names another digest, or TagPreconditionFailed
+        when ``condition`` does not hold for the tag's current digest (checked in the same transaction, so
+        of two writers conditioned on the same digest only one can win). A tag already at ``record``'s
+        digest counts as moved (the change already happened: RFC 9110 13.1.1), whatever the condition."""
         ...
 
     def get_manifest(self, repository: str, reference: str) -> ManifestRecord | None:

@@ -44,7 +44,9 @@ from .base import (
     ReferenceSizeMismatch,
     ReferrerRecord,
     StoreError,
+    TagCondition,
     TagImmutable,
+    TagPreconditionFailed,
     UploadSession,
 )
 from .schema import SCHEMA_VERSION
@@ -250,10 +252,13 @@ class SqliteMetadataStore:
         references: Sequence[ManifestReference],
         tag: str | None,
         immutable: bool = False,
+        condition: TagCondition | None = None,
     ) -> None:
         """Validate references, upsert the manifest and move ``tag``, all in one IMMEDIATE transaction.
 
         ``immutable``: refuse (TagImmutable) to move ``tag`` if it already names another digest.
+        ``condition``: refuse (TagPreconditionFailed) unless it holds for the tag's current digest or the
+        tag is already at ``record.digest``. Both are read under the write lock the update then uses.
 
         A re-PUT of a stored digest keeps its first ``pushed_at``; ``record.tags`` is ignored."""
         wanted = list({(ref.digest, ref.size, ref.is_manifest): ref for ref in references}.values())
@@ -261,11 +266,14 @@ class SqliteMetadataStore:
         with self._transaction() as conn:
             repo_id = self._ensure_repository(conn, record.repository)
             self._check_references(conn, repo_id, wanted)
-            if immutable and tag is not None:
-                current = conn.execute(q.TAG_DIGEST_BY_ID.sql, q.TAG_DIGEST_BY_ID.bind(repo_id=repo_id, b_tag=tag))
-                row = current.fetchone()
-                if row is not None and row[0] != digest:
-                    raise TagImmutable(record.repository, tag, _digest(row[0]))
+            if tag is not None and (immutable or condition is not None):
+                found = conn.execute(q.TAG_DIGEST_BY_ID.sql, q.TAG_DIGEST_BY_ID.bind(repo_id=repo_id, b_tag=tag))
+                row = found.fetchone()
+                current = _digest(row[0]) if row is not None else None
+                if condition is not None and current != record.digest and not condition.holds(current):
+                    raise TagPreconditionFailed(record.repository, tag, current)
+                if immutable and current is not None and current != record.digest:
+                    raise TagImmutable(record.repository, tag, current)
             row = q.INSERT_MANIFEST.bind(
                 repository_id=repo_id,
                 digest=digest,

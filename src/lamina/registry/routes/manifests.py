@@ -4,6 +4,8 @@ GET serves the stored bytes with their stored media type. Accept negotiation fol
 distribution: when the client lists media types and the stored one is not among them (nor matched
 by a wildcard), the answer is MANIFEST_UNKNOWN 404; no Accept header or ``*/*`` accepts everything.
 DELETE by digest removes the manifest (and its tags); DELETE by tag removes only the tag.
+GET/HEAD answer ``ETag: "<digest>"``; PUT by tag honours ``If-Match`` / ``If-None-Match`` (lamina's
+conditional tag update, :mod:`lamina.registry.conditional`), other requests refuse them (400).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import time
 from aiohttp import web
 
 from lamina.oci import Digest
-from lamina.store import ManifestRecord, MetadataStore, MissingReference, TagImmutable
+from lamina.store import ManifestRecord, MetadataStore, MissingReference, TagImmutable, TagPreconditionFailed
 
+from ..conditional import parse_tag_condition, precondition_failed, refuse_conditions
 from ..errors import ErrorCode, RegistryError
 from ..immutability import is_immutable, tag_immutable_error
 from ..services import Offloader
@@ -110,15 +113,21 @@ async def put(request: web.Request) -> web.Response:
     body = await _read_body(request, settings.max_manifest_bytes)
     checked = check_manifest(name, reference, body, request.headers.get("Content-Type"), settings)
     record = checked.record
+    if checked.tag is None:
+        refuse_conditions(request.headers, f"a PUT by digest ({reference})")
+    condition = parse_tag_condition(request.headers)
     try:
         immutable = checked.tag is not None and is_immutable(settings.ops.immutable_tags, name, checked.tag)
         await offload(request).run(
-            storage(request).metadata.put_manifest, record, checked.references, checked.tag, immutable
+            storage(request).metadata.put_manifest, record, checked.references, checked.tag, immutable, condition
         )
     except MissingReference as exc:
         raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, str(exc), detail={"digest": str(exc.digest)}) from None
     except TagImmutable as exc:
         raise tag_immutable_error(name, exc.tag, str(exc.current), str(record.digest)) from None
+    except TagPreconditionFailed as exc:
+        assert condition is not None
+        raise precondition_failed(name, exc.tag, exc.current, condition) from None
     headers = {
         "Location": f"/v2/{name}/manifests/{record.digest}",
         "Docker-Content-Digest": str(record.digest),
@@ -133,6 +142,7 @@ async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     reference = request.match_info["reference"]
     target = parse_reference_param(reference)
+    refuse_conditions(request.headers, "DELETE")
     metadata = storage(request).metadata
     if isinstance(target, Digest):
         found = await offload(request).run(metadata.delete_manifest, name, target)
