@@ -7,6 +7,9 @@ The layout of BuildKit's ``cache/remotecache/v1`` spec, as plain frozen data:
 - ``records[j]``: a cache key (``digest``), the results stored under it (``layers``: the top layer
   of a chain, with ``createdAt``), and ``inputs[k]``: the records that can feed input ``k``, each with
   an optional ``selector``.
+- lamina's one addition: ``lamina.lastUsedAt`` on a result (RFC 3339), when a build last used or produced
+  it — what cache retention (:mod:`lamina.oci.cachemerge`) ages by. Go's ``encoding/json`` ignores
+  unknown fields, so BuildKit imports the config unchanged.
 
 ``dump`` writes the exact bytes BuildKit writes: fields in Go struct order, empty fields omitted,
 compact JSON, so an unchanged cache re-exports a byte-identical config (and the same digest).
@@ -23,7 +26,7 @@ from typing import Any
 from .descriptor import FormatError
 from .digest import Digest, DigestError, parse_digest
 
-__all__ = ["CacheConfig", "CacheInput", "CacheLayer", "CacheRecord", "CacheResult", "normalize"]
+__all__ = ["LAST_USED_FIELD", "CacheConfig", "CacheInput", "CacheLayer", "CacheRecord", "CacheResult", "normalize"]
 
 
 def _digest(value: Any, where: str) -> Digest:
@@ -56,15 +59,21 @@ class CacheLayer:
         return out
 
 
+LAST_USED_FIELD = "lamina.lastUsedAt"
+
+
 @dataclass(frozen=True, slots=True)
 class CacheResult:
     layer: int
     created_at: str | None = None
+    last_used: str | None = None  # lamina's ``lamina.lastUsedAt``; BuildKit ignores it
 
     def dump(self) -> dict[str, Any]:
         out: dict[str, Any] = {"layer": self.layer}
         if self.created_at:
             out["createdAt"] = self.created_at
+        if self.last_used:
+            out[LAST_USED_FIELD] = self.last_used
         return out
 
 
@@ -131,8 +140,9 @@ class CacheConfig:
                 index = _int(r.get("layer") if isinstance(r, dict) else None, f"records[{j}].layers")
                 if not 0 <= index < len(layers):
                     raise FormatError(f"cacheconfig records[{j}]: layer index {index} out of range")
-                created = r.get("createdAt")
-                results.append(CacheResult(index, created if isinstance(created, str) else None))
+                created, used = r.get("createdAt"), r.get(LAST_USED_FIELD)
+                results.append(CacheResult(index, created if isinstance(created, str) else None,
+                                           used if isinstance(used, str) else None))
             inputs = []
             for group in entry.get("inputs") or []:
                 if not isinstance(group, list):
@@ -202,8 +212,8 @@ def normalize(config: CacheConfig) -> CacheConfig:
         record = config.records[old]
         results = tuple(
             sorted(
-                (CacheResult(new_layer_index[r.layer], r.created_at) for r in record.results),
-                key=lambda r: (str(layers[r.layer].blob), r.created_at or ""),
+                (CacheResult(new_layer_index[r.layer], r.created_at, r.last_used) for r in record.results),
+                key=lambda r: (str(layers[r.layer].blob), r.created_at or "", r.last_used or ""),
             )
         )
         inputs = tuple(
