@@ -1,7 +1,8 @@
-"""``lamina registry gc`` and ``lamina registry lifecycle``: the offline entry points of ops jobs.
+"""``lamina registry gc``, ``lifecycle`` and ``token-cert``: the offline entry points of ops jobs.
 
-Both run against a root a server may be using at the same time (that is the point of online GC): they
-open the storage the same way a worker does and take the same locks and transactions.
+gc and lifecycle run against a root a server may be using at the same time (that is the point of online
+GC): they open the storage the same way a worker does and take the same locks and transactions.
+token-cert prints the certificate another registry needs to trust the token service (docs/registry.md).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +44,16 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                                description="Expire manifests by the [lifecycle] rules; blobs go at the next gc.")
     _common(lifecycle)
     lifecycle.set_defaults(func=lifecycle_command)
+    cert = sub.add_parser(
+        "token-cert", help="print the token signing key's certificate (another registry's rootcertbundle)",
+        description="Print the self-signed certificate (PEM) of the token signing key of the [auth] token service, "
+                    "for CNCF distribution's auth.token.rootcertbundle. Creates the key if the server has not yet.",
+    )
+    cert.add_argument("--root", metavar="DIR",
+                      help="data directory (default $LAMINA_REGISTRY_ROOT, else ./lamina-data)")
+    cert.add_argument("--config", type=Path, metavar="FILE", help="settings file with the [auth] section")
+    cert.add_argument("--out", type=Path, metavar="FILE", help="write the certificate here (default: stdout)")
+    cert.set_defaults(func=token_cert_command)
 
 
 def _fail(message: str) -> int:
@@ -96,7 +108,7 @@ def gc_command(args: argparse.Namespace) -> int:
 def lifecycle_command(args: argparse.Namespace) -> int:
     from lamina.store import StoreError
 
-    from .lifecycle import apply_lifecycle, format_expiries
+    from .lifecycle import apply_lifecycle, format_result
 
     try:
         config = load_config(args.config, {"root": args.root})
@@ -106,9 +118,49 @@ def lifecycle_command(args: argparse.Namespace) -> int:
         return _fail("no [[lifecycle.rules]] in the config: nothing to apply")
     try:
         with _open_root(config) as storage:
-            expired = apply_lifecycle(storage, config.ops.lifecycle, dry_run=args.dry_run)
+            result = apply_lifecycle(storage, config.ops.lifecycle, dry_run=args.dry_run)
     except StoreError as exc:
         return _fail(str(exc))
-    for line in format_expiries(expired, dry_run=args.dry_run):
+    for line in format_result(result, dry_run=args.dry_run):
         print(line)
+    return 0
+
+
+def token_cert_command(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, {"root": args.root})
+    except ConfigError as exc:
+        return _fail(str(exc))
+    auth = config.ops.auth
+    where = f"{args.config}" if args.config else "the settings (pass --config FILE)"
+    if auth is None:
+        return _fail(f"no [auth] section in {where}: the token service is off, there is no signing key")
+    if auth.token.external_public_key is not None:
+        return _fail(f"auth.token.external_public_key is set in {where}: this registry signs no tokens; give the "
+                     "other registry the external issuer's certificate instead")
+    from cryptography.hazmat.primitives import serialization
+
+    from .auth.cert import signing_certificate
+    from .auth.tokens import load_or_create_key
+
+    path = auth.token.key_path(config.root.absolute())
+    created = not path.exists()
+    previous = os.umask(0o077)  # a key created here is as private as one the server creates
+    try:
+        key = load_or_create_key(path)
+    except (ConfigError, OSError) as exc:
+        return _fail(str(exc) if isinstance(exc, ConfigError) else f"token signing key {path}: {exc.strerror or exc}")
+    finally:
+        os.umask(previous)
+    if created:
+        print(f"lamina registry: created the token signing key {path}", file=sys.stderr)
+    pem = signing_certificate(key).public_bytes(serialization.Encoding.PEM)
+    if args.out is None:
+        sys.stdout.write(pem.decode("ascii"))
+        return 0
+    try:
+        args.out.write_bytes(pem)
+        args.out.chmod(0o644)  # a public certificate, read by the other registry's user
+    except OSError as exc:
+        return _fail(f"--out {args.out}: {exc.strerror or exc}")
     return 0

@@ -55,6 +55,10 @@ class TokenSettings:
     realm: str | None = None
     external_public_key: Path | None = None
 
+    def key_path(self, root: Path) -> Path:
+        """Where the signing key lives: ``signing_key``, else ``ROOT/auth/token-signing-key.pem``."""
+        return self.signing_key or root / "auth" / "token-signing-key.pem"
+
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:

@@ -62,7 +62,7 @@ class AuthService:
                 load_public_key(token.external_public_key), issuer=token.issuer, service=token.service
             )
         else:
-            key = load_or_create_key(token.signing_key or root / "auth" / "token-signing-key.pem")
+            key = load_or_create_key(token.key_path(root))
             self.issuer = TokenIssuer(key, issuer=token.issuer, service=token.service, lifetime=token.lifetime_seconds)
             self.verifier = self.issuer.verifier()
 

@@ -2,9 +2,10 @@
 
 Claims: ``iss``, ``sub`` (the account), ``aud`` (the service), ``exp``/``nbf``/``iat``, ``jti`` and
 ``access: [{"type": "repository", "name": ..., "actions": [...]}]``. lamina signs with its own EC P-256
-key (ES256), created on first start under the storage root, or trusts an external issuer by public key
-(ES256/RS256/EdDSA, whichever the key is). The key file is created with an atomic link(2), so worker
-processes starting at once all end up with the same key.
+key (ES256; ES384/ES512 for a P-384/P-521 key), created on first start under the storage root, or trusts
+an external issuer by public key (ES256/RS256/EdDSA, whichever the key is). The key file is created with an
+atomic link(2), so worker processes starting at once all end up with the same key. The header carries the
+key's certificate as ``x5c`` (:mod:`.cert`), so CNCF distribution can verify the tokens too.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ..config import ConfigError
+from .cert import signing_certificate, x5c_chain
 
 __all__ = ["Grant", "TokenError", "TokenIssuer", "TokenVerifier", "load_or_create_key"]
 
 Access = Mapping[tuple[str, str], frozenset[str]]  # (type, name) -> actions
+
+
+_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)  # ES256, ES384, ES512
 
 
 class TokenError(Exception):
@@ -59,8 +64,9 @@ def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"auth.token.signing_key {path}: cannot load a PEM private key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"auth.token.signing_key {path}: expected an EC (P-256) private key")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, _CURVES):
+        raise ConfigError(f"auth.token.signing_key {path}: not an EC private key on P-256, P-384 or P-521; "
+                          "point the setting at one (or at a missing file: lamina then creates a P-256 key there)")
     return key
 
 
@@ -88,6 +94,8 @@ class TokenIssuer:
         self.issuer = issuer
         self.service = service
         self.lifetime = lifetime
+        self.algorithm = _algorithm(key.public_key())
+        self.headers = {"x5c": x5c_chain(signing_certificate(key))}
 
     def issue(self, subject: str, access: Access, now: float | None = None) -> tuple[str, int]:
         """A signed token and its lifetime in seconds."""
@@ -102,7 +110,7 @@ class TokenIssuer:
             "jti": secrets.token_hex(12),
             "access": access_claim(access),
         }
-        return jwt.encode(claims, self.key, algorithm="ES256"), self.lifetime
+        return jwt.encode(claims, self.key, algorithm=self.algorithm, headers=self.headers), self.lifetime
 
     def verifier(self) -> TokenVerifier:
         return TokenVerifier(self.key.public_key(), issuer=self.issuer, service=self.service)
