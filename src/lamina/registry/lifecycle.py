@@ -12,10 +12,13 @@
     tag_patterns = ["v*", "release-*"]    # ...these globs (default: any tag); older ones expire
     cache_unused_days = 30                # expire build caches not pulled (nor pushed) for N days
     quota_bytes = 50_000_000_000          # over quota: evict least-recently-pulled build caches first
+    cache_records_unused_days = 14        # drop the records of tagged build caches unused for N days
 
 A manifest that an index lists is never expired on its own (its index holds it), nor is a referrer
 whose subject stays. Expiry deletes the manifest and its tags, and only if its tags did not change
 since the rules were evaluated (one transaction per manifest); the blobs go at the next GC.
+``cache_records_unused_days`` rewrites a cache under its tag instead (:mod:`.cacheprune`), after the
+expiries, with the smallest value of the rules that match the repository.
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from typing import Any
 from lamina.store import Storage
 from lamina.store.inventory import ManifestInfo, delete_manifest_if_unchanged, list_manifests, repository_bytes
 
+from .cacheprune import CachePrune, prune_cache_tag
 from .config import ConfigError
 from .globs import matches_any, string_list
 from .services import Offloader, repeat_until_stopped
 
 __all__ = [
     "Expiry",
+    "LifecycleResult",
     "LifecycleRule",
     "LifecycleSettings",
     "apply_lifecycle",
     "evaluate",
-    "format_expiries",
+    "format_result",
     "lifecycle_forever",
     "parse_lifecycle",
 ]
@@ -57,6 +62,7 @@ class LifecycleRule:
     tag_patterns: tuple[str, ...] = ("*",)
     cache_unused_days: float | None = None
     quota_bytes: int | None = None
+    cache_records_unused_days: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,14 @@ class Expiry:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LifecycleResult:
+    """One application of the rules: manifests deleted, and caches rewritten without their stale records."""
+
+    expired: list[Expiry]
+    pruned: list[CachePrune]
+
+
 def _number(key: str, value: Any, integer: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float) or value < 0:
         raise ConfigError(f"{key}: expected {'an integer' if integer else 'a number'} >= 0, got {value!r}")
@@ -82,7 +96,7 @@ def _number(key: str, value: Any, integer: bool = False) -> Any:
 
 
 _RULE_KEYS = ("repositories", "untagged_older_than_days", "keep_last_tagged", "tag_patterns", "cache_unused_days",
-              "quota_bytes")
+              "quota_bytes", "cache_records_unused_days")
 
 
 def parse_lifecycle(value: Any) -> LifecycleSettings:
@@ -107,7 +121,7 @@ def parse_lifecycle(value: Any) -> LifecycleSettings:
             raise ConfigError(f"{key}: 'repositories' (a list of globs) is required")
         repos = string_list(f"{key}.repositories", item["repositories"], non_empty=True)
         fields: dict[str, Any] = {"repositories": repos}
-        for name in ("untagged_older_than_days", "cache_unused_days"):
+        for name in ("untagged_older_than_days", "cache_unused_days", "cache_records_unused_days"):
             if name in item:
                 fields[name] = float(_number(f"{key}.{name}", item[name]))
         for name in ("keep_last_tagged", "quota_bytes"):
@@ -118,7 +132,7 @@ def parse_lifecycle(value: Any) -> LifecycleSettings:
         rule = LifecycleRule(**fields)
         if all(getattr(rule, n) is None for n in _RULE_KEYS[1:] if n != "tag_patterns"):
             raise ConfigError(f"{key}: the rule expires nothing; set untagged_older_than_days, keep_last_tagged, "
-                              "cache_unused_days or quota_bytes")
+                              "cache_unused_days, quota_bytes or cache_records_unused_days")
         rules.append(rule)
     return LifecycleSettings(tuple(rules), interval)
 
@@ -169,41 +183,67 @@ def evaluate(rule: LifecycleRule, infos: Sequence[ManifestInfo], now: float) -> 
 
 def apply_lifecycle(
     storage: Storage, settings: LifecycleSettings, *, dry_run: bool = False, now: float | None = None
-) -> list[Expiry]:
-    """Evaluate every rule on every matching repository; delete unless ``dry_run``. Blocking."""
+) -> LifecycleResult:
+    """Evaluate every rule on every matching repository; delete and rewrite unless ``dry_run``. Blocking."""
     when = time.time() if now is None else now
-    done: list[Expiry] = []
+    result = LifecycleResult([], [])
     last: str | None = None
     while True:
         names = storage.metadata.list_repositories(last, 500)
         if not names:
-            return done
+            return result
         last = names[-1]
         for name in names:
             rules = [r for r in settings.rules if matches_any(r.repositories, name)]
-            if not rules:
+            if rules:
+                _apply_to_repository(storage, name, rules, when, dry_run, result)
+
+
+def _apply_to_repository(
+    storage: Storage, name: str, rules: Sequence[LifecycleRule], when: float, dry_run: bool, result: LifecycleResult
+) -> None:
+    infos = list_manifests(storage.paths, name)
+    seen: set[str] = set()
+    for rule in rules:
+        for expiry in evaluate(rule, infos, when):
+            if expiry.digest in seen:
                 continue
-            infos = list_manifests(storage.paths, name)
-            seen: set[str] = set()
-            for rule in rules:
-                for expiry in evaluate(rule, infos, when):
-                    if expiry.digest in seen:
-                        continue
-                    seen.add(expiry.digest)
-                    if dry_run or delete_manifest_if_unchanged(storage.paths, name, expiry.digest, expiry.tags):
-                        done.append(expiry)
-                        if not dry_run:
-                            log.info("lifecycle: deleted %s@%s (%s)", name, expiry.digest, expiry.reason)
+            seen.add(expiry.digest)
+            if dry_run or delete_manifest_if_unchanged(storage.paths, name, expiry.digest, expiry.tags):
+                result.expired.append(expiry)
+                if not dry_run:
+                    log.info("lifecycle: deleted %s@%s (%s)", name, expiry.digest, expiry.reason)
+    ages = [r.cache_records_unused_days for r in rules if r.cache_records_unused_days is not None]
+    if not ages:
+        return
+    tags = sorted(tag for info in infos if info.kind == "cache" and info.digest not in seen for tag in info.tags)
+    for tag in tags:
+        pruned = prune_cache_tag(storage, name, tag, min(ages), when, dry_run=dry_run)
+        if pruned is not None:
+            result.pruned.append(pruned)
+            if not dry_run:
+                log.info("lifecycle: %s", _prune_line(pruned, dry_run=False))
 
 
-def format_expiries(expiries: Sequence[Expiry], *, dry_run: bool) -> list[str]:
+def _prune_line(p: CachePrune, *, dry_run: bool) -> str:
+    records, layers = f"records {p.records[0]} -> {p.records[1]}", f"layers {p.layers[0]} -> {p.layers[1]}"
+    if p.new_digest is None:
+        verb = "would delete" if dry_run else "deleted"
+        return f"{verb} {p.repository}:{p.tag} ({p.old_digest}), nothing left: {p.reason}"
+    verb = "would prune" if dry_run else "pruned"
+    return f"{verb} {p.repository}:{p.tag} {p.old_digest} -> {p.new_digest}, {records}, {layers}: {p.reason}"
+
+
+def format_result(result: LifecycleResult, *, dry_run: bool) -> list[str]:
     verb = "would delete" if dry_run else "deleted"
     lines = [
-        f"{verb} {e.repository}@{e.digest} [{e.kind}] tags={','.join(e.tags) or '-'}: {e.reason}" for e in expiries
+        f"{verb} {e.repository}@{e.digest} [{e.kind}] tags={','.join(e.tags) or '-'}: {e.reason}"
+        for e in result.expired
     ]
-    count = len(expiries)
-    lines.append(f"lifecycle (dry run): {count} manifest(s) would be deleted" if dry_run
-                 else f"lifecycle: {count} manifest(s) deleted")
+    lines += [_prune_line(p, dry_run=dry_run) for p in result.pruned]
+    count, pruned = len(result.expired), len(result.pruned)
+    lines.append(f"lifecycle (dry run): {count} manifest(s) would be deleted, {pruned} cache tag(s) would be pruned"
+                 if dry_run else f"lifecycle: {count} manifest(s) deleted, {pruned} cache tag(s) pruned")
     return lines
 
 
@@ -212,14 +252,14 @@ async def lifecycle_forever(
     settings: LifecycleSettings,
     offload: Offloader,
     stop: asyncio.Event,
-    on_result: Callable[[list[Expiry]], None] | None = None,
+    on_result: Callable[[LifecycleResult], None] | None = None,
 ) -> None:
     """The background schedule (one worker runs it) until ``stop``."""
 
     async def one_round() -> None:
-        expired = await offload.run(apply_lifecycle, storage, settings)
+        result = await offload.run(apply_lifecycle, storage, settings)
         if on_result is not None:
-            on_result(expired)
+            on_result(result)
 
     await repeat_until_stopped(
         stop, settings.interval_seconds, one_round, log, "applying lifecycle rules", wait_first=True

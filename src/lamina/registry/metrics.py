@@ -40,6 +40,7 @@ HELP = {
     "lamina_gc_bytes_freed_total": ("counter", "Blob bytes deleted by garbage collection."),
     "lamina_gc_blobs_deleted_total": ("counter", "Blobs deleted by garbage collection."),
     "lamina_lifecycle_manifests_expired_total": ("counter", "Manifests removed by lifecycle rules."),
+    "lamina_lifecycle_cache_tags_pruned_total": ("counter", "Cache tags rewritten without stale records."),
     "lamina_storage_bytes": ("gauge", "Bytes of distinct blobs linked into any repository."),
     "lamina_storage_blobs": ("gauge", "Distinct blobs linked into any repository."),
     "lamina_repositories": ("gauge", "Repositories."),

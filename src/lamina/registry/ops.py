@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from .auth.config import AuthConfig
     from .config import RegistryConfig
-    from .lifecycle import Expiry
+    from .lifecycle import LifecycleResult
 
 __all__ = ["OPS_KEYS", "OpsSettings", "configure_access_log", "exposure_warning", "install", "parse_ops_setting"]
 
@@ -129,8 +129,9 @@ def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> N
                 metrics.inc("lamina_gc_blobs_deleted_total", len(result.blobs))
                 metrics.flush(force=True)
 
-            def lifecycle_done(expired: list[Expiry]) -> None:
-                metrics.inc("lamina_lifecycle_manifests_expired_total", len(expired))
+            def lifecycle_done(result: LifecycleResult) -> None:
+                metrics.inc("lamina_lifecycle_manifests_expired_total", len(result.expired))
+                metrics.inc("lamina_lifecycle_cache_tags_pruned_total", len(result.pruned))
                 metrics.flush(force=True)
 
             stop = asyncio.Event()

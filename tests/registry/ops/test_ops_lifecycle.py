@@ -10,7 +10,7 @@ import pytest
 from opstools import ops_from_toml
 
 from lamina.registry.config import ConfigError
-from lamina.registry.lifecycle import LifecycleRule, apply_lifecycle, evaluate, format_expiries
+from lamina.registry.lifecycle import LifecycleRule, apply_lifecycle, evaluate, format_result
 from lamina.store import ManifestRecord, ManifestReference, open_storage
 from lamina.store.inventory import ManifestInfo, Reference
 from lamina.store.inventory import list_manifests as inventory
@@ -100,10 +100,10 @@ def test_apply_deletes_only_in_matching_repositories_and_dry_run_deletes_nothing
     other = _push(storage, "prod/app", "cache", "cache", now - 40 * DAY, b"prod cache layer")
     settings = ops_from_toml('[[lifecycle.rules]]\nrepositories = ["ci/*"]\ncache_unused_days = 30\n').lifecycle
     preview = apply_lifecycle(storage, settings, dry_run=True)
-    assert [e.digest for e in preview] == [old_cache]
-    assert "would delete ci/app@" in format_expiries(preview, dry_run=True)[0]
+    assert [e.digest for e in preview.expired] == [old_cache] and preview.pruned == []
+    assert "would delete ci/app@" in format_result(preview, dry_run=True)[0]
     assert len(inventory(storage.paths, "ci/app")) == 2
-    done = apply_lifecycle(storage, settings)
+    done = apply_lifecycle(storage, settings).expired
     assert [e.digest for e in done] == [old_cache] and done[0].reason.startswith("build cache not pulled")
     assert {i.digest for i in inventory(storage.paths, "ci/app")} == {new_cache}
     assert {i.digest for i in inventory(storage.paths, "prod/app")} == {other}
