@@ -1,10 +1,12 @@
 """``lamina build`` pushing to registries that need login, with the base image on another registry.
 
-Three real authenticated registries: CNCF distribution with htpasswd (Basic, as ECR answers), CNCF
-distribution with ``auth: token`` trusting a JWT issuer this test runs (a realm on another port), and
-lamina's registry with ``[auth]`` (its own token service). Each gets a cold build that pushes the image
-(10 layers, sent concurrently) and a ``mode=max`` cache, then a build from a fresh state directory with
-``--cache-from`` that must be fully cached, twice over. Credentials come from a ``DOCKER_CONFIG`` dir.
+Real authenticated registries: CNCF distribution with htpasswd (Basic, as ECR answers), CNCF
+distribution with ``auth: token`` trusting a JWT issuer this test runs (a realm on another port), CNCF
+distribution with ``auth: token`` trusting lamina's token service (``lamina registry token-cert`` as its
+``rootcertbundle``), and lamina's registry with ``[auth]`` (its own token service). Each gets a cold build
+that pushes the image (10 layers, sent concurrently) and a ``mode=max`` cache, then a build from a fresh
+state directory with ``--cache-from`` that must be fully cached (twice over, except for the lamina-issued
+tokens, whose build path is the same as the other issuer's). Credentials come from a ``DOCKER_CONFIG`` dir.
 Also: a 10-second token outliving a build step, and a failing credential helper as one line.
 """
 
@@ -202,6 +204,35 @@ def test_distribution_token_auth_with_our_issuer(base: str, docker_config: Path,
     # by the first concurrent requests together. The other requests are skopeo's (pull on team/app).
     ours = [r["scopes"] for r in issuer.requests if r["scopes"] != ["repository:team/app:pull"]]
     assert ours == [["repository:team/app:pull,push", "repository:team/cache:pull,push"]] * 4, issuer.requests
+
+
+def test_distribution_token_auth_with_lamina_token_service(base: str, htpasswd: Path, docker_config: Path,
+                                                            tmp_path: Path, make_lamina_registry: object,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """distribution's realm is lamina's /token; it verifies lamina's tokens by the certificate token-cert printed."""
+    service, issuer_name = "ci-distribution", "lamina-ci"
+    issuer: RegistryProcess = make_lamina_registry(  # type: ignore[operator]
+        "access_log = true\n"
+        f'[auth]\nhtpasswd = "{htpasswd}"\n'
+        f'[[auth.rules]]\nrepositories = ["team/**"]\nusers = ["{USER}"]\nactions = ["pull", "push"]\n'
+        f'[auth.token]\nservice = "{service}"\nissuer = "{issuer_name}"\n'
+    )
+    bundle = tmp_path / "lamina-token.crt"
+    config = issuer.root.parent / "config.toml"  # where start_lamina wrote the settings
+    rc = main(["registry", "token-cert", "--config", str(config), "--root", str(issuer.root), "--out", str(bundle)])
+    assert rc == 0
+    assert capsys.readouterr() == ("", "")
+    auth = {"token": {"realm": f"{issuer.url}/token", "service": service, "issuer": issuer_name,
+                      "rootcertbundle": str(bundle)}}
+    registry = _distribution(tmp_path / "registry", auth=auth)
+    try:
+        _login(docker_config, registry.host)
+        _cold_then_warm(registry.host, base, tmp_path, capsys, rounds=1)
+    finally:
+        registry.stop()
+    log = [json.loads(line) for line in issuer.stderr_text(1 << 20).splitlines() if line.startswith("{")]
+    tokens = [entry["status"] for entry in log if entry["path"] == "/token"]
+    assert len(tokens) >= 2 and set(tokens) == {200}, log  # one per build at least, none refused
 
 
 def test_lamina_registry_with_auth(base: str, htpasswd: Path, docker_config: Path, tmp_path: Path,
