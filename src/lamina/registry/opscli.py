@@ -108,7 +108,7 @@ def gc_command(args: argparse.Namespace) -> int:
 def lifecycle_command(args: argparse.Namespace) -> int:
     from lamina.store import StoreError
 
-    from .lifecycle import apply_lifecycle, format_expiries
+    from .lifecycle import apply_lifecycle, format_result
 
     try:
         config = load_config(args.config, {"root": args.root})
@@ -118,10 +118,10 @@ def lifecycle_command(args: argparse.Namespace) -> int:
         return _fail("no [[lifecycle.rules]] in the config: nothing to apply")
     try:
         with _open_root(config) as storage:
-            expired = apply_lifecycle(storage, config.ops.lifecycle, dry_run=args.dry_run)
+            result = apply_lifecycle(storage, config.ops.lifecycle, dry_run=args.dry_run)
     except StoreError as exc:
         return _fail(str(exc))
-    for line in format_expiries(expired, dry_run=args.dry_run):
+    for line in format_result(result, dry_run=args.dry_run):
         print(line)
     return 0
 
