@@ -11,6 +11,13 @@ stages run as concurrent tasks; a stage that needs another's result (``FROM stag
 that executes) awaits it. Cached layers that turn out unreadable when a step needs their bytes make
 the stage solve again without them: a broken remote cache is a slower build, never a failed one.
 Every result (executed, hit, or known only by key in a stage not solved) goes to the cache exporters.
+
+Hit order: the local index, then each ``--cache-from`` in flag order; the first that has a usable record
+for a key wins (a hit is that record's whole layer chain, whichever cache its parent step hit in). A
+``--cache-from`` ref may be rewritten while the build runs: after a round, the lazy layers of its hits
+are checked at their caches (:class:`~lamina.build.cache.base.BlobVerifier`); gone ones miss from then
+on and the build is solved again (hits are instant, executed steps are local hits now), the last round
+with the local index only.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 from lamina.build import cachekey
 from lamina.build.cache.base import (
+    BlobVerifier,
     CachedResult,
     CacheExporter,
     CacheImporter,
@@ -41,6 +49,8 @@ from lamina.build.state import BuildState
 from lamina.oci import Digest, ImageConfig, Platform
 
 __all__ = ["BuildError", "SolveOptions", "Solver", "StageResult"]
+
+_ROUNDS = 3  # solves of the graph at most: hits on layers found gone are dropped between rounds
 
 
 class BuildError(Exception):
@@ -124,10 +134,46 @@ class Solver:
             lambda key: self._lookup(key) is not None, no_cache=options.no_cache,
         )
         self._bad_blobs: set[Digest] = set()  # cached blobs found unreadable during this build
-        self._base_blobs: set[Digest] = set()  # base image layers: no cache to fall back from
+        self._base_blobs: set[tuple[Digest, str | None]] = set()  # base image layers: no cache to fall back from
+        self._hit_layers: dict[tuple[Digest, str | None], tuple[LayerRef, str]] = {}  # lazy layer -> its hit's origin
 
     async def solve(self) -> StageResult:
-        """Solve the target stage (and, concurrently, every stage it needs)."""
+        """Solve the target stage (and, concurrently, every stage it needs), again without the hits whose
+        layers turn out gone from their cache (see the module docstring)."""
+        for round_ in range(1, _ROUNDS + 1):
+            if round_ == _ROUNDS:
+                self.importers = [self.state.cache]  # a cache rewritten under us twice: build without it
+            result = await self._solve_round()
+            gone = await self._gone_layers()
+            if not gone:
+                return result
+            for name, blobs in gone.items():
+                self._bad_blobs |= blobs
+                self.progress.message(
+                    f"WARNING: cache {name}: layer(s) {', '.join(sorted(b.short for b in blobs))} gone from it "
+                    "(the ref was rewritten meanwhile); building the steps that used them"
+                )
+            self.state.cache.drop_blobs(self._bad_blobs)
+        raise AssertionError("unreachable: the last round has no remote cache to lose")
+
+    async def _gone_layers(self) -> dict[str, set[Digest]]:
+        """Per cache that lost some: the lazy layers of this round's hits that are no longer there."""
+        lazy = [layer for layer, _ in self._hit_layers.values() if not self.state.content.has(layer.descriptor.digest)]
+        verifiers = [importer for importer in self.importers if isinstance(importer, BlobVerifier)]
+        if not lazy or not verifiers:
+            return {}
+        answers = await asyncio.gather(*(verifier.missing(lazy) for verifier in verifiers))
+        return {verifier.name: blobs for verifier, blobs in zip(verifiers, answers, strict=True) if blobs}
+
+    def _note_hit(self, hit: CachedResult) -> None:
+        for layer in hit.layers:
+            if layer.source is not None:
+                self._hit_layers.setdefault((layer.descriptor.digest, layer.source), (layer, hit.origin))
+
+    async def _solve_round(self) -> StageResult:
+        self._tasks = {}
+        self._hit_layers = {}
+        self.reports = []
         try:
             needed = await self.demand.needed()  # a COPY --from that hits needs only its source's key
         except Exception:
@@ -167,6 +213,8 @@ class Solver:
                     assert inputs is not None
                     hit = None if missed else self._lookup(key)  # nothing after a miss is a hit
                     missed = hit is None
+                    if hit is not None:
+                        self._note_hit(hit)
                     for exporter in self.exporters:
                         if hit is not None and (exporter is not self.state.cache or hit.origin != "local"):
                             exporter.add(key, inputs, hit, slot=str(parent))
@@ -204,10 +252,17 @@ class Solver:
                 self.state.cache.drop_blobs(exc.blobs)
                 if attempt == 3:
                     raise BuildError(f"stage {self._label(stage)}: cached layers keep failing: {exc}") from exc
+                origins = sorted({origin for (digest, _), (_, origin) in self._hit_layers.items()
+                                  if digest in exc.blobs})
                 self.progress.message(
-                    f"WARNING: cached layer(s) {', '.join(sorted(b.short for b in exc.blobs))} unusable ({exc}); "
+                    f"WARNING: cached layer(s) {', '.join(sorted(b.short for b in exc.blobs))}"
+                    f"{' from ' + ', '.join(origins) if origins else ''} unusable ({exc}); "
                     f"solving stage {self._label(stage)} again without them"
                 )
+                for index, task in list(self._tasks.items()):  # a stage whose result names them: solve it again
+                    if index != stage.index and task.done() and not task.cancelled() and task.exception() is None \
+                            and exc.blobs & {layer.descriptor.digest for layer in task.result().layers}:
+                        del self._tasks[index]
         raise AssertionError("unreachable")
 
     async def _solve_stage_once(self, stage: Stage) -> StageResult:
@@ -263,7 +318,7 @@ class Solver:
         if self.state.cache.lookup(key) is None:
             reason = self.state.cache.explain(slot, inputs)
             self.state.cache.add(key, inputs, CachedResult(key, image.layers, utc_now()), slot=slot)
-        self._base_blobs.update(layer.descriptor.digest for layer in image.layers)
+        self._base_blobs.update((layer.descriptor.digest, layer.source) for layer in image.layers)
         for exporter in self.exporters:
             if isinstance(exporter, CacheLinker):
                 exporter.link(key, inputs, slot=slot)  # the base image: a pure link record, as in BuildKit
@@ -310,6 +365,7 @@ class Solver:
         slot = str(parent)
         hit = None if self.options.no_cache else self._lookup(key)
         if hit is not None:
+            self._note_hit(hit)
             for exporter in self.exporters:
                 if exporter is not self.state.cache or hit.origin != "local":
                     exporter.add(key, inputs, hit, slot=slot)  # remote hits become local records too
@@ -364,7 +420,7 @@ class Solver:
             layer.descriptor.digest
             for layer in chain
             if layer.source is not None
-            and layer.descriptor.digest not in self._base_blobs
+            and (layer.descriptor.digest, layer.source) not in self._base_blobs
             and not self.state.content.has(layer.descriptor.digest)
         }
 

@@ -9,14 +9,23 @@ backend — the local index now, a registry / local-dir / inline cacheconfig.v0 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from lamina.oci import Descriptor, Digest, parse_digest
 
-__all__ = ["CacheExporter", "CacheImporter", "CacheLinker", "CachedResult", "LayerRef", "MissExplainer", "utc_now"]
+__all__ = [
+    "BlobVerifier",
+    "CacheExporter",
+    "CacheImporter",
+    "CacheLinker",
+    "CachedResult",
+    "LayerRef",
+    "MissExplainer",
+    "utc_now",
+]
 
 
 def utc_now() -> str:
@@ -81,6 +90,20 @@ class MissExplainer(Protocol):
     """Optional role: say why ``inputs`` found no record (the first input that differs from the nearest)."""
 
     def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None: ...
+
+
+@runtime_checkable
+class BlobVerifier(Protocol):
+    """Optional importer role: which of the lazy layers its hits gave are gone from where it keeps them.
+
+    A remote cache ref can be rewritten (and its old layers garbage-collected) between the import and the
+    moment an output needs the bytes; the solver asks this once per round, before anything is exported.
+    Only layers whose ``source`` is this importer's are checked; an unreachable answer counts as present
+    (the existing failure paths then report it)."""
+
+    name: str
+
+    async def missing(self, layers: Collection[LayerRef]) -> set[Digest]: ...
 
 
 @runtime_checkable

@@ -7,13 +7,18 @@ config embeds ``moby.buildkit.cache.v0``). :class:`ImportedCache` then answers `
 memory with a chain of :class:`LayerRef` s — descriptors, diffIDs from ``containerd.io/uncompressed``,
 times from ``buildkit/createdat`` and ``source`` = where the blobs live — without downloading a layer.
 A record whose chain names a blob the manifest does not describe is skipped (a miss, never a failure).
+
+A ref can be rewritten while a build reads it (a concurrent ``--cache-to``, then GC of the old layers):
+``exists`` (set by :mod:`lamina.build.cache.setup`) lets :meth:`ImportedCache.missing` tell the solver
+which lazy layers are gone before an output needs their bytes; those blobs miss from then on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +39,18 @@ from lamina.oci import (
 )
 from lamina.oci import mediatypes as mt
 
-__all__ = ["INLINE_CACHE_KEY", "CacheManifest", "ImportedCache", "inline_config", "read_cache_manifest"]
+__all__ = [
+    "INLINE_CACHE_KEY",
+    "BlobExists",
+    "CacheManifest",
+    "ImportedCache",
+    "inline_config",
+    "read_cache_manifest",
+]
 
 INLINE_CACHE_KEY = "moby.buildkit.cache.v0"
+
+BlobExists = Callable[[Digest], Awaitable[bool]]  # does the cache's source still hold this blob?
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,10 @@ def inline_config(image_config: bytes, layers: tuple[Descriptor, ...]) -> tuple[
 
 
 class ImportedCache:
-    """CacheImporter + MissExplainer over one resolved cacheconfig (``name`` = the ref, for CACHED (ref))."""
+    """CacheImporter + MissExplainer + BlobVerifier over one resolved cacheconfig (``name`` = the ref, for
+    CACHED (ref)); ``exists`` checks a blob at the source (None: the blobs are not checked)."""
+
+    exists: BlobExists | None = None
 
     def __init__(
         self, name: str, config: CacheConfig, layers: tuple[Descriptor, ...], source: str | None,
@@ -142,6 +159,19 @@ class ImportedCache:
 
     def holds(self, digest: Digest) -> bool:
         return digest in self._blobs
+
+    async def missing(self, layers: Collection[LayerRef]) -> set[Digest]:
+        """Of the lazy ``layers`` this cache gave (their ``source`` is this cache's), the blobs its source no
+        longer has; they miss from now on. A check that fails (unreachable, 401) counts as present."""
+        if self.exists is None:
+            return set()
+        check = self.exists
+        wanted = sorted({layer.descriptor.digest for layer in layers
+                         if layer.source == self.source and layer.descriptor.digest in self._blobs})
+        answers = await asyncio.gather(*(check(digest) for digest in wanted), return_exceptions=True)
+        gone = {digest for digest, there in zip(wanted, answers, strict=True) if there is False}
+        self._bad |= gone
+        return gone
 
     def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None:
         """The first input that differs from the nearest record on the same parent (from the fingerprints
