@@ -21,8 +21,7 @@ from typing import Literal
 
 from multidict import CIMultiDictProxy
 
-from lamina.oci import DigestError, parse_digest
-from lamina.oci.digest import Digest
+from lamina.oci import Digest, DigestError, parse_digest
 from lamina.store import TagCondition
 
 from .errors import ErrorCode, RegistryError

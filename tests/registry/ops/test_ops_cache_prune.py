@@ -22,7 +22,19 @@ from opstools import ops_from_toml
 
 from helpers.api import push_blob, put_manifest
 from helpers.registries import start_lamina
-from lamina.oci import CacheConfig, CacheInput, CacheLayer, CacheRecord, CacheResult, Digest, digest_of, parse_manifest
+from lamina.oci import (
+    CacheConfig,
+    CacheInput,
+    CacheLayer,
+    CacheRecord,
+    CacheResult,
+    Descriptor,
+    Digest,
+    ImageIndex,
+    ImageManifest,
+    digest_of,
+    parse_manifest,
+)
 from lamina.oci import mediatypes as mt
 from lamina.registry.cacheprune import pruned_manifest
 from lamina.registry.config import ConfigError, RegistryConfig
@@ -264,3 +276,36 @@ def test_lamina_registry_lifecycle_prunes_a_cache_a_running_server_serves(tmp_pa
         assert _records(config) == {key("base"), key("fresh")}
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("form", ["image_manifest", "legacy_oci_index", "legacy_docker_list"])
+def test_a_cache_buildkit_wrote_is_pruned_by_created_at_in_every_form(form: str) -> None:
+    """BuildKit v0.32's own export (no lastUsedAt): results age from createdAt; the rewritten manifest
+    lists exactly the blobs of the kept results' chains, in the form and media types it came in."""
+    from helpers.buildkit_cache import buildkit_cache
+
+    reference = buildkit_cache()
+    blob = getattr(reference, form)
+    original = CacheConfig.parse(reference.cacheconfig.data)
+    created = sorted({r.created_at for rec in original.records for r in rec.results if r.created_at})
+    cutoff = created[len(created) // 2]  # half the results are older than this
+    now = datetime.fromisoformat(cutoff[:26] + "+00:00") + timedelta(days=14)
+    pruned = pruned_manifest(parse_manifest(blob.data, blob.media_type), reference.cacheconfig.data,
+                             timedelta(days=14), now)
+    assert pruned is not None and pruned.media_type == blob.media_type
+    config = CacheConfig.parse(pruned.config)
+    kept = {(str(rec.digest), r.created_at) for rec in config.records for r in rec.results}
+    wanted = {(str(rec.digest), r.created_at) for rec in original.records for r in rec.results
+              if r.created_at and r.created_at[:26] >= cutoff[:26]}
+    assert kept == wanted and 0 < len(kept) < len(created)
+    chains = {d for rec in config.records for r in rec.results for d in config.layer_chain(r.layer)}
+    listed = _layers(parse_manifest(pruned.manifest, pruned.media_type))
+    assert {d.digest for d in listed} == chains
+    before = {d.digest: d for d in _layers(parse_manifest(blob.data, blob.media_type))}
+    assert all(before[d.digest] == d and before[d.digest].media_type == d.media_type for d in listed)
+
+
+def _layers(manifest: ImageManifest | ImageIndex) -> tuple[Descriptor, ...]:
+    if isinstance(manifest, ImageManifest):
+        return manifest.layers
+    return tuple(d for d in manifest.manifests if d.media_type != mt.BUILDKIT_CACHE_CONFIG)
