@@ -21,6 +21,7 @@ from lamina.oci.cachemerge import (
     merge,
     parse_time,
     prune,
+    refresh,
     result_keys,
     touch,
 )
@@ -246,3 +247,15 @@ def test_a_chain_that_lost_a_layer_goes_with_it() -> None:
     pruned = prune(CacheConfig(layers, records), now=NOW, layer_sizes={d("L1"): 5, d("L2"): 5})
     assert [r.digest for r in pruned.records] == [d("b")]
     assert [layer.blob for layer in pruned.layers] == [d("L2")]
+
+
+def test_refresh_keeps_a_recent_time_so_an_unchanged_re_export_is_byte_identical() -> None:
+    ours = load("multistage-max.cacheconfig.json")
+    first = merge(CacheConfig((), ()), refresh(ours, CacheConfig((), ()), NOW, timedelta(hours=1)))
+    assert {x.last_used for r in first.records for x in r.results} == {format_time(NOW)}
+    later = NOW + timedelta(minutes=30)
+    again = merge(first, refresh(ours, first, later, timedelta(hours=1)))
+    assert again.to_bytes() == first.to_bytes()
+    much_later = NOW + timedelta(hours=2)
+    moved = merge(first, refresh(ours, first, much_later, timedelta(hours=1)))
+    assert {x.last_used for r in moved.records for x in r.results} == {format_time(much_later)}

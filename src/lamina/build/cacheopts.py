@@ -2,7 +2,10 @@
 
 ``--cache-to type=registry,ref=R[,mode=min|max][,image-manifest=true|false][,oci-mediatypes=true|false]
 [,compression=gzip|zstd|uncompressed][,compression-level=N][,force-compression=true|false][,ignore-error=true|false]``,
-``type=local,dest=DIR[,tag=T]``, ``type=inline``. ``--cache-from type=registry,ref=R``,
+``type=local,dest=DIR[,tag=T]``, ``type=inline``; registry and local exports also take lamina's
+``merge=true|false`` (default true: add to the records already there, see docs/cache.md),
+``max-size=SIZE`` (bytes of layers kept: ``500MB``, ``2GiB``, ``1048576``) and ``max-age=DURATION``
+(records unused for longer are dropped: ``72h``, ``7d``, ``1h30m``). ``--cache-from type=registry,ref=R``,
 ``type=local,src=DIR[,tag=T|digest=sha256:...]``, or the bare shorthand ``REG/REPO:TAG`` (= type=registry).
 Defaults are current BuildKit's: ``mode=min``, ``image-manifest=true``, ``oci-mediatypes=true``,
 ``compression=gzip``, ``tag=latest`` for local layouts. Every error names the offending value.
@@ -10,11 +13,15 @@ Defaults are current BuildKit's: ``mode=min``, ``image-manifest=true``, ``oci-me
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from lamina.oci import DigestError, ReferenceError, parse_digest, parse_reference
 
-__all__ = ["CacheFrom", "CacheOptionError", "CacheTo", "parse_cache_from", "parse_cache_to"]
+__all__ = [
+    "CacheFrom", "CacheOptionError", "CacheTo", "parse_cache_from", "parse_cache_to", "parse_duration", "parse_size",
+]
 
 
 class CacheOptionError(ValueError):
@@ -34,6 +41,9 @@ class CacheTo:
     compression_level: int | None = None
     force_compression: bool = False
     ignore_error: bool = False
+    merge: bool = True  # registry / local: union with the cache already there (False: replace it)
+    max_size: int | None = None  # bytes of layer blobs the merged cache may keep
+    max_age: timedelta | None = None  # records unused for longer are dropped
 
     @property
     def label(self) -> str:
@@ -76,6 +86,59 @@ def _bool(fields: dict[str, str], key: str, default: bool, text: str, flag: str)
     if value.lower() not in _BOOLS:
         raise CacheOptionError(f"invalid {flag} {text!r}: {key} must be true or false, got {value!r}")
     return _BOOLS[value.lower()]
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(value: str) -> int | None:
+    """``500MB`` (decimal), ``2GiB`` (binary), ``1048576`` (bytes) -> bytes; None if not a size."""
+    match = _SIZE.match(value.strip())
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        return None
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: str) -> timedelta | None:
+    """Go-style ``72h``, ``1h30m``, plus days and weeks (``7d``, ``2w``); None if not a positive duration."""
+    text = value.strip().lower()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+def _retention(fields: dict[str, str], kind: str, text: str, flag: str) -> tuple[bool, int | None, timedelta | None]:
+    if kind == "inline":
+        for key in ("merge", "max-size", "max-age"):
+            if key in fields:
+                raise CacheOptionError(f"invalid {flag} {text!r}: {key} applies to type=registry and type=local only")
+    merge = _bool(fields, "merge", True, text, flag)
+    size_text = fields.pop("max-size", None)
+    max_size = None
+    if size_text is not None:
+        max_size = parse_size(size_text)
+        if not max_size:
+            raise CacheOptionError(
+                f"invalid {flag} {text!r}: max-size must be a positive size like 500MB, 2GiB or 1048576, "
+                f"got {size_text!r}"
+            )
+    age_text = fields.pop("max-age", None)
+    max_age = None
+    if age_text is not None:
+        max_age = parse_duration(age_text)
+        if max_age is None:
+            raise CacheOptionError(
+                f"invalid {flag} {text!r}: max-age must be a positive duration like 72h, 7d or 1h30m, got {age_text!r}"
+            )
+    return merge, max_size, max_age
 
 
 def _check_ref(ref: str | None, text: str, flag: str) -> str:
@@ -121,6 +184,7 @@ def parse_cache_to(text: str) -> CacheTo:
         raise CacheOptionError(f"invalid {flag} {text!r}: image-manifest=true requires oci-mediatypes=true")
     force = _bool(fields, "force-compression", False, text, flag)
     ignore = _bool(fields, "ignore-error", False, text, flag)
+    merge, max_size, max_age = _retention(fields, kind, text, flag)
     ref = dest = None
     tag = "latest"
     if kind == "registry":
@@ -131,7 +195,9 @@ def parse_cache_to(text: str) -> CacheTo:
             raise CacheOptionError(f"invalid {flag} {text!r}: type=local needs dest=DIR")
         tag = fields.pop("tag", "latest") or "latest"
     _no_leftovers(fields, text, flag)
-    return CacheTo(kind, ref, dest, tag, mode, image_manifest, oci, compression, level, force, ignore)
+    return CacheTo(
+        kind, ref, dest, tag, mode, image_manifest, oci, compression, level, force, ignore, merge, max_size, max_age
+    )
 
 
 def parse_cache_from(text: str) -> CacheFrom:

@@ -13,6 +13,7 @@ __all__ = [
     "DigestMismatch",
     "NoMatchingPlatform",
     "NotFound",
+    "PreconditionFailed",
     "RegistryError",
     "RegistryUnreachable",
     "TransferInterrupted",
@@ -62,6 +63,10 @@ class Unauthorized(RegistryError):
     """401/403: no or insufficient credentials for the scope the request needed."""
 
 
+class PreconditionFailed(RegistryError):
+    """412: a conditional manifest PUT (``If-Match`` / ``If-None-Match``) found the tag moved; re-read it."""
+
+
 class DigestMismatch(RegistryError):
     """Bytes received (or about to be sent) do not hash to the digest they were addressed by."""
 
@@ -105,7 +110,8 @@ def _parse_body(body: bytes) -> tuple[str | None, str | None]:
     return code, message
 
 
-_DEFAULT_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "NOT_FOUND", 405: "UNSUPPORTED", 429: "TOOMANYREQUESTS"}
+_DEFAULT_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "NOT_FOUND", 405: "UNSUPPORTED", 412: "PRECONDITION_FAILED",
+                  429: "TOOMANYREQUESTS"}
 
 
 def error_from_response(
@@ -123,4 +129,6 @@ def error_from_response(
         cls = NotFound
     elif status in (401, 403):
         cls = Unauthorized
+    elif status == 412:
+        cls = PreconditionFailed
     return cls(status, code, message, registry=registry, repository=repository, obj=obj)

@@ -147,16 +147,32 @@ class ManifestOps:
             return ManifestInfo(fetched.digest, fetched.media_type, len(fetched.data))
         return ManifestInfo(claimed, media_type, int(length))
 
-    async def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> Digest:
-        """Push ``data`` under a tag or its digest; returns the digest (checked against the registry's)."""
+    async def put_manifest(
+        self, repo: str, reference: str, data: bytes, media_type: str, *,
+        if_match: Digest | None = None, create_only: bool = False,
+    ) -> Digest:
+        """Push ``data`` under a tag or its digest; returns the digest (checked against the registry's).
+
+        ``if_match`` sends ``If-Match: "<digest>"`` (move the tag only if it still names that manifest),
+        ``create_only`` sends ``If-None-Match: *`` (only if the tag does not exist): lamina's registry
+        answers 412, raised as :class:`PreconditionFailed`; registries without conditional updates
+        (CNCF distribution, ECR) ignore both headers and write unconditionally.
+        """
         pinned = _as_digest(reference)
         digest = digest_of(data, pinned.algorithm if pinned is not None else "sha256")
         if pinned is not None and pinned != digest:
             raise self._mismatch(repo, reference, str(pinned), str(digest), "the manifest bytes given to push")
+        if if_match is not None and create_only:
+            raise ValueError("put_manifest: if_match and create_only exclude each other")
+        headers = {"Content-Type": media_type}
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        elif create_only:
+            headers["If-None-Match"] = "*"
         obj = f"manifest {reference}"
         async with self.transport.request(
             "PUT", f"/v2/{repo}/manifests/{reference}", scopes=[push_scope(repo)], repository=repo, obj=obj,
-            ok=(201, 200), headers={"Content-Type": media_type}, body=data,
+            ok=(201, 200), headers=headers, body=data,
         ) as resp:
             server = resp.headers.get("Docker-Content-Digest")
         self.transport.stats.add_up("manifest", len(data))

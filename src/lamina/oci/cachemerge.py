@@ -56,6 +56,7 @@ __all__ = [
     "merge",
     "parse_time",
     "prune",
+    "refresh",
     "result_keys",
     "touch",
 ]
@@ -221,6 +222,24 @@ def touch(config: CacheConfig, now: datetime) -> CacheConfig:
         for r in config.records
     )
     return CacheConfig(config.layers, records)
+
+
+def refresh(ours: CacheConfig, base: CacheConfig, now: datetime, granularity: timedelta) -> CacheConfig:
+    """``ours`` with every result marked used at ``now`` — unless ``base`` holds the same result marked
+    used less than ``granularity`` ago: that time is kept, so an unchanged re-export within the
+    granularity merges to the very same bytes (same digest, nothing to write)."""
+    stamp = format_time(now)
+    recent: dict[ResultKey, str] = {}
+    for key, record in _decompose(base).records.items():
+        for chain, (_, used) in record.results.items():
+            moment = parse_time(used)
+            if used is not None and moment is not None and now - granularity <= moment <= now:
+                recent[(key, chain)] = used
+    graph = _decompose(ours)
+    for key, record in graph.records.items():
+        for chain, (created, _) in record.results.items():
+            record.results[chain] = (created, recent.get((key, chain), stamp))
+    return _compose(graph)
 
 
 def result_keys(config: CacheConfig) -> set[ResultKey]:

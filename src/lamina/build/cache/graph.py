@@ -49,7 +49,9 @@ __all__ = [
     "UNCOMPRESSED_ANNOTATION",
     "CacheExport",
     "RecordGraph",
+    "assemble",
     "cache_manifest",
+    "layer_descriptor",
     "layer_media_type",
     "plan_export",
 ]
@@ -100,13 +102,19 @@ class RecordGraph:
 
 @dataclass(frozen=True)
 class CacheExport:
-    """Everything an export writes: the config bytes, the manifest bytes, and the blobs (sorted, unique)."""
+    """Everything an export writes: the config bytes, the manifest bytes, and the blobs (sorted, unique).
+
+    ``layers`` are the blobs this build brings (to push); ``descriptors`` every layer the manifest lists
+    (more than ``layers`` once merged with the cache already at the ref); ``prints`` the fingerprints
+    the manifest carries, by record key."""
 
     config: CacheConfig
     config_bytes: bytes
     layers: tuple[LayerRef, ...]  # media types already in the export's flavour
     manifest_bytes: bytes
     manifest_media_type: str
+    descriptors: tuple[Descriptor, ...] = ()
+    prints: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def config_digest(self) -> Digest:
@@ -181,14 +189,27 @@ def plan_export(
     if not blobs:
         return None
     config = normalize(CacheConfig(tuple(layers), tuple(records)))
-    config_bytes = config.to_bytes()
     refs = tuple(_flavoured(blobs[d], oci_mediatypes) for d in sorted(blobs))
-    prints = {key: fingerprint(graph.nodes[key].inputs) for key in order if key in graph.nodes}
-    annotations = {INPUTS_ANNOTATION: encode_prints(prints)} if prints else None
+    prints = {str(key): fingerprint(graph.nodes[key].inputs) for key in order if key in graph.nodes}
+    return assemble(config, refs, tuple(layer_descriptor(ref) for ref in refs), prints,
+                    image_manifest=image_manifest, oci_mediatypes=oci_mediatypes)
+
+
+def assemble(
+    config: CacheConfig, layers: tuple[LayerRef, ...], descriptors: tuple[Descriptor, ...],
+    prints: Mapping[str, Mapping[str, Any]], *, image_manifest: bool, oci_mediatypes: bool,
+) -> CacheExport:
+    """The export of a finished graph: config bytes, and the manifest listing ``descriptors`` (sorted by
+    digest) with the fingerprints of ``config``'s records (the others are dropped)."""
+    config_bytes = config.to_bytes()
+    keys = {str(record.digest) for record in config.records}
+    kept = {parse_digest(k): v for k, v in prints.items() if k in keys}
+    annotations = {INPUTS_ANNOTATION: encode_prints(kept)} if kept else None
+    ordered = tuple(sorted(descriptors, key=lambda d: str(d.digest)))
     manifest, media_type = cache_manifest(
-        config_bytes, refs, image_manifest=image_manifest, oci=oci_mediatypes, annotations=annotations
+        config_bytes, ordered, image_manifest=image_manifest, oci=oci_mediatypes, annotations=annotations
     )
-    return CacheExport(config, config_bytes, refs, manifest, media_type)
+    return CacheExport(config, config_bytes, layers, manifest, media_type, ordered, dict(prints))
 
 
 def _flavoured(ref: LayerRef, oci: bool) -> LayerRef:
@@ -198,7 +219,8 @@ def _flavoured(ref: LayerRef, oci: bool) -> LayerRef:
     return replace(ref, descriptor=replace(ref.descriptor, media_type=media_type))
 
 
-def _layer_descriptor(ref: LayerRef) -> Descriptor:
+def layer_descriptor(ref: LayerRef) -> Descriptor:
+    """A layer as a cache manifest lists it: ``buildkit/createdat`` and ``containerd.io/uncompressed``."""
     annotations: dict[str, str] = {}
     if ref.created:
         annotations[CREATED_ANNOTATION] = ref.created
@@ -207,13 +229,12 @@ def _layer_descriptor(ref: LayerRef) -> Descriptor:
 
 
 def cache_manifest(
-    config_bytes: bytes, layers: tuple[LayerRef, ...], *, image_manifest: bool, oci: bool,
+    config_bytes: bytes, descriptors: tuple[Descriptor, ...], *, image_manifest: bool, oci: bool,
     annotations: dict[str, str] | None = None,
 ) -> tuple[bytes, str]:
     """The manifest bytes and media type: an OCI image manifest whose config is the cacheconfig
     (``image-manifest=true``), or the legacy index listing the layer blobs and then the cacheconfig."""
     config = Descriptor(mt.BUILDKIT_CACHE_CONFIG, digest_of(config_bytes), len(config_bytes))
-    descriptors = tuple(_layer_descriptor(ref) for ref in layers)
     if image_manifest:
         return ImageManifest(mt.OCI_MANIFEST, config, descriptors, annotations=annotations).to_bytes(), mt.OCI_MANIFEST
     media_type = mt.OCI_INDEX if oci else mt.DOCKER_MANIFEST_LIST

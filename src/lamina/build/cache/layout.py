@@ -3,7 +3,10 @@
 Export writes each missing blob as temp + fsync + rename (existing blobs are kept: content-addressed),
 then the cache manifest, then ``index.json`` — itself replaced atomically, with the manifest under
 ``org.opencontainers.image.ref.name`` = ``tag`` (other tags kept) — so a reader sees the old cache or
-the new one. Import picks the manifest by ``digest=`` or by tag, verifies every document it reads, and
+the new one. With ``merge=true`` (the default) the export first reads the cache the tag holds and writes
+the union (:mod:`lamina.build.cache.cumulative`), holding an exclusive ``flock`` on ``.index.json.lock``
+in the directory from that read to the ``index.json`` rename, so concurrent exports to one directory add
+up. Import picks the manifest by ``digest=`` or by tag, verifies every document it reads, and
 gives hits whose ``source`` is ``oci-layout:<dir>``; the layer blobs are copied (and verified) into the
 content store only when a step must execute on top of them.
 """
@@ -11,19 +14,25 @@ content store only when a step must execute on top of them.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from lamina.build.cache.cumulative import NO_CACHE, CurrentCache, combine
+from lamina.build.cache.fingerprint import INPUTS_ANNOTATION
+from lamina.build.cache.fingerprint import decode as decode_prints
 from lamina.build.cache.graph import CacheExport
 from lamina.build.cache.importer import ImportedCache, read_cache_manifest
 from lamina.build.cache.registry import RegistryCacheExporter
 from lamina.build.cacheopts import CacheFrom
 from lamina.build.images import LAYOUT_SOURCE_PREFIX
 from lamina.oci import CacheConfig, Descriptor, Digest, FormatError, digest_of, parse_digest
+from lamina.oci.cachemerge import canonical
 from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
 
 __all__ = ["LayoutCacheExporter", "import_layout_cache"]
@@ -92,27 +101,56 @@ class LayoutCacheExporter(RegistryCacheExporter):
         paths = [await self.images.fetch(layer) for layer in export.layers]
         started = time.monotonic()
 
-        def write() -> int:
+        def write() -> tuple[int, CacheExport | None]:
             written = 0
             for layer, path in zip(export.layers, paths, strict=True):
                 target = root / blob_path(layer.descriptor.digest)
                 if not target.exists():
                     _write_file(target, source=path)
                     written += 1
-            for data in (export.config_bytes, export.manifest_bytes):
-                target = root / blob_path(digest_of(data))
-                if not target.exists():
-                    _write_file(target, data)
-            _write_file(root / "oci-layout", oci_layout_json(), mutable=True)
-            _write_index(root, export, self.spec.tag)
-            return written
+            root.mkdir(parents=True, exist_ok=True)
+            with open(root / ".index.json.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released on close: read, merge and rename as one step
+                current = _read_current(root, self.spec.tag) if self.spec.merge else NO_CACHE
+                self.summary.merged = len(current.config.records) if self.spec.merge else None
+                final = combine(export, current, self.spec, datetime.now(UTC))
+                if final is None:
+                    return written, None
+                for data in (final.config_bytes, final.manifest_bytes):
+                    target = root / blob_path(digest_of(data))
+                    if not target.exists():
+                        _write_file(target, data)
+                _write_file(root / "oci-layout", oci_layout_json(), mutable=True)
+                _write_index(root, final, self.spec.tag)
+            return written, final
 
-        written = await asyncio.to_thread(write)
-        self.summary.manifest_digest = export.manifest_digest
-        self.summary.records = len(export.config.records)
-        self.summary.layers = len(export.layers)
+        written, final = await asyncio.to_thread(write)
+        if final is None:
+            self.summary.skipped = "nothing left to export after max-size / max-age"
+            return
+        self.summary.manifest_digest = final.manifest_digest
+        self.summary.records = len(final.config.records)
+        self.summary.layers = len(final.descriptors)
         self.summary.outcomes = {"written": written, "exists": len(export.layers) - written}
         self.summary.seconds = time.monotonic() - started
+
+
+def _read_current(root: Path, tag: str) -> CurrentCache:
+    """The cache ``tag`` names in the layout now; none (or an unreadable one) is an empty start."""
+    try:
+        index = json.loads((root / "index.json").read_text())
+        entries = [Descriptor.parse(d, "index.json manifests") for d in index.get("manifests") or []]
+        chosen = next((d for d in entries if (d.annotations or {}).get(REF_NAME_ANNOTATION) == tag), None)
+        if chosen is None:
+            return NO_CACHE
+        manifest = read_cache_manifest(_read_verified(root, chosen.digest), chosen.media_type)
+        config = CacheConfig.parse(_read_verified(root, manifest.config.digest))
+        canonical(config)  # the graph is sound (no cycles)
+    except (FileNotFoundError, ValueError, FormatError):
+        return NO_CACHE  # replaced by this export, as before merging existed
+    present = {d.digest: d for d in manifest.layers if (root / blob_path(d.digest)).exists()}
+    prints = decode_prints((manifest.annotations or {}).get(INPUTS_ANNOTATION, ""))
+    return CurrentCache(chosen.digest, config, present, prints)
 
 
 def _write_index(root: Path, export: CacheExport, tag: str) -> None:

@@ -9,24 +9,43 @@ from a repository of the same registry known to hold it (the layer's own source,
 blob sources); only then the bytes, fetched lazily if needed and uploaded — all blobs concurrently,
 then the config (HEAD first), then the manifest under the tag. An unchanged re-export therefore sends
 nothing but the manifest.
+
+With ``merge=true`` (the default) the blobs go first, then the tag's current cache is read and merged
+with this build's records (:mod:`lamina.build.cache.cumulative`), and the manifest PUT is conditional:
+``If-Match: "<digest read>"``, or ``If-None-Match: *`` when the tag did not exist. A registry that
+honours it (lamina's) answers 412 when another writer moved the tag in between: re-read, merge again,
+retry (at most :data:`CONFLICT_RETRIES` times, with jittered backoff). A registry that ignores the
+headers (CNCF distribution, ECR) writes unconditionally, so the exporter re-reads the tag after a short
+settle time and, when this build's records are missing from what it finds, merges again and rewrites
+(at most :data:`VERIFY_ROUNDS` times; the progress output says when that bound is hit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lamina.build.cache.base import CachedResult, LayerRef
+from lamina.build.cache.cumulative import NO_CACHE, CurrentCache, combine, missing_results
+from lamina.build.cache.fingerprint import INPUTS_ANNOTATION
+from lamina.build.cache.fingerprint import decode as decode_prints
 from lamina.build.cache.graph import CacheExport, RecordGraph, plan_export
 from lamina.build.cache.importer import ImportedCache, inline_config, read_cache_manifest
 from lamina.build.cacheopts import CacheTo
 from lamina.build.images import ImageSource, split_repository
-from lamina.client import ClientPool, PushOutcome, RegistryClient
-from lamina.oci import CacheConfig, Digest, parse_reference
+from lamina.client import ClientPool, NotFound, PushOutcome, RegistryClient
+from lamina.client.errors import PreconditionFailed
+from lamina.oci import CacheConfig, Digest, FormatError, parse_reference
 from lamina.oci import mediatypes as mt
+from lamina.oci.cachemerge import canonical
+
+CONFLICT_RETRIES = 8  # 412 answers (another writer moved the tag) before the export gives up
+VERIFY_ROUNDS = 4  # re-read-and-merge rounds on a registry that ignores conditional PUTs
 
 __all__ = [
     "BlobSources",
@@ -63,14 +82,21 @@ class ExportSummary:
     outcomes: dict[str, int] = field(default_factory=dict)  # exists / mounted / uploaded -> count
     seconds: float = 0.0
     skipped: str | None = None
+    merged: int | None = None  # records the target held before (None: not merged)
+    conflicts: int = 0  # conditional PUTs refused with 412
+    rewrites: int = 0  # merges again after a re-read found this build's records missing
+    bound_hit: bool = False  # VERIFY_ROUNDS re-reads were not enough
 
     def line(self) -> str:
         if self.skipped:
             return f"cache export to {self.target} skipped: {self.skipped}"
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items()) if n)
+        merged = f", merged with {self.merged} records there" if self.merged else ""
+        if self.conflicts or self.rewrites:
+            merged += f" ({self.conflicts} conflicts, {self.rewrites} rewrites after re-reading)"
         return (
             f"exported cache to {self.target} ({self.manifest_digest}): {self.records} records, {self.layers} layers"
-            f" ({parts or 'none sent'}) in {self.seconds:.2f}s"
+            f" ({parts or 'none sent'}){merged} in {self.seconds:.2f}s"
         )
 
 
@@ -168,15 +194,99 @@ class RegistryCacheExporter:
         outcomes = await asyncio.gather(
             *(self._push_layer(client, reference.registry, repo, layer) for layer in export.layers)
         )
-        await client.push_blob(repo, export.config_digest, len(export.config_bytes), export.config_bytes,
-                               kind="config")
-        digest = await client.put_manifest(repo, reference.reference, export.manifest_bytes,
-                                           export.manifest_media_type)
-        self.summary.manifest_digest = digest
-        self.summary.records = len(export.config.records)
-        self.summary.layers = len(export.layers)
         for outcome in outcomes:
             self.summary.outcomes[outcome] = self.summary.outcomes.get(outcome, 0) + 1
+        tag = reference.reference
+        merging = self.spec.merge and reference.digest is None  # a digest cannot move: nothing to merge into
+        now = datetime.now(UTC)
+        current = await self.read_current(client, repo, tag) if merging else NO_CACHE
+        self.summary.merged = len(current.config.records) if merging else None
+        while True:
+            started = time.monotonic()
+            final = combine(export, current, self.spec, now)
+            if final is None:
+                self.summary.skipped = "nothing left to export after max-size / max-age"
+                return
+            try:
+                digest = await self._put(client, repo, tag, final, current if merging else None)
+            except PreconditionFailed:
+                self.summary.conflicts += 1
+                if self.summary.conflicts > CONFLICT_RETRIES:
+                    raise CacheExportError(
+                        f"{self.spec.ref} moved {self.summary.conflicts} times while merging (HTTP 412 each time); "
+                        "retry the build, or use merge=false to replace the cache"
+                    ) from None
+                await asyncio.sleep(random.uniform(0, min(1.0, 0.05 * 2**self.summary.conflicts)))
+                current = await self.read_current(client, repo, tag)
+                continue
+            break
+        if merging and not self.summary.conflicts:  # the registry may have ignored the condition: look again
+            final, digest = await self._verify(client, repo, tag, export, final, digest, time.monotonic() - started)
+        self.summary.manifest_digest = digest
+        self.summary.records = len(final.config.records)
+        self.summary.layers = len(final.descriptors)
+
+    async def _put(
+        self, client: RegistryClient, repo: str, tag: str, final: CacheExport, current: CurrentCache | None
+    ) -> Digest:
+        await client.push_blob(repo, final.config_digest, len(final.config_bytes), final.config_bytes, kind="config")
+        if current is None:
+            return await client.put_manifest(repo, tag, final.manifest_bytes, final.manifest_media_type)
+        return await client.put_manifest(repo, tag, final.manifest_bytes, final.manifest_media_type,
+                                         if_match=current.digest, create_only=current.digest is None)
+
+    async def _verify(
+        self, client: RegistryClient, repo: str, tag: str, ours: CacheExport, final: CacheExport, digest: Digest,
+        took: float,
+    ) -> tuple[CacheExport, Digest]:
+        """Re-read the tag after a settle time (longer than another writer's read-to-write window) and merge
+        again while this build's records are missing from it; at most VERIFY_ROUNDS rewrites."""
+        settle = min(3.0, max(0.25, 3 * took))
+        for _ in range(VERIFY_ROUNDS + 1):
+            await asyncio.sleep(settle + random.uniform(0, 0.25))
+            info = await client.head_manifest(repo, tag)
+            if info is not None and info.digest == digest:
+                return final, digest
+            found = await self.read_current(client, repo, tag)
+            if not missing_results(ours.config, final.config, found.config):
+                return final, found.digest or digest
+            if self.summary.rewrites == VERIFY_ROUNDS:
+                break
+            self.summary.rewrites += 1
+            merged = combine(ours, found, self.spec, datetime.now(UTC))
+            if merged is None:
+                return final, digest
+            try:
+                digest = await self._put(client, repo, tag, merged, found)
+            except PreconditionFailed:
+                self.summary.conflicts += 1  # it does honour conditions after all; the next round re-reads
+                continue
+            final = merged
+        self.summary.bound_hit = True
+        self.progress.message(
+            f"WARNING: {self.spec.ref}: this build's records were still missing after {VERIFY_ROUNDS} re-reads "
+            "(the registry ignores conditional updates and other writers kept replacing the cache)"
+        )
+        return final, digest
+
+    async def read_current(self, client: RegistryClient, repo: str, tag: str) -> CurrentCache:
+        """The cache the tag holds now; a tag holding something unreadable is replaced (with a warning)."""
+        try:
+            fetched = await client.get_manifest(repo, tag)
+        except NotFound:
+            return NO_CACHE
+        try:
+            manifest = read_cache_manifest(fetched.data, fetched.media_type)
+            if manifest.form == "inline":
+                raise FormatError("an image with an inline cache, not a cache manifest")
+            raw = await client.fetch_blob(repo, manifest.config.digest, size=manifest.config.size, kind="config")
+            config = CacheConfig.parse(raw)
+            canonical(config)  # the graph is sound (no cycles)
+        except (FormatError, NotFound) as exc:
+            self.progress.message(f"WARNING: {self.spec.ref} holds no readable cache ({exc}); replacing it")
+            return CurrentCache(fetched.digest)
+        prints = decode_prints((manifest.annotations or {}).get(INPUTS_ANNOTATION, ""))
+        return CurrentCache(fetched.digest, config, {d.digest: d for d in manifest.layers}, prints)
 
     async def _push_layer(self, client: RegistryClient, registry: str, repo: str, layer: LayerRef) -> str:
         digest = layer.descriptor.digest
