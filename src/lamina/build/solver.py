@@ -158,7 +158,8 @@ class Solver:
 
     async def _gone_layers(self) -> dict[str, set[Digest]]:
         """Per cache that lost some: the lazy layers of this round's hits that are no longer there."""
-        lazy = [layer for layer, _ in self._hit_layers.values() if not self.state.content.has(layer.descriptor.digest)]
+        lazy = [layer for layer, _ in self._hit_layers.values() if layer.descriptor.digest not in self._bad_blobs
+                and not self.state.content.has(layer.descriptor.digest)]
         verifiers = [importer for importer in self.importers if isinstance(importer, BlobVerifier)]
         if not lazy or not verifiers:
             return {}

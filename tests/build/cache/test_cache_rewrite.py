@@ -1,0 +1,203 @@
+"""``--cache-from`` a ref that is rewritten while the build reads it never fails the build.
+
+A real lamina registry holds the cache; a real HTTP proxy in front of it runs the "other writer" at the
+exact moment between two requests of the build: the tag moved to another cache, blobs unlinked with a
+blob ``DELETE``, the old cache's layers collected by ``lamina registry gc``. Each case: one warning line
+naming the ref and what was missing, and the affected steps built instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cache_helpers import make_context, ran, run_build, step_status
+
+from helpers.images import busybox_image
+from helpers.proxy import RegistryProxy
+from helpers.registries import RegistryProcess, start_lamina
+from lamina.oci import mediatypes as mt
+
+pytestmark = [pytest.mark.root]
+
+if os.geteuid() != 0 or shutil.which("runc") is None:
+    pytest.skip("needs root and runc (overlay mounts, containers)", allow_module_level=True)
+
+APP = """\
+FROM {base}
+WORKDIR /app
+COPY a.txt /app/
+RUN cat /app/a.txt > /app/out.txt && echo ran-one
+RUN echo two > /app/two.txt && echo ran-two
+"""
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    server = start_lamina(tmp_path_factory.mktemp("rewrite-registry"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def base(lamina_registry: RegistryProcess, busybox_rootfs: Path) -> str:
+    return busybox_image(lamina_registry, name="cacherewrite/busybox", rootfs=busybox_rootfs).reference
+
+
+def _context(path: Path, base: str, text: str, last: str = "ran-two") -> Path:
+    return make_context(path, APP.format(base=base).replace("ran-two", last), {"a.txt": text})
+
+
+def _export(context: Path, ref: str, state: Path) -> None:
+    run_build(context, state, cache_to=(f"type=registry,ref={ref},mode=max",))
+
+
+def _manifest(registry: RegistryProcess, repo: str, tag: str) -> tuple[bytes, dict]:
+    request = urllib.request.Request(f"{registry.url}/v2/{repo}/manifests/{tag}", headers={"Accept": mt.OCI_MANIFEST})
+    with urllib.request.urlopen(request) as response:
+        data = response.read()
+    return data, json.loads(data)
+
+
+def _move_tag(registry: RegistryProcess, repo: str, tag: str, data: bytes) -> None:
+    request = urllib.request.Request(f"{registry.url}/v2/{repo}/manifests/{tag}", data=data, method="PUT",
+                                     headers={"Content-Type": mt.OCI_MANIFEST})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 201
+
+
+def _delete_blob(registry: RegistryProcess, repo: str, digest: str) -> None:
+    request = urllib.request.Request(f"{registry.url}/v2/{repo}/blobs/{digest}", method="DELETE")
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 202
+
+
+def _gc(registry: RegistryProcess) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "lamina.cli", "registry", "gc", "--root", str(registry.root), "--grace", "0",
+         "--delete-untagged"], capture_output=True, text=True, timeout=60, check=True,
+    )
+
+
+def _once(when: Callable[[str, str], bool], action: Callable[[], None]) -> Callable[[str, str, int], None]:
+    """A proxy hook running ``action`` after the first request ``when`` matches has been answered."""
+    fired: list[bool] = []
+
+    def hook(method: str, path: str, status: int) -> None:
+        if not fired and when(method, path):
+            fired.append(True)
+            action()
+
+    return hook
+
+
+def _rewritten_after_config_read(registry: RegistryProcess, repo: str, base: str, tmp: Path) -> tuple[dict, Callable]:
+    """``repo:cache`` holds APP's cache; ``repo:next`` another's. The hook, once the build has read
+    ``:cache``'s config, moves ``:cache`` to ``:next``'s manifest and collects the old cache's blobs."""
+    _export(_context(tmp / "v1", base, "A\n"), f"{registry.host}/{repo}:cache", tmp / "w1")
+    _export(_context(tmp / "v2", base, "B\n"), f"{registry.host}/{repo}:next", tmp / "w2")
+    _, old = _manifest(registry, repo, "cache")
+    new, _ = _manifest(registry, repo, "next")
+
+    def rewrite() -> None:
+        _move_tag(registry, repo, "cache", new)
+        _gc(registry)
+
+    hook = _once(lambda method, path: method == "GET" and path.endswith(old["config"]["digest"]), rewrite)
+    return old, hook
+
+
+def test_config_gone_is_one_warning_and_the_steps_built(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+    context = _context(tmp_path / "ctx", base, "A\n")
+    ref = f"{registry.host}/rewrite/config:cache"
+    _export(context, ref, tmp_path / "writer")
+    _, doc = _manifest(registry, "rewrite/config", "cache")
+    _delete_blob(registry, "rewrite/config", doc["config"]["digest"])
+    _, text = run_build(context, tmp_path / "reader", cache_from=(ref,))
+    warnings = [line for line in text.splitlines() if "WARNING" in line]
+    assert warnings == [
+        f"WARNING: cache {ref} not used: its manifest names config blob {doc['config']['digest']}, which the "
+        "registry no longer has (the ref is being rewritten or its blobs were deleted)"
+    ], warnings
+    assert ran(text, "ran-one") and ran(text, "ran-two") and "CACHED" not in text
+
+
+def test_tag_moves_between_the_manifest_and_config_reads(
+    registry: RegistryProcess, base: str, tmp_path: Path
+) -> None:
+    repo = "rewrite/moving"
+    _export(_context(tmp_path / "v1", base, "A\n"), f"{registry.host}/{repo}:cache", tmp_path / "w1")
+    context = _context(tmp_path / "v2", base, "B\n")
+    _export(context, f"{registry.host}/{repo}:next", tmp_path / "w2")
+    _, old = _manifest(registry, repo, "cache")
+    new, _ = _manifest(registry, repo, "next")
+
+    def rewrite() -> None:  # the other writer's manifest PUT, then its old config collected
+        _move_tag(registry, repo, "cache", new)
+        _delete_blob(registry, repo, old["config"]["digest"])
+
+    hook = _once(lambda method, path: method == "GET" and path.endswith("/manifests/cache"), rewrite)
+    with RegistryProxy(registry.url, after=hook) as proxy:
+        ref = f"{proxy.host}/{repo}:cache"
+        _, text = run_build(context, tmp_path / "reader", cache_from=(ref,))
+    assert f"WARNING: cache {ref}: config blob {old['config']['digest']} was gone (the ref was being rewritten); " \
+           "read the ref again" in text
+    steps = {k: v for k, v in step_status(text).items() if not k.startswith("FROM")}
+    assert len(steps) == 4 and all(v == f"CACHED ({ref})" for v in steps.values()), steps  # the new cache's hits
+
+
+def test_layers_collected_after_the_import_fully_cached_push(
+    registry: RegistryProcess, base: str, tmp_path: Path
+) -> None:
+    repo = "rewrite/collected"
+    _, hook = _rewritten_after_config_read(registry, repo, base, tmp_path)
+    with RegistryProxy(registry.url, after=hook) as proxy:
+        ref = f"{proxy.host}/{repo}:cache"
+        target = f"{registry.host}/rewrite/app:latest"
+        result, text = run_build(_context(tmp_path / "v1", base, "A\n"), tmp_path / "reader", cache_from=(ref,),
+                                 tags=(target,), push=True)
+    gone = [line for line in text.splitlines() if line.startswith("WARNING")]
+    assert len(gone) == 1 and gone[0].startswith(f"WARNING: cache {ref}: layer(s) ") and \
+        gone[0].endswith("gone from it (the ref was rewritten meanwhile); building the steps that used them"), gone
+    assert ran(text, "ran-one") and ran(text, "ran-two")
+    assert result.pushed == (target,)
+    _, pushed = _manifest(registry, "rewrite/app", "latest")
+    assert [layer["digest"] for layer in pushed["layers"]] == [layer["digest"] for layer in
+                                                               json.loads(result.manifest)["layers"]]
+
+
+def test_layers_collected_under_a_step_that_executes(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+    repo = "rewrite/under"
+    _, hook = _rewritten_after_config_read(registry, repo, base, tmp_path)
+    with RegistryProxy(registry.url, after=hook) as proxy:
+        ref = f"{proxy.host}/{repo}:cache"
+        _, text = run_build(_context(tmp_path / "v1b", base, "A\n", last="ran-two-changed"), tmp_path / "reader",
+                            cache_from=(ref,))
+    warning = next(line for line in text.splitlines() if line.startswith("WARNING"))
+    assert f"from {ref} unusable" in warning and "solving stage stage-0 again without them" in warning, warning
+    assert ran(text, "ran-one") and ran(text, "ran-two-changed")
+
+
+def test_first_listed_with_layers_gone_falls_to_the_next(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+    """The first ref's records hit until its layers turn out collected; then the second ref's hit."""
+    repo = "rewrite/first"
+    _, hook = _rewritten_after_config_read(registry, repo, base, tmp_path)
+    backup = f"{registry.host}/rewrite/backup:cache"
+    context = _context(tmp_path / "v1", base, "A\n")
+    _export(context, backup, tmp_path / "w3")
+    with RegistryProxy(registry.url, after=hook) as proxy:
+        ref = f"{proxy.host}/{repo}:cache"
+        result, text = run_build(context, tmp_path / "reader", cache_from=(ref, backup))
+    assert f"WARNING: cache {ref}: layer(s) " in text
+    assert not ran(text, "ran-one") and not ran(text, "ran-two")
+    origins = {step.name.split("] ", 1)[1]: step.origin for step in result.steps}  # the last round's
+    assert all(origins[k] == backup for k in origins if not k.startswith("WORKDIR")), origins
