@@ -11,6 +11,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -309,3 +310,24 @@ def _layers(manifest: ImageManifest | ImageIndex) -> tuple[Descriptor, ...]:
     if isinstance(manifest, ImageManifest):
         return manifest.layers
     return tuple(d for d in manifest.manifests if d.media_type != mt.BUILDKIT_CACHE_CONFIG)
+
+
+def test_the_server_applies_the_rule_on_its_schedule(tmp_path: Path) -> None:
+    cache = make_cache(STALE_AND_FRESH)
+    days = (datetime.now(UTC) - NOW).days + 14
+    config = f"[lifecycle]\ninterval_seconds = 0.2\n{RULE.replace('14', str(days))}"
+    server = start_lamina(tmp_path, workers=2, config=config)
+    try:
+        for data in [*cache.blobs.values(), cache.config]:
+            push_blob(server.url, "ci/app", data)
+        put_manifest(server.url, "ci/app", "cache", cache.manifest, cache.media_type)
+        deadline = time.monotonic() + 20
+        metrics = ""
+        while time.monotonic() < deadline and "lamina_lifecycle_cache_tags_pruned_total 1" not in metrics:
+            time.sleep(0.2)
+            metrics = requests.get(f"{server.url}/metrics", timeout=30).text
+        assert "lamina_lifecycle_cache_tags_pruned_total 1" in metrics
+        got = requests.get(f"{server.url}/v2/ci/app/manifests/cache", headers={"Accept": mt.OCI_MANIFEST}, timeout=30)
+        assert {d.digest for d in _layers(parse_manifest(got.content))} == {cache.digest("S"), cache.digest("L_fresh")}
+    finally:
+        server.stop()
