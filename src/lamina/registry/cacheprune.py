@@ -45,6 +45,7 @@ from lamina.store import (
     TagCondition,
     TagPreconditionFailed,
 )
+from lamina.store.inventory import delete_manifest_if_unchanged
 
 __all__ = ["ATTEMPTS", "CachePrune", "PrunedCache", "prune_cache_tag", "pruned_manifest"]
 
@@ -183,7 +184,7 @@ def prune_cache_tag(
                 return None
             manifest, config = read
             pruned = pruned_manifest(manifest, config, timedelta(days=days), moment)
-        except FormatError as exc:
+        except (FormatError, StoreError) as exc:  # one broken cache never stops the rules for the others
             log.warning("lifecycle: %s:%s is not a cache lamina can prune (%s); left as is", repository, tag, exc)
             return None
         if pruned is None:
@@ -193,8 +194,6 @@ def prune_cache_tag(
         if dry_run:
             return result
         if new_digest is None:
-            from lamina.store.inventory import delete_manifest_if_unchanged
-
             if delete_manifest_if_unchanged(storage.paths, repository, str(old.digest), old.tags):
                 return result
             continue  # tags moved (a new export): read again

@@ -207,6 +207,26 @@ def test_a_cache_with_nothing_left_is_deleted_not_emptied(tmp_path: Path) -> Non
     assert "nothing left" in format_result(done, dry_run=False)[0]
 
 
+def test_a_broken_cache_is_skipped_with_a_warning_and_the_others_still_pruned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = open_storage(tmp_path / "root")
+    cache = make_cache(STALE_AND_FRESH)
+    push(storage, "ci/app", "cache", cache)
+    broken = push(storage, "ci/broken", "cache", cache)
+    storage.metadata.unlink_blob("ci/broken", digest_of(cache.config))  # its cacheconfig is gone
+    done = apply_lifecycle(storage, ops_from_toml(RULE).lifecycle, now=NOW.timestamp())
+    assert [(p.repository, p.tag) for p in done.pruned] == [("ci/app", "cache")]
+    assert current_digest(storage, "ci/broken") == broken
+    assert "ci/broken:cache is not a cache lamina can prune" in caplog.text and "not in the store" in caplog.text
+
+
+def current_digest(storage: Storage, repository: str) -> str:
+    record = storage.metadata.get_manifest(repository, "cache")
+    assert record is not None
+    return str(record.digest)
+
+
 class RacingMetadata:
     """The real store, but the first read of the tag is followed by a concurrent export moving it."""
 
