@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,8 +59,8 @@ def _context(path: Path, base: str, text: str, last: str = "ran-two") -> Path:
     return make_context(path, APP.format(base=base).replace("ran-two", last), {"a.txt": text})
 
 
-def _export(context: Path, ref: str, state: Path) -> None:
-    run_build(context, state, cache_to=(f"type=registry,ref={ref},mode=max",))
+def _export(context: Path, ref: str, state: Path, options: str = "") -> None:
+    run_build(context, state, cache_to=(f"type=registry,ref={ref},mode=max{options}",))
 
 
 def _manifest(registry: RegistryProcess, repo: str, tag: str) -> tuple[bytes, dict]:
@@ -81,9 +83,20 @@ def _delete_blob(registry: RegistryProcess, repo: str, digest: str) -> None:
         assert response.status == 202
 
 
-def _gc(registry: RegistryProcess) -> None:
+def _has_blob(registry: RegistryProcess, repo: str, digest: str) -> bool:
+    request = urllib.request.Request(f"{registry.url}/v2/{repo}/blobs/{digest}", method="HEAD")
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False
+        raise
+
+
+def _gc(registry: RegistryProcess, grace: int = 0) -> None:
     subprocess.run(
-        [sys.executable, "-m", "lamina.cli", "registry", "gc", "--root", str(registry.root), "--grace", "0",
+        [sys.executable, "-m", "lamina.cli", "registry", "gc", "--root", str(registry.root), "--grace", str(grace),
          "--delete-untagged"], capture_output=True, text=True, timeout=60, check=True,
     )
 
@@ -201,3 +214,75 @@ def test_first_listed_with_layers_gone_falls_to_the_next(registry: RegistryProce
     assert not ran(text, "ran-one") and not ran(text, "ran-two")
     origins = {step.name.split("] ", 1)[1]: step.origin for step in result.steps}  # the last round's
     assert all(origins[k] == backup for k in origins if not k.startswith("WORKDIR")), origins
+
+
+MULTI = """\
+FROM {base} AS builder
+RUN echo built > /artifact && echo ran-builder
+FROM builder
+RUN cat /artifact > /copy && echo {marker}
+"""
+
+
+def test_layers_gone_from_a_stage_another_builds_on(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+    """The final stage executes on top of ``builder``'s cached chain, whose layer is gone: ``builder`` is
+    solved again too (its own hits are not usable any more), not only the stage that tripped on it."""
+    repo = "rewrite/stages"
+    context = make_context(tmp_path / "ctx", MULTI.format(base=base, marker="ran-final"), {})
+    cold, _ = run_build(context, tmp_path / "writer", cache_to=(f"type=registry,ref={registry.host}/{repo}:cache,"
+                                                               "mode=max",))
+    builder_layer = json.loads(cold.manifest)["layers"][1]["digest"]  # base, builder's RUN, final RUN
+    _, doc = _manifest(registry, repo, "cache")
+    hook = _once(lambda method, path: method == "GET" and path.endswith(doc["config"]["digest"]),
+                 lambda: _delete_blob(registry, repo, builder_layer))
+    (context / "Dockerfile").write_text(MULTI.format(base=base, marker="ran-final-changed"))
+    with RegistryProxy(registry.url, after=hook) as proxy:
+        ref = f"{proxy.host}/{repo}:cache"
+        _, text = run_build(context, tmp_path / "reader", cache_from=(ref,))
+    assert f"from {ref} unusable" in text
+    assert ran(text, "ran-builder") and ran(text, "ran-final-changed")
+
+
+def test_readers_never_fail_while_a_writer_rewrites_the_ref(
+    registry: RegistryProcess, base: str, tmp_path: Path
+) -> None:
+    """Real concurrency: a writer thread replaces the ref with other caches and collects the old ones
+    (``gc --grace 1``) in a loop while builds read the ref and push, until the ref moved three times;
+    every read build succeeds and pushes a complete image."""
+    ref = f"{registry.host}/rewrite/busy:cache"
+    contexts = [_context(tmp_path / f"v{i}", base, f"{i}\n") for i in range(2)]
+    _export(contexts[0], ref, tmp_path / "seed")
+    stop = threading.Event()
+    writes: list[int] = []
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        while not stop.is_set():
+            try:
+                _export(contexts[(len(writes) + 1) % 2], ref, tmp_path / f"w{len(writes)}", ",merge=false")
+                _gc(registry, grace=1)
+            except BaseException as exc:  # reported by the test thread
+                failures.append(exc)
+                return
+            writes.append(1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    outcomes = []
+    try:
+        n = 0
+        while n < 40 and (n < 3 or len(writes) < 3) and not failures:  # reads until the ref moved 3 times
+            n += 1
+            target = f"{registry.host}/rewrite/busy-out:{n}"
+            result, text = run_build(contexts[n % 2], tmp_path / f"r{n}", cache_from=(ref,), tags=(target,),
+                                     push=True)
+            assert result.pushed == (target,)
+            _, pushed = _manifest(registry, "rewrite/busy-out", str(n))
+            for blob in [pushed["config"], *pushed["layers"]]:
+                assert _has_blob(registry, "rewrite/busy-out", blob["digest"]), blob
+            outcomes.append((sum(1 for s in result.steps if s.cached), text.count("WARNING: cache")))
+    finally:
+        stop.set()
+        thread.join(120)
+    assert not failures, failures
+    print(f"writes during the reads: {len(writes)}; reads (cached steps, cache warnings): {outcomes}")
