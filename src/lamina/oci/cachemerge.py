@@ -28,7 +28,9 @@ counts as the oldest.
 
 :func:`prune` drops, in this order: results whose chain names a blob of unknown size (not in the
 manifest: the chain lost a layer), results unused for longer than ``max_age``, then results least
-recently used first until the distinct blobs still referenced weigh at most ``max_size`` bytes. A
+recently used first (among equally recent ones the longest chain first: its top layer is its own,
+the shorter prefixes stay useful) until the distinct blobs still referenced weigh at most ``max_size``
+bytes. A
 record stays while it has a result or a kept record links to it; a layer entry stays while a kept
 result's chain passes through it.
 """
@@ -283,7 +285,7 @@ def prune(
             for blob in set(chain):
                 refs[blob] = refs.get(blob, 0) + 1
         total = sum(layer_sizes[blob] for blob in refs)
-        for result in sorted(alive, key=lambda r: (alive[r], r[0], [str(d) for d in r[1]])):
+        for result in sorted(alive, key=lambda r: (alive[r], -len(r[1]), r[0], [str(d) for d in r[1]])):
             if total <= max_size:
                 break
             del alive[result]
