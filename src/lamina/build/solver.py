@@ -17,14 +17,16 @@ for a key wins (a hit is that record's whole layer chain, whichever cache its pa
 ``--cache-from`` ref may be rewritten while the build runs: after a round, the lazy layers of its hits
 are checked at their caches (:class:`~lamina.build.cache.base.BlobVerifier`); gone ones miss from then
 on and the build is solved again (hits are instant, executed steps are local hits now), the last round
-with the local index only.
+with the local index only. The cache exporters (but the local index) get the reports of the round that
+stands, so a cache export never names a layer found gone.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,7 @@ class Solver:
         self._bad_blobs: set[Digest] = set()  # cached blobs found unreadable during this build
         self._base_blobs: set[tuple[Digest, str | None]] = set()  # base image layers: no cache to fall back from
         self._hit_layers: dict[tuple[Digest, str | None], tuple[LayerRef, str]] = {}  # lazy layer -> its hit's origin
+        self._held: list[Callable[[], None]] = []  # this round's reports to the cache exporters
 
     async def solve(self) -> StageResult:
         """Solve the target stage (and, concurrently, every stage it needs), again without the hits whose
@@ -146,6 +149,8 @@ class Solver:
             result = await self._solve_round()
             gone = await self._gone_layers()
             if not gone:
+                for call in self._held:  # the cache exporters see the round that stands, only
+                    call()
                 return result
             for name, blobs in gone.items():
                 self._bad_blobs |= blobs
@@ -166,6 +171,14 @@ class Solver:
         answers = await asyncio.gather(*(verifier.missing(lazy) for verifier in verifiers))
         return {verifier.name: blobs for verifier, blobs in zip(verifiers, answers, strict=True) if blobs}
 
+    def _emit(self, exporter: CacheExporter, call: Callable[[], None]) -> None:
+        """The local index records at once (executed steps are its hits in the next round); the other
+        exporters get this round's reports only once its hits' layers are known to be there."""
+        if exporter is self.state.cache:
+            call()
+        else:
+            self._held.append(call)
+
     def _note_hit(self, hit: CachedResult) -> None:
         for layer in hit.layers:
             if layer.source is not None:
@@ -174,6 +187,7 @@ class Solver:
     async def _solve_round(self) -> StageResult:
         self._tasks = {}
         self._hit_layers = {}
+        self._held = []
         self.reports = []
         try:
             needed = await self.demand.needed()  # a COPY --from that hits needs only its source's key
@@ -204,9 +218,10 @@ class Solver:
                 if isinstance(stage.base, BaseImage):
                     image = await self.images.resolve(stage.base.ref, stage.platform)
                     base_inputs = cachekey.image_inputs(image.manifest_digest, stage.platform)
+                    base_slot = f"from:{stage.base.ref} {stage.platform}"
                     for exporter in self.exporters:
                         if isinstance(exporter, CacheLinker):
-                            exporter.link(parent, base_inputs, slot=f"from:{stage.base.ref} {stage.platform}")
+                            self._emit(exporter, partial(exporter.link, parent, base_inputs, slot=base_slot))
                 missed = False
                 for step, key in await self.demand.step_keys(stage.index):
                     extra = await self.demand.copy_inputs(stage.index, step) if isinstance(step, CopyStep) else {}
@@ -218,9 +233,9 @@ class Solver:
                         self._note_hit(hit)
                     for exporter in self.exporters:
                         if hit is not None and (exporter is not self.state.cache or hit.origin != "local"):
-                            exporter.add(key, inputs, hit, slot=str(parent))
-                        elif hit is None and isinstance(exporter, CacheLinker):
-                            exporter.link(key, inputs, slot=str(parent))  # min: the stage stays as links
+                            self._emit(exporter, partial(exporter.add, key, inputs, hit, slot=str(parent)))
+                        elif hit is None and isinstance(exporter, CacheLinker):  # min: the stage stays as links
+                            self._emit(exporter, partial(exporter.link, key, inputs, slot=str(parent)))
                     parent = key
             except Exception:  # only the export's completeness is at stake, never the build
                 continue
@@ -321,8 +336,8 @@ class Solver:
             self.state.cache.add(key, inputs, CachedResult(key, image.layers, utc_now()), slot=slot)
         self._base_blobs.update((layer.descriptor.digest, layer.source) for layer in image.layers)
         for exporter in self.exporters:
-            if isinstance(exporter, CacheLinker):
-                exporter.link(key, inputs, slot=slot)  # the base image: a pure link record, as in BuildKit
+            if isinstance(exporter, CacheLinker):  # the base image: a pure link record, as in BuildKit
+                self._emit(exporter, partial(exporter.link, key, inputs, slot=slot))
         return key, image.layers, image.config, image.repository, reason
 
     async def _source_for_copy(self, stage: Stage, step: CopyStep) -> tuple[dict[str, Any], Any]:
@@ -368,8 +383,8 @@ class Solver:
         if hit is not None:
             self._note_hit(hit)
             for exporter in self.exporters:
-                if exporter is not self.state.cache or hit.origin != "local":
-                    exporter.add(key, inputs, hit, slot=slot)  # remote hits become local records too
+                if exporter is not self.state.cache or hit.origin != "local":  # remote hits become local records too
+                    self._emit(exporter, partial(exporter.add, key, inputs, hit, slot=slot))
             self.progress.cached(vertex, hit.origin)
             self._report(vertex, name, key, True, hit.origin, None, started)
             return key, hit.layers, False
@@ -391,7 +406,7 @@ class Solver:
         chain = (*layers, layer)
         result = CachedResult(key, chain, layer.created or utc_now(), "local")
         for exporter in self.exporters:
-            exporter.add(key, inputs, result, slot=slot)
+            self._emit(exporter, partial(exporter.add, key, inputs, result, slot=slot))
         self.progress.done(vertex)
         self._report(vertex, name, key, False, None, reason, started)
         return key, chain, True

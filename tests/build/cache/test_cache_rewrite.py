@@ -286,3 +286,36 @@ def test_readers_never_fail_while_a_writer_rewrites_the_ref(
         thread.join(120)
     assert not failures, failures
     print(f"writes during the reads: {len(writes)}; reads (cached steps, cache warnings): {outcomes}")
+
+
+COPY_FROM = """\
+FROM {base} AS builder
+RUN echo built > /artifact && echo ran-builder
+FROM {base}
+COPY --from=builder /artifact /copied
+RUN cat /copied > /copy && echo ran-final
+"""
+
+
+def test_export_after_layers_gone_names_none_of_them(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+    """``builder`` is not solved (the ``COPY --from`` hits) and its cached layer is gone: the ``mode=max``
+    export of this build keeps ``builder`` as a link instead of naming the lost layer, and succeeds."""
+    repo = "rewrite/export"
+    context = make_context(tmp_path / "ctx", COPY_FROM.format(base=base), {})
+    cold, _ = run_build(context, tmp_path / "writer", cache_to=(f"type=registry,ref={registry.host}/{repo}:cache,"
+                                                               "mode=max",))
+    _, doc = _manifest(registry, repo, "cache")
+    final_layers = {layer["digest"] for layer in json.loads(cold.manifest)["layers"]}
+    (builder_layer,) = {layer["digest"] for layer in doc["layers"]} - final_layers
+    hook = _once(lambda method, path: method == "GET" and path.endswith(doc["config"]["digest"]),
+                 lambda: _delete_blob(registry, repo, builder_layer))
+    out = f"{registry.host}/rewrite/export-out:cache"
+    with RegistryProxy(registry.url, after=hook) as proxy:
+        ref = f"{proxy.host}/{repo}:cache"
+        result, text = run_build(context, tmp_path / "reader", cache_from=(ref,),
+                                 cache_to=(f"type=registry,ref={out},mode=max",))
+    assert f"WARNING: cache {ref}: layer(s) {builder_layer.split(':')[1][:12]} gone from it" in text
+    assert not ran(text, "ran-builder") and not ran(text, "ran-final")  # the final stage's hits stand
+    assert result.cache_exports[0].manifest_digest is not None
+    _, exported = _manifest(registry, "rewrite/export-out", "cache")
+    assert builder_layer not in {layer["digest"] for layer in exported["layers"]}
