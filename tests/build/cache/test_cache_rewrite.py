@@ -1,7 +1,8 @@
 """``--cache-from`` a ref that is rewritten while the build reads it never fails the build.
 
-A real lamina registry holds the cache; a real HTTP proxy in front of it runs the "other writer" at the
-exact moment between two requests of the build: the tag moved to another cache, blobs unlinked with a
+A real lamina registry holds the cache (CNCF distribution too, for the cases made with blob DELETE and a
+tag PUT only); a real HTTP proxy in front of it runs the "other writer" at the exact moment between two
+requests of the build: the tag moved to another cache, blobs unlinked with a
 blob ``DELETE``, the old cache's layers collected by ``lamina registry gc``. Each case: one warning line
 naming the ref and what was missing, and the affected steps built instead.
 """
@@ -48,6 +49,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProce
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["lamina", "distribution"])
+def deleting(request: pytest.FixtureRequest) -> RegistryProcess:
+    """For the cases made with blob DELETE and tag PUT only: lamina's registry and CNCF distribution."""
+    name = "registry" if request.param == "lamina" else "distribution_registry"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +137,12 @@ def _rewritten_after_config_read(registry: RegistryProcess, repo: str, base: str
     return old, hook
 
 
-def test_config_gone_is_one_warning_and_the_steps_built(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+def test_config_gone_is_one_warning_and_the_steps_built(deleting: RegistryProcess, base: str, tmp_path: Path) -> None:
     context = _context(tmp_path / "ctx", base, "A\n")
-    ref = f"{registry.host}/rewrite/config:cache"
+    ref = f"{deleting.host}/rewrite/config:cache"
     _export(context, ref, tmp_path / "writer")
-    _, doc = _manifest(registry, "rewrite/config", "cache")
-    _delete_blob(registry, "rewrite/config", doc["config"]["digest"])
+    _, doc = _manifest(deleting, "rewrite/config", "cache")
+    _delete_blob(deleting, "rewrite/config", doc["config"]["digest"])
     _, text = run_build(context, tmp_path / "reader", cache_from=(ref,))
     warnings = [line for line in text.splitlines() if "WARNING" in line]
     assert warnings == [
@@ -145,21 +153,21 @@ def test_config_gone_is_one_warning_and_the_steps_built(registry: RegistryProces
 
 
 def test_tag_moves_between_the_manifest_and_config_reads(
-    registry: RegistryProcess, base: str, tmp_path: Path
+    deleting: RegistryProcess, base: str, tmp_path: Path
 ) -> None:
     repo = "rewrite/moving"
-    _export(_context(tmp_path / "v1", base, "A\n"), f"{registry.host}/{repo}:cache", tmp_path / "w1")
+    _export(_context(tmp_path / "v1", base, "A\n"), f"{deleting.host}/{repo}:cache", tmp_path / "w1")
     context = _context(tmp_path / "v2", base, "B\n")
-    _export(context, f"{registry.host}/{repo}:next", tmp_path / "w2")
-    _, old = _manifest(registry, repo, "cache")
-    new, _ = _manifest(registry, repo, "next")
+    _export(context, f"{deleting.host}/{repo}:next", tmp_path / "w2")
+    _, old = _manifest(deleting, repo, "cache")
+    new, _ = _manifest(deleting, repo, "next")
 
     def rewrite() -> None:  # the other writer's manifest PUT, then its old config collected
-        _move_tag(registry, repo, "cache", new)
-        _delete_blob(registry, repo, old["config"]["digest"])
+        _move_tag(deleting, repo, "cache", new)
+        _delete_blob(deleting, repo, old["config"]["digest"])
 
     hook = _once(lambda method, path: method == "GET" and path.endswith("/manifests/cache"), rewrite)
-    with RegistryProxy(registry.url, after=hook) as proxy:
+    with RegistryProxy(deleting.url, after=hook) as proxy:
         ref = f"{proxy.host}/{repo}:cache"
         _, text = run_build(context, tmp_path / "reader", cache_from=(ref,))
     assert f"WARNING: cache {ref}: config blob {old['config']['digest']} was gone (the ref was being rewritten); " \
@@ -224,19 +232,19 @@ RUN cat /artifact > /copy && echo {marker}
 """
 
 
-def test_layers_gone_from_a_stage_another_builds_on(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+def test_layers_gone_from_a_stage_another_builds_on(deleting: RegistryProcess, base: str, tmp_path: Path) -> None:
     """The final stage executes on top of ``builder``'s cached chain, whose layer is gone: ``builder`` is
     solved again too (its own hits are not usable any more), not only the stage that tripped on it."""
     repo = "rewrite/stages"
     context = make_context(tmp_path / "ctx", MULTI.format(base=base, marker="ran-final"), {})
-    cold, _ = run_build(context, tmp_path / "writer", cache_to=(f"type=registry,ref={registry.host}/{repo}:cache,"
+    cold, _ = run_build(context, tmp_path / "writer", cache_to=(f"type=registry,ref={deleting.host}/{repo}:cache,"
                                                                "mode=max",))
     builder_layer = json.loads(cold.manifest)["layers"][1]["digest"]  # base, builder's RUN, final RUN
-    _, doc = _manifest(registry, repo, "cache")
+    _, doc = _manifest(deleting, repo, "cache")
     hook = _once(lambda method, path: method == "GET" and path.endswith(doc["config"]["digest"]),
-                 lambda: _delete_blob(registry, repo, builder_layer))
+                 lambda: _delete_blob(deleting, repo, builder_layer))
     (context / "Dockerfile").write_text(MULTI.format(base=base, marker="ran-final-changed"))
-    with RegistryProxy(registry.url, after=hook) as proxy:
+    with RegistryProxy(deleting.url, after=hook) as proxy:
         ref = f"{proxy.host}/{repo}:cache"
         _, text = run_build(context, tmp_path / "reader", cache_from=(ref,))
     assert f"from {ref} unusable" in text
@@ -297,25 +305,25 @@ RUN cat /copied > /copy && echo ran-final
 """
 
 
-def test_export_after_layers_gone_names_none_of_them(registry: RegistryProcess, base: str, tmp_path: Path) -> None:
+def test_export_after_layers_gone_names_none_of_them(deleting: RegistryProcess, base: str, tmp_path: Path) -> None:
     """``builder`` is not solved (the ``COPY --from`` hits) and its cached layer is gone: the ``mode=max``
     export of this build keeps ``builder`` as a link instead of naming the lost layer, and succeeds."""
     repo = "rewrite/export"
     context = make_context(tmp_path / "ctx", COPY_FROM.format(base=base), {})
-    cold, _ = run_build(context, tmp_path / "writer", cache_to=(f"type=registry,ref={registry.host}/{repo}:cache,"
+    cold, _ = run_build(context, tmp_path / "writer", cache_to=(f"type=registry,ref={deleting.host}/{repo}:cache,"
                                                                "mode=max",))
-    _, doc = _manifest(registry, repo, "cache")
+    _, doc = _manifest(deleting, repo, "cache")
     final_layers = {layer["digest"] for layer in json.loads(cold.manifest)["layers"]}
     (builder_layer,) = {layer["digest"] for layer in doc["layers"]} - final_layers
     hook = _once(lambda method, path: method == "GET" and path.endswith(doc["config"]["digest"]),
-                 lambda: _delete_blob(registry, repo, builder_layer))
-    out = f"{registry.host}/rewrite/export-out:cache"
-    with RegistryProxy(registry.url, after=hook) as proxy:
+                 lambda: _delete_blob(deleting, repo, builder_layer))
+    out = f"{deleting.host}/rewrite/export-out:cache"
+    with RegistryProxy(deleting.url, after=hook) as proxy:
         ref = f"{proxy.host}/{repo}:cache"
         result, text = run_build(context, tmp_path / "reader", cache_from=(ref,),
                                  cache_to=(f"type=registry,ref={out},mode=max",))
     assert f"WARNING: cache {ref}: layer(s) {builder_layer.split(':')[1][:12]} gone from it" in text
     assert not ran(text, "ran-builder") and not ran(text, "ran-final")  # the final stage's hits stand
     assert result.cache_exports[0].manifest_digest is not None
-    _, exported = _manifest(registry, "rewrite/export-out", "cache")
+    _, exported = _manifest(deleting, "rewrite/export-out", "cache")
     assert builder_layer not in {layer["digest"] for layer in exported["layers"]}
