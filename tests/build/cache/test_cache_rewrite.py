@@ -327,3 +327,18 @@ def test_export_after_layers_gone_names_none_of_them(deleting: RegistryProcess, 
     assert result.cache_exports[0].manifest_digest is not None
     _, exported = _manifest(deleting, "rewrite/export-out", "cache")
     assert builder_layer not in {layer["digest"] for layer in exported["layers"]}
+
+
+def test_local_layout_with_a_layer_file_gone(base: str, tmp_path: Path) -> None:
+    """``type=local``: a layer file gone from the layout dir is found before the OCI output needs it."""
+    context = _context(tmp_path / "ctx", base, "A\n")
+    layout = tmp_path / "layout"
+    cold, _ = run_build(context, tmp_path / "writer", cache_to=(f"type=local,dest={layout},mode=max",))
+    run_one = json.loads(cold.manifest)["layers"][3]["digest"]  # base, WORKDIR, COPY, RUN one
+    (layout / "blobs" / "sha256" / run_one.split(":")[1]).unlink()
+    tar = tmp_path / "image.tar"
+    spec = f"type=local,src={layout}"
+    _, text = run_build(context, tmp_path / "reader", cache_from=(spec,), outputs=({"type": "oci", "dest": str(tar)},))
+    warning = next(line for line in text.splitlines() if line.startswith("WARNING"))
+    assert warning.startswith(f"WARNING: cache local:{layout}: layer(s) ") and run_one[7:19] in warning, warning
+    assert ran(text, "ran-one") and ran(text, "ran-two") and tar.stat().st_size > 0
