@@ -241,9 +241,9 @@ class RegistryCacheExporter:
     ) -> tuple[CacheExport, Digest]:
         """Re-read the tag after a settle time (longer than another writer's read-to-write window) and merge
         again while this build's records are missing from it; at most VERIFY_ROUNDS rewrites."""
-        settle = min(3.0, max(0.25, 3 * took))
+        settle = min(3.0, max(0.1, 3 * took))
         for _ in range(VERIFY_ROUNDS + 1):
-            await asyncio.sleep(settle + random.uniform(0, 0.25))
+            await asyncio.sleep(settle + random.uniform(0, settle / 2))  # jitter: losers do not rewrite in step
             info = await client.head_manifest(repo, tag)
             if info is not None and info.digest == digest:
                 return final, digest
