@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def _all_cached(text: str, ref: str) -> bool:
     return bool(steps) and all(v == f"CACHED ({ref})" for v in steps)
 
 
-def _hold_tag_puts(tag: str, seconds: float = 0.3):  # type: ignore[no-untyped-def]
+def _hold_tag_puts(tag: str, seconds: float = 0.3) -> Callable[[str, str], float]:
     return lambda method, path: seconds if method == "PUT" and path.endswith(f"/manifests/{tag}") else 0.0
 
 
