@@ -47,3 +47,24 @@ async def test_distribution_ignores_the_condition(distribution: RegistryProcess)
         stale = digest_of(b"not what the tag names")
         written = await c.put_manifest("cond/app", "t", two, mt.OCI_MANIFEST, if_match=stale)
         assert (await c.get_manifest("cond/app", "t")).digest == written == digest_of(two)
+
+
+async def test_lamina_says_it_checked_the_condition(lamina_registry: RegistryProcess) -> None:
+    """A 201 to a conditional PUT carries ``Lamina-Tag-Condition: checked``; an unconditional one does not
+    (so the cache exporter skips its re-read only where the condition was really enforced)."""
+    async with RegistryClient(lamina_registry.host) as c:
+        one, two = await _manifest(c, "cond/said", "one"), await _manifest(c, "cond/said", "two")
+        first, checked = await c.put_manifest_checked("cond/said", "t", one, mt.OCI_MANIFEST, create_only=True)
+        assert checked
+        _, checked = await c.put_manifest_checked("cond/said", "t", two, mt.OCI_MANIFEST, if_match=first)
+        assert checked
+        _, checked = await c.put_manifest_checked("cond/said", "u", two, mt.OCI_MANIFEST)
+        assert not checked
+
+
+@pytest.mark.interop
+async def test_distribution_does_not_say_it_checked(distribution: RegistryProcess) -> None:
+    async with RegistryClient(distribution.host) as c:
+        one = await _manifest(c, "cond/said", "one")
+        _, checked = await c.put_manifest_checked("cond/said", "t", one, mt.OCI_MANIFEST, create_only=True)
+        assert not checked

@@ -158,6 +158,17 @@ class ManifestOps:
         answers 412, raised as :class:`PreconditionFailed`; registries without conditional updates
         (CNCF distribution, ECR) ignore both headers and write unconditionally.
         """
+        digest, _ = await self.put_manifest_checked(repo, reference, data, media_type, if_match=if_match,
+                                                    create_only=create_only)
+        return digest
+
+    async def put_manifest_checked(
+        self, repo: str, reference: str, data: bytes, media_type: str, *,
+        if_match: Digest | None = None, create_only: bool = False,
+    ) -> tuple[Digest, bool]:
+        """:meth:`put_manifest`, also telling whether the registry evaluated the condition: True when its
+        201 carries ``Lamina-Tag-Condition: checked`` (lamina's extension); False when it may have written
+        unconditionally (then only a re-read tells whether another writer's update was lost)."""
         pinned = _as_digest(reference)
         digest = digest_of(data, pinned.algorithm if pinned is not None else "sha256")
         if pinned is not None and pinned != digest:
@@ -175,10 +186,11 @@ class ManifestOps:
             ok=(201, 200), headers=headers, body=data,
         ) as resp:
             server = resp.headers.get("Docker-Content-Digest")
+            checked = resp.headers.get("Lamina-Tag-Condition", "").strip().lower() == "checked"
         self.transport.stats.add_up("manifest", len(data))
         if server and _as_digest(server) != digest:
             raise self._mismatch(repo, reference, str(digest), server, "the registry recorded another digest")
-        return digest
+        return digest, checked and (if_match is not None or create_only)
 
     async def delete_manifest(self, repo: str, reference: str) -> None:
         async with self.transport.request(

@@ -12,6 +12,10 @@ between: the check runs in the store's transaction that moves the tag (:class:`l
 so of N writers conditioned on one digest exactly one wins. ``If-Match: *`` (the tag must exist) and
 lists (``"a", "b"``) follow RFC 9110 13.1.1-2. A tag already at the pushed digest answers 201 whatever the
 condition (the change already happened, RFC 9110 13.1.1), so a retried PUT whose answer was lost succeeds.
+
+A 201 to a conditional PUT carries ``Lamina-Tag-Condition: checked``, so a writer knows the condition was
+evaluated (registries without this extension ignore the headers and write unconditionally; a writer that
+does not see the header has to re-read the tag to find out whether it lost an update).
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ from lamina.store import TagCondition
 
 from .errors import ErrorCode, RegistryError
 
-__all__ = ["CONDITIONAL_HEADERS", "parse_tag_condition", "precondition_failed", "refuse_conditions"]
+__all__ = [
+    "CONDITIONAL_HEADERS",
+    "CONDITION_CHECKED_HEADER",
+    "parse_tag_condition",
+    "precondition_failed",
+    "refuse_conditions",
+]
 
 CONDITIONAL_HEADERS = ("If-Match", "If-None-Match")
+CONDITION_CHECKED_HEADER = "Lamina-Tag-Condition"  # on the 201 of a PUT whose condition was evaluated
 
 
 def _entity_tags(header: str, values: Iterable[str]) -> frozenset[Digest] | Literal["*"] | None:

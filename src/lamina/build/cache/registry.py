@@ -208,7 +208,7 @@ class RegistryCacheExporter:
                 self.summary.skipped = "nothing left to export after max-size / max-age"
                 return
             try:
-                digest = await self._put(client, repo, tag, final, current if merging else None)
+                digest, checked = await self._put(client, repo, tag, final, current if merging else None)
             except PreconditionFailed:
                 self.summary.conflicts += 1
                 if self.summary.conflicts > CONFLICT_RETRIES:
@@ -220,7 +220,7 @@ class RegistryCacheExporter:
                 current = await self.read_current(client, repo, tag)
                 continue
             break
-        if merging and not self.summary.conflicts:  # the registry may have ignored the condition: look again
+        if merging and not checked and not self.summary.conflicts:  # the registry may have ignored the condition
             final, digest = await self._verify(client, repo, tag, export, final, digest, time.monotonic() - started)
         self.summary.manifest_digest = digest
         self.summary.records = len(final.config.records)
@@ -228,12 +228,14 @@ class RegistryCacheExporter:
 
     async def _put(
         self, client: RegistryClient, repo: str, tag: str, final: CacheExport, current: CurrentCache | None
-    ) -> Digest:
+    ) -> tuple[Digest, bool]:
+        """Push the config and the manifest; True when the registry says it checked the condition (then a
+        success means no other writer's update was lost, and no re-read is needed)."""
         await client.push_blob(repo, final.config_digest, len(final.config_bytes), final.config_bytes, kind="config")
         if current is None:
-            return await client.put_manifest(repo, tag, final.manifest_bytes, final.manifest_media_type)
-        return await client.put_manifest(repo, tag, final.manifest_bytes, final.manifest_media_type,
-                                         if_match=current.digest, create_only=current.digest is None)
+            return await client.put_manifest(repo, tag, final.manifest_bytes, final.manifest_media_type), False
+        return await client.put_manifest_checked(repo, tag, final.manifest_bytes, final.manifest_media_type,
+                                                 if_match=current.digest, create_only=current.digest is None)
 
     async def _verify(
         self, client: RegistryClient, repo: str, tag: str, ours: CacheExport, final: CacheExport, digest: Digest,
@@ -257,7 +259,7 @@ class RegistryCacheExporter:
             if merged is None:
                 return final, digest
             try:
-                digest = await self._put(client, repo, tag, merged, found)
+                digest, _ = await self._put(client, repo, tag, merged, found)
             except PreconditionFailed:
                 self.summary.conflicts += 1  # it does honour conditions after all; the next round re-reads
                 continue

@@ -19,7 +19,7 @@ from aiohttp import web
 from lamina.oci import Digest
 from lamina.store import ManifestRecord, MetadataStore, MissingReference, TagImmutable, TagPreconditionFailed
 
-from ..conditional import parse_tag_condition, precondition_failed, refuse_conditions
+from ..conditional import CONDITION_CHECKED_HEADER, parse_tag_condition, precondition_failed, refuse_conditions
 from ..errors import ErrorCode, RegistryError
 from ..immutability import is_immutable, tag_immutable_error
 from ..services import Offloader
@@ -135,6 +135,8 @@ async def put(request: web.Request) -> web.Response:
     }
     if record.subject is not None:
         headers["OCI-Subject"] = str(record.subject)
+    if condition is not None:
+        headers[CONDITION_CHECKED_HEADER] = "checked"
     return web.Response(status=201, headers=headers)
 
 
