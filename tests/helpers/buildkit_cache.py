@@ -1,6 +1,6 @@
 """BuildKit-shaped remote caches whose blobs exist: the reference captures, re-pointed at real layers.
 
-``shared/reference/buildkit-cache`` holds what BuildKit v0.32 wrote, but not its layer bytes. Here each
+``tests/data/buildkit-cache`` holds what BuildKit v0.32 wrote, but not its layer bytes. Here each
 of its 8 layers is replaced by a small deterministic gzip layer we can push, the cacheconfig is
 rewritten to name the new digests (then sorted as BuildKit's marshaller sorts it), and the three
 manifest forms keep the captures' shape and annotations (``buildkit/createdat``,

@@ -1,7 +1,7 @@
-"""Where the BuildKit reference captures live: ``shared/reference/buildkit-cache`` beside the checkout.
+"""Where the BuildKit reference captures live: ``tests/data/buildkit-cache`` in the checkout.
 
-CI runs in a fresh clone with a copy of ``shared/`` beside it, so the path is derived from this file's
-location, never hard-coded; ``LAMINA_REFERENCE_DIR`` overrides it.
+The suite stands on its own (nothing beside the checkout), so the captures the tests read are copied
+into the repository; ``LAMINA_REFERENCE_DIR`` overrides the directory (e.g. to try a newer capture).
 """
 
 from __future__ import annotations
@@ -12,6 +12,5 @@ from pathlib import Path
 __all__ = ["REFERENCE_DIR"]
 
 REFERENCE_DIR = Path(
-    os.environ.get("LAMINA_REFERENCE_DIR")
-    or Path(__file__).resolve().parents[3] / "shared" / "reference" / "buildkit-cache"
+    os.environ.get("LAMINA_REFERENCE_DIR") or Path(__file__).resolve().parents[1] / "data" / "buildkit-cache"
 )

@@ -1,6 +1,6 @@
 """Cumulative caches as pure data: merge (union, commutative, order-independent) and prune (age, size, LRU).
 
-BuildKit's own configs (copied from the reference captures into tests/oci/data/buildkit) and seeded
+BuildKit's own configs (the reference captures in tests/data/buildkit-cache) and seeded
 random build graphs; every invariant is checked on the dumped bytes parsed back, so no index dangles.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
+from helpers.reference import REFERENCE_DIR
 from lamina.oci import CacheConfig, CacheInput, CacheLayer, CacheRecord, CacheResult, digest_of, normalize
 from lamina.oci.cacheconfig import LAST_USED_FIELD
 from lamina.oci.cachemerge import (
@@ -26,7 +26,7 @@ from lamina.oci.cachemerge import (
     touch,
 )
 
-DATA = Path(__file__).parent / "data" / "buildkit"
+DATA = REFERENCE_DIR
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 

@@ -1,4 +1,4 @@
-"""A merged cache keeps BuildKit's format: BuildKit's own export (copied into tests/oci/data/buildkit)
+"""A merged cache keeps BuildKit's format: BuildKit's own export (tests/data/buildkit-cache)
 as the cache a ref holds, merged with a lamina export and pruned — pure, checked against the shapes
 and facts of the reference captures (media types, annotations, sorting, parent encoding, fields)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+from helpers.reference import REFERENCE_DIR
 from lamina.build.cache.base import CachedResult, LayerRef
 from lamina.build.cache.cumulative import NO_CACHE, CurrentCache, combine, missing_results
 from lamina.build.cache.graph import CacheExport, RecordGraph, plan_export
@@ -19,7 +19,7 @@ from lamina.oci import mediatypes as mt
 from lamina.oci.cacheconfig import LAST_USED_FIELD
 from lamina.oci.cachemerge import result_keys
 
-DATA = Path(__file__).resolve().parents[2] / "oci" / "data" / "buildkit"
+DATA = REFERENCE_DIR
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 REF = "reg.example/app/cache:main"
 

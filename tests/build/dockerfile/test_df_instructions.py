@@ -8,7 +8,7 @@ from lamina.build.ops import CopyStep, MetaStep, RunStep, WorkdirStep
 
 
 def test_reference_image_history_texts(build: Build) -> None:
-    # The Dockerfile behind /work/shared/reference/buildkit-cache/image-config.json, and BuildKit's history.
+    # The Dockerfile behind tests/data/buildkit-cache/image-config.json, and BuildKit's history.
     stage = target(
         build(
             "FROM busybox\n"

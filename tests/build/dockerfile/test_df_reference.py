@@ -1,8 +1,7 @@
-"""The history BuildKit wrote for a real build (shared/reference/buildkit-cache) is what convert() writes."""
+"""The history BuildKit wrote for a real build (tests/data/buildkit-cache) is what convert() writes."""
 
 import json
 
-import pytest
 from dfsupport import run, target
 
 from helpers.reference import REFERENCE_DIR
@@ -23,7 +22,6 @@ CMD ["sh", "-c", "cat /app/data/combined.txt"]
 """
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="reference data not present")
 def test_history_and_config_match_buildkit() -> None:
     from dfsupport import Resolver
 
