@@ -3,7 +3,7 @@
 Every server is a real subprocess (lamina's registry, CNCF distribution), waited for by polling
 ``GET /v2/``, torn down even when a test fails, and its output is shown when it fails to start.
 A test that needs a binary the machine lacks is skipped with the reason; CI installs all of them
-through ``scripts/install-system-deps.sh``, so nothing skips there.
+through ``scripts/install-system-deps.sh``, so nothing may skip there: with ``CI=true`` a skip fails the run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers.binaries import require_binary
+from helpers.ciskips import CiSkipGuard, ci_enabled
 from helpers.images import PushedImage, PushedIndex, busybox_image, make_busybox_rootfs, two_platform_index
 from helpers.registries import (
     DISTRIBUTION_BINARY,
@@ -26,6 +27,12 @@ from helpers.registries import (
 )
 
 LaminaFactory = Callable[..., RegistryProcess]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In CI (``CI=true``) a skipped test fails the run, naming the test and its reason (helpers.ciskips)."""
+    if ci_enabled():
+        config.pluginmanager.register(CiSkipGuard(), "lamina-ci-skip-guard")
 
 
 @pytest.fixture(scope="session")
