@@ -20,6 +20,14 @@
     signing_key = "/etc/lamina/token.pem"       # default ROOT/auth/token-signing-key.pem (created)
     realm = "https://registry.example/token"    # default: this server's /token as the client reached it
     external_public_key = "/etc/lamina/issuer.pub"  # trust an external issuer instead of issuing tokens
+
+    [auth.failed_logins]                        # Basic auth on /v2/ and on /token (lamina.registry.auth.limits)
+    max_failures = 10                           # per user and client address within one window
+    max_failures_per_address = 100              # per client address, whatever the usernames
+    window_seconds = 60
+    lockout_seconds = 60                        # then 429 + Retry-After; doubles at each further lockout ...
+    max_lockout_seconds = 900                   # ... up to this
+    max_tracked = 10000                         # keys remembered at most
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..globs import string_list
+from .limits import LoginLimits
 
 __all__ = ["ACTIONS", "AccessRule", "AuthConfig", "TokenSettings", "parse_auth"]
 
@@ -66,6 +75,7 @@ class AuthConfig:
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rules: tuple[AccessRule, ...] = ()
     token: TokenSettings = TokenSettings()
+    failed_logins: LoginLimits = field(default_factory=LoginLimits)
 
 
 def _table(key: str, value: Any, known: tuple[str, ...]) -> Mapping[str, Any]:
@@ -127,9 +137,35 @@ def _token(value: Any) -> TokenSettings:
     return token
 
 
+def _failed_logins(value: Any) -> LoginLimits:
+    counts = {"max_failures": 1, "max_failures_per_address": 1, "max_tracked": 100}
+    spans = ("window_seconds", "lockout_seconds", "max_lockout_seconds")
+    table = _table("auth.failed_logins", value, (*counts, *spans))
+    settings: dict[str, Any] = {}
+    for name, minimum in counts.items():
+        if name in table:
+            number = table[name]
+            if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+                raise ConfigError(f"auth.failed_logins.{name}: expected an integer >= {minimum}, got {number!r}")
+            settings[name] = number
+    for name in spans:
+        if name in table:
+            span = table[name]
+            if isinstance(span, bool) or not isinstance(span, int | float) or not 1 <= span <= 86400:
+                raise ConfigError(f"auth.failed_logins.{name}: expected seconds from 1 to 86400, got {span!r}")
+            settings[name] = float(span)
+    limits = LoginLimits(**settings)
+    if limits.max_lockout_seconds < limits.lockout_seconds:
+        raise ConfigError(
+            f"auth.failed_logins.max_lockout_seconds: {limits.max_lockout_seconds:g} is below lockout_seconds "
+            f"{limits.lockout_seconds:g}; raise it or lower lockout_seconds"
+        )
+    return limits
+
+
 def parse_auth(value: Any) -> AuthConfig:
     """The ``[auth]`` table -> AuthConfig; ConfigError naming the key on any mistake."""
-    table = _table("auth", value, ("htpasswd", "groups", "rules", "token"))
+    table = _table("auth", value, ("htpasswd", "groups", "rules", "token", "failed_logins"))
     groups_value = table.get("groups", {})
     if not isinstance(groups_value, dict):
         raise ConfigError(f"auth.groups: expected a table of group = [users], got {groups_value!r}")
@@ -146,4 +182,5 @@ def parse_auth(value: Any) -> AuthConfig:
     htpasswd = _path("auth.htpasswd", table["htpasswd"]) if "htpasswd" in table else None
     if htpasswd is None and token.external_public_key is None:
         raise ConfigError("auth: set htpasswd (local users) or token.external_public_key (an external issuer)")
-    return AuthConfig(htpasswd=htpasswd, groups=groups, rules=rules, token=token)
+    limits = _failed_logins(table.get("failed_logins", {}))
+    return AuthConfig(htpasswd=htpasswd, groups=groups, rules=rules, token=token, failed_logins=limits)

@@ -4,31 +4,50 @@ plus the token endpoint (``GET``/``POST /token``) of the Docker token flow.
 Actions per endpoint (distribution's token scopes): ``GET``/``HEAD`` under a repository need ``pull``;
 ``PUT``/``POST``/``PATCH`` and every upload request (status and cancel too) need ``push``; deleting a
 manifest, tag or blob needs ``delete``; ``/v2/`` needs any valid credentials; ``/v2/_catalog`` needs
-``registry:catalog:*`` and lists only the repositories the caller may pull. A cross-repository mount
-also needs ``pull`` on the source: without it the mount is ignored and the client gets an ordinary
-upload session, as distribution does; an automatic mount (no ``from``) is never tried with auth on.
-Anonymous or wrong credentials get 401 with a Bearer challenge naming the scope; a Basic user
-without the action gets 403 DENIED.
+``registry:catalog:*`` and lists only the repositories the caller may pull: the middleware puts a
+:class:`Visibility` on the request and the catalog handler filters with it before paging. A
+cross-repository mount also needs ``pull`` on the source: without it the mount is ignored and the
+client gets an ordinary upload session, as distribution does; an automatic mount (no ``from``) is
+never tried with auth on. Anonymous or wrong credentials get 401 with a Bearer challenge naming the
+scope; a Basic user without the action gets 403 DENIED; a user and address locked out after failed
+logins get 429 TOOMANYREQUESTS with ``Retry-After``. Every such refusal writes one audit line
+(:mod:`.audit`). Errors are raised as :class:`RegistryError`, rendered by the app's one error middleware.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import base64
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import MultiDict
 from yarl import URL
 
 from ..errors import ErrorCode, RegistryError
-from .service import AUTH, AuthFailure, AuthService, Identity, parse_scopes
+from .audit import audit_denied
+from .service import AUTH, AuthFailure, AuthService, Identity, TooManyFailures, parse_scopes
 
-__all__ = ["IDENTITY", "auth_middleware", "identify_request", "token_endpoint"]
+__all__ = ["IDENTITY", "VISIBILITY", "Visibility", "auth_middleware", "identify_request", "token_endpoint"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IDENTITY = web.RequestKey("identity", Identity)  # the Identity of an authenticated request
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """Which repositories a listing may name to this caller (those it may pull)."""
+
+    service: AuthService
+    identity: Identity
+
+    def __call__(self, repository: str) -> bool:
+        return self.service.may_see(self.identity, repository)
+
+
+VISIBILITY = web.RequestKey("visibility", Visibility)  # set on catalog requests when auth is on
 
 
 def _needed(request: web.Request) -> str | None:
@@ -48,9 +67,10 @@ def _needed(request: web.Request) -> str | None:
 async def identify_request(service: AuthService, request: web.Request) -> Identity:
     """The caller's Identity; AuthFailure for wrong credentials. bcrypt runs in a thread."""
     header = request.headers.get("Authorization")
+    address = request.remote or ""
     if header and header.split(" ", 1)[0].lower() == "basic":
-        return await asyncio.to_thread(service.identify, header)
-    return service.identify(header)
+        return await asyncio.to_thread(service.identify, header, address)
+    return service.identify(header, address)
 
 
 def _unauthorized(service: AuthService, request: web.Request, scope: str | None, message: str,
@@ -59,6 +79,20 @@ def _unauthorized(service: AuthService, request: web.Request, scope: str | None,
         ErrorCode.UNAUTHORIZED, message, status=401,
         headers={"WWW-Authenticate": service.challenge(request, scope, error)},
     )
+
+
+def _too_many(exc: TooManyFailures) -> RegistryError:
+    return RegistryError(
+        ErrorCode.TOOMANYREQUESTS, str(exc), detail={"retry_after": exc.retry_after},
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+def _denied(request: web.Request, error: RegistryError, user: str | None, repository: str | None = None,
+            action: str | None = None) -> RegistryError:
+    """``error``, after its audit line."""
+    audit_denied(request, error.status, error.message, user=user, repository=repository, action=action)
+    return error
 
 
 def _without_mount(request: web.Request) -> web.Request:
@@ -74,35 +108,43 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     name = request.match_info.get("name")
     action = _needed(request)
     scope = f"repository:{name}:{'pull,push' if action == 'push' else action}" if action else None
+    audited = action
     if request.path == "/v2/_catalog":
-        scope = "registry:catalog:*"
+        scope, audited = "registry:catalog:*", "catalog"
     try:
         identity = await identify_request(service, request)
+    except TooManyFailures as exc:
+        raise _denied(request, _too_many(exc), exc.user, name, audited) from None
     except AuthFailure as exc:
-        raise _unauthorized(service, request, scope, str(exc)) from None
+        raise _denied(request, _unauthorized(service, request, scope, str(exc)), exc.user, name, audited) from None
     request[IDENTITY] = identity
+    who = identity.user
     if name is None or action is None:
         if request.path == "/v2/_catalog":
             if service.may_list_catalog(identity):
-                return _visible_catalog(service, identity, await handler(request))
+                request[VISIBILITY] = Visibility(service, identity)
+                return await handler(request)
             if identity.user is not None and identity.method == "basic":
-                raise RegistryError(ErrorCode.DENIED, "listing the catalog is not allowed for this user")
-            raise _unauthorized(service, request, scope, "authentication required to list the catalog")
+                error = RegistryError(ErrorCode.DENIED, "listing the catalog is not allowed for this user")
+                raise _denied(request, error, who, action="catalog")
+            error = _unauthorized(service, request, scope, "authentication required to list the catalog")
+            raise _denied(request, error, who, action="catalog")
         if identity.user is None and identity.method == "anonymous":
-            raise _unauthorized(service, request, None, "authentication required")
+            raise _denied(request, _unauthorized(service, request, None, "authentication required"), None)
         return await handler(request)
     allowed = service.actions(identity, name)
     if action not in allowed:
-        who = identity.user or "anonymous"
-        message = f"access denied: {who} may not {action} repository {name}"
+        message = f"access denied: {who or 'anonymous'} may not {action} repository {name}"
         if identity.method == "anonymous":
-            raise _unauthorized(service, request, scope, f"authentication required to {action} repository {name}")
-        if identity.method == "bearer" and (
+            error = _unauthorized(service, request, scope, f"authentication required to {action} repository {name}")
+        elif identity.method == "bearer" and (
             service.issuer is None or action in service.rule_actions(identity.user, name)
         ):
-            raise _unauthorized(service, request, scope, f"the token does not grant {action} on {name}",
-                                "insufficient_scope")
-        raise RegistryError(ErrorCode.DENIED, message, detail={"name": name, "action": action})
+            error = _unauthorized(service, request, scope, f"the token does not grant {action} on {name}",
+                                  "insufficient_scope")
+        else:
+            error = RegistryError(ErrorCode.DENIED, message, detail={"name": name, "action": action})
+        raise _denied(request, error, who, name, action)
     source = request.query.get("from")
     # A mount needs pull on its source. An automatic mount (no ``from``) could link the blob from any
     # repository, including ones this caller may not read, so with auth on it is never attempted.
@@ -114,20 +156,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def _visible_catalog(service: AuthService, identity: Identity, response: web.StreamResponse) -> web.StreamResponse:
-    """The catalog page without the names this caller may not pull (a page may then hold fewer than n)."""
-    if not isinstance(response, web.Response) or response.status != 200 or response.body is None:
-        return response
-    doc = json.loads(bytes(response.body))  # type: ignore[arg-type]
-    doc["repositories"] = [name for name in doc.get("repositories", []) if "pull" in service.actions(identity, name)]
-    headers = {k: v for k, v in response.headers.items() if k.lower() in ("link",)}
-    return web.json_response(doc, headers=headers)
-
-
-def _token_error(status: int, message: str, challenge: str | None = None) -> web.Response:
-    body = json.dumps({"errors": [{"code": "UNAUTHORIZED" if status == 401 else "DENIED", "message": message}]})
-    headers = {"WWW-Authenticate": challenge} if challenge else {}
-    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+def _bad_token_request(message: str) -> RegistryError:
+    return RegistryError(ErrorCode.UNSUPPORTED, message, status=400)
 
 
 async def token_endpoint(request: web.Request) -> web.Response:
@@ -142,21 +172,23 @@ async def token_endpoint(request: web.Request) -> web.Response:
             form = await request.post()
             scopes = scopes + [str(v) for v in form.getall("scope", [])]
             if form.get("grant_type") != "password":
-                return _token_error(400, "unsupported grant_type: only password is supported")
-            import base64
-
+                raise _bad_token_request("unsupported grant_type: only password is supported")
             raw = f"{form.get('username', '')}:{form.get('password', '')}".encode()
-            user = await asyncio.to_thread(service.basic_user, "Basic " + base64.b64encode(raw).decode())
+            header = "Basic " + base64.b64encode(raw).decode()
+            user = await asyncio.to_thread(service.basic_user, header, request.remote or "")
         else:
             identity = await identify_request(service, request)
             if identity.method == "bearer":
-                return _token_error(400, "present Basic credentials (or none) to the token endpoint")
+                raise _bad_token_request("present Basic credentials (or none) to the token endpoint")
             user = identity.user
+    except TooManyFailures as exc:
+        raise _denied(request, _too_many(exc), exc.user, action="token") from None
     except AuthFailure as exc:
-        return _token_error(401, str(exc), 'Basic realm="lamina"')
+        error = RegistryError(ErrorCode.UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": 'Basic realm="lamina"'})
+        raise _denied(request, error, exc.user, action="token") from None
     wanted = request.query.get("service")
     if wanted and wanted != service.config.token.service:
-        return _token_error(400, f"unknown service {wanted!r}; this registry is {service.config.token.service!r}")
+        raise _bad_token_request(f"unknown service {wanted!r}; this registry is {service.config.token.service!r}")
     token, lifetime = service.issuer.issue(user or "", service.grant_for(user, parse_scopes(scopes)))
     issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return web.json_response(

@@ -5,6 +5,10 @@ authenticated user (``"*"``) or, for pull only, anonymous clients. Grants add up
 allowed unless some rule allows it. A bearer token carries its own grants (issued from the same rules by
 our token endpoint, or by a trusted external issuer), and is never stretched beyond them: a token for one
 repository reads and writes nothing else.
+
+Failed Basic logins (on ``/v2/``, on ``/token`` and in the console) are counted by
+:class:`~.limits.LoginLimiter`; a locked user and address get :class:`TooManyFailures` before any
+password is checked.
 """
 
 from __future__ import annotations
@@ -19,15 +23,28 @@ from aiohttp import web
 from ..globs import matches_any
 from .config import ACTIONS, AuthConfig
 from .htpasswd import Htpasswd
+from .limits import LoginLimiter
 from .tokens import Access, TokenError, TokenIssuer, TokenVerifier, load_or_create_key, load_public_key
 
-__all__ = ["AUTH", "AuthFailure", "AuthService", "Identity", "parse_scopes"]
+__all__ = ["AUTH", "AuthFailure", "AuthService", "Identity", "TooManyFailures", "parse_scopes"]
 
 CATALOG = ("registry", "catalog")
 
 
 class AuthFailure(Exception):
-    """Credentials were sent but are wrong (bad password, bad token): 401."""
+    """Credentials were sent but are wrong (bad password, bad token): 401. ``user``: the name they claim."""
+
+    def __init__(self, message: str, user: str | None = None) -> None:
+        super().__init__(message)
+        self.user = user
+
+
+class TooManyFailures(AuthFailure):
+    """Too many failed logins for this user and client address (or this address): 429 with Retry-After."""
+
+    def __init__(self, user: str, retry_after: int) -> None:
+        super().__init__(f"too many failed logins for {user!r} from this address; retry in {retry_after} s", user)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +72,7 @@ class AuthService:
     def __init__(self, config: AuthConfig, root: Path) -> None:
         self.config = config
         self.htpasswd = Htpasswd(config.htpasswd) if config.htpasswd is not None else None
+        self.limiter = LoginLimiter(root / "run" / "login-failures.db", config.failed_logins)
         token = config.token
         self.issuer: TokenIssuer | None = None
         if token.external_public_key is not None:
@@ -68,24 +86,34 @@ class AuthService:
 
     # -- who --------------------------------------------------------------------------------------
 
-    def basic_user(self, header: str) -> str:
-        """The user of a valid ``Basic`` header; AuthFailure otherwise. Blocking (bcrypt): call in a thread."""
+    def basic_user(self, header: str, address: str) -> str:
+        """The user of a valid ``Basic`` header sent from ``address``; AuthFailure otherwise (TooManyFailures
+        while that user and address are locked out). Blocking (bcrypt, the limiter's file): call in a thread."""
         try:
             decoded = base64.b64decode(header.split(" ", 1)[1].strip(), validate=True).decode()
             user, sep, password = decoded.partition(":")
         except (IndexError, binascii.Error, UnicodeDecodeError):
             raise AuthFailure("malformed Basic credentials") from None
-        if not sep or self.htpasswd is None or not self.htpasswd.verify(user, password):
-            raise AuthFailure(f"invalid username or password for {user!r}")
+        if not sep:
+            raise AuthFailure("malformed Basic credentials: expected user:password")
+        locked = self.limiter.retry_after(user, address)
+        if locked:
+            raise TooManyFailures(user, locked)
+        if self.htpasswd is None or not self.htpasswd.verify(user, password):
+            lockout = self.limiter.record_failure(user, address)
+            if lockout:
+                raise TooManyFailures(user, lockout)
+            raise AuthFailure(f"invalid username or password for {user!r}", user)
         return user
 
-    def identify(self, header: str | None) -> Identity:
-        """Identity for an ``Authorization`` header; AuthFailure for wrong credentials. May block (bcrypt)."""
+    def identify(self, header: str | None, address: str) -> Identity:
+        """Identity for an ``Authorization`` header from ``address``; AuthFailure for wrong credentials.
+        May block (bcrypt)."""
         if not header:
             return Identity(None, "anonymous")
         scheme = header.split(" ", 1)[0].lower()
         if scheme == "basic":
-            return Identity(self.basic_user(header), "basic")
+            return Identity(self.basic_user(header, address), "basic")
         if scheme == "bearer":
             try:
                 grant = self.verifier.verify(header.split(" ", 1)[1].strip() if " " in header else "")
@@ -121,6 +149,19 @@ class AuthService:
         if identity.method == "bearer":
             return "*" in (identity.grant or {}).get(CATALOG, frozenset())
         return identity.user is not None
+
+    def may_see(self, identity: Identity, repository: str) -> bool:
+        """Whether a listing (the catalog) may name ``repository`` to this caller: where it may pull.
+
+        A token holding ``registry:catalog:*`` lists what its subject's rules allow now (as
+        distribution's token servers evaluate ``registry:catalog:*``), plus the repositories the token
+        itself grants pull on; a token without it sees nothing."""
+        if identity.method == "bearer":
+            grant = identity.grant or {}
+            if "pull" in grant.get(("repository", repository), frozenset()):
+                return True
+            return "*" in grant.get(CATALOG, frozenset()) and "pull" in self.rule_actions(identity.user, repository)
+        return "pull" in self.rule_actions(identity.user, repository)
 
     def grant_for(self, user: str | None, requested: dict[tuple[str, str], frozenset[str]]) -> Access:
         """The subset of ``requested`` scopes the rules allow ``user``: what a token may carry."""
