@@ -43,7 +43,7 @@ from .paths import StorePaths, check_session_id
 from .pipeline import INLINE_BUFFER, WRITE_BUFFER, WRITE_DEPTH, Pipeline, pwrite_all
 from .private import BLOB_MODE, DIR_MODE, FILE_MODE
 
-__all__ = ["FilesystemBlobStore", "FilesystemUploadStore"]
+__all__ = ["BlobCheck", "FileIdentity", "FilesystemBlobStore", "FilesystemUploadStore"]
 
 T = TypeVar("T")
 READ_CHUNK = 1 << 20
@@ -96,6 +96,34 @@ def _hash_fd(fd: int, algorithm: str, size: int) -> str:
         hasher.update(block)
         offset += len(block)
     return hasher.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """What tells one state of a blob file from another: a write, a truncation, a chmod or a replacing
+    rename changes at least one field (ctime moves on every change made through the filesystem)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobCheck:
+    """A stored blob re-hashed: ``actual`` is what its bytes hash to, ``identity`` the file hashed."""
+
+    digest: Digest
+    actual: str
+    identity: FileIdentity
+
+    @property
+    def ok(self) -> bool:
+        return self.actual == str(self.digest)
 
 
 class FilesystemBlobStore:
@@ -175,6 +203,52 @@ class FilesystemBlobStore:
                     os.unlink(entry.path)
                     removed += 1
         return removed
+
+    def identity(self, digest: Digest) -> FileIdentity | None:
+        """The blob file's identity now (one stat), or None when it is absent."""
+        try:
+            return FileIdentity.of(os.stat(self.paths.blob(digest)))
+        except FileNotFoundError:
+            return None
+
+    def check(self, digest: Digest) -> BlobCheck | None:
+        """Re-hash the stored file (blocking: call from a thread); None when it is absent."""
+        try:
+            fd = os.open(self.paths.blob(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            actual = _hash_fd(fd, digest.algorithm, st.st_size)
+        finally:
+            os.close(fd)
+        return BlobCheck(digest, f"{digest.algorithm}:{actual}", FileIdentity.of(st))
+
+    def iter_files(self) -> Iterator[tuple[Path, Digest | None]]:
+        """Every file under ``blobs/`` (sorted), with its digest, or None for a stray: a name that is not
+        ``<algorithm>/<first two hex>/<hex>`` of a valid digest, or anything that is not a regular file."""
+        for directory, subdirs, files in os.walk(self.paths.blobs):
+            subdirs.sort()
+            here = Path(directory)
+            for name in sorted(files):
+                path = here / name
+                yield path, self._digest_of(path)
+            depth = len(here.relative_to(self.paths.blobs).parts)
+            if depth >= 2:  # blobs/<alg>/<xx>/<dir>: a directory where only blob files belong
+                for name in subdirs:
+                    yield here / name, None
+                subdirs.clear()
+
+    def _digest_of(self, path: Path) -> Digest | None:
+        parts = path.relative_to(self.paths.blobs).parts
+        if len(parts) != 3 or not parts[2].startswith(parts[1]) or len(parts[1]) != 2:
+            return None
+        if not path.is_file() or path.is_symlink():
+            return None
+        try:
+            return parse_digest(f"{parts[0]}:{parts[2]}")
+        except DigestError:
+            return None
 
     def iter_digests(self) -> Iterator[Digest]:
         """Every stored blob, in digest order per algorithm; stray names are skipped."""

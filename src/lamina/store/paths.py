@@ -14,7 +14,12 @@
       uploads/
         <session-id>/
           data                         bytes received so far for one upload session (appended in order)
-      tmp/                             temp files for atomic writes (same filesystem, so rename is atomic)
+      tmp/                             temp files for atomic writes (same filesystem, so rename is atomic);
+                                       the janitor removes those older than an hour (a crashed writer's)
+      quarantine/                      what fsck or verification on read found corrupt, moved out of
+        <time>-<what>-<name>           blobs/ (or out of the database, for a manifest) so it is never
+        <time>-<what>-<name>.json      served again, each beside a note saying what, why and what it
+                                       affected (registry.fsck, store.integrity)
       gc.lock                          flock held by the one garbage collection running (registry.gc)
       auth/token-signing-key.pem       the token endpoint's EC key, created once (registry.auth.tokens)
       run/metrics/<pid>.json           each live worker's counters, summed by /metrics (registry.metrics)
@@ -63,6 +68,11 @@ class StorePaths:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
+
+    @property
+    def quarantine(self) -> Path:
+        """Created on first use: a healthy root has none."""
+        return self.root / "quarantine"
 
     def blob(self, digest: Digest) -> Path:
         """``blobs/<algorithm>/<first two hex>/<hex>``; the two-character fan-out keeps directories small."""
