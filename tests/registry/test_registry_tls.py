@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from helpers.images import image_manifest, layer_from_files, skopeo, write_layout
 from helpers.tlscerts import CertAuthority
 from helpers.tlsregistry import TlsRegistry, peer_certificate, start_lamina_tls
-from lamina.registry.tls import TlsError, read_pair
+from lamina.registry.tls import TlsError, cleartext_warning, read_pair
 
 NOT_RELOADED = "TLS certificate not reloaded"
 
@@ -158,3 +158,12 @@ def test_skopeo_pushes_and_pulls_through_a_private_ca(tmp_path: Path, ca: CertAu
         index = json.loads((out / "index.json").read_text())
         assert index["manifests"][0]["digest"] == image.manifest.digest
         assert (out / "blobs" / "sha256" / layer.digest.split(":", 1)[1]).read_bytes() == layer.data
+
+
+def test_cleartext_warning_only_for_auth_beyond_loopback_without_tls() -> None:
+    warning = cleartext_warning("0.0.0.0", tls=False, auth=True)
+    assert warning is not None and "WITHOUT TLS" in warning and "tls_cert" in warning
+    assert cleartext_warning("0.0.0.0", tls=True, auth=True) is None
+    assert cleartext_warning("0.0.0.0", tls=False, auth=False) is None  # the no-auth warning covers that one
+    assert cleartext_warning("127.0.0.1", tls=False, auth=True) is None
+    assert cleartext_warning("localhost", tls=False, auth=True) is None

@@ -1,13 +1,15 @@
 """The HTTP transport under every registry call: scheme choice, auth, retries, redirects, transfer counters.
 
 One :class:`Transport` per registry host, over one aiohttp session whose pool allows 16 connections per
-host. ``https`` always, except for loopback hosts and registries the caller (or
-``LAMINA_INSECURE_REGISTRIES=host:port,...``) marks insecure. Requests that are safe to repeat are
-retried with exponential backoff and full jitter on connection errors, 429 and 5xx other than 501
-(distribution-spec: 501 means "not supported", which retrying cannot change). A 401 is answered with
-the credentials the challenge asks for, as ``auth.py`` decides from what the request sent: at most
-:data:`AUTH_RETRIES` times per request, one of them after dropping a refused token. Redirects (blob GETs
-to object storage) are followed by hand so the registry's Authorization header never leaks to another origin.
+host. ``https`` always, except for loopback hosts (unless they have a docker ``certs.d`` directory) and
+registries the caller (or ``LAMINA_INSECURE_REGISTRIES=host:port,...``) marks insecure; the certificates
+an https registry is checked with, and those presented to it, come from :mod:`lamina.client.tls`.
+Requests that are safe to repeat are retried with exponential backoff and full jitter on connection
+errors (but TLS failures), 429 and 5xx other than 501 (distribution-spec: 501 means "not supported",
+which retrying cannot change). A 401 is answered with the credentials the challenge asks for, as
+``auth.py`` decides from what the request sent: at most :data:`AUTH_RETRIES` times per request, one of
+them after dropping a refused token. Redirects (blob GETs to object storage) are followed by hand so the
+registry's Authorization header never leaks to another origin.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from yarl import URL
 from .auth import Authenticator, Verdict
 from .credentials import CredentialError, Credentials, CredentialStore
 from .errors import RegistryError, RegistryUnreachable, Unauthorized, error_from_response
+from .tls import has_certs_dir, ssl_for
 
 __all__ = [
     "INSECURE_ENV",
@@ -66,6 +69,20 @@ def is_loopback(host: str) -> bool:
 def insecure_registries_from_env() -> frozenset[str]:
     raw = os.environ.get(INSECURE_ENV, "")
     return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _tls_reason(exc: aiohttp.ClientSSLError, target: URL) -> str:
+    """The TLS failure in one line, with what to do about it."""
+    certificate = isinstance(exc, aiohttp.ClientConnectorCertificateError)
+    cause: BaseException = exc.certificate_error if certificate else exc.os_error  # type: ignore[attr-defined]
+    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+    authority = target.host if target.explicit_port is None else f"{target.host}:{target.port}"
+    if certificate:
+        return (f"the registry's TLS certificate does not verify ({reason}); if a private CA signed it, put the "
+                f"CA certificate in /etc/docker/certs.d/{authority}/ca.crt ($LAMINA_CERTS_D replaces "
+                "/etc/docker/certs.d) or in SSL_CERT_FILE")
+    return (f"TLS handshake failed ({reason}); if the registry serves plain HTTP, list it in "
+            f"LAMINA_INSECURE_REGISTRIES={authority}")
 
 
 def api_host(registry: str) -> str:
@@ -129,8 +146,9 @@ class Transport:
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
         self.registry = registry
-        if insecure is None:  # auto: loopback or listed in the environment; True/False force the choice
-            insecure = is_loopback(registry) or registry in insecure_registries_from_env()
+        if insecure is None:  # auto: loopback (without certs.d) or listed in the environment; True/False force it
+            insecure = is_loopback(registry) and not has_certs_dir(registry)
+            insecure = insecure or registry in insecure_registries_from_env()
         scheme = "http" if insecure else "https"
         self.base_url = URL(f"{scheme}://{api_host(registry)}")
         self.retry = retry or RetryPolicy()
@@ -225,7 +243,13 @@ class Transport:
             data = body() if callable(body) else body
             self.stats.requests += 1
             try:
-                resp = await self.session().request(method, target, headers=hdrs, data=data, allow_redirects=False)
+                resp = await self.session().request(method, target, headers=hdrs, data=data, allow_redirects=False,
+                                                    ssl=ssl_for(target))
+            except aiohttp.ClientSSLError as exc:  # a certificate will not verify better on a retry
+                raise RegistryUnreachable(
+                    None, "TLS_ERROR", f"{method} {target.human_repr()}: {_tls_reason(exc, target)}",
+                    registry=self.registry, repository=repository, obj=obj,
+                ) from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 if retry and attempt < self.retry.attempts:
                     self.stats.retries += 1

@@ -18,10 +18,12 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from .credentials import Credentials
 from .errors import RegistryUnreachable, Unauthorized
 from .scopes import ScopeSet
+from .tls import ssl_for
 
 __all__ = ["Token", "fetch_token", "token_lifetime"]
 
@@ -82,7 +84,7 @@ async def fetch_token(
                 form["service"] = service
             if rendered:
                 form["scope"] = " ".join(rendered)
-            async with session.post(realm, data=form) as resp:
+            async with session.post(realm, data=form, ssl=ssl_for(URL(realm))) as resp:
                 doc = await _read(resp, registry, what)
         else:
             params: list[tuple[str, str]] = [("service", service)] if service else []
@@ -91,7 +93,7 @@ async def fetch_token(
             if creds is not None and creds.has_basic:
                 params.append(("account", creds.username or ""))
                 headers["Authorization"] = _basic(creds)
-            async with session.get(realm, params=params, headers=headers) as resp:
+            async with session.get(realm, params=params, headers=headers, ssl=ssl_for(URL(realm))) as resp:
                 doc = await _read(resp, registry, what)
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise RegistryUnreachable(None, "UNREACHABLE", f"cannot get a {what}: {exc or type(exc).__name__}",
