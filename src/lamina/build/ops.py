@@ -66,6 +66,7 @@ class RunStep:
     inline_files: tuple[tuple[str, str], ...] = ()
     line: int = 0
     created_by: str = ""
+    shown: str = ""  # the instruction as written (first line), for progress and error lines as BuildKit shows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class CopyStep:
     workdir: str = "/"
     line: int = 0
     created_by: str = ""
+    shown: str = ""  # the instruction as written (first line), for progress and error lines as BuildKit shows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class WorkdirStep:
     user: str = ""
     line: int = 0
     created_by: str = ""
+    shown: str = ""  # the instruction as written (first line), for progress and error lines as BuildKit shows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class MetaStep:
 
     line: int = 0
     created_by: str = ""
+    shown: str = ""  # the instruction as written (first line), for progress and error lines as BuildKit shows it
 
 
 Step = RunStep | CopyStep | WorkdirStep | MetaStep

@@ -292,7 +292,7 @@ class Solver:
                 outcomes.append(StepOutcome(step.created_by, None))
                 continue
             position += 1
-            name = f"[{label} {position}/{total}] {step.created_by}"
+            name = f"[{label} {position}/{total}] {step.shown or step.created_by}"
             key, layers, missed = await self._solve_step(stage, step, name, key, layers, upstream)
             if missed:
                 upstream = "parent step missed"
@@ -412,7 +412,7 @@ class Solver:
         return key, chain, True
 
     def _fail(self, vertex: int, step: Step, detail: str) -> BuildError:
-        message = f"{self._where(step.line)}: {step.created_by}: {detail}"
+        message = f"{self._where(step.line)}: {step.shown or step.created_by}: {detail}"
         self.progress.error(vertex, message)
         return BuildError(message)
 

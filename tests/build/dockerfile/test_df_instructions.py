@@ -279,3 +279,29 @@ def test_flags_on_instructions_without_flags_are_rejected(build: Build) -> None:
 def test_predefined_build_args_do_not_warn(build: Build) -> None:
     args = {"SOURCE_DATE_EPOCH": "0", "BUILDKIT_INLINE_CACHE": "1", "TARGETARCH": "amd64", "ftp_proxy": "x"}
     assert build("FROM busybox\n", build_args=args).warnings == ()
+
+
+def test_steps_are_shown_as_written(build: Build) -> None:
+    """Progress and error lines name a step the way the Dockerfile has it (BuildKit's ``[2/4] RUN ...``),
+    not by its history text (``RUN /bin/sh -c ... # buildkit``)."""
+    stage = target(
+        build(
+            "FROM busybox\n"
+            "run --network=none apt-get update \\\n    && echo done\n"
+            'RUN ["echo", "exec form"]\n'
+            "COPY --chown=1:1 a.txt /app/\n"
+            "WORKDIR /app\n"
+            "ENV A=1\n"
+            "RUN <<EOF\necho from a heredoc\nEOF\n"
+        )
+    )
+    shown = [step.shown for step in stage.steps]
+    assert shown == [
+        "RUN --network=none apt-get update     && echo done",
+        'RUN ["echo", "exec form"]',
+        "COPY --chown=1:1 a.txt /app/",
+        "WORKDIR /app",
+        "ENV A=1",
+        "RUN <<EOF",
+    ]
+    assert all("# buildkit" not in text and "/bin/sh -c" not in text for text in shown)

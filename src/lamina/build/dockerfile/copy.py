@@ -15,7 +15,7 @@ from .errors import DockerfileError
 from .lex import Lexer
 from .parse import Instruction, flag_str, parse_flags, parse_heredoc
 from .paths import normalize_dest
-from .state import Context, StageState
+from .state import Context, StageState, as_written
 
 __all__ = ["copy_step", "from_reference"]
 
@@ -144,4 +144,5 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         workdir=st.config.get("WorkingDir") or "/",
         line=inst.line,
         created_by=" ".join(words) + " # buildkit",
+        shown=as_written(inst),
     )

@@ -20,7 +20,7 @@ from .golang import go_duration, go_quote_list, parse_go_duration
 from .lex import ExpansionError, Lexer
 from .parse import Instruction, flag_str, parse_flags, parse_heredoc
 from .paths import normalize_workdir
-from .state import DEFAULT_SHELL, Context, StageState
+from .state import DEFAULT_SHELL, Context, StageState, as_written
 
 __all__ = ["dispatch", "onbuild_expression"]
 
@@ -168,6 +168,7 @@ def _run(st: StageState, inst: Instruction, ctx: Context) -> None:
             inline_files=inline,
             line=inst.line,
             created_by=_run_history(st, argv),
+            shown=as_written(inst),
         )
     )
 
@@ -323,7 +324,8 @@ def _workdir(st: StageState, inst: Instruction, ctx: Context) -> None:
         st.meta(inst, "WORKDIR /")
         return
     user = st.config.get("User") or ""
-    st.steps.append(WorkdirStep(path=path, user=user, line=inst.line, created_by=f"WORKDIR {path}"))
+    st.steps.append(WorkdirStep(path=path, user=user, line=inst.line, created_by=f"WORKDIR {path}",
+                                shown=as_written(inst)))
 
 
 def _maintainer(st: StageState, inst: Instruction, ctx: Context) -> None:

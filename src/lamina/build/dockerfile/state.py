@@ -11,7 +11,7 @@ from lamina.oci import Platform
 from .lex import Lexer
 from .parse import Instruction
 
-__all__ = ["DEFAULT_PATH", "DEFAULT_SHELL", "Context", "StageState"]
+__all__ = ["DEFAULT_PATH", "DEFAULT_SHELL", "Context", "StageState", "as_written"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default on Linux
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -49,4 +49,13 @@ class StageState:
         return Lexer(escape=ctx.escape).process(word, self.env)[0]
 
     def meta(self, inst: Instruction, created_by: str) -> None:
-        self.steps.append(MetaStep(line=inst.line, created_by=created_by))
+        self.steps.append(MetaStep(line=inst.line, created_by=created_by, shown=as_written(inst)))
+
+
+def as_written(inst: Instruction) -> str:
+    """The instruction as the Dockerfile has it, for progress and error lines (BuildKit shows
+    ``[2/4] RUN apt-get update``, not the history text): continuations joined, the command upper-cased,
+    a heredoc's body left out (its first line names it)."""
+    first = inst.original.split("\n", 1)[0].strip()
+    word, _, rest = first.partition(" ")
+    return f"{word.upper()} {rest}".rstrip()
