@@ -5,10 +5,13 @@ pulling through a private CA with ``--dest-cert-dir`` / ``--src-cert-dir``. Real
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from helpers.binaries import require_binary
 from helpers.images import image_manifest, layer_from_files, skopeo, write_layout
 from helpers.tlscerts import CertAuthority
 from helpers.tlsregistry import TlsRegistry, peer_certificate, start_lamina_tls
@@ -167,3 +171,25 @@ def test_cleartext_warning_only_for_auth_beyond_loopback_without_tls() -> None:
     assert cleartext_warning("0.0.0.0", tls=False, auth=False) is None  # the no-auth warning covers that one
     assert cleartext_warning("127.0.0.1", tls=False, auth=True) is None
     assert cleartext_warning("localhost", tls=False, auth=True) is None
+
+
+def test_podman_pulls_and_pushes_through_a_private_ca(tmp_path: Path, ca: CertAuthority, skopeo_bin: str) -> None:
+    podman = require_binary("podman", "podman")
+    server = start_lamina_tls(tmp_path / "reg", ca, ca.issue("server"))
+    layer = layer_from_files({"hello.txt": b"podman over TLS\n"})
+    image = image_manifest([layer])
+    layout = write_layout(tmp_path / "layout", image.manifest, [image.config, layer])
+    runroot = Path(tempfile.mkdtemp(prefix="lamina-podman-"))  # podman wants a runroot under 50 characters
+    storage = ["--root", str(tmp_path / "storage"), "--runroot", str(runroot), "--storage-driver", "vfs"]
+    with server, contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, runroot, True)
+        skopeo("copy", "--dest-cert-dir", str(server.cert_dir), f"oci:{layout}:latest",
+               f"docker://{server.host}/tls/podman:v1")
+        for args in (["pull", f"{server.host}/tls/podman:v1"],
+                     ["push", f"{server.host}/tls/podman:v1", f"{server.host}/tls/pushed:v1"]):
+            proc = subprocess.run([podman, *storage, args[0], "--cert-dir", str(server.cert_dir), *args[1:]],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert proc.returncode == 0, proc.stderr
+        pushed = json.loads(skopeo("inspect", "--raw", "--cert-dir", str(server.cert_dir),
+                                   f"docker://{server.host}/tls/pushed:v1").stdout)
+        assert pushed["config"]["digest"] == image.config.digest and len(pushed["layers"]) == 1
