@@ -22,7 +22,7 @@ from lamina.build.cacheopts import CacheFrom, CacheTo
 from lamina.build.context import BuildContext
 from lamina.build.dockerfile import convert
 from lamina.build.entitlements import apply_sandbox, check_build_network
-from lamina.build.execution import Executor
+from lamina.build.execution import StepExecutor
 from lamina.build.exporter import ExportImage, push_image, write_local, write_oci_tar
 from lamina.build.images import RegistryImages
 from lamina.build.progress import Progress
@@ -107,7 +107,7 @@ async def build(
             progress.message(f"WARNING: {warning}")
         dockerfile_path = request.dockerfile_dir / request.dockerfile_name if request.dockerfile_dir else None
         context = BuildContext.load(request.context_dir, dockerfile_path)
-        executor = Executor(
+        executor = StepExecutor(
             state,
             images,
             context,
@@ -186,7 +186,7 @@ async def _export(
     result: StageResult,
     pool: ClientPool,
     images: RegistryImages,
-    executor: Executor,
+    executor: StepExecutor,
     progress: Progress,
     state: BuildState,
 ) -> tuple[str, ...]:

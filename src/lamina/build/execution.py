@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the worker (runc, overlay, tar, zstd) is imported on first 
     from lamina.build.worker.usernet import NetworkPool
     from lamina.build.worker.users import ResolvedUser
 
-__all__ = ["ExecutionError", "Executor"]
+__all__ = ["ExecutionError", "StepExecutor"]
 
 Output = Callable[[bytes], None]
 # RunStep.network (the effective mode, see lamina.build.entitlements) -> RunSpec.network
@@ -57,7 +57,10 @@ class ExecutionError(Exception):
     """A step could not be executed; the message says why (the solver adds the Dockerfile line)."""
 
 
-class Executor:
+class StepExecutor:
+    """Executes the solver's steps (RUN, COPY/ADD, WORKDIR) on snapshots; RUN processes go to the worker's
+    process runner (:class:`lamina.build.worker.executor.RuncExecutor`, the worker's ``Executor`` role)."""
+
     def __init__(
         self,
         state: BuildState,

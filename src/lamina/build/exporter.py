@@ -16,11 +16,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.imageconfig import image_manifest
-from lamina.build.images import ImageSource, split_repository
+from lamina.build.images import BlobSources, ImageSource, split_repository
 from lamina.client import ClientPool, RegistryClient
 from lamina.oci import Descriptor, Digest, ImageConfig, digest_of, parse_reference
 from lamina.oci import mediatypes as mt
@@ -66,14 +66,6 @@ def parse_output(text: str) -> dict[str, str]:
     if kind in ("oci", "local") and not fields.get("dest"):
         raise ValueError(f"invalid --output {text!r}: type={kind} needs dest=PATH")
     return fields
-
-
-class BlobSources(Protocol):
-    """Where blobs are known to live remotely (the local cache index keeps this), for cross-repo mounts."""
-
-    def sources(self, digest: Digest) -> list[str]: ...
-
-    def add_source(self, digest: Digest, repository: str) -> None: ...
 
 
 async def push_image(

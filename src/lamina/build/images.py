@@ -19,7 +19,7 @@ from lamina.build.contentstore import ContentError, ContentStore
 from lamina.client import ClientPool, resolve_image
 from lamina.oci import Digest, ImageConfig, Platform, parse_reference
 
-__all__ = ["LAYOUT_SOURCE_PREFIX", "ImageSource", "RegistryImages", "SourceImage"]
+__all__ = ["LAYOUT_SOURCE_PREFIX", "BlobSources", "ImageSource", "RegistryImages", "SourceImage"]
 
 LAYOUT_SOURCE_PREFIX = "oci-layout:"  # a LayerRef.source naming a local OCI layout dir (--cache-from type=local)
 
@@ -31,6 +31,15 @@ class SourceImage:
     manifest_digest: Digest
     config: ImageConfig
     layers: tuple[LayerRef, ...]
+
+
+class BlobSources(Protocol):
+    """Where blobs are known to live remotely (the local cache index keeps this), for cross-repo mounts
+    by the image exporter and the cache exporter alike."""
+
+    def sources(self, digest: Digest) -> list[str]: ...
+
+    def add_source(self, digest: Digest, repository: str) -> None: ...
 
 
 class ImageSource(Protocol):

@@ -42,7 +42,7 @@ from lamina.build.cache.base import (
     utc_now,
 )
 from lamina.build.demand import Demand
-from lamina.build.execution import Executor
+from lamina.build.execution import StepExecutor
 from lamina.build.imageconfig import StepOutcome, build_image_config
 from lamina.build.images import ImageSource, SourceImage
 from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, RunStep, Scratch, Stage, StageBase, Step
@@ -112,7 +112,7 @@ class Solver:
         *,
         state: BuildState,
         images: ImageSource,
-        executor: Executor,
+        executor: StepExecutor,
         progress: Progress,
         context_dir: Path,
         options: SolveOptions,

@@ -37,7 +37,7 @@ from lamina.build.cache.fingerprint import decode as decode_prints
 from lamina.build.cache.graph import CacheExport, RecordGraph, plan_export
 from lamina.build.cache.importer import ImportedCache, inline_config, read_cache_manifest
 from lamina.build.cacheopts import CacheTo
-from lamina.build.images import ImageSource, split_repository
+from lamina.build.images import BlobSources, ImageSource, split_repository
 from lamina.client import ClientPool, NotFound, PushOutcome, RegistryClient
 from lamina.client.errors import PreconditionFailed
 from lamina.oci import CacheConfig, Digest, FormatError, parse_reference
@@ -59,12 +59,6 @@ __all__ = [
 
 class CacheExportError(Exception):
     """Writing a cache failed (the build fails unless ``ignore-error=true``)."""
-
-
-class BlobSources(Protocol):
-    def sources(self, digest: Digest) -> list[str]: ...
-
-    def add_source(self, digest: Digest, repository: str) -> None: ...
 
 
 class Reporter(Protocol):
