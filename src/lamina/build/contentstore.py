@@ -22,9 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina.durable import fsync_dir
 from lamina.oci import Digest
-
-from .durable import fsync_dir
 
 __all__ = ["BlobWriter", "ContentError", "ContentStore"]
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lamina.durable import fsync_dir
 from lamina.oci import Digest, DigestError, parse_digest
 from lamina.oci.digest import SUPPORTED_ALGORITHMS
 
@@ -51,14 +52,6 @@ READ_CHUNK = 1 << 20
 THREAD_MIN = 256 << 10
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _mkdir_durable(path: Path) -> None:
     """Create ``path`` (and missing parents) so that a crash cannot lose the new directory entry."""
     if path.is_dir():
@@ -68,7 +61,7 @@ def _mkdir_durable(path: Path) -> None:
         path.mkdir(mode=DIR_MODE)
     except FileExistsError:
         return
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 async def _in_thread(function: Callable[..., T], *args: Any) -> T:
@@ -188,7 +181,7 @@ class FilesystemBlobStore:
             raise
         finally:
             os.close(fd)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def delete(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -406,7 +399,7 @@ class FilesystemUploadStore:
         os.fchmod(fd, BLOB_MODE)
         _mkdir_durable(target.parent)
         os.rename(source, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     # -- helpers ----------------------------------------------------------------------------------
 

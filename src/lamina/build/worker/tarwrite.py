@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lamina.build.durable import fsync_dir
+from lamina.durable import fsync_dir
 from lamina.oci import Digest
 
 from .compression import Compression, Compressor, media_type_for, new_compressor
