@@ -8,6 +8,7 @@ from .cacheconfig import CacheConfig, CacheInput, CacheLayer, CacheRecord, Cache
 from .config import ContainerConfig, HistoryEntry, ImageConfig
 from .descriptor import Descriptor, FormatError, Platform
 from .digest import Digest, DigestError, digest_of, parse_digest
+from .jsondepth import DEFAULT_MAX_JSON_DEPTH, exceeds_json_depth, json_depth
 from .manifest import (
     ImageIndex,
     ImageManifest,
@@ -21,6 +22,7 @@ from .manifest import (
 from .reference import Reference, ReferenceError, is_valid_name, is_valid_tag, parse_reference
 
 __all__ = [
+    "DEFAULT_MAX_JSON_DEPTH",
     "CacheConfig",
     "CacheInput",
     "CacheLayer",
@@ -43,9 +45,11 @@ __all__ = [
     "canonical_json",
     "classify",
     "digest_of",
+    "exceeds_json_depth",
     "is_legacy_buildkit_cache",
     "is_valid_name",
     "is_valid_tag",
+    "json_depth",
     "mediatypes",
     "normalize",
     "parse_digest",

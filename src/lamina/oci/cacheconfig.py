@@ -117,6 +117,8 @@ class CacheConfig:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise FormatError(f"cacheconfig is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise FormatError("cacheconfig nests JSON too deeply to parse") from None
         if not isinstance(doc, dict):
             raise FormatError("cacheconfig must be a JSON object")
         layers_doc = doc.get("layers") or []

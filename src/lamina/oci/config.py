@@ -101,6 +101,8 @@ class ImageConfig:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise FormatError(f"image config is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise FormatError("image config nests JSON too deeply to parse") from None
         if not isinstance(doc, dict):
             raise FormatError("image config must be a JSON object")
         rootfs = doc.get("rootfs") or {"type": "layers", "diff_ids": []}

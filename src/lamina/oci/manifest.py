@@ -130,6 +130,8 @@ def parse_manifest(data: bytes, content_type: str | None = None, *, allow_empty_
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FormatError("manifest nests JSON too deeply to parse") from None
     if not isinstance(doc, dict):
         raise FormatError("manifest must be a JSON object")
     content_type = (content_type or "").split(";", 1)[0].strip() or None

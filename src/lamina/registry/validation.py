@@ -5,6 +5,7 @@ references the metadata store must find linked in the repository *inside its tra
 concurrent delete cannot slip between check and store). Policies:
 
 - size cap ``max_manifest_bytes`` (4 MiB): MANIFEST_INVALID, as CNCF distribution v3 answers;
+- JSON nesting cap ``max_json_depth`` (64), checked before parsing: MANIFEST_INVALID;
 - the body must parse and agree with its Content-Type (schema1 refused): MANIFEST_INVALID;
 - PUT by digest: the URL digest must be the body's digest (sha256 or sha512): DIGEST_INVALID;
 - empty ``layers`` refused unless ``allow_empty_layers`` (artifacts use the OCI empty descriptor);
@@ -27,6 +28,7 @@ from lamina.oci import (
     ImageManifest,
     classify,
     digest_of,
+    exceeds_json_depth,
     is_legacy_buildkit_cache,
     is_valid_tag,
     parse_digest,
@@ -38,7 +40,7 @@ from lamina.store import ManifestRecord, ManifestReference
 from .config import RegistryConfig
 from .errors import ErrorCode, RegistryError
 
-__all__ = ["CheckedManifest", "check_manifest", "parse_reference_param"]
+__all__ = ["CheckedManifest", "check_manifest", "lookup_reference", "parse_reference_param"]
 
 LEGACY_CACHE_HINT = (
     "BuildKit's legacy cache index (its manifests[] are layer blobs and the cacheconfig, not manifests) is "
@@ -71,6 +73,20 @@ def parse_reference_param(reference: str) -> Digest | str:
     return reference
 
 
+def lookup_reference(name: str, reference: str) -> Digest | str:
+    """A manifest path reference to look up (GET, HEAD, DELETE): like :func:`parse_reference_param`, but a
+    reference that is no valid tag names no manifest, so it answers MANIFEST_UNKNOWN 404 (what the OCI
+    conformance suite expects for ``.INVALID_MANIFEST_NAME``, and what CNCF distribution's router answers)."""
+    if ":" not in reference and not is_valid_tag(reference):
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"manifest {reference!r} is not in repository {name}: it is neither a valid tag "
+            f"([a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}) nor a digest",
+            detail={"name": name, "reference": reference},
+        )
+    return parse_reference_param(reference)
+
+
 def _references(manifest: ImageManifest | ImageIndex, config: RegistryConfig) -> tuple[ManifestReference, ...]:
     if isinstance(manifest, ImageManifest):
         return tuple(
@@ -101,6 +117,12 @@ def check_manifest(
             f"manifest is {len(body)} bytes, more than the limit of {config.max_manifest_bytes} (max_manifest_bytes)",
         )
     target = parse_reference_param(reference)
+    if exceeds_json_depth(body, config.max_json_depth):
+        raise RegistryError(
+            ErrorCode.MANIFEST_INVALID,
+            f"manifest nests JSON more than {config.max_json_depth} levels deep, the limit (max_json_depth)",
+            detail={"limit": config.max_json_depth},
+        )
     try:
         manifest = parse_manifest(body, content_type, allow_empty_layers=config.allow_empty_layers)
     except FormatError as exc:

@@ -214,7 +214,7 @@ def test_a_broken_cache_is_skipped_with_a_warning_and_the_others_still_pruned(
     cache = make_cache(STALE_AND_FRESH)
     push(storage, "ci/app", "cache", cache)
     broken = push(storage, "ci/broken", "cache", cache)
-    storage.metadata.unlink_blob("ci/broken", digest_of(cache.config))  # its cacheconfig is gone
+    storage.metadata.unlink_blob("ci/broken", digest_of(cache.config), force=True)  # its cacheconfig is gone
     done = apply_lifecycle(storage, ops_from_toml(RULE).lifecycle, now=NOW.timestamp())
     assert [(p.repository, p.tag) for p in done.pruned] == [("ci/app", "cache")]
     assert current_digest(storage, "ci/broken") == broken

@@ -114,7 +114,7 @@ def _platform_of(storage: Storage, info: ManifestInfo, content: bytes | None) ->
                 doc = json.loads(data)
                 parts = [doc.get("os"), doc.get("architecture"), doc.get("variant")]
                 return "/".join(p for p in parts if isinstance(p, str) and p)
-            except ValueError:
+            except (ValueError, RecursionError):  # a pushed config blob is anyone's JSON, nested at will
                 return ""
     return ""
 

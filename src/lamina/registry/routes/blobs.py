@@ -3,7 +3,11 @@
 A blob is visible in a repository only when it is linked there (pushed or mounted into it). GET is
 zero-copy: ``web.FileResponse`` (with :mod:`.zerocopy` under uvloop) uses sendfile(2) and answers
 ``Range`` with 206 (or 416) itself.
-DELETE unlinks the blob from the repository; the bytes are reclaimed by garbage collection.
+DELETE unlinks the blob from the repository; the bytes are reclaimed by garbage collection. A blob that
+a manifest of the repository names (its config or a layer, directly or as a child of an index) is
+refused with 405 UNSUPPORTED, checked in the unlink's own write transaction: deleting it would leave the
+manifest answering 200 and its blob 404. 405 is the status the OCI conformance suite accepts for a blob
+delete a registry does not allow; delete the manifests first, then the blob.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import re
 from aiohttp import web
 
 from lamina.oci import Digest
+from lamina.store import BlobReferenced
 
 from ..errors import ErrorCode, RegistryError
+from ..verify import VERIFIER
 from ._common import digest_param, offload, storage
 from .zerocopy import BlobFileResponse
 
@@ -53,6 +59,7 @@ async def head(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.StreamResponse:
     _, digest, size = _linked_size(request)
     store = storage(request)
+    await request.app[VERIFIER].ensure(store, offload(request), digest)  # verify_on_read (..verify)
     path = store.blobs.local_path(digest)
     if path is not None:
         response = BlobFileResponse(path, chunk_size=1 << 20, headers=_headers(digest))
@@ -95,7 +102,17 @@ async def _stream(request: web.Request, digest: Digest, size: int) -> web.Stream
 async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     digest = digest_param(request.match_info["digest"])
-    if not await offload(request).run(storage(request).metadata.unlink_blob, name, digest):
+    try:
+        unlinked = await offload(request).run(storage(request).metadata.unlink_blob, name, digest)
+    except BlobReferenced as exc:
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED,
+            f"blob {digest} is used by manifest {exc.manifest} in {name}: delete the manifests that use it first",
+            detail={"digest": str(digest), "manifest": str(exc.manifest)},
+            status=405,
+            headers={"Allow": "GET, HEAD"},
+        ) from None
+    if not unlinked:
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {name}",
                             detail={"digest": str(digest)})
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

@@ -23,7 +23,7 @@ from ..conditional import CONDITION_CHECKED_HEADER, parse_tag_condition, precond
 from ..errors import ErrorCode, RegistryError
 from ..immutability import is_immutable, tag_immutable_error
 from ..services import Offloader
-from ..validation import check_manifest, parse_reference_param
+from ..validation import check_manifest, lookup_reference, parse_reference_param
 from ._common import config, offload, storage
 
 __all__ = ["delete", "get", "put"]
@@ -58,7 +58,7 @@ def _unknown(name: str, reference: str) -> RegistryError:
 async def get(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     reference = request.match_info["reference"]
-    parse_reference_param(reference)
+    lookup_reference(name, reference)
     metadata = storage(request).metadata
     record = metadata.get_manifest(name, reference)
     if record is None:
@@ -143,7 +143,7 @@ async def put(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     reference = request.match_info["reference"]
-    target = parse_reference_param(reference)
+    target = lookup_reference(name, reference)
     refuse_conditions(request.headers, "DELETE")
     metadata = storage(request).metadata
     if isinstance(target, Digest):
