@@ -16,6 +16,7 @@ from helpers.api import get_blob, push_blob, put_manifest
 from helpers.registries import RegistryProcess, free_port, start_lamina
 from lamina.oci import mediatypes as mt
 from lamina.registry.config import ConfigError, RegistryConfig, load_config
+from lamina.registry.limits import LimitSettings
 
 
 def test_defaults_and_environment_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -23,7 +24,8 @@ def test_defaults_and_environment_root(monkeypatch: pytest.MonkeyPatch, tmp_path
     config = load_config()
     assert (config.host, config.port, config.root) == ("127.0.0.1", 5000, Path("lamina-data"))
     assert config.max_manifest_bytes == 4 << 20 and config.legacy_buildkit_cache == "accept"
-    assert config.allow_empty_layers is False and config.upload_expiry_seconds == 86400
+    assert config.allow_empty_layers is False and config.upload_expiry_seconds == 3600
+    assert config.limits == LimitSettings() and config.limits.max_blob_bytes == 10 << 30
     monkeypatch.setenv("LAMINA_REGISTRY_ROOT", str(tmp_path))
     assert load_config().root == tmp_path
 

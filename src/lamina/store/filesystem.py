@@ -316,6 +316,27 @@ class FilesystemUploadStore:
         with contextlib.suppress(ValueError):
             shutil.rmtree(self.paths.upload_dir(session_id), ignore_errors=True)
 
+    def discard_unless_busy(self, session_id: str) -> bool:
+        """``discard`` unless a request is appending to the session right now (it holds the data file's
+        flock, in any worker process): the janitor must not expire a session whose long PATCH is still
+        streaming, whatever its last recorded update. True when discarded (or already gone)."""
+        try:
+            fd = os.open(self.paths.upload_data(check_session_id(session_id)), os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ValueError):
+            self.discard(session_id)
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return False
+                raise
+            self.discard(session_id)  # under the lock: an append that opens it next finds it gone
+            return True
+        finally:
+            os.close(fd)
+
     def session_ids(self) -> list[str]:
         """Ids with data on disk, sorted: a janitor discards those metadata no longer knows."""
         try:
