@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from lamina.oci import (
+    DEFAULT_MAX_JSON_DEPTH,
     CacheConfig,
     Descriptor,
     FormatError,
@@ -32,6 +33,7 @@ from lamina.oci import (
     ManifestKind,
     classify,
     digest_of,
+    exceeds_json_depth,
     parse_manifest,
 )
 from lamina.oci import mediatypes as mt
@@ -81,7 +83,10 @@ class CachePrune:
 def _filter_fingerprints(text: str, keep: set[str]) -> str | None:
     """The inputs annotation with only the kept records' fingerprints (None: unreadable, leave it)."""
     try:
-        doc = json.loads(zlib.decompress(base64.b64decode(text, validate=True), bufsize=1 << 16))
+        raw = zlib.decompress(base64.b64decode(text, validate=True), bufsize=1 << 16)
+        if exceeds_json_depth(raw, DEFAULT_MAX_JSON_DEPTH):  # a pushed annotation: anyone's JSON
+            return None
+        doc = json.loads(raw)
     except (ValueError, zlib.error):
         return None
     if not isinstance(doc, dict):
