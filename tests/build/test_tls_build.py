@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import bcrypt
@@ -18,6 +19,11 @@ from helpers.tlscerts import CertAuthority
 from helpers.tlsregistry import start_lamina_tls
 from lamina.cli import main
 from lamina.client.tls import CERTS_D_ENV
+
+pytestmark = [pytest.mark.root, pytest.mark.interop]
+
+if os.geteuid() != 0:
+    pytest.skip("needs root (the builder's overlay mounts)", allow_module_level=True)
 
 USER, PASSWORD = "ci", "s3cret"
 
