@@ -145,6 +145,7 @@ def _status(url: str, ca: CertAuthority) -> int:
         return int(resp.status)
 
 
+@pytest.mark.interop
 def test_skopeo_pushes_and_pulls_through_a_private_ca(tmp_path: Path, ca: CertAuthority, skopeo_bin: str) -> None:
     server = start_lamina_tls(tmp_path / "reg", ca, ca.issue("server"))
     layer = layer_from_files({"hello.txt": b"over TLS\n"})
@@ -173,6 +174,7 @@ def test_cleartext_warning_only_for_auth_beyond_loopback_without_tls() -> None:
     assert cleartext_warning("localhost", tls=False, auth=True) is None
 
 
+@pytest.mark.interop
 def test_podman_pulls_and_pushes_through_a_private_ca(tmp_path: Path, ca: CertAuthority, skopeo_bin: str) -> None:
     podman = require_binary("podman", "podman")
     server = start_lamina_tls(tmp_path / "reg", ca, ca.issue("server"))
