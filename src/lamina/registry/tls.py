@@ -153,7 +153,13 @@ class CertificateReloader:
             log.warning("TLS certificate not reloaded: %s; still serving the previous one (%s)",
                         " ".join(str(exc).split()), self.pair.describe())
             return False
-        _load_into(self.context, pair)
+        try:
+            _load_into(self.context, pair)
+        except OSError as exc:  # out of file descriptors or memory: put the old pair back whole
+            log.warning("TLS certificate not reloaded: %s; still serving the previous one (%s)", exc,
+                        self.pair.describe())
+            _load_into(self.context, self.pair)
+            return False
         self.pair = pair
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, pair.describe())
         return True
