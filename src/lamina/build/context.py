@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.build import gopath
+from lamina.build.confined import Missing, SymlinkLoop, resolve_confined
 from lamina.build.dockerignore import MatchInfo, PatternMatcher, load_ignore_patterns
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "split_wildcards",
 ]
 
-MAX_SYMLINKS = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -236,37 +236,20 @@ class SourceTree:
 
     def resolve(self, path: str, *, follow: bool = True) -> Entry | None:
         """Resolve ``path`` (relative to the root; absolute symlinks and ``..`` stay inside), or None."""
-        pending = [p for p in path.split("/") if p]
-        current: list[str] = []
-        entry = self._root
-        links = 0
-        while pending:
-            name = pending.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                if current:
-                    current.pop()
-                entry = self.lookup("/".join(current)) or self._root
-                continue
-            if not entry.is_dir:
-                return None
-            child = self.listdir("/".join(current)).get(name)
+
+        def readlink(parts: Sequence[str]) -> str | None:
+            *parent, name = parts
+            parent_entry = self.lookup("/".join(parent))
+            child = self.listdir("/".join(parent)).get(name) if parent_entry and parent_entry.is_dir else None
             if child is None:
-                return None
-            if child.is_symlink and (pending or follow):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise ContextError(f"too many levels of symbolic links resolving {path} in {self.label}")
-                target = child.link or ""
-                if target.startswith("/"):
-                    current = []
-                    entry = self._root
-                pending = [p for p in target.split("/") if p] + pending
-                continue
-            current.append(name)
-            entry = child
-        return entry
+                raise Missing
+            return (child.link or "") if child.is_symlink else None
+
+        try:
+            parts, found = resolve_confined(path, readlink, follow_last=follow)
+        except SymlinkLoop as exc:
+            raise ContextError(f"{exc} in {self.label}") from None
+        return self.lookup("/".join(parts)) if found else None
 
     def walk(self, top: Entry, exclude: PatternMatcher | None = None) -> Iterator[tuple[str, Entry]]:
         """(path relative to ``top``, entry) for everything below directory ``top``, parents first, sorted.

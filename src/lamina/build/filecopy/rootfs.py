@@ -17,14 +17,14 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from lamina.build.confined import Missing, SymlinkLoop, resolve_confined
 from lamina.build.context import ContextError
 
 __all__ = ["CopyError", "RootFS", "write_all"]
 
-MAX_SYMLINKS = 255
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -51,39 +51,18 @@ class RootFS:
 
     def resolve(self, path: str) -> str:
         """The root-relative path ``path`` designates, every existing symlink followed inside the root."""
-        pending = [p for p in path.split("/") if p]
-        current: list[str] = []
-        links = 0
-        while pending:
-            name = pending.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                if current:
-                    current.pop()
-                continue
-            try:
-                st = os.lstat(os.path.join(self.root, *current, name))
-            except (FileNotFoundError, NotADirectoryError):
-                current.append(name)
-                for rest in pending:  # the missing tail is kept as written, cleaned lexically
-                    if rest == "..":
-                        if current:
-                            current.pop()
-                    elif rest != ".":
-                        current.append(rest)
-                break
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise CopyError(f"too many levels of symbolic links resolving {path}")
-                target = os.readlink(os.path.join(self.root, *current, name))
-                if target.startswith("/"):
-                    current = []
-                pending = [p for p in target.split("/") if p] + pending
-                continue
-            current.append(name)
-        return "/".join(current)
+        try:
+            return "/".join(resolve_confined(path, self._readlink)[0])
+        except SymlinkLoop as exc:
+            raise CopyError(str(exc)) from None
+
+    def _readlink(self, parts: Sequence[str]) -> str | None:
+        full = os.path.join(self.root, *parts)
+        try:
+            st = os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            raise Missing from None
+        return os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """lstat of a resolved path, or None if it does not exist."""

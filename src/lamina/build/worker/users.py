@@ -10,12 +10,14 @@ groups are the /etc/group entries that list it by name. The files are read throu
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina.build.confined import Missing, SymlinkLoop, resolve_confined
+
 __all__ = ["ResolvedUser", "UnknownUser", "resolve_in_root", "resolve_user"]
 
-_MAX_SYMLINKS = 40
 
 
 class UnknownUser(LookupError):
@@ -38,31 +40,23 @@ def resolve_in_root(root: str | os.PathLike[str], path: str) -> Path:
     """Resolve ``path`` as if ``root`` were ``/``: symlinks (absolute or relative) never leave ``root``.
 
     The last component is followed too; the result may not exist. Like ``chroot`` path lookup, ``..``
-    at the top stays at the top.
+    at the top stays at the top (:func:`lamina.build.confined.resolve_confined`).
     """
     base = Path(root)
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    todo.reverse()
-    resolved: list[str] = []
-    links = 0
-    while todo:
-        part = todo.pop()
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = base.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            links += 1
-            if links > _MAX_SYMLINKS:
-                raise OSError(f"too many levels of symbolic links resolving {path!r} in {root}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            todo.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-            continue
-        resolved.append(part)
-    return base.joinpath(*resolved)
+
+    def readlink(parts: Sequence[str]) -> str | None:
+        candidate = base.joinpath(*parts)
+        if not candidate.is_symlink():
+            if not os.path.lexists(candidate):
+                raise Missing
+            return None
+        return os.readlink(candidate)
+
+    try:
+        parts, _ = resolve_confined(path, readlink)
+    except SymlinkLoop as exc:
+        raise OSError(f"{exc} in {root}") from None
+    return base.joinpath(*parts)
 
 
 def _read_db(root: str | os.PathLike[str], path: str) -> list[list[str]]:
