@@ -184,12 +184,15 @@ def test_idle_and_trickling_connections_are_closed(tmp_path: Path) -> None:
             assert parse_response(raw)[0] == 200 and 0.8 <= closed - answered < 4
 
 
-def _patch_slowly(server: Any, location: str, pieces: list[bytes], pause: float, declared: int) -> tuple[bytes, float]:
-    """A raw PATCH declaring ``declared`` bytes that sends ``pieces`` with ``pause`` between them until the
-    server answers; (the answer, seconds from the request head to the answer)."""
+def _send_slowly(
+    server: Any, location: str, pieces: list[bytes], pause: float, declared: int, method: str = "PATCH",
+    content_type: str = "application/octet-stream",
+) -> tuple[bytes, float]:
+    """A raw request declaring ``declared`` body bytes that sends ``pieces`` with ``pause`` between them
+    until the server answers; (the answer, seconds from the request head to the answer)."""
     with raw_socket(server) as sock:
         sock.sendall(
-            f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\nContent-Type: application/octet-stream\r\n"
+            f"{method} {location} HTTP/1.1\r\nHost: {server.host}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {declared}\r\n\r\n".encode()
         )
         started = time.monotonic()
@@ -205,7 +208,8 @@ def _patch_slowly(server: Any, location: str, pieces: list[bytes], pause: float,
 async def test_slow_and_stalled_bodies_are_cut_and_the_session_survives(tmp_path: Path) -> None:
     """limits.body_timeout_seconds = 1, body_min_bytes_per_second = 1000: a body trickled at ~100 bytes/s
     and one that stalls after 2 KB get 408 BLOB_UPLOAD_INVALID and a closed connection within a few
-    seconds; the session keeps none of those bytes and a normal chunk then completes it."""
+    seconds; the session keeps none of those bytes and a normal chunk then completes it. A trickled
+    manifest PUT gets 408 MANIFEST_INVALID."""
     config = "[limits]\nbody_timeout_seconds = 1\nbody_min_bytes_per_second = 1000\n"
     with lamina(tmp_path, config) as server:
         async with http(server) as client:
@@ -213,7 +217,7 @@ async def test_slow_and_stalled_bodies_are_cut_and_the_session_survives(tmp_path
             location = response.headers["Location"]
             loop = asyncio.get_running_loop()
             for pieces, pause in (([b"t" * 10] * 60, 0.1), ([b"s" * 2048], 0.0)):
-                raw, elapsed = await loop.run_in_executor(None, _patch_slowly, server, location, pieces, pause, 100_000)
+                raw, elapsed = await loop.run_in_executor(None, _send_slowly, server, location, pieces, pause, 100_000)
                 status, headers, body = parse_response(raw)
                 assert status == 408 and headers["connection"] == "close", raw[:300]
                 assert error_code_of(body) == "BLOB_UPLOAD_INVALID" and b"body_min_bytes_per_second" in body
@@ -225,3 +229,12 @@ async def test_slow_and_stalled_bodies_are_cut_and_the_session_survives(tmp_path
             assert response.status == 202
             response = await client.put(location, params={"digest": _digest(blob)})
             assert response.status == 201, await response.text()
+            # a manifest body trickled the same way: 408 MANIFEST_INVALID, nothing stored
+            pieces = [b'{"schemaVersion"'[i:i + 2] for i in range(0, 16, 2)] * 8
+            raw, elapsed = await loop.run_in_executor(
+                None, _send_slowly, server, "/v2/app/manifests/slow", pieces, 0.2, 4000, "PUT", mt.OCI_MANIFEST
+            )
+            status, headers, body = parse_response(raw)
+            assert status == 408 and headers["connection"] == "close" and error_code_of(body) == "MANIFEST_INVALID"
+            assert 0.9 <= elapsed < 4
+            assert (await client.get("/v2/app/manifests/slow")).status == 404

@@ -22,6 +22,7 @@ from lamina.store import ManifestRecord, MetadataStore, MissingReference, TagImm
 from ..conditional import CONDITION_CHECKED_HEADER, parse_tag_condition, precondition_failed, refuse_conditions
 from ..errors import ErrorCode, RegistryError
 from ..immutability import is_immutable, tag_immutable_error
+from ..pacing import paced_chunks
 from ..services import Offloader
 from ..validation import check_manifest, lookup_reference, parse_reference_param
 from ._common import config, offload, storage
@@ -30,7 +31,6 @@ __all__ = ["delete", "get", "put"]
 
 log = logging.getLogger("lamina.registry")
 _PULL_RECORD_INTERVAL = 60.0  # seconds: pull times are for retention, not an audit log
-_READ_CHUNK = 1 << 16
 
 
 def _acceptable(request: web.Request, media_type: str) -> bool:
@@ -97,7 +97,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             f"manifest is {request.content_length} bytes, more than the limit of {limit} (max_manifest_bytes)",
         )
     body = bytearray()
-    async for chunk in request.content.iter_chunked(_READ_CHUNK):
+    limits = config(request).limits  # a stalled or trickled body: 408 (lamina.registry.pacing)
+    async for chunk in paced_chunks(request.content, limits, ErrorCode.MANIFEST_INVALID, "send the manifest again"):
         body += chunk
         if len(body) > limit:
             raise RegistryError(ErrorCode.MANIFEST_INVALID,
