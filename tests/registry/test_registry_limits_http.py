@@ -26,6 +26,7 @@ from limittools import (
     spec_error,
 )
 
+from lamina.client import RegistryClient
 from lamina.oci import mediatypes as mt
 
 
@@ -152,6 +153,12 @@ async def test_page_size_settings_are_honoured_and_links_keep_the_filter(tmp_pat
             assert sizes == [2, 1] and {m["artifactType"] for m in filtered} == {"application/x+json"}
             response = await client.get("/v2/team/app/tags/list", params={"n": "4"})
             assert response.status == 400 and (await spec_error(response))["code"] == "PAGINATION_NUMBER_INVALID"
+        # lamina's own client follows the pages: every referrer, filtered or not
+        async with RegistryClient(server.host) as lamina_client:
+            assert len((await lamina_client.referrers("team/app", subject)).manifests) == 4
+            only = await lamina_client.referrers("team/app", subject, artifact_type="application/x+json")
+            assert len(only.manifests) == 3
+            assert len(await lamina_client.list_tags("team/app")) == 5
 
 
 def test_idle_and_trickling_connections_are_closed(tmp_path: Path) -> None:

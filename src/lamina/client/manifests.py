@@ -199,6 +199,17 @@ class ManifestOps:
         ):
             pass
 
+    def _referrers_page(self, data: bytes, content_type: str | None, repo: str, obj: str) -> ImageIndex:
+        try:
+            index = parse_manifest(data, _media_type(content_type, data))
+        except FormatError as exc:
+            raise RegistryError(200, "INVALID_RESPONSE", f"referrers response: {exc}",
+                                registry=self.transport.registry, repository=repo, obj=obj) from None
+        if not isinstance(index, ImageIndex):
+            raise RegistryError(200, "INVALID_RESPONSE", "referrers response is not an image index",
+                                registry=self.transport.registry, repository=repo, obj=obj)
+        return index
+
     async def list_tags(self, repo: str, *, page_size: int | None = None) -> list[str]:
         """All tags of ``repo``, following ``Link: <...>; rel="next"`` pagination."""
         tags: list[str] = []
@@ -223,33 +234,46 @@ class ManifestOps:
                             registry=self.transport.registry, repository=repo, obj="tag list")
 
     async def referrers(self, repo: str, digest: Digest | str, *, artifact_type: str | None = None) -> ImageIndex:
-        """Manifests whose ``subject`` is ``digest`` (Referrers API, else the ``sha256-<hex>`` tag schema)."""
+        """Manifests whose ``subject`` is ``digest`` (Referrers API, else the ``sha256-<hex>`` tag schema).
+
+        A registry may page the answer (``Link: <...>; rel="next"``, distribution-spec end-12): every page
+        is read and their descriptors joined."""
         digest = parse_digest(str(digest))
         obj = f"referrers of {digest}"
         params = {"artifactType": artifact_type} if artifact_type else None
-        try:
-            async with self.transport.request(
-                "GET", f"/v2/{repo}/referrers/{digest}", scopes=[pull_scope(repo)], repository=repo, obj=obj,
-                params=params, headers={"Accept": mt.OCI_INDEX},
-            ) as resp:
-                data = await _read_limited(resp, _MAX_MANIFEST)
-                self.transport.stats.add_down("manifest", len(data))
-                filtered = "artifactType" in resp.headers.get("OCI-Filters-Applied", "")
-                content_type = resp.headers.get("Content-Type")
-        except NotFound:
+        url: str | URL = f"/v2/{repo}/referrers/{digest}"
+        pages: list[ImageIndex] = []
+        for _ in range(100_000):
             try:
-                fetched = await self.get_manifest(repo, f"{digest.algorithm}-{digest.encoded}", (mt.OCI_INDEX,))
+                async with self.transport.request(
+                    "GET", url, scopes=[pull_scope(repo)], repository=repo, obj=obj,
+                    params=params, headers={"Accept": mt.OCI_INDEX},
+                ) as resp:
+                    data = await _read_limited(resp, _MAX_MANIFEST)
+                    self.transport.stats.add_down("manifest", len(data))
+                    filtered = "artifactType" in resp.headers.get("OCI-Filters-Applied", "")
+                    content_type = resp.headers.get("Content-Type")
+                    link, base = resp.headers.get("Link"), resp.url
             except NotFound:
-                return ImageIndex(mt.OCI_INDEX, ())
-            data, content_type, filtered = fetched.data, fetched.media_type, False
-        try:
-            index = parse_manifest(data, _media_type(content_type, data))
-        except FormatError as exc:
-            raise RegistryError(200, "INVALID_RESPONSE", f"referrers response: {exc}",
-                                registry=self.transport.registry, repository=repo, obj=obj) from None
-        if not isinstance(index, ImageIndex):
-            raise RegistryError(200, "INVALID_RESPONSE", "referrers response is not an image index",
+                if pages:
+                    raise
+                try:
+                    fetched = await self.get_manifest(repo, f"{digest.algorithm}-{digest.encoded}", (mt.OCI_INDEX,))
+                except NotFound:
+                    return ImageIndex(mt.OCI_INDEX, ())
+                data, content_type, filtered, link = fetched.data, fetched.media_type, False, None
+            pages.append(self._referrers_page(data, content_type, repo, obj))
+            match = _LINK_NEXT.search(link or "")
+            if not match:
+                break
+            url, params = self.transport.resolve(match.group(1), base), None
+        else:
+            raise RegistryError(200, "INVALID_RESPONSE", "referrers pagination does not end",
                                 registry=self.transport.registry, repository=repo, obj=obj)
+        index = pages[0]
+        if len(pages) > 1:
+            joined = tuple(d for page in pages for d in page.manifests)
+            index = ImageIndex(index.media_type, joined, index.artifact_type, index.subject, index.annotations)
         if artifact_type and not filtered:
             keep: tuple[Descriptor, ...] = tuple(d for d in index.manifests if d.artifact_type == artifact_type)
             index = ImageIndex(index.media_type, keep, index.artifact_type, index.subject, index.annotations)
