@@ -52,18 +52,18 @@ class RegistryRequestHandler(RequestHandler):
 
     def handle_error(
         self,
-        request: Any,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
         if status >= 500:  # past the error middleware (500, with its traceback) or a handler timeout (504)
-            log.error("error on %s %s: HTTP %d", getattr(request, "method", "?"), getattr(request, "path", "?"),
-                      status, exc_info=exc if status == 500 else None)
+            log.error("error on %s %s: HTTP %d", request.method, request.path, status,
+                      exc_info=exc if status == 500 else None)
             error = RegistryError(ErrorCode.UNKNOWN, "internal server error", status=status)
         else:  # aiohttp's parser refused the request (always 400 from aiohttp: refined here)
             status, reason = _status_and_reason(exc, message, self.max_field_size)
-            log.warning("malformed request from %s: %s", getattr(request, "remote", None) or "?", reason)
+            log.warning("malformed request from %s: %s", request.remote or "?", reason)
             error = RegistryError(ErrorCode.UNSUPPORTED, reason, status=status)
         if request.writer.output_size > 0:  # part of a response went out: the connection is broken
             raise ConnectionError("response already started; cannot send the error")
