@@ -4,11 +4,11 @@ alone without --repair, quarantined or fixed with it, and the server answering a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from opstools import OpsClient
 from regtools import error_code, push_blob, push_image, sha256
 
+from lamina.cli import main
 from lamina.oci import parse_digest
 from lamina.registry.fsck import run_fsck
 from lamina.store import StorePaths
@@ -34,9 +35,19 @@ def flip_byte(path: Path) -> None:
     path.chmod(0o400)
 
 
+def lamina(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``lamina ARGV...`` in this process (the live tests run the real command line): status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
 def fsck(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lamina.cli", "registry", "fsck", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=120)
+    return lamina("registry", "fsck", "--root", str(root), *args)
 
 
 def by_kind(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -192,8 +203,7 @@ def test_fsck_usage_errors_exit_2(tmp_path: Path) -> None:
     assert missing.stderr.count("\n") == 1
     config = tmp_path / "bad.toml"
     config.write_text('verify_on_read = "sometimes"\n')
-    bad = subprocess.run([sys.executable, "-m", "lamina.cli", "registry", "fsck", "--config", str(config)],
-                         capture_output=True, text=True, timeout=60)
+    bad = lamina("registry", "fsck", "--config", str(config))
     assert bad.returncode == 2 and "verify_on_read: expected one of off, first, always" in bad.stderr
     flag = fsck(tmp_path, "--fix")
     assert flag.returncode == 2 and "--fix" in flag.stderr
@@ -206,6 +216,5 @@ async def test_fsck_reads_a_root_through_its_settings_file(make_ops_client: OpsC
     flip_byte(blob_path(root, sha256(b"one")))
     config = tmp_path / "registry.yaml"
     config.write_text(f"root: {root}\n")
-    result = subprocess.run([sys.executable, "-m", "lamina.cli", "registry", "fsck", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60, env={**os.environ, "LAMINA_REGISTRY_ROOT": ""})
+    result = lamina("registry", "fsck", "--config", str(config))
     assert result.returncode == 1 and f"corrupt-blob {sha256(b'one')}" in result.stdout
