@@ -136,6 +136,8 @@ def parse_manifest(data: bytes, content_type: str | None = None, *, allow_empty_
         raise FormatError("manifest must be a JSON object")
     content_type = (content_type or "").split(";", 1)[0].strip() or None
     declared = doc.get("mediaType")
+    if declared is not None:
+        check_media_type(declared, "mediaType")  # a string before any lookup: [] or {} is a FormatError, not a crash
     if content_type in mt.SCHEMA1_MEDIA_TYPES or declared in mt.SCHEMA1_MEDIA_TYPES or doc.get("schemaVersion") == 1:
         raise FormatError(
             "Docker schema1 manifests are not supported (deprecated and unsigned-insecure); "
@@ -143,10 +145,8 @@ def parse_manifest(data: bytes, content_type: str | None = None, *, allow_empty_
         )
     if doc.get("schemaVersion") != 2 or isinstance(doc.get("schemaVersion"), bool):
         raise FormatError(f"schemaVersion must be 2, got {doc.get('schemaVersion')!r}")
-    if declared is not None:
-        check_media_type(declared, "mediaType")
-        if content_type is not None and declared != content_type:
-            raise FormatError(f"mediaType {declared!r} does not match the Content-Type {content_type!r}")
+    if declared is not None and content_type is not None and declared != content_type:
+        raise FormatError(f"mediaType {declared!r} does not match the Content-Type {content_type!r}")
     media_type = declared or content_type
     if media_type is None:
         # Neither says: infer from the shape, as the image-spec allows for mediaType-less documents.
