@@ -114,6 +114,8 @@ async def test_failed_logins_are_limited_per_user_and_address(make_ops_client: O
     assert response.status == 429 and int(response.headers["Retry-After"]) in (59, 60)
     response = await client.get("/token", params={"service": "lamina-registry"}, headers=_basic("alice", "alice-pw"))
     assert response.status == 429 and response.headers["Retry-After"]
+    response = await client.get("/ui/", headers=_basic("alice", "alice-pw"))  # the console says so too
+    assert response.status == 401 and "too many failed logins" in await response.text()
     # another user from this address, and alice from another address, are not locked
     assert (await client.get("/v2/", headers=_basic("bob", "bob-pw"))).status == 200
     status, _ = await _other_address(client, "GET", "/v2/", headers=_basic("alice", "alice-pw"))

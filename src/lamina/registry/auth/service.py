@@ -84,6 +84,10 @@ class AuthService:
             self.issuer = TokenIssuer(key, issuer=token.issuer, service=token.service, lifetime=token.lifetime_seconds)
             self.verifier = self.issuer.verifier()
 
+    def close(self) -> None:
+        """Release the failed-login limiter's database connections (on app cleanup)."""
+        self.limiter.close()
+
     # -- who --------------------------------------------------------------------------------------
 
     def basic_user(self, header: str, address: str) -> str:
