@@ -73,6 +73,14 @@ def test_the_table_stays_bounded_when_usernames_rotate(tmp_path: Path) -> None:
     limiter.close()
 
 
+def test_the_counters_file_is_private(tmp_path: Path) -> None:
+    limiter = _limiter(tmp_path, Clock())
+    limiter.record_failure("alice", "a")
+    for path in tmp_path.glob("failures.db*"):
+        assert path.stat().st_mode & 0o077 == 0, path
+    limiter.close()
+
+
 def test_two_limiters_on_one_file_share_the_counts(tmp_path: Path) -> None:
     """Two worker processes each open the file: failures seen by either add up."""
     clock = Clock()
