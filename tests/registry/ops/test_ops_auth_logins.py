@@ -114,20 +114,22 @@ async def test_failed_logins_are_limited_per_user_and_address(make_ops_client: O
     assert response.status == 429 and int(response.headers["Retry-After"]) in (59, 60)
     response = await client.get("/token", params={"service": "lamina-registry"}, headers=_basic("alice", "alice-pw"))
     assert response.status == 429 and response.headers["Retry-After"]
-    response = await client.get("/ui/", headers=_basic("alice", "alice-pw"))  # the console says so too
-    assert response.status == 401 and "too many failed logins" in await response.text()
+    response = await client.get("/ui/", headers=_basic("alice", "alice-pw"))  # the console too
+    assert response.status == 429 and "too many failed logins" in await response.text()
+    assert response.headers["Retry-After"] in ("59", "60")
     # another user from this address, and alice from another address, are not locked
     assert (await client.get("/v2/", headers=_basic("bob", "bob-pw"))).status == 200
     status, _ = await _other_address(client, "GET", "/v2/", headers=_basic("alice", "alice-pw"))
     assert status == 200
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lamina.registry.audit"]
-    assert [line["status"] for line in lines] == [401, 401, 429, 429, 429]
+    assert [line["status"] for line in lines] == [401, 401, 429, 429, 429, 429]
     first = lines[0]
     assert first["user"] == "alice" and first["credentials"] == "basic" and first["remote"] == "127.0.0.1"
     assert (first["method"], first["path"], first["repository"], first["action"]) == (
         "GET", "/v2/apps/web/tags/list", "apps/web", "pull")
     assert "invalid username or password" in first["reason"] and first["time"].endswith("Z")
-    assert lines[-1]["path"] == "/token" and lines[-1]["action"] == "token"
+    assert lines[-2]["path"] == "/token" and lines[-2]["action"] == "token"
+    assert lines[-1]["path"] == "/ui/" and lines[-1]["action"] == "console"
     for record in caplog.records:
         assert "guess" not in record.getMessage() and "alice-pw" not in record.getMessage()
 

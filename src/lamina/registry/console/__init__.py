@@ -19,7 +19,8 @@ from lamina.store.inventory import ManifestInfo, list_manifests, list_repositori
 
 from ..auth import AUTH
 from ..auth.middleware import identify_request
-from ..auth.service import AuthFailure, Identity
+from ..auth.audit import audit_denied
+from ..auth.service import AuthFailure, Identity, TooManyFailures
 from ..services import OFFLOAD, STORAGE
 from . import pages
 
@@ -51,9 +52,14 @@ async def _viewer(request: web.Request) -> Identity | web.Response:
     challenge = {"WWW-Authenticate": 'Basic realm="lamina registry console", charset="UTF-8"'}
     try:
         identity = await identify_request(service, request)
+    except TooManyFailures as exc:
+        audit_denied(request, 429, str(exc), user=exc.user, action="console")
+        return _html(pages.error_page(429, str(exc), None), 429, {"Retry-After": str(exc.retry_after)})
     except AuthFailure as exc:
+        audit_denied(request, 401, str(exc), user=exc.user, action="console")
         return _html(pages.error_page(401, str(exc), None), 401, challenge)
     if identity.user is None:
+        audit_denied(request, 401, "sign in to see the registry", user=None, action="console")
         return _html(pages.error_page(401, "sign in to see the registry", None), 401, challenge)
     return identity
 
