@@ -38,6 +38,7 @@ from lamina.store.integrity import (
     Snapshot,
     drop_links,
     fix_link_size,
+    forget_stale_checks,
     quarantine_blob,
     quarantine_file,
     quarantine_manifest,
@@ -86,6 +87,7 @@ class FsckReport:
     repositories: int = 0
     unreferenced_blobs: int = 0
     unreferenced_bytes: int = 0
+    stale_checks_dropped: int = 0  # --repair: verification records of blobs no longer stored
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -304,6 +306,8 @@ def _run(paths: StorePaths, *, repair: bool, progress: Progress) -> FsckReport:
             problem = Problem(problem.kind, problem.subject, problem.message, problem.affects,
                               _repair(paths, problem, files))
         report.problems.append(problem)
+    if repair:
+        report.stale_checks_dropped = forget_stale_checks(paths)
     return report
 
 
@@ -327,6 +331,8 @@ def format_report(report: FsckReport, *, repair: bool) -> list[str]:
         f"{report.manifests_checked} manifest(s) in {report.repositories} repositor(ies): {found}{repaired}; "
         f"{report.unreferenced_blobs} unreferenced blob(s) ({report.unreferenced_bytes} bytes) left for gc"
     )
+    if report.stale_checks_dropped:
+        lines.append(f"fsck: dropped {report.stale_checks_dropped} verification record(s) of blobs no longer stored")
     if report.problems and not repair:
         lines.append("fsck: run `lamina registry fsck --repair` to quarantine what is corrupt and fix the index")
     return lines
@@ -341,6 +347,7 @@ def report_json(report: FsckReport) -> dict[str, Any]:
         "repositories": report.repositories,
         "unreferenced_blobs": report.unreferenced_blobs,
         "unreferenced_bytes": report.unreferenced_bytes,
+        "stale_checks_dropped": report.stale_checks_dropped,
         "problems": [
             {"kind": p.kind, "subject": p.subject, "message": p.message, "repair": p.repair,
              "affects": [{"repository": a.repository, "manifest": a.manifest, "tags": list(a.tags)}

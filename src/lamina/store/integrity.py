@@ -38,7 +38,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import ClauseElement
 
-from lamina.oci import Digest
+from lamina.oci import Digest, parse_digest
 
 from .filesystem import FileIdentity
 from .paths import StorePaths
@@ -51,6 +51,7 @@ __all__ = [
     "drop_links",
     "fix_link_size",
     "forget_check",
+    "forget_stale_checks",
     "is_verified",
     "quarantine_blob",
     "quarantine_file",
@@ -122,6 +123,7 @@ RECORD_CHECK = _sql(
     )
 )
 FORGET_CHECK = _sql(delete(blob_checks).where(blob_checks.c.digest == bindparam("digest")))
+CHECKED_DIGESTS = _sql(select(blob_checks.c.digest))
 
 
 @dataclass
@@ -316,3 +318,14 @@ def record_verified(paths: StorePaths, digest: Digest, identity: FileIdentity) -
 def forget_check(paths: StorePaths, digest: Digest) -> None:
     with _immediate(paths) as conn:
         conn.execute(FORGET_CHECK, {"digest": str(digest)})
+
+
+def forget_stale_checks(paths: StorePaths) -> int:
+    """Drop the verification records of blobs whose file is gone (collected by GC); how many. A file
+    published again later has another identity and is re-hashed anyway: this only keeps the table small."""
+    with _immediate(paths) as conn:
+        gone = [digest for (digest,) in conn.execute(CHECKED_DIGESTS)
+                if not paths.blob(parse_digest(digest)).exists()]
+        for digest in gone:
+            conn.execute(FORGET_CHECK, {"digest": digest})
+    return len(gone)

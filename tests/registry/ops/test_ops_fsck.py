@@ -14,12 +14,14 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 from opstools import OpsClient
-from regtools import error_code, push_blob, push_image, sha256
+from regtools import descriptor, error_code, push_blob, push_image, sha256
 
 from lamina.cli import main
+from lamina.oci import mediatypes as mt
 from lamina.oci import parse_digest
 from lamina.registry.fsck import run_fsck
-from lamina.store import StorePaths
+from lamina.registry.gc import GcSettings, run_gc
+from lamina.store import StorePaths, open_storage
 
 
 def blob_path(root: Path, digest: str) -> Path:
@@ -218,3 +220,41 @@ async def test_fsck_reads_a_root_through_its_settings_file(make_ops_client: OpsC
     config.write_text(f"root: {root}\n")
     result = lamina("registry", "fsck", "--config", str(config))
     assert result.returncode == 1 and f"corrupt-blob {sha256(b'one')}" in result.stdout
+
+
+async def test_an_index_missing_its_child_is_reported_with_its_tags(make_ops_client: OpsClient,
+                                                                    tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    client = await make_ops_client(root=root)
+    child, child_digest = await push_image(client, "team/multi", None, layers=[b"arm64 layer"])
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
+        {**descriptor(child, mt.OCI_MANIFEST), "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
+    response = await client.put("/v2/team/multi/manifests/v1", data=index, headers={"Content-Type": mt.OCI_INDEX})
+    assert response.status == 201
+    db = sqlite3.connect(root / "metadata.db")
+    db.execute("PRAGMA foreign_keys = ON")
+    with db:
+        db.execute("DELETE FROM manifests WHERE digest = ?", (child_digest,))
+    db.close()
+    report = run_fsck(StorePaths(root), repair=True)
+    (problem,) = report.problems
+    assert (problem.kind, problem.subject, problem.repair) == ("missing-child", f"team/multi@{child_digest}", None)
+    assert [str(a) for a in problem.affects] == [f"team/multi@{sha256(index)} (tags: v1)"]
+    assert report.unreferenced_blobs == 0  # the child's layer and config stay linked to team/multi
+
+
+async def test_repair_drops_verification_records_of_collected_blobs(make_ops_client: OpsClient,
+                                                                    tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    client = await make_ops_client(root=root, verify_on_read="first")
+    digest = await push_blob(client, "team/app", b"read once, then collected")
+    assert (await client.get(f"/v2/team/app/blobs/{digest}")).status == 200
+    storage = open_storage(root)
+    assert [d for d, _ in run_gc(storage, GcSettings(grace_seconds=0.0)).blobs] == [digest]
+    storage.close()
+    assert run_fsck(StorePaths(root)).stale_checks_dropped == 0  # read-only: nothing dropped
+    report = run_fsck(StorePaths(root), repair=True)
+    assert report.clean and report.stale_checks_dropped == 1
+    db = sqlite3.connect(root / "metadata.db")
+    assert db.execute("SELECT count(*) FROM blob_checks").fetchone() == (0,)
+    db.close()
