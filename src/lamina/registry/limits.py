@@ -17,8 +17,8 @@ Why these defaults:
   referrers 1000 by default (one page for every repository that has fewer, as before: clients that do
   not follow ``Link`` keep working) and at most 10,000 per page.
 - ``idle_timeout_seconds`` 120: above Go's 90 s client idle timeout (docker, containerd, skopeo), so the
-  server never closes a pooled connection just as the client reuses it; a connection that sends no
-  complete request head within that time (none at all, or a trickle of header bytes) is closed.
+  server does not close a pooled connection before the client would; a connection that sends no complete
+  request head within that time (none at all, or a trickle of header bytes) is closed.
 - ``body_timeout_seconds`` 60 and ``body_min_bytes_per_second`` 1024 (nginx's client_body_timeout is
   60 s): a body that delivers less than 60 KiB in any 60 s the server spends waiting for it is cut off.
 
