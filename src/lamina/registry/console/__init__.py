@@ -18,8 +18,8 @@ from lamina.store import Storage
 from lamina.store.inventory import ManifestInfo, list_manifests, list_repositories
 
 from ..auth import AUTH
-from ..auth.middleware import identify_request
 from ..auth.audit import audit_denied
+from ..auth.middleware import identify_request
 from ..auth.service import AuthFailure, Identity, TooManyFailures
 from ..services import OFFLOAD, STORAGE
 from . import pages
