@@ -20,6 +20,7 @@ cannot grow it without bound.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import sqlite3
@@ -33,7 +34,7 @@ __all__ = ["LoginLimiter", "LoginLimits"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (
-    key TEXT PRIMARY KEY,          -- "user\\0address" or "\\0address"
+    key TEXT PRIMARY KEY,          -- SHA-256 of "user\\0address" or "\\0address" (fixed size)
     failures INTEGER NOT NULL,     -- failures counted in the current window
     window_start REAL NOT NULL,    -- wall-clock seconds: shared by every worker process
     locked_until REAL NOT NULL,
@@ -94,7 +95,9 @@ class LoginLimiter:
 
     @staticmethod
     def _keys(user: str, address: str) -> tuple[str, str]:
-        return f"{user}\0{address}", f"\0{address}"
+        """Fixed-size keys (a username can be kilobytes long): SHA-256 of ``user\0address`` and ``\0address``."""
+        return (hashlib.sha256(f"{user}\0{address}".encode()).hexdigest(),
+                hashlib.sha256(f"\0{address}".encode()).hexdigest())
 
     def retry_after(self, user: str, address: str) -> int:
         """Whole seconds until ``user`` may try again from ``address``; 0 when not locked."""
