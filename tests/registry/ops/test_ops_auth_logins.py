@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
@@ -76,8 +75,9 @@ def test_unknown_user_pays_one_bcrypt_check_at_the_files_cost(tmp_path: Path, mo
 
 
 def test_unknown_and_known_users_take_the_same_time(tmp_path: Path) -> None:
-    """Interleaved samples, medians compared with a generous bound: before the dummy hash an unknown user
-    answered in microseconds against milliseconds (a ratio near 0.001)."""
+    """Interleaved samples, the fastest of each compared with a generous bound (load only ever adds time, so
+    the minimum is the steadiest figure): before the dummy hash an unknown user answered in microseconds
+    against milliseconds (a ratio near 0.003)."""
     users = Htpasswd(_htpasswd(tmp_path, rounds=6))
     known: list[float] = []
     unknown: list[float] = []
@@ -86,7 +86,7 @@ def test_unknown_and_known_users_take_the_same_time(tmp_path: Path) -> None:
             started = time.perf_counter()
             assert not users.verify(user, "wrong password")
             samples.append(time.perf_counter() - started)
-    ratio = statistics.median(unknown) / statistics.median(known)
+    ratio = min(unknown) / min(known)
     assert 0.5 < ratio < 2.0, (ratio, known, unknown)
 
 
