@@ -182,11 +182,11 @@ def _find(snap: Snapshot, files: _Files) -> dict[tuple[str, str, str], Problem]:
         identity = files.present.get(digest)
         if identity is None or digest in files.corrupt:
             continue
-        for repository, size in links:
-            if size != identity.size:
-                problems.append(Problem("size-mismatch", digest,
-                                        f"linked in {repository} as {size} bytes, the file has {identity.size}",
-                                        affects(digest)))
+        wrong = sorted(f"{repository} as {size}" for repository, size in links if size != identity.size)
+        if wrong:  # one problem per blob: one repair fixes every link
+            problems.append(Problem("size-mismatch", digest,
+                                    f"linked in {', '.join(wrong)} bytes, the file has {identity.size}",
+                                    affects(digest)))
     linked = {(repository, digest) for digest, links in snap.links.items() for repository, _ in links}
     for repository, manifest, target, size, is_manifest in sorted(snap.refs):
         tags = tuple(sorted(snap.tags.get((repository, manifest), ())))
