@@ -28,7 +28,7 @@ def test_layout_and_pragmas(tmp_path: Path) -> None:
     storage.metadata.link_blob("r", blob_digest(b"x"), 1)
     with sqlite3.connect(root / "metadata.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
     storage.close()
 
 
@@ -129,6 +129,7 @@ def test_blob_put_leaves_no_temp_files(tmp_path: Path) -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(lamina.store.__all__) == [
+        "BlobReferenced",
         "BlobStore",
         "BlobUnknown",
         "FilesystemBlobStore",
@@ -147,6 +148,8 @@ def test_public_api_is_pinned() -> None:
         "TagImmutable",
         "TagPreconditionFailed",
         "UploadConflict",
+        "UploadLimitReached",
+        "UploadLimits",
         "UploadSession",
         "UploadStore",
         "UploadUnknown",

@@ -19,9 +19,12 @@ from lamina.store import BlobUnknown, UploadUnknown, open_storage
 
 from .config import RegistryConfig
 from .errors import ErrorCode, RegistryError, error_response
+from .httpserver import handler_args
 from .janitor import expire_uploads_forever
+from .pacing import close_refused_bodies
 from .routes import base, blobs, catalog, manifests, referrers, tags, uploads
 from .services import CONFIG, OFFLOAD, STORAGE, Offloader
+from .verify import VERIFIER, BlobVerifier
 
 __all__ = ["create_app"]
 
@@ -96,8 +99,13 @@ async def _api_version_header(request: web.Request, response: web.StreamResponse
 
 def create_app(config: RegistryConfig) -> web.Application:
     """The application; storage is opened on startup (after any fork) and closed on cleanup."""
-    app = web.Application(middlewares=[spec_errors], client_max_size=config.max_manifest_bytes + 1)
+    app = web.Application(
+        middlewares=[spec_errors], client_max_size=config.max_manifest_bytes + 1,
+        # idle connections (none or an unfinished request head yet) close after limits.idle_timeout_seconds
+        handler_args={**handler_args(config.max_header_bytes), "keepalive_timeout": config.limits.idle_timeout_seconds},
+    )
     app[CONFIG] = config
+    app[VERIFIER] = BlobVerifier(config.verify_on_read)  # verification on read (lamina.registry.verify)
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
@@ -121,6 +129,7 @@ def create_app(config: RegistryConfig) -> web.Application:
 
     app.cleanup_ctx.append(storage_ctx)
     app.on_response_prepare.append(_api_version_header)
+    app.on_response_prepare.append(close_refused_bodies)  # 408/413: Connection: close (lamina.registry.pacing)
     app.router.add_routes(_routes())
     from .ops import install  # auth, metrics, console, background gc/lifecycle (issue 5)
 

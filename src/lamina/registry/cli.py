@@ -30,6 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="data directory (default $LAMINA_REGISTRY_ROOT, else ./lamina-data)")
     serve.add_argument("--workers", type=int, metavar="N", help="worker processes (default: CPU count)")
     serve.add_argument("--config", type=Path, metavar="FILE", help="settings file (TOML, or YAML if *.yaml/*.yml)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM chain (and --tls-key)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (unencrypted)")
     serve.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(func=serve_command)
     from .opscli import add_ops_commands
@@ -74,30 +76,40 @@ def serve_command(args: argparse.Namespace) -> int:
     os.umask(0o077)
     try:
         overrides = {"listen": args.listen, "root": args.root, "workers": args.workers}
+        overrides |= {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
         config = load_config(args.config, overrides)
     except ConfigError as exc:
         return _fail(str(exc))
-    problem = _check_root(config.root) or _check_port(config.host, config.port)
+    problem = _check_root(config.root) or _check_port(config.host, config.port) or _check_tls(config)
     if problem:
         return _fail(problem)
     import logging
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .ops import configure_access_log, exposure_warning
+    from .tls import cleartext_warning
 
-    warning = exposure_warning(config.host, config.ops)
-    if warning:
+    warnings = (exposure_warning(config.host, config.ops),
+                cleartext_warning(config.host, config.tls_cert is not None, config.ops.auth is not None))
+    for warning in filter(None, warnings):
         print(f"lamina registry: {warning}", file=sys.stderr, flush=True)
         logging.getLogger("lamina.registry").warning(warning)
     if config.ops.access_log:
         configure_access_log()
+    if config.ops.auth is not None:
+        from .auth.audit import configure_audit_log
+
+        configure_audit_log()  # one bare JSON line per refused request, whatever the log level
     import shutil
 
     shutil.rmtree(config.root / "run" / "metrics", ignore_errors=True)  # a previous run's workers' counters
+    scheme, skopeo_tls = ("http", "--dest-tls-verify=false")
+    if config.tls_cert is not None:
+        scheme, skopeo_tls = ("https", "--dest-cert-dir DIR-WITH-ca.crt")
     print(
-        f"lamina registry listening on http://{config.listen} (root {config.root.resolve()}, "
+        f"lamina registry listening on {scheme}://{config.listen} (root {config.root.resolve()}, "
         f"{config.workers} worker{'s' if config.workers != 1 else ''}); push with: "
-        f"skopeo copy --dest-tls-verify=false oci-archive:image.tar docker://{config.listen}/myimage:latest",
+        f"skopeo copy {skopeo_tls} oci-archive:image.tar docker://{config.listen}/myimage:latest",
         flush=True,
     )
     if config.workers == 1:
@@ -105,17 +117,40 @@ def serve_command(args: argparse.Namespace) -> int:
     return _supervise(config)
 
 
+def _check_tls(config: RegistryConfig) -> str | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    from .tls import CertificateReloader, TlsError
+
+    try:
+        CertificateReloader(config.tls_cert, config.tls_key)  # read, checked and loaded as a worker will
+    except TlsError as exc:
+        return str(exc)
+    return None
+
+
 def _run_worker(config: RegistryConfig) -> int:
+    import ssl
+
     import uvloop
-    from aiohttp import web
 
     from .app import create_app
+    from .httpserver import serve
 
-    loop = uvloop.new_event_loop()
-    web.run_app(
-        create_app(config), host=config.host, port=config.port, reuse_port=True, print=None,
-        access_log=None, loop=loop, backlog=1024, shutdown_timeout=5.0,
-    )
+    app = create_app(config)
+    ssl_context: ssl.SSLContext | None = None
+    if config.tls_cert is not None and config.tls_key is not None:  # each worker loads and watches its own
+        from .tls import CertificateReloader, TlsError, attach_reloader
+
+        try:
+            reloader = CertificateReloader(config.tls_cert, config.tls_key)
+        except TlsError as exc:  # the files changed for the worse since the check at start
+            return _fail(str(exc))
+        attach_reloader(app, reloader, config.tls_reload_seconds)
+        ssl_context = reloader.context
+    loop = uvloop.new_event_loop()  # aiohttp's run_app, with malformed requests answered in JSON (httpserver)
+    serve(app, host=config.host, port=config.port, ssl_context=ssl_context, loop=loop, backlog=1024,
+          shutdown_timeout=5.0)
     return 0
 
 

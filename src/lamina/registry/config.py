@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .limits import LimitsError, LimitSettings, parse_limits
+
 if TYPE_CHECKING:
     from .ops import OpsSettings
 
@@ -24,6 +26,7 @@ __all__ = ["ConfigError", "RegistryConfig", "load_config", "parse_listen"]
 MiB = 1 << 20
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _LEGACY_POLICIES = ("accept", "reject")
+_VERIFY_MODES = ("off", "first", "always")  # lamina.registry.verify
 
 
 class ConfigError(ValueError):
@@ -45,9 +48,17 @@ class RegistryConfig:
     max_manifest_bytes: int = 4 * MiB
     legacy_buildkit_cache: str = "accept"  # "accept" | "reject"
     allow_empty_layers: bool = False
-    upload_expiry_seconds: float = 24 * 3600.0
+    max_json_depth: int = 64  # deepest JSON nesting a manifest body may have (MANIFEST_INVALID beyond)
+    max_header_bytes: int = 8192  # longest request line or header line (431/414 beyond)
+    automatic_crossmount: bool = True  # POST ?mount= without from= may link the blob from any repository
+    upload_expiry_seconds: float = 3600.0  # an upload session idle this long is abandoned (janitor)
+    limits: LimitSettings = field(default_factory=LimitSettings)  # [limits]: lamina.registry.limits
     sqlite_synchronous: str = "FULL"
+    verify_on_read: str = "first"  # "off" | "first" | "always": re-hash a blob before a GET sends it
     run_janitor: bool = True  # expire abandoned uploads in this process (one worker only)
+    tls_cert: Path | None = None  # HTTPS: PEM chain (leaf first) and its key, reloaded when they change
+    tls_key: Path | None = None
+    tls_reload_seconds: float = 10.0
     # auth, immutable tags, gc, lifecycle, access log, metrics, console (lamina.registry.ops)
     ops: OpsSettings = field(default_factory=_default_ops)
 
@@ -90,20 +101,44 @@ def _check(key: str, value: Any) -> Any:
         if value not in _LEGACY_POLICIES:
             raise ConfigError(f"legacy_buildkit_cache: expected 'accept' or 'reject', got {value!r}")
         return value
-    if key == "allow_empty_layers":
+    if key == "max_json_depth":
+        return _int(key, value, 8)
+    if key == "max_header_bytes":
+        return _int(key, value, 1024)
+    if key in ("allow_empty_layers", "automatic_crossmount"):
         if not isinstance(value, bool):
-            raise ConfigError(f"allow_empty_layers: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
+    if key == "limits":
+        try:
+            return parse_limits(value)
+        except LimitsError as exc:
+            raise ConfigError(str(exc)) from None
     if key == "upload_expiry_seconds":
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"upload_expiry_seconds: expected a positive number, got {value!r}")
         return float(value)
+    if key == "verify_on_read":
+        if value not in _VERIFY_MODES:
+            raise ConfigError(f"verify_on_read: expected one of {', '.join(_VERIFY_MODES)}, got {value!r}")
+        return value
     if key == "sqlite_synchronous":
         if not isinstance(value, str) or value.upper() not in _SYNCHRONOUS:
             raise ConfigError(f"sqlite_synchronous: expected one of {', '.join(_SYNCHRONOUS)}, got {value!r}")
         return value.upper()
+    if key in ("tls_cert", "tls_key"):
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{key}: expected a PEM file path, got {value!r}")
+        return Path(value)
+    if key == "tls_reload_seconds":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.1 <= value <= 86400:
+            raise ConfigError(f"tls_reload_seconds: expected a number of seconds from 0.1 to 86400, got {value!r}")
+        return float(value)
     known = "listen, root, workers, max_manifest_bytes, legacy_buildkit_cache, allow_empty_layers, "
-    known += "upload_expiry_seconds, sqlite_synchronous, auth, immutable_tags, gc, lifecycle, access_log, metrics, "
+    known += "tls_cert, tls_key, tls_reload_seconds, "
+    known += "max_json_depth, max_header_bytes, automatic_crossmount, "
+    known += "upload_expiry_seconds, limits, "
+    known += "sqlite_synchronous, verify_on_read, auth, immutable_tags, gc, lifecycle, access_log, metrics, "
     raise ConfigError(f"unknown setting {key!r} (known: {known}console)")
 
 
@@ -141,5 +176,8 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
         else:
             values[key] = checked
     values["ops"] = ops
+    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
+        given, missing = ("tls_cert", "tls_key") if values.get("tls_cert") is not None else ("tls_key", "tls_cert")
+        raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key")
     fields = {f.name for f in dataclasses.fields(RegistryConfig)}
     return RegistryConfig(**{k: v for k, v in values.items() if k in fields})

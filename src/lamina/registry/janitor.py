@@ -2,8 +2,9 @@
 
 Two kinds of leftovers: sessions idle for longer than ``upload_expiry_seconds`` (metadata and data),
 and upload data on disk that no session names (a crash between creating the data file and recording
-the session). Idempotent, so several workers running it at once is harmless; the server runs it in one,
-in a thread, so a slow disk never stalls request handling.
+the session). Each round (at start, then every few minutes) also removes temp files a crashed writer
+left in ``tmp/`` (``sweep_temp_files``). Idempotent, so several workers running it at once is harmless;
+the server runs it in one, in a thread, so a slow disk never stalls request handling.
 """
 
 from __future__ import annotations
@@ -17,18 +18,29 @@ from lamina.store import Storage
 
 from .services import Offloader, repeat_until_stopped
 
-__all__ = ["expire_uploads", "expire_uploads_forever"]
+__all__ = ["TMP_MAX_AGE_SECONDS", "expire_uploads", "expire_uploads_forever", "sweep_temp_files"]
 
 log = logging.getLogger("lamina.registry.janitor")
+
+# tmp/ holds only the temp file of one atomic small write (FilesystemBlobStore.put: written, fsynced and
+# renamed within one call, milliseconds) and open_storage's probe; upload data never goes there (it
+# streams into uploads/<id>/). A file there an hour old was left by a writer that crashed.
+TMP_MAX_AGE_SECONDS = 3600.0
+
+
+def sweep_temp_files(storage: Storage, now: float | None = None) -> int:
+    """Remove what crashed writers left in ``tmp/`` (older than TMP_MAX_AGE_SECONDS); return how many."""
+    return storage.blobs.sweep_tmp((time.time() if now is None else now) - TMP_MAX_AGE_SECONDS)
 
 
 def expire_uploads(storage: Storage, expiry_seconds: float, now: float | None = None) -> int:
     """Delete every session idle for longer than ``expiry_seconds`` and orphaned data as old; return how many."""
     cutoff = (time.time() if now is None else now) - expiry_seconds
-    expired = list(storage.metadata.expired_uploads(cutoff))
-    for session in expired:
-        storage.uploads.discard(session.id)
-        storage.metadata.delete_upload(session.id)
+    expired = 0
+    for session in storage.metadata.expired_uploads(cutoff):
+        if storage.uploads.discard_unless_busy(session.id):  # a PATCH still streaming into it keeps it
+            storage.metadata.delete_upload(session.id)
+            expired += 1
     orphans = 0
     for session_id in storage.uploads.session_ids():
         with contextlib.suppress(FileNotFoundError, ValueError):
@@ -37,7 +49,7 @@ def expire_uploads(storage: Storage, expiry_seconds: float, now: float | None = 
             if storage.metadata.get_upload(session_id) is None:
                 storage.uploads.discard(session_id)
                 orphans += 1
-    return len(expired) + orphans
+    return expired + orphans
 
 
 async def expire_uploads_forever(
@@ -50,5 +62,8 @@ async def expire_uploads_forever(
         count = await offload.run(expire_uploads, storage, expiry_seconds)
         if count:
             log.info("expired %d abandoned upload session(s)", count)
+        swept = await offload.run(sweep_temp_files, storage)
+        if swept:
+            log.info("removed %d temp file(s) a crashed writer left in %s", swept, storage.paths.tmp)
 
     await repeat_until_stopped(stop, interval, one_round, log, "expiring upload sessions", wait_first=False)

@@ -105,6 +105,11 @@ def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> N
     app.on_response_prepare.append(response_hook(ops.access_log))
     if ops.auth is not None:
         app[AUTH] = AuthService(ops.auth, config.root.absolute())
+
+        async def close_auth(app: web.Application) -> None:
+            app[AUTH].close()
+
+        app.on_cleanup.append(close_auth)
         app.middlewares.append(auth_middleware)
         app.router.add_get("/token", token_endpoint, allow_head=False)
         app.router.add_post("/token", token_endpoint)

@@ -54,6 +54,9 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     cert.add_argument("--config", type=Path, metavar="FILE", help="settings file with the [auth] section")
     cert.add_argument("--out", type=Path, metavar="FILE", help="write the certificate here (default: stdout)")
     cert.set_defaults(func=token_cert_command)
+    from .fsckcli import add_fsck_command
+
+    add_fsck_command(sub)
 
 
 def _fail(message: str) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import (
+    BlobReferenced,
     BlobStore,
     BlobUnknown,
     ManifestRecord,
@@ -25,6 +26,8 @@ from .base import (
     TagImmutable,
     TagPreconditionFailed,
     UploadConflict,
+    UploadLimitReached,
+    UploadLimits,
     UploadSession,
     UploadStore,
     UploadUnknown,
@@ -35,6 +38,7 @@ from .private import private_dir, private_file
 from .sqlite import SqliteMetadataStore
 
 __all__ = [
+    "BlobReferenced",
     "BlobStore",
     "BlobUnknown",
     "FilesystemBlobStore",
@@ -53,6 +57,8 @@ __all__ = [
     "TagImmutable",
     "TagPreconditionFailed",
     "UploadConflict",
+    "UploadLimitReached",
+    "UploadLimits",
     "UploadSession",
     "UploadStore",
     "UploadUnknown",

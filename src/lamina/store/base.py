@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 from lamina.oci import Digest
 
 __all__ = [
+    "BlobReferenced",
     "BlobStore",
     "BlobUnknown",
     "ManifestRecord",
@@ -35,6 +36,8 @@ __all__ = [
     "TagImmutable",
     "TagPreconditionFailed",
     "UploadConflict",
+    "UploadLimitReached",
+    "UploadLimits",
     "UploadSession",
     "UploadStore",
     "UploadUnknown",
@@ -118,6 +121,16 @@ class TagCondition:
         return True
 
 
+class BlobReferenced(StoreError):
+    """``unlink_blob`` refused: a manifest of the repository names the blob (config or layer)."""
+
+    def __init__(self, repository: str, digest: Digest, manifest: Digest) -> None:
+        super().__init__(f"blob {digest} is used by manifest {manifest} in {repository}")
+        self.repository = repository
+        self.digest = digest
+        self.manifest = manifest
+
+
 class BlobUnknown(StoreError):
     """The blob store has no complete blob with this digest (BLOB_UNKNOWN)."""
 
@@ -174,6 +187,29 @@ class UploadSession:
     size: int  # bytes received so far
     started_at: float
     updated_at: float
+    user: str | None = None  # who opened it (None: anonymous, or a registry without auth)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """How many open sessions ``create_upload`` allows: sessions updated at or after ``live_since``
+    count (older ones are abandoned and wait for the janitor); ``per_user`` counts only sessions with a
+    user, so anonymous sessions are bounded by ``per_repository`` alone."""
+
+    per_repository: int
+    per_user: int
+    live_since: float
+
+
+class UploadLimitReached(StoreError):
+    """``create_upload`` would open more sessions than :class:`UploadLimits` allows (TOOMANYREQUESTS)."""
+
+    def __init__(self, scope: Literal["repository", "user"], owner: str, limit: int, oldest_update: float) -> None:
+        super().__init__(f"{scope} {owner} already has {limit} open upload sessions, the most allowed")
+        self.scope = scope
+        self.owner = owner
+        self.limit = limit
+        self.oldest_update = oldest_update  # updated_at of the oldest counted session: it expires first
 
 
 class BlobStore(Protocol):
@@ -227,7 +263,11 @@ class MetadataStore(Protocol):
         ...
 
     def linked_blob_size(self, repository: str, digest: Digest) -> int | None: ...
-    def unlink_blob(self, repository: str, digest: Digest) -> bool: ...
+    def unlink_blob(self, repository: str, digest: Digest, *, force: bool = False) -> bool:
+        """Remove the blob's link (False: it was not linked); BlobReferenced, in the same write transaction,
+        when a manifest of the repository names it, unless ``force``."""
+        ...
+
     def repositories_with_blob(self, digest: Digest, limit: int = 1) -> Sequence[str]: ...
     def repository_exists(self, repository: str) -> bool: ...
     def list_repositories(self, last: str | None, limit: int | None) -> Sequence[str]: ...
@@ -255,11 +295,25 @@ class MetadataStore(Protocol):
     def delete_manifest(self, repository: str, digest: Digest) -> bool: ...
     def delete_tag(self, repository: str, tag: str) -> bool: ...
     def list_tags(self, repository: str, last: str | None, limit: int | None) -> Sequence[str]: ...
-    def referrers(self, repository: str, subject: Digest, artifact_type: str | None) -> Sequence[ReferrerRecord]: ...
+    def referrers(
+        self,
+        repository: str,
+        subject: Digest,
+        artifact_type: str | None,
+        last: Digest | None = None,
+        limit: int | None = None,
+    ) -> Sequence[ReferrerRecord]:
+        """Sorted by digest; paged: up to ``limit`` (None: all) whose digest sorts after ``last``."""
+        ...
+
     def record_pull(self, repository: str, digest: Digest, when: float) -> None: ...
 
     # upload sessions
-    def create_upload(self, session: UploadSession) -> None: ...
+    def create_upload(self, session: UploadSession, limits: UploadLimits | None = None) -> None:
+        """Record a new session; with ``limits``, counted and inserted in one write transaction (so
+        concurrent workers cannot overshoot), UploadLimitReached when the repository or the user is full."""
+        ...
+
     def get_upload(self, session_id: str) -> UploadSession | None: ...
     def update_upload(self, session_id: str, size: int, when: float) -> None: ...
     def delete_upload(self, session_id: str) -> None: ...

@@ -24,7 +24,7 @@ from sqlalchemy.sql import ClauseElement
 
 from .schema import blob_links, manifest_refs, manifests, metadata, repositories, tags, upload_sessions
 
-__all__ = ["DDL", "Compiled", "compile_for_sqlite3"]
+__all__ = ["DDL", "INDEX_DDL", "TABLE_DDL", "Compiled", "compile_for_sqlite3"]
 
 _DIALECT = sqlite.dialect()
 
@@ -50,14 +50,17 @@ def compile_for_sqlite3(statement: ClauseElement) -> Compiled:
     return Compiled(str(compiled), names, defaults)
 
 
-# CREATE TABLE / INDEX IF NOT EXISTS, in dependency order
-DDL: tuple[str, ...] = tuple(
+# CREATE TABLE / INDEX IF NOT EXISTS, in dependency order; migrations run between the two (an index
+# may name a column that an older database gets only from its migration)
+TABLE_DDL: tuple[str, ...] = tuple(
     str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)) for table in metadata.sorted_tables
-) + tuple(
+)
+INDEX_DDL: tuple[str, ...] = tuple(
     str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT))
     for table in metadata.sorted_tables
     for index in sorted(table.indexes, key=lambda i: str(i.name))
 )
+DDL: tuple[str, ...] = TABLE_DDL + INDEX_DDL
 
 # :repository -> repositories.id (NULL when unknown, which matches nothing)
 _REPO = select(repositories.c.id).where(repositories.c.name == bindparam("repository")).scalar_subquery()
@@ -91,6 +94,16 @@ LINKED_SIZE_BY_ID = compile_for_sqlite3(
 )
 UNLINK_BLOB = compile_for_sqlite3(
     delete(blob_links).where(blob_links.c.repository_id == _REPO, blob_links.c.digest == bindparam("digest"))
+)
+BLOB_REFERENCED_BY = compile_for_sqlite3(  # a manifest of the repository naming the blob (config, layer)
+    select(manifest_refs.c.manifest_digest)
+    .where(
+        manifest_refs.c.repository_id == _REPO,
+        manifest_refs.c.target_digest == bindparam("digest"),
+        manifest_refs.c.is_manifest.is_(False),
+    )
+    .order_by(manifest_refs.c.manifest_digest)
+    .limit(1)
 )
 REPOS_WITH_BLOB = compile_for_sqlite3(
     select(repositories.c.name)
@@ -179,8 +192,13 @@ _REFERRERS = (
         manifests.c.artifact_type,
         manifests.c.annotations,
     )
-    .where(manifests.c.repository_id == _REPO, manifests.c.subject == bindparam("subject"))
+    .where(
+        manifests.c.repository_id == _REPO,
+        manifests.c.subject == bindparam("subject"),
+        manifests.c.digest > bindparam("after"),  # paging: "" for the first page
+    )
     .order_by(manifests.c.digest)
+    .limit(bindparam("limit"))
 )
 REFERRERS = compile_for_sqlite3(_REFERRERS)
 REFERRERS_OF_TYPE = compile_for_sqlite3(_REFERRERS.where(manifests.c.artifact_type == bindparam("artifact_type")))
@@ -208,6 +226,14 @@ UPDATE_UPLOAD = compile_for_sqlite3(
     .values(size=bindparam("new_size"), updated_at=bindparam("when"))
 )
 DELETE_UPLOAD = compile_for_sqlite3(delete(upload_sessions).where(upload_sessions.c.id == bindparam("upload_id")))
+_LIVE = upload_sessions.c.updated_at >= bindparam("live_since")
+_COUNT_LIVE = (func.count(), func.min(upload_sessions.c.updated_at))
+UPLOADS_OF_REPOSITORY = compile_for_sqlite3(  # (open sessions, oldest updated_at) for the session limit
+    select(*_COUNT_LIVE).where(upload_sessions.c.repository == bindparam("repository"), _LIVE)
+)
+UPLOADS_OF_USER = compile_for_sqlite3(
+    select(*_COUNT_LIVE).where(upload_sessions.c.user == bindparam("user"), _LIVE)
+)
 EXPIRED_UPLOADS = compile_for_sqlite3(
     select(upload_sessions)
     .where(upload_sessions.c.updated_at < bindparam("older_than"))

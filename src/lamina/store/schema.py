@@ -5,11 +5,12 @@
     repositories                      blob_links                         upload_sessions
     +-------------+                   +----------------------+            +-------------------+
     | id       PK |<--+--------------| repository_id  PK,FK |            | id             PK |
-    | name   UNIQ |   |               | digest         PK    |            | repository        |
+    | name   UNIQ |   |               | digest         PK    |            | repository   (ix) |
     | created_at  |   |               | size                 |            | size              |
     +-------------+   |               | linked_at            |            | started_at        |
                       |               +----------------------+            | updated_at   (ix) |
-                      |               (ix: digest -> repos holding it)    +-------------------+
+                      |               (ix: digest -> repos holding it)    | user         (ix) |
+                      |                                                   +-------------------+
                       |
                       |  manifests                                  manifest_refs
                       |  +------------------------+                 +------------------------+
@@ -29,6 +30,14 @@
                                                          | tag             PK     |
                                                          | updated_at             |
                                                          +------------------------+
+
+    blob_checks                       one row per blob file whose bytes were re-hashed and matched
+    +----------------------+          its digest (verification on read, lamina.store.integrity);
+    | digest            PK |          valid only while the file's identity (inode, size, mtime,
+    | inode, size          |          ctime) is the one recorded: any write, truncation or
+    | mtime_ns, ctime_ns   |          replacement changes it, and the next read re-hashes
+    | checked_at           |
+    +----------------------+
 
 Manifest bytes live in ``manifests.content`` so a manifest PUT (validate references, store, move the tag)
 is one transaction. Deleting a repository cascades to everything in it; deleting a manifest cascades to its
@@ -55,6 +64,7 @@ from sqlalchemy import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "blob_checks",
     "blob_links",
     "manifest_refs",
     "manifests",
@@ -64,7 +74,8 @@ __all__ = [
     "upload_sessions",
 ]
 
-SCHEMA_VERSION = 1  # stored in PRAGMA user_version; bump with a migration when a table changes
+SCHEMA_VERSION = 2  # stored in PRAGMA user_version; bump with a migration when a table changes
+# 1 -> 2: upload_sessions.user (sqlite.SqliteMetadataStore.create_schema adds the column)
 
 metadata = MetaData()
 
@@ -145,5 +156,20 @@ upload_sessions = Table(
     Column("size", Integer, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("user", String(255)),  # schema 2; NULL: anonymous (the per-user session limit skips it)
     Index("ix_upload_sessions_updated", "updated_at"),
+    Index("ix_upload_sessions_repository", "repository", "updated_at"),
+    Index("ix_upload_sessions_user", "user", "updated_at"),
+)
+
+blob_checks = Table(  # a table added in place (CREATE IF NOT EXISTS): no schema version change needed
+    "blob_checks",
+    metadata,
+    Column("digest", String(200), primary_key=True),
+    Column("inode", Integer, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("ctime_ns", Integer, nullable=False),
+    Column("checked_at", Float, nullable=False),
+    sqlite_with_rowid=False,
 )

@@ -37,6 +37,7 @@ from lamina.oci import Digest, parse_digest
 
 from . import queries as q
 from .base import (
+    BlobReferenced,
     BlobUnknown,
     ManifestRecord,
     ManifestReference,
@@ -47,6 +48,8 @@ from .base import (
     TagCondition,
     TagImmutable,
     TagPreconditionFailed,
+    UploadLimitReached,
+    UploadLimits,
     UploadSession,
 )
 from .schema import SCHEMA_VERSION
@@ -188,10 +191,21 @@ class SqliteMetadataStore:
                     f"metadata database {self.path} has schema version {version}, newer than this lamina "
                     f"({SCHEMA_VERSION}); upgrade lamina"
                 )
-            for statement in q.DDL:
+            for statement in q.TABLE_DDL:
+                conn.execute(statement)
+            self._migrate(conn)
+            for statement in q.INDEX_DDL:
                 conn.execute(statement)
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an older database's tables up to :data:`SCHEMA_VERSION` (by their columns, so a
+        migration another process finished first is skipped): 1 -> 2 adds ``upload_sessions.user``."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(upload_sessions)")}
+        if "user" not in columns:
+            conn.execute("ALTER TABLE upload_sessions ADD COLUMN user VARCHAR(255)")
 
     # -- repositories and blob links --------------------------------------------------------------
 
@@ -231,8 +245,19 @@ class SqliteMetadataStore:
         row = self._fetch_one(q.LINKED_SIZE, repository=repository, digest=str(digest))
         return None if row is None else int(row[0])
 
-    def unlink_blob(self, repository: str, digest: Digest) -> bool:
-        return self._run(q.UNLINK_BLOB, repository=repository, digest=str(digest)) > 0
+    def unlink_blob(self, repository: str, digest: Digest, *, force: bool = False) -> bool:
+        """Unlink unless a manifest of the repository names the blob (BlobReferenced): checked under the
+        write lock a manifest PUT checks its references under, so neither can slip between the other's
+        check and write. ``force`` skips the check (tests simulating lost blobs)."""
+        if force:
+            return self._run(q.UNLINK_BLOB, repository=repository, digest=str(digest)) > 0
+        with self._transaction() as conn:
+            query = q.BLOB_REFERENCED_BY
+            row = conn.execute(query.sql, query.bind(repository=repository, digest=str(digest))).fetchone()
+            if row is not None:
+                raise BlobReferenced(repository, digest, _digest(row[0]))
+            unlink = q.UNLINK_BLOB.bind(repository=repository, digest=str(digest))
+            return conn.execute(q.UNLINK_BLOB.sql, unlink).rowcount > 0
 
     def repositories_with_blob(self, digest: Digest, limit: int = 1) -> Sequence[str]:
         return [row[0] for row in self._fetch(q.REPOS_WITH_BLOB, digest=str(digest), limit=_limit(limit))]
@@ -348,16 +373,25 @@ class SqliteMetadataStore:
         rows = self._fetch(q.LIST_TAGS, repository=repository, last=last or "", limit=_limit(limit))
         return [row[0] for row in rows]
 
-    def referrers(self, repository: str, subject: Digest, artifact_type: str | None) -> Sequence[ReferrerRecord]:
-        """Manifests whose ``subject`` is ``subject``, sorted by digest; filtered by artifact type if given.
+    def referrers(
+        self,
+        repository: str,
+        subject: Digest,
+        artifact_type: str | None,
+        last: Digest | None = None,
+        limit: int | None = None,
+    ) -> Sequence[ReferrerRecord]:
+        """Manifests whose ``subject`` is ``subject``, sorted by digest; filtered by artifact type if given;
+        paged: up to ``limit`` of them whose digest sorts after ``last``.
 
         ``artifact_type`` is compared with the stored record's, which the caller fills as the referrers
         API reports it (the manifest's artifactType, else its config media type)."""
+        page = {"after": str(last) if last is not None else "", "limit": _limit(limit)}
         if artifact_type is None:
-            rows = self._fetch(q.REFERRERS, repository=repository, subject=str(subject))
+            rows = self._fetch(q.REFERRERS, repository=repository, subject=str(subject), **page)
         else:
             rows = self._fetch(
-                q.REFERRERS_OF_TYPE, repository=repository, subject=str(subject), artifact_type=artifact_type
+                q.REFERRERS_OF_TYPE, repository=repository, subject=str(subject), artifact_type=artifact_type, **page
             )
         return [ReferrerRecord(_digest(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
@@ -370,18 +404,38 @@ class SqliteMetadataStore:
 
     # -- upload sessions --------------------------------------------------------------------------
 
-    def create_upload(self, session: UploadSession) -> None:
+    def create_upload(self, session: UploadSession, limits: UploadLimits | None = None) -> None:
+        """Insert the session; with ``limits``, count the open ones in the same write transaction."""
+        values = {
+            "id": session.id,
+            "repository": session.repository,
+            "size": session.size,
+            "started_at": session.started_at,
+            "updated_at": session.updated_at,
+            "user": session.user,
+        }
         try:
-            self._run(
-                q.INSERT_UPLOAD,
-                id=session.id,
-                repository=session.repository,
-                size=session.size,
-                started_at=session.started_at,
-                updated_at=session.updated_at,
-            )
+            with self._transaction() as conn:
+                if limits is not None:
+                    self._check_upload_limits(conn, session, limits)
+                conn.execute(q.INSERT_UPLOAD.sql, q.INSERT_UPLOAD.bind(**values))
         except sqlite3.IntegrityError:
             raise StoreError(f"upload session {session.id!r} already exists") from None
+
+    @staticmethod
+    def _check_upload_limits(conn: sqlite3.Connection, session: UploadSession, limits: UploadLimits) -> None:
+        query = q.UPLOADS_OF_REPOSITORY
+        count, oldest = conn.execute(
+            query.sql, query.bind(repository=session.repository, live_since=limits.live_since)
+        ).fetchone()
+        if count >= limits.per_repository:
+            raise UploadLimitReached("repository", session.repository, limits.per_repository, oldest)
+        if session.user is None:
+            return
+        query = q.UPLOADS_OF_USER
+        count, oldest = conn.execute(query.sql, query.bind(user=session.user, live_since=limits.live_since)).fetchone()
+        if count >= limits.per_user:
+            raise UploadLimitReached("user", session.user, limits.per_user, oldest)
 
     def get_upload(self, session_id: str) -> UploadSession | None:
         row = self._fetch_one(q.GET_UPLOAD, upload_id=session_id)

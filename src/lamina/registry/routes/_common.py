@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from aiohttp import web
 
 from lamina.oci import Digest, DigestError, parse_digest
@@ -11,7 +13,7 @@ from ..config import RegistryConfig
 from ..errors import ErrorCode, RegistryError
 from ..services import CONFIG, OFFLOAD, STORAGE, Offloader
 
-__all__ = ["config", "digest_param", "next_link", "offload", "page_params", "storage"]
+__all__ = ["config", "digest_param", "next_link", "offload", "page_params", "raw_query_param", "storage"]
 
 
 def offload(request: web.Request) -> Offloader:
@@ -39,20 +41,43 @@ def digest_param(value: str | None, what: str = "digest") -> Digest:
         raise RegistryError(code, str(exc), detail={what: value}, status=status) from None
 
 
-def page_params(request: web.Request) -> tuple[int | None, str | None]:
-    """``n`` and ``last`` of the spec's pagination (end-8b, catalog)."""
+def raw_query_param(request: web.Request, name: str) -> str | None:
+    """The first ``name=`` of the query with only %-escapes decoded, so a raw ``+`` stays ``+`` (media types
+    such as ``application/vnd.x+json``: Go clients send ``%2B``, others a raw ``+``; form decoding, which
+    aiohttp's ``request.query`` applies, would turn it into a space)."""
+    for pair in request.rel_url.raw_query_string.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key) == name:
+            return unquote(value)
+    return None
+
+
+def page_params(request: web.Request, listing: str) -> tuple[int, str | None]:
+    """``n`` and ``last`` of the spec's pagination (end-8b, catalog, referrers) for ``listing``
+    (``catalog``, ``tags`` or ``referrers``): ``n`` defaults to the listing's page size, and above its
+    maximum is refused with PAGINATION_NUMBER_INVALID, as CNCF distribution does (limits.*_page_size)."""
+    default, maximum = config(request).limits.page_size(listing)
     n_text = request.query.get("n")
-    n: int | None = None
-    if n_text is not None and n_text != "":
-        if not n_text.isdigit() or len(n_text) > 9:
-            raise RegistryError(
-                ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, got {n_text!r}"
-            )
-        n = int(n_text)
+    if n_text is None or n_text == "":
+        return default, request.query.get("last") or None
+    if not n_text.isdigit() or len(n_text) > 9:
+        raise RegistryError(
+            ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, got {n_text!r}",
+            detail={"n": n_text},
+        )
+    n = int(n_text)
+    if n > maximum:
+        raise RegistryError(
+            ErrorCode.PAGINATION_NUMBER_INVALID,
+            f"n={n} is above the most {listing} entries a page may hold, {maximum} "
+            f"(limits.{listing}_max_page_size): ask for fewer and follow the Link header",
+            detail={"n": n, "max": maximum},
+        )
     return n, request.query.get("last") or None
 
 
-def next_link(path: str, n: int, last: str) -> str:
+def next_link(path: str, n: int, last: str, **query: str) -> str:
+    """The RFC 5988 ``Link`` to the page after ``last``; ``query``: other parameters the next page keeps."""
     from urllib.parse import urlencode
 
-    return f'<{path}?{urlencode({"n": n, "last": last})}>; rel="next"'
+    return f'<{path}?{urlencode({**query, "n": n, "last": last})}>; rel="next"'

@@ -3,12 +3,17 @@
 Bytes stream from the socket into the upload store (hashed as they stream by the store, never held
 whole in memory; a body longer or shorter than its headers declare fails inside the stream, so none of it
 is kept). Session state lives in the metadata store and partial data on disk, so an upload survives
-a restart. ``Range`` follows CNCF distribution (``0-<size-1>``, and ``0-0`` for an empty session),
+a restart. Limits (:mod:`lamina.registry.limits`): a blob over ``max_blob_bytes`` is refused with 413
+``SIZE_INVALID`` as soon as a header declares it or the bytes received pass it, before anything more is
+stored; a new session past the per-repository or per-user count is 429 ``TOOMANYREQUESTS`` with
+``Retry-After``; a body that stalls is 408 (:mod:`lamina.registry.pacing`). ``Range`` follows CNCF
+distribution (``0-<size-1>``, and ``0-0`` for an empty session),
 which is what every client is tested against.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -17,10 +22,20 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from lamina.oci import Digest, is_valid_name
-from lamina.store import BlobUnknown, Storage, UploadConflict, UploadSession, UploadUnknown
+from lamina.store import (
+    BlobUnknown,
+    Storage,
+    UploadConflict,
+    UploadLimitReached,
+    UploadLimits,
+    UploadSession,
+    UploadUnknown,
+)
 
+from ..auth.middleware import IDENTITY
 from ..errors import ErrorCode, RegistryError
-from ._common import digest_param, offload, storage
+from ..pacing import paced_chunks
+from ._common import config, digest_param, offload, storage
 
 __all__ = ["cancel", "finish", "patch", "start", "status"]
 
@@ -54,30 +69,68 @@ def _gone(session_id: str, exc: Exception) -> RegistryError:
     return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, str(exc), detail={"session": session_id})
 
 
-async def _body(request: web.Request, declared: int | None, what: str) -> AsyncIterator[bytes]:
+def _too_large(name: str, size: int, maximum: int, how: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.SIZE_INVALID,
+        f"blob upload to {name} {how} {size} bytes, over the registry's maximum blob size of {maximum} bytes "
+        "(limits.max_blob_bytes)",
+        detail={"size": size, "max_blob_bytes": maximum},
+        status=413,
+    )
+
+
+async def _body(request: web.Request, declared: int | None, what: str, offset: int) -> AsyncIterator[bytes]:
     """The body as it arrives; with ``declared``, a size error raised *inside* the stream, so the store's
     all-or-nothing append keeps none of a body longer (checked before the extra bytes are stored) or shorter
-    than ``what`` (the Content-Length or Content-Range header) says."""
+    than ``what`` (the Content-Length or Content-Range header) says. The same for a blob that grows past
+    ``max_blob_bytes`` (``offset`` bytes are already in the session) and for a client too slow to wait for."""
+    limits = config(request).limits
     received = 0
-    async for chunk in request.content.iter_any():
+    async for chunk in paced_chunks(request.content, limits):
         received += len(chunk)
         if declared is not None and received > declared:
             raise RegistryError(ErrorCode.SIZE_INVALID, f"the body is longer than the {declared} bytes {what} declares")
+        if offset + received > limits.max_blob_bytes:
+            raise _too_large(request.match_info["name"], offset + received, limits.max_blob_bytes, "reached")
         yield chunk
     if declared is not None and received != declared:
         raise RegistryError(ErrorCode.SIZE_INVALID, f"received {received} bytes, {what} declares {declared}")
 
 
 async def _new_session(request: web.Request, name: str) -> str:
-    return await offload(request).run(_new_session_sync, storage(request), name)
-
-
-def _new_session_sync(store: Storage, name: str) -> str:
-    session_id = uuid.uuid4().hex
+    """A new session, counted against the repository's and the caller's open sessions (429 past either)."""
+    settings = config(request)
+    identity = request.get(IDENTITY)
+    user = identity.user if identity is not None else None
     now = time.time()
-    store.uploads.create(session_id)
-    store.metadata.create_upload(UploadSession(session_id, name, 0, now, now))
-    return session_id
+    limits = UploadLimits(
+        settings.limits.upload_sessions_per_repository,
+        settings.limits.upload_sessions_per_user,
+        now - settings.upload_expiry_seconds,
+    )
+    session = UploadSession(uuid.uuid4().hex, name, 0, now, now, user)
+    try:
+        await offload(request).run(_new_session_sync, storage(request), session, limits)
+    except UploadLimitReached as exc:
+        retry = exc.oldest_update + settings.upload_expiry_seconds - time.time()
+        setting = f"upload_sessions_per_{exc.scope}"
+        raise RegistryError(
+            ErrorCode.TOOMANYREQUESTS,
+            f"{exc} (limits.{setting}): finish or cancel some, or retry later; abandoned sessions stop "
+            f"counting after upload_expiry_seconds ({settings.upload_expiry_seconds:g} s)",
+            detail={exc.scope: exc.owner, "limit": exc.limit},
+            headers={"Retry-After": str(min(max(math.ceil(retry), 1), 60))},
+        ) from None
+    return session.id
+
+
+def _new_session_sync(store: Storage, session: UploadSession, limits: UploadLimits) -> None:
+    store.uploads.create(session.id)
+    try:
+        store.metadata.create_upload(session, limits)
+    except BaseException:
+        store.uploads.discard(session.id)
+        raise
 
 
 def _session(request: web.Request) -> tuple[str, UploadSession]:
@@ -91,10 +144,13 @@ def _session(request: web.Request) -> tuple[str, UploadSession]:
 
 
 async def _try_mount(request: web.Request, name: str, digest: Digest, source: str | None) -> bool:
-    """Link ``digest`` into ``name`` when ``source`` (or, without it, any repository) has it."""
+    """Link ``digest`` into ``name`` when ``source`` (or, without it and with ``automatic_crossmount`` on,
+    any repository) has it."""
     store = storage(request)
     if source is not None:
         size = store.metadata.linked_blob_size(source, digest)
+    elif not config(request).automatic_crossmount:
+        return False
     else:
         holders = store.metadata.repositories_with_blob(digest, 1)
         size = store.metadata.linked_blob_size(holders[0], digest) if holders else None
@@ -124,6 +180,7 @@ async def start(request: web.Request) -> web.Response:
         return web.Response(status=202, headers=_session_headers(name, session_id, 0))
     if "digest" in request.query:
         digest = digest_param(request.query["digest"])
+        _check_declared_size(request, name, 0, request.content_length)
         session_id = await _new_session(request, name)
         try:
             await _append(request, store, session_id, 0)
@@ -157,13 +214,21 @@ async def _append(request: web.Request, store: Storage, session_id: str, offset:
             raise RegistryError(ErrorCode.SIZE_INVALID,
                                 f"Content-Length {length} does not match Content-Range {content_range}")
         declared, what = last - first + 1, f"Content-Range {content_range}"
+    _check_declared_size(request, request.match_info["name"], offset, declared)
     try:
-        size = await store.uploads.append(session_id, offset, _body(request, declared, what))
+        size = await store.uploads.append(session_id, offset, _body(request, declared, what, offset))
     except UploadConflict as exc:
         raise RegistryError(ErrorCode.RANGE_INVALID, str(exc), headers={"Range": _range(exc.current_size)}) from None
     except UploadUnknown as exc:
         raise _gone(session_id, exc) from None
     return size
+
+
+def _check_declared_size(request: web.Request, name: str, offset: int, declared: int | None) -> None:
+    """413 before a byte of the body is read when its headers already take the blob past the maximum."""
+    maximum = config(request).limits.max_blob_bytes
+    if declared is not None and offset + declared > maximum:
+        raise _too_large(name, offset + declared, maximum, "would reach")
 
 
 async def _commit(request: web.Request, name: str, session_id: str, digest: Digest) -> None:
