@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
+from isal import igzip_lib
 
 from lamina.oci import Digest, parse_digest
 
@@ -158,6 +159,8 @@ class _Unpacker:
         if info.isreg():
             self._regular(path, info, tar)
         elif info.issym():
+            if not info.linkname:
+                raise LayerError(f"invalid layer entry {entry!r}: symlink with an empty target")
             os.symlink(info.linkname, path)
             self._meta(path, info, symlink=True)
         elif info.islnk():
@@ -229,7 +232,10 @@ def _set_xattrs(path: str, info: tarfile.TarInfo) -> None:
         name = key[len("SCHILY.xattr.") :]
         if name.startswith(_REFUSED_XATTR_PREFIXES):
             raise LayerError(f"unsafe layer entry {info.name!r}: overlay xattr {name!r} is not allowed")
-        os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+        try:
+            os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+        except OSError as exc:  # e.g. user.* on a symlink, which Linux refuses (so no real layer has one)
+            raise LayerError(f"invalid layer entry {info.name!r}: cannot set xattr {name!r}: {exc.strerror}") from None
 
 
 def _prepare(dest_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -300,7 +306,7 @@ def _raise_decode_error(decoder: Producer) -> None:
         return
     if isinstance(error, LayerError):
         raise error
-    if isinstance(error, OSError | EOFError | ValueError | zstandard.ZstdError):
+    if isinstance(error, OSError | EOFError | ValueError | zstandard.ZstdError | igzip_lib.IsalError):
         raise LayerError(f"layer stream is corrupt or truncated: {error}") from error
     raise error
 

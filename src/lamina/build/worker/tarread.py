@@ -101,7 +101,10 @@ def _text(field: bytes) -> str:
 
 def _number(field: bytes) -> int:
     if field and field[0] & 0x80:
-        return tarfile.nti(field)  # GNU base-256 for large values
+        try:
+            return tarfile.nti(field)  # GNU base-256 for large values
+        except tarfile.HeaderError:
+            raise TarFormatError(f"invalid number {field!r} in tar header") from None
     digits = field.split(b"\0", 1)[0].strip()
     try:
         return int(digits, 8) if digits else 0
@@ -165,9 +168,12 @@ def _apply_pax(info: tarfile.TarInfo, records: dict[str, str]) -> None:
             info.linkname = value
         elif key in _PAX_NUMERIC:
             try:
-                setattr(info, key, _PAX_NUMERIC[key](value))
+                number = _PAX_NUMERIC[key](value)
             except ValueError:
-                raise TarFormatError(f"invalid pax {key}={value!r} for {info.name!r}") from None
+                number = -1
+            if not 0 <= number < 2**63:  # also refuses nan and inf mtimes, negative sizes and ids
+                raise TarFormatError(f"invalid pax {key}={value!r} for {info.name!r}")
+            setattr(info, key, number)
         elif key in ("uname", "gname"):
             setattr(info, key, value)
     info.pax_headers = records
