@@ -54,7 +54,7 @@ from .base import (
 )
 from .schema import SCHEMA_VERSION
 
-__all__ = ["SYNCHRONOUS_MODES", "SqliteMetadataStore"]
+__all__ = ["SYNCHRONOUS_MODES", "SqliteMetadataStore", "switch_to_wal"]
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -67,6 +67,24 @@ def _digest(text: str) -> Digest:
 def _limit(limit: int | None) -> int:
     return q.NO_LIMIT if limit is None else max(0, limit)
 
+
+
+def switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch ``conn``'s database to WAL. SQLite answers "database is locked" at once, without its busy
+    handler, when another process is switching the same fresh file at that moment (several workers
+    opening a new root), so retry with backoff for up to ``timeout`` seconds; other errors propagate."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 class SqliteMetadataStore:
     """The MetadataStore protocol over one SQLite file shared by every worker process."""
@@ -162,24 +180,10 @@ class SqliteMetadataStore:
             return conn.execute(query.sql, query.bind(**values)).rowcount
 
     def _enable_wal(self) -> None:
-        """Switch a new database to WAL. SQLite answers "database is locked" at once, without its busy
-        handler, when another process is switching the same fresh file at that moment (several workers
-        opening a new root), so retry with backoff for up to ``busy_timeout``."""
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.005
-        while True:
-            try:
-                conn = self._connection()
-                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise StoreError(f"metadata database {self.path}: {exc}") from exc
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"metadata database {self.path}: {exc}") from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        try:
+            switch_to_wal(self._connection(), self.busy_timeout)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"metadata database {self.path}: {exc}") from exc
 
     def create_schema(self) -> None:
         """Switch to WAL and create missing tables/indexes; idempotent and safe when processes race."""

@@ -129,3 +129,25 @@ max_failures = 8
     assert [line["status"] for line in lines] == [401] * 7 + [429, 429]
     assert {line["user"] for line in lines} == {"alice"} and lines[0]["action"] == "pull"
     assert "guess-" not in log and "alice-pw" not in log
+
+
+def _open_limiter(path: str, start: float) -> bool:
+    import time as _time
+
+    _time.sleep(max(0.0, start - _time.time()))  # all processes open the fresh file at the same moment
+    LoginLimiter(Path(path), LoginLimits()).retry_after("alice", "127.0.0.1")
+    return True
+
+
+def test_workers_opening_a_fresh_counters_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Each registry worker opens the counters file when it starts; SQLite answers "database is locked" at
+    once (no busy handler) to a WAL switch racing another process's, which once killed a starting worker."""
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        for round_no in range(4):
+            path = tmp_path / f"round{round_no}" / "login-failures.db"
+            start = time.time() + 1.0
+            assert pool.starmap(_open_limiter, [(str(path), start)] * 6) == [True] * 6

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina.store.sqlite import switch_to_wal
+
 __all__ = ["LoginLimiter", "LoginLimits"]
 
 _SCHEMA = """
@@ -86,7 +88,7 @@ class LoginLimiter:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(db, timeout=10.0)  # workers opening a fresh file at once: retried, not fatal
             db.execute("PRAGMA synchronous=NORMAL")  # counters, not data: a power cut may forget a few
             self._local.db = db
             with self._lock:
