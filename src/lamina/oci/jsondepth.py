@@ -13,7 +13,7 @@ import re
 __all__ = ["DEFAULT_MAX_JSON_DEPTH", "exceeds_json_depth", "json_depth"]
 
 DEFAULT_MAX_JSON_DEPTH = 64
-_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"', re.DOTALL)
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 
