@@ -136,6 +136,8 @@ class Solver:
             lambda key: self._lookup(key) is not None, no_cache=options.no_cache,
         )
         self._bad_blobs: set[Digest] = set()  # cached blobs found unreadable during this build
+        # (blob, source) pairs found gone from one cache ref: the same blob from another ref still hits
+        self._gone: set[tuple[Digest, str | None]] = set()
         self._base_blobs: set[tuple[Digest, str | None]] = set()  # base image layers: no cache to fall back from
         self._hit_layers: dict[tuple[Digest, str | None], tuple[LayerRef, str]] = {}  # lazy layer -> its hit's origin
         self._held: list[Callable[[], None]] = []  # this round's reports to the cache exporters
@@ -152,24 +154,36 @@ class Solver:
                 for call in self._held:  # the cache exporters see the round that stands, only
                     call()
                 return result
-            for name, blobs in gone.items():
-                self._bad_blobs |= blobs
+            for name, pairs in gone.items():
+                self._gone |= pairs
+                blobs = {digest for digest, _ in pairs}
                 self.progress.message(
                     f"WARNING: cache {name}: layer(s) {', '.join(sorted(b.short for b in blobs))} gone from it "
                     "(the ref was rewritten meanwhile); building the steps that used them"
                 )
-            self.state.cache.drop_blobs(self._bad_blobs)
+            self.state.cache.drop_blobs({digest for digest, _ in self._gone} | self._bad_blobs)
         raise AssertionError("unreachable: the last round has no remote cache to lose")
 
-    async def _gone_layers(self) -> dict[str, set[Digest]]:
-        """Per cache that lost some: the lazy layers of this round's hits that are no longer there."""
-        lazy = [layer for layer, _ in self._hit_layers.values() if layer.descriptor.digest not in self._bad_blobs
+    async def _gone_layers(self) -> dict[str, set[tuple[Digest, str | None]]]:
+        """Per cache that lost some: the (blob, source) of this round's lazy hit layers no longer there."""
+        lazy = [layer for layer, _ in self._hit_layers.values() if not self._unusable(layer)
                 and not self.state.content.has(layer.descriptor.digest)]
         verifiers = [importer for importer in self.importers if isinstance(importer, BlobVerifier)]
         if not lazy or not verifiers:
             return {}
         answers = await asyncio.gather(*(verifier.missing(lazy) for verifier in verifiers))
-        return {verifier.name: blobs for verifier, blobs in zip(verifiers, answers, strict=True) if blobs}
+        gone: dict[str, set[tuple[Digest, str | None]]] = {}
+        for verifier, blobs in zip(verifiers, answers, strict=True):
+            pairs = {(digest, source) for (digest, source), (_, origin) in self._hit_layers.items()
+                     if origin == verifier.name and digest in blobs}
+            if pairs:
+                gone[verifier.name] = pairs
+        return gone
+
+    def _unusable(self, layer: LayerRef) -> bool:
+        """A layer found unreadable (any copy), or gone from the cache ref it was to come from."""
+        digest = layer.descriptor.digest
+        return digest in self._bad_blobs or (digest, layer.source) in self._gone
 
     def _emit(self, exporter: CacheExporter, call: Callable[[], None]) -> None:
         """The local index records at once (executed steps are its hits in the next round); the other
@@ -425,7 +439,7 @@ class Solver:
     def _lookup(self, key: Digest) -> CachedResult | None:
         for importer in self.importers:
             hit = importer.lookup(key)
-            if hit is not None and not any(layer.descriptor.digest in self._bad_blobs for layer in hit.layers):
+            if hit is not None and not any(self._unusable(layer) for layer in hit.layers):
                 return hit
         return None
 
