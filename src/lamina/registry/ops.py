@@ -77,15 +77,9 @@ def configure_access_log() -> None:
 
 def exposure_warning(host: str, ops: OpsSettings) -> str | None:
     """The loud start-up warning for a registry reachable beyond loopback without authentication."""
-    import ipaddress
+    from lamina.client.session import is_loopback
 
-    if ops.auth is not None:
-        return None
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if loopback:
+    if ops.auth is not None or is_loopback(host):
         return None
     return (
         f"WARNING: listening on {host}, which is not a loopback address, WITHOUT AUTHENTICATION: anyone who "

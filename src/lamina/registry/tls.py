@@ -187,15 +187,9 @@ def attach_reloader(app: web.Application, reloader: CertificateReloader, interva
 
 def cleartext_warning(host: str, tls: bool, auth: bool) -> str | None:
     """The start-up warning for credentials sent in clear: [auth] on a non-loopback address without TLS."""
-    import ipaddress
+    from lamina.client.session import is_loopback
 
-    if tls or not auth:
-        return None
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if loopback:
+    if tls or not auth or is_loopback(host):
         return None
     return (
         f"WARNING: listening on {host} with [auth] but WITHOUT TLS: passwords and tokens cross the network in "
