@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import http.client
 import io
 import json
@@ -27,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from regtools import descriptor, sha256
 
 from helpers.registries import RegistryProcess, start_lamina
 
@@ -43,16 +43,8 @@ TYPE_INDEX = "application/vnd.food.stand"
 TEARDOWN_BLOB_DELETE = {202, 404, 405}
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, indent="\t").encode()  # Go's json.MarshalIndent(v, "", "\t")
-
-
-def descriptor(media_type: str, data: bytes) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
 
 
 @dataclass(frozen=True)
@@ -147,9 +139,9 @@ class SuiteData:
             self.manifests.append(canonical({
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,
-                "config": {**descriptor(OCI_CONFIG, config), "data": base64.b64encode(config).decode(),
+                "config": {**descriptor(config, OCI_CONFIG), "data": base64.b64encode(config).decode(),
                            "newUnspecifiedField": base64.b64encode(b"hello world").decode()},
-                "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", self.layer)],
+                "layers": [descriptor(self.layer, "application/vnd.oci.image.layer.v1.tar+gzip")],
             }))
 
     def referrer(self, subject: bytes, artifact_type: str, blob: bytes, *, in_config: bool,
@@ -157,11 +149,11 @@ class SuiteData:
         """An artifact whose type is its config media type (``in_config``) or its artifactType field."""
         doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
         if in_config:
-            doc |= {"config": descriptor(artifact_type, blob), "layers": [descriptor(EMPTY_JSON, self.empty_json)]}
+            doc |= {"config": descriptor(blob, artifact_type), "layers": [descriptor(self.empty_json, EMPTY_JSON)]}
         else:
-            doc |= {"artifactType": artifact_type, "config": descriptor(EMPTY_JSON, self.empty_json),
-                    "layers": [descriptor(artifact_type, blob)]}
-        doc["subject"] = descriptor(OCI_MANIFEST, subject)
+            doc |= {"artifactType": artifact_type, "config": descriptor(self.empty_json, EMPTY_JSON),
+                    "layers": [descriptor(blob, artifact_type)]}
+        doc["subject"] = descriptor(subject, OCI_MANIFEST)
         if annotation is not None:
             doc["annotations"] = {ANNOTATION: annotation}
         return canonical(doc)
@@ -322,7 +314,7 @@ class Run:
         for i in range(4):
             put = self.put(f"test{i}", d.manifests[1])
             assert put.status == 201 and put.headers["location"], put
-        empty = canonical({"schemaVersion": 2, "config": descriptor(OCI_CONFIG, d.configs[1]), "layers": []})
+        empty = canonical({"schemaVersion": 2, "config": descriptor(d.configs[1], OCI_CONFIG), "layers": []})
         refused = r.request("PUT", "/v2/<name>/manifests/emptylayer", empty, {"Content-Type": OCI_MANIFEST})
         assert refused.status == 400 and refused.error_code() == "MANIFEST_INVALID", refused  # allow_empty_layers
         got = r.request("GET", f"/v2/<name>/manifests/{sha256(d.manifests[1])}", headers={"Accept": OCI_MANIFEST})
@@ -334,11 +326,11 @@ class Run:
         r.push_blob(d.configs[0])
         self.put("tagtest0", d.manifests[0])
         index = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": TYPE_INDEX,
-                           "manifests": [descriptor(OCI_MANIFEST, d.manifests[0])],
+                           "manifests": [descriptor(d.manifests[0], OCI_MANIFEST)],
                            "annotations": {ANNOTATION: "test index"}})
         self.put(sha256(index), index, OCI_INDEX)
         nested = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": TYPE_INDEX,
-                            "manifests": [descriptor(OCI_INDEX, index)], "annotations": {ANNOTATION: "test index"}})
+                            "manifests": [descriptor(index, OCI_INDEX)], "annotations": {ANNOTATION: "test index"}})
         self.put(sha256(nested), nested, OCI_INDEX)
         dangling = d.referrer(d.manifests[3], TYPE_B, d.ref_blob_b, in_config=False, annotation=None)
         r.push_blob(d.ref_blob_b)
@@ -366,9 +358,9 @@ class Run:
         for doc in refs.values():
             self.put(sha256(doc), doc)  # before its subject exists
         index = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": TYPE_INDEX,
-                           "manifests": [descriptor(OCI_MANIFEST, refs["a-config"]),
-                                         descriptor(OCI_MANIFEST, refs["a-layer"])],
-                           "subject": descriptor(OCI_MANIFEST, subject), "annotations": {ANNOTATION: "test index"}})
+                           "manifests": [descriptor(refs["a-config"], OCI_MANIFEST),
+                                         descriptor(refs["a-layer"], OCI_MANIFEST)],
+                           "subject": descriptor(subject, OCI_MANIFEST), "annotations": {ANNOTATION: "test index"}})
         self.put(sha256(index), index, OCI_INDEX)
         r.push_blob(d.configs[4])
         self.put("tagtest0", subject)

@@ -12,7 +12,6 @@ request answers a JSON 4xx in the registry's error format and logs one line, nev
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import http.client
 import json
 import socket
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from regtools import descriptor, sha256
 
 from helpers.registries import RegistryProcess, start_lamina
 
@@ -29,14 +29,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def descriptor(media_type: str, data: bytes) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
 
 
 @dataclass(frozen=True)
@@ -94,8 +86,8 @@ def image(server: RegistryProcess, repo: str, **extra: Any) -> tuple[dict[str, A
     layer = uuid.uuid4().bytes * 8
     push_blob(server, repo, config)
     push_blob(server, repo, layer)
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, config),
-           "layers": [descriptor(LAYER, layer)], **extra}
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(config, OCI_CONFIG),
+           "layers": [descriptor(layer, LAYER)], **extra}
     return doc, config, layer
 
 
@@ -143,7 +135,7 @@ def test_the_console_shows_an_image_whose_config_nests_deeply(server: RegistryPr
     config = b'{"os": "linux", "x": ' + b"[" * 1100 + b"]" * 1100 + b"}"
     push_blob(server, "deep/console", config)
     layer = push_blob(server, "deep/console", uuid.uuid4().bytes)
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, config),
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(config, OCI_CONFIG),
            "layers": [{"mediaType": LAYER, "digest": layer, "size": 16}]}
     assert push_manifest(server, "deep/console", "v1", doc).status == 201
     page = call(server, "GET", "/ui/r/deep/console")
@@ -201,7 +193,7 @@ def test_referrers_artifact_type_with_a_raw_plus_or_percent_2b(server: RegistryP
     artifact = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.test+json",
                 "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
                 "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
-                "subject": descriptor(OCI_MANIFEST, subject_body)}
+                "subject": descriptor(subject_body, OCI_MANIFEST)}
     body = json.dumps(artifact).encode()
     assert push_manifest(server, repo, sha256(body), body).status == 201
     for query in ("application/vnd.test+json", "application/vnd.test%2Bjson", "application%2Fvnd.test%2bjson"):
@@ -219,7 +211,7 @@ def test_a_blob_a_manifest_uses_is_not_deleted(server: RegistryProcess) -> None:
     child = json.dumps(doc).encode()
     assert push_manifest(server, repo, sha256(child), child).status == 201  # untagged: only the index names it
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                        "manifests": [descriptor(OCI_MANIFEST, child)]}).encode()
+                        "manifests": [descriptor(child, OCI_MANIFEST)]}).encode()
     assert push_manifest(server, repo, "latest", index, OCI_INDEX).status == 201
     for blob in (config, layer):
         refused = call(server, "DELETE", f"/v2/{repo}/blobs/{sha256(blob)}")

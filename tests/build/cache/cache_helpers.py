@@ -11,6 +11,15 @@ from lamina.build.builder import BuildRequest, BuildResult, build
 from lamina.build.cacheopts import parse_cache_from, parse_cache_to
 from lamina.build.progress import PlainProgress
 
+# A small app build shared by the cache tests: WORKDIR, COPY a.txt, two RUNs that print ran-one / ran-two.
+APP = """\
+FROM {base}
+WORKDIR /app
+COPY a.txt /app/
+RUN cat /app/a.txt > /app/out.txt && echo ran-one
+RUN echo two > /app/two.txt && echo ran-two
+"""
+
 
 def make_context(path: Path, dockerfile: str, files: dict[str, str]) -> Path:
     path.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cache_helpers import make_context, ran, run_build, step_status
+from cache_helpers import APP, make_context, ran, run_build, step_status
 
 from helpers.api import push_blob, put_manifest
 from helpers.images import busybox_image
@@ -26,15 +26,6 @@ pytestmark = [pytest.mark.root]
 
 if os.geteuid() != 0 or shutil.which("runc") is None:
     pytest.skip("needs root and runc (overlay mounts, containers)", allow_module_level=True)
-
-APP = """\
-FROM {base}
-WORKDIR /app
-COPY a.txt /app/
-RUN cat /app/a.txt > /app/out.txt && echo ran-one
-RUN echo two > /app/two.txt && echo ran-two
-"""
-
 
 @pytest.fixture(scope="module")
 def base(lamina_registry: RegistryProcess, busybox_rootfs: Path) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cache_helpers import make_context, ran, run_build, step_status
+from cache_helpers import APP, make_context, ran, run_build, step_status
 
 from helpers.images import busybox_image
 from helpers.proxy import RegistryProxy
@@ -34,15 +34,6 @@ pytestmark = [pytest.mark.root]
 
 if os.geteuid() != 0 or shutil.which("runc") is None:
     pytest.skip("needs root and runc (overlay mounts, containers)", allow_module_level=True)
-
-APP = """\
-FROM {base}
-WORKDIR /app
-COPY a.txt /app/
-RUN cat /app/a.txt > /app/out.txt && echo ran-one
-RUN echo two > /app/two.txt && echo ran-two
-"""
-
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
