@@ -34,9 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.sql import ClauseElement
 
 from lamina.oci import Digest, parse_digest
 
@@ -44,7 +42,7 @@ from .filesystem import FileIdentity
 from .paths import StorePaths
 from .private import DIR_MODE, FILE_MODE
 from .schema import blob_checks, blob_links, manifest_refs, manifests, repositories, tags
-from .sweep import connect
+from .sweep import compile_sql, connect, immediate
 
 __all__ = [
     "Snapshot",
@@ -61,54 +59,49 @@ __all__ = [
     "relink",
 ]
 
-_DIALECT = sqlite.dialect(paramstyle="named")
-
-
-def _sql(statement: ClauseElement) -> str:
-    return str(statement.compile(dialect=_DIALECT))
-
-
 _REPO_ID = select(repositories.c.id).where(repositories.c.name == bindparam("repository")).scalar_subquery()
-LINKS = _sql(
+LINKS = compile_sql(
     select(repositories.c.name, blob_links.c.digest, blob_links.c.size)
     .join(repositories, repositories.c.id == blob_links.c.repository_id)
 )
-REFS = _sql(
+REFS = compile_sql(
     select(repositories.c.name, manifest_refs.c.manifest_digest, manifest_refs.c.target_digest,
            manifest_refs.c.size, manifest_refs.c.is_manifest)
     .join(repositories, repositories.c.id == manifest_refs.c.repository_id)
 )
-MANIFESTS = _sql(
+MANIFESTS = compile_sql(
     select(repositories.c.name, manifests.c.digest, manifests.c.content)
     .join(repositories, repositories.c.id == manifests.c.repository_id)
 )
-TAGS = _sql(select(repositories.c.name, tags.c.digest, tags.c.tag).join(repositories,
+TAGS = compile_sql(select(repositories.c.name, tags.c.digest, tags.c.tag).join(repositories,
                                                                          repositories.c.id == tags.c.repository_id))
-LINKED_IN = _sql(
+LINKED_IN = compile_sql(
     select(repositories.c.name, blob_links.c.size)
     .join(repositories, repositories.c.id == blob_links.c.repository_id)
     .where(blob_links.c.digest == bindparam("digest"))
 )
-DELETE_LINKS = _sql(delete(blob_links).where(blob_links.c.digest == bindparam("digest")))
-FIX_SIZE = _sql(
+DELETE_LINKS = compile_sql(delete(blob_links).where(blob_links.c.digest == bindparam("digest")))
+FIX_SIZE = compile_sql(
     blob_links.update()
     .where(blob_links.c.digest == bindparam("digest"), blob_links.c.size != bindparam("size"))
     .values(size=bindparam("size"))
 )
-MANIFEST_ROW = _sql(
+MANIFEST_ROW = compile_sql(
     select(manifests.c.content).where(manifests.c.repository_id == _REPO_ID, manifests.c.digest == bindparam("digest"))
 )
-MANIFEST_TAGS = _sql(select(tags.c.tag).where(tags.c.repository_id == _REPO_ID, tags.c.digest == bindparam("digest")))
-DELETE_MANIFEST = _sql(
+MANIFEST_TAGS = compile_sql(
+    select(tags.c.tag).where(tags.c.repository_id == _REPO_ID, tags.c.digest == bindparam("digest"))
+)
+DELETE_MANIFEST = compile_sql(
     delete(manifests).where(manifests.c.repository_id == _REPO_ID, manifests.c.digest == bindparam("digest"))
 )
-INSERT_LINK = _sql(
+INSERT_LINK = compile_sql(
     sqlite_insert(blob_links)
     .values(repository_id=_REPO_ID, digest=bindparam("digest"), size=bindparam("size"), linked_at=bindparam("now"))
     .on_conflict_do_nothing()
     .inline()  # no RETURNING: rowcount says whether a link was added
 )
-CHECKED = _sql(
+CHECKED = compile_sql(
     select(blob_checks.c.inode, blob_checks.c.size, blob_checks.c.mtime_ns, blob_checks.c.ctime_ns)
     .where(blob_checks.c.digest == bindparam("digest"))
 )
@@ -116,14 +109,14 @@ _record = sqlite_insert(blob_checks).values(
     digest=bindparam("digest"), inode=bindparam("inode"), size=bindparam("size"),
     mtime_ns=bindparam("mtime_ns"), ctime_ns=bindparam("ctime_ns"), checked_at=bindparam("now"),
 )
-RECORD_CHECK = _sql(
+RECORD_CHECK = compile_sql(
     _record.on_conflict_do_update(
         index_elements=[blob_checks.c.digest],
         set_={name: _record.excluded[name] for name in ("inode", "size", "mtime_ns", "ctime_ns", "checked_at")},
     )
 )
-FORGET_CHECK = _sql(delete(blob_checks).where(blob_checks.c.digest == bindparam("digest")))
-CHECKED_DIGESTS = _sql(select(blob_checks.c.digest))
+FORGET_CHECK = compile_sql(delete(blob_checks).where(blob_checks.c.digest == bindparam("digest")))
+CHECKED_DIGESTS = compile_sql(select(blob_checks.c.digest))
 
 
 @dataclass
@@ -171,17 +164,8 @@ def read_snapshot(paths: StorePaths) -> Snapshot:
 
 @contextlib.contextmanager
 def _immediate(paths: StorePaths) -> Iterator[sqlite3.Connection]:
-    conn = connect(paths.metadata_db)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    with contextlib.closing(connect(paths.metadata_db)) as conn, immediate(conn):
+        yield conn
 
 
 def _quarantine_target(paths: StorePaths, what: str, name: str) -> Path:

@@ -38,12 +38,13 @@ from lamina.oci import Digest
 from .paths import StorePaths
 from .schema import blob_links, manifest_refs, manifests, repositories, tags
 
-__all__ = ["SweepResult", "connect", "sweep"]
+__all__ = ["SweepResult", "compile_sql", "connect", "immediate", "sweep"]
 
 _DIALECT = sqlite.dialect(paramstyle="named")
 
 
-def _sql(statement: ClauseElement) -> str:
+def compile_sql(statement: ClauseElement) -> str:
+    """SQLAlchemy Core ``statement`` as SQLite SQL with named parameters (for the sqlite3 DB-API)."""
     return str(statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True}))
 
 
@@ -66,8 +67,8 @@ _UNTAGGED = (
         ),
     )
 )
-UNTAGGED = _sql(_UNTAGGED)
-DELETE_MANIFEST = _sql(
+UNTAGGED = compile_sql(_UNTAGGED)
+DELETE_MANIFEST = compile_sql(
     delete(manifests).where(
         manifests.c.repository_id == select(repositories.c.id).where(repositories.c.name == bindparam("repository"))
         .scalar_subquery(),
@@ -81,19 +82,19 @@ _unreferenced_link = and_(
         manifest_refs.c.target_digest == blob_links.c.digest,
     ),
 )
-STALE_LINKS = _sql(
+STALE_LINKS = compile_sql(
     select(repositories.c.name, blob_links.c.digest, blob_links.c.size)
     .join(repositories, repositories.c.id == blob_links.c.repository_id)
     .where(_unreferenced_link)
 )
-DELETE_STALE_LINKS = _sql(delete(blob_links).where(_unreferenced_link))
-LIVE_DIGESTS = _sql(
+DELETE_STALE_LINKS = compile_sql(delete(blob_links).where(_unreferenced_link))
+LIVE_DIGESTS = compile_sql(
     union(
         select(blob_links.c.digest),
         select(manifest_refs.c.target_digest).where(manifest_refs.c.is_manifest.is_(False)),
     )
 )
-IS_LIVE = _sql(
+IS_LIVE = compile_sql(
     select(
         exists().where(blob_links.c.digest == bindparam("digest"))
         | exists().where(manifest_refs.c.target_digest == bindparam("digest"), manifest_refs.c.is_manifest.is_(False))
@@ -120,7 +121,8 @@ def connect(path: Path, busy_timeout: float = 60.0) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection, commit: bool = True) -> Iterator[sqlite3.Connection]:
+def immediate(conn: sqlite3.Connection, commit: bool = True) -> Iterator[sqlite3.Connection]:
+    """A write transaction taken at once (BEGIN IMMEDIATE): rolled back on error, or when not ``commit``."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -163,7 +165,7 @@ def sweep(
     result = SweepResult()
     conn = connect(paths.metadata_db)
     try:
-        with _immediate(conn, commit=not dry_run):
+        with immediate(conn, commit=not dry_run):
             if delete_untagged:
                 result.untagged = _delete_untagged(conn, cutoff)
             result.links = [tuple(row) for row in conn.execute(STALE_LINKS, {"cutoff": cutoff})]  # type: ignore[misc]
@@ -177,7 +179,7 @@ def sweep(
             result.blobs = [(str(d), st.st_size) for d, st in candidates]
             return result
         for start in range(0, len(candidates), batch):
-            with _immediate(conn):
+            with immediate(conn):
                 for digest, _ in candidates[start:start + batch]:
                     if conn.execute(IS_LIVE, {"digest": str(digest)}).fetchone()[0]:
                         continue
