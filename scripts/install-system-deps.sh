@@ -6,7 +6,7 @@ set -euo pipefail
 
 PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah podman curl ca-certificates chromium
           slirp4netns passt golang-github-containers-common iproute2 apache2-utils
-          golang-docker-credential-helpers pass gnupg)
+          golang-docker-credential-helpers pass gnupg debootstrap)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
