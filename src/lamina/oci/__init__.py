@@ -19,6 +19,7 @@ from .manifest import (
     is_legacy_buildkit_cache,
     parse_manifest,
 )
+from .platforms import format_platform, host_platform, normalize_platform, parse_platform, parse_platforms
 from .reference import Reference, ReferenceError, is_valid_name, is_valid_tag, parse_reference
 
 __all__ = [
@@ -46,13 +47,18 @@ __all__ = [
     "classify",
     "digest_of",
     "exceeds_json_depth",
+    "format_platform",
+    "host_platform",
     "is_legacy_buildkit_cache",
     "is_valid_name",
     "is_valid_tag",
     "json_depth",
     "mediatypes",
     "normalize",
+    "normalize_platform",
     "parse_digest",
     "parse_manifest",
+    "parse_platform",
+    "parse_platforms",
     "parse_reference",
 ]
