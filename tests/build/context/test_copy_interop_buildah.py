@@ -134,7 +134,11 @@ def test_same_root_filesystem_as_buildah(tmp_path: Path) -> None:
     tree = SourceTree.load(ctx)
     for _, step in COPIES:
         apply_copy(step, source_root=ctx, rootfs=rootfs, source=tree)
-    assert _snapshot(rootfs) == expected
+    mine = _snapshot(rootfs)
+    # the one place buildah and BuildKit differ: BuildKit (v0.32, tests/data/parity/copy-chmod-dirs) gives the
+    # directory COPY --chmod creates the --chmod mode; buildah leaves it 0755. Lamina follows BuildKit.
+    assert mine.pop("t11") == ("d", 0o640, "", 0, 0) and expected.pop("t11") == ("d", 0o755, "", 0, 0)
+    assert mine == expected
 
 
 IGNORE_CASES = {

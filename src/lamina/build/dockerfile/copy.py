@@ -8,6 +8,7 @@ trailing ``/``; the history text lists the flags and sources as BuildKit writes 
 
 from __future__ import annotations
 
+from lamina.build.filecopy.modes import ChmodError, parse_chmod
 from lamina.build.ops import CopyStep
 from lamina.oci import DigestError, ReferenceError, parse_digest, parse_reference
 
@@ -53,13 +54,19 @@ def from_reference(inst: Instruction, value: str, ctx: Context, current: int) ->
 
 def _check_chmod(inst: Instruction, chmod: str) -> None:
     try:
-        mode = int(chmod, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o7777:
-        raise DockerfileError(
-            f"invalid chmod parameter: '{chmod}'. it should be octal string and between 0 and 07777", inst.line
-        )
+        parse_chmod(chmod)
+    except ChmodError as exc:
+        raise DockerfileError(f"{inst.cmd} {exc}", inst.line) from None
+
+
+def _links(link: bool, chmod: str | None, chown: str | None) -> bool:
+    """Whether BuildKit merges this COPY as a link layer: ``--link`` without ``--chmod`` (its frontend:
+    ``cfg.link && cfg.chmod == ""``). Lamina also keeps a ``--chown`` by *name* on the base, since the
+    name is looked up in the image's /etc/passwd, which a layer made on an empty root cannot see."""
+    if not link or chmod:
+        return False
+    user, _, group = (chown or "").partition(":")
+    return all(part.isdigit() for part in (user, group) if part)
 
 
 def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
@@ -70,8 +77,6 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         )
     else:
         flags = parse_flags(inst, strings=("from", "chown", "chmod"), bools=("link", "parents"), lists=("exclude",))
-        if flags.get("parents"):
-            raise DockerfileError("COPY --parents is not supported by lamina", inst.line)
     if len(inst.args) < 2:
         raise DockerfileError(
             f"{inst.cmd} requires at least two arguments, but only one was provided. "
@@ -120,7 +125,9 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
             raise DockerfileError(f"ADD --checksum={checksum}: {exc}", inst.line) from None
     exclude = flags.get("exclude") or []
     assert isinstance(exclude, list)
-    words = [inst.cmd]
+    words = [inst.cmd]  # BuildKit's history text: --parents, --chown, --chmod; never --link or --exclude
+    if flags.get("parents"):
+        words.append("--parents")
     if chown:
         words.append(f"--chown={chown}")
     if chmod:
@@ -135,8 +142,10 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         from_image=from_image,
         chown=chown,
         chmod=chmod,
-        link=bool(flags.get("link")),
+        link=_links(bool(flags.get("link")), chmod, chown),
+        parents=bool(flags.get("parents")),
         is_add=is_add,
+        keep_git_dir=bool(flags.get("keep-git-dir")),
         heredocs=tuple(inline),
         exclude=tuple(exclude),
         checksum=checksum,

@@ -29,30 +29,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.build import gopath
-from lamina.build.context import ContextError, Entry, Selected, SourceTree
+from lamina.build.context import ContextError, Entry, Selected, SourceTree, split_wildcards
 from lamina.build.dockerignore import PatternMatcher
 from lamina.build.filecopy.fetch import Download, Downloads, is_url
+from lamina.build.filecopy.modes import Chmod, ChmodError
+from lamina.build.filecopy.modes import parse_chmod as parse_modes
 from lamina.build.filecopy.rootfs import DIR_FLAGS, NEW_FILE_FLAGS, CopyError, RootFS, write_all
 from lamina.build.ops import CopyStep
 
-__all__ = ["OwnerResolver", "apply_copy", "copy_checksum", "parse_chmod"]
+__all__ = ["OwnerResolver", "apply_copy", "copy_checksum", "parents_path", "parse_chmod"]
 
 OwnerResolver = Callable[[str], tuple[int, int]]
 _CHUNK = 1 << 20
 _SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 
-def parse_chmod(value: str | None) -> int | None:
-    """``--chmod`` as Docker accepts it: an octal number up to 7777."""
+def parse_chmod(value: str | None) -> Chmod | None:
+    """``--chmod`` as BuildKit accepts it (octal, or symbolic such as ``u+x,g-w``); None when not given."""
     if value is None or value == "":
         return None
     try:
-        mode = int(value, 8)
-    except ValueError:
-        raise CopyError(f"invalid --chmod={value}: expected an octal mode such as 755") from None
-    if not 0 <= mode <= 0o7777:
-        raise CopyError(f"invalid --chmod={value}: mode out of range")
-    return mode
+        return parse_modes(value)
+    except ChmodError as exc:
+        raise CopyError(str(exc)) from None
+
+
+def parents_path(item: Selected) -> str:
+    """Where ``COPY --parents`` puts a selected item below the destination: its source path as written,
+    cleaned, and only the part after ``/./`` when the source has that pivot (``./src/./b`` -> ``b``); a
+    wildcard match keeps the non-wildcard prefix plus the matched path (``src/*/*.txt`` -> ``src/a/x.txt``)."""
+    source = item.source
+    while source.startswith("./"):
+        source = source[2:]
+    source = "/" + source
+    if "/./" in source:
+        source = "/" + source.split("/./", 1)[1]
+    prefix, pattern = split_wildcards(source)
+    kept = gopath.clean(prefix).lstrip("/")
+    if pattern:
+        kept = posixpath.join(kept, item.rel) if kept else item.rel
+    return kept
 
 
 def _numeric_owner(spec: str) -> tuple[int, int]:
@@ -186,6 +202,7 @@ class _Copier:
         self.chmod = parse_chmod(step.chmod)
         self.chown = self._resolve_chown(step.chown)
         self.links: dict[tuple[int, int], tuple[str, str]] = {}
+        self.created: list[str] = []  # directories this copy created (root-relative), parents first
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -241,10 +258,9 @@ class _Copier:
         return 0, 0
 
     def _mode(self, src_mode: int) -> int:
-        perm = stat.S_IMODE(src_mode)
         if self.chmod is None:
-            return perm
-        return self.chmod if self.chmod > 0o777 else (perm & 0o7000) | self.chmod
+            return stat.S_IMODE(src_mode)
+        return self.chmod.apply(src_mode, is_dir=stat.S_ISDIR(src_mode))
 
     # -- the copy --------------------------------------------------------------------------------
 
@@ -259,14 +275,38 @@ class _Copier:
                 "the destination must be a directory and end with a /"
             )
         head, tail = posixpath.split(dest)
-        ensure = dest if tail in ("", ".") else head
-        created_owner = self.chown if self.chown is not None else (0, 0)
-        self.root.mkdir_all(self.root.resolve(ensure), owner=created_owner)
+        ensure = dest if tail in ("", ".") or self.step.parents else head
+        self._mkdir_all(self.root.resolve(ensure))
         dest_rel = self.root.resolve(gopath.clean(dest))
         for item in items:
-            self._copy_item(item, dest_rel, created_owner)
+            if self.step.parents and isinstance(item, Selected):
+                self._copy_with_parents(item, dest_rel)
+            else:
+                self._copy_item(item, dest_rel)
+        if self.chmod is not None and self.chmod.octal is not None:
+            for rel in reversed(self.created):  # fsutil: created directories take an octal --chmod, deepest first
+                self.root.chmod_dir(rel, self.chmod.octal)
 
-    def _copy_item(self, item: _Item, dest_rel: str, created_owner: tuple[int, int]) -> None:
+    def _mkdir_all(self, rel: str) -> None:
+        """``mkdir -p`` inside the rootfs; created dirs are 0755 (an octal --chmod replaces it at the end)
+        and owned by the --chown owner or root, as BuildKit's copy creates them."""
+        owner = self.chown if self.chown is not None else (0, 0)
+        self.created.extend(self.root.mkdir_all(rel, owner=owner))
+
+    def _copy_with_parents(self, item: Selected, dest_rel: str) -> None:
+        """``COPY --parents``: the item lands at DEST/<its source path>, the part after a ``/./`` pivot only."""
+        kept = parents_path(item)
+        sub = posixpath.dirname(kept)
+        where = posixpath.join(dest_rel, sub) if sub else dest_rel
+        self._mkdir_all(where)
+        if item.entry.is_dir:
+            target = posixpath.join(dest_rel, kept) if kept else dest_rel
+            self._mkdir_all(target)
+            self._copy_tree(item, target)
+        else:
+            self._copy_item(item, where)
+
+    def _copy_item(self, item: _Item, dest_rel: str) -> None:
         src_is_dir = isinstance(item, Selected) and item.entry.is_dir
         st_dest = self.root.lstat(dest_rel)
         dest_is_dir = st_dest is not None and stat.S_ISDIR(st_dest.st_mode)
@@ -276,12 +316,12 @@ class _Copier:
             assert isinstance(item, Selected)
             if st_dest is not None and not dest_is_dir:
                 raise CopyError(f"cannot copy to non-directory: {self.root.display(dest_rel)}")
-            self.root.mkdir_all(dest_rel, owner=created_owner)
+            self._mkdir_all(dest_rel)
             self._copy_tree(item, dest_rel)
             return
         target = posixpath.join(dest_rel, item.name) if dest_is_dir else dest_rel
         parent, _, name = target.rpartition("/")
-        self.root.mkdir_all(parent, owner=created_owner)
+        self._mkdir_all(parent)
         with self.root.dir(parent) as dfd:
             if isinstance(item, Selected):
                 self._copy_entry(item.entry, dfd, parent, name)
@@ -296,7 +336,7 @@ class _Copier:
         with open(fd, "rb") as raw:
             if not is_archive(raw):
                 return False
-            self.root.mkdir_all(dest_rel, owner=self.chown if self.chown is not None else (0, 0))
+            self._mkdir_all(dest_rel)
             extract_archive(raw, RootFS(self.root.root / dest_rel if dest_rel else self.root.root), what=item.source)
         return True
 

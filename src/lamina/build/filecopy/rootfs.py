@@ -107,10 +107,13 @@ class RootFS:
         if self.privileged:
             os.fchown(fd, uid, gid)
 
-    def mkdir_all(self, rel: str, *, owner: tuple[int, int] | None, mode: int = 0o755) -> None:
-        """``mkdir -p`` of a resolved path; created dirs get ``mode`` and ``owner`` (None: the caller's)."""
+    def mkdir_all(self, rel: str, *, owner: tuple[int, int] | None, mode: int = 0o755) -> list[str]:
+        """``mkdir -p`` of a resolved path; created dirs get ``mode`` and ``owner`` (None: the caller's).
+
+        Returns the root-relative paths of the directories it created, parents first."""
         fd = os.open(self.root, DIR_FLAGS)
         done: list[str] = []
+        made: list[str] = []
         try:
             for part in rel.split("/") if rel else ():
                 done.append(part)
@@ -133,11 +136,18 @@ class RootFS:
                 os.close(fd)
                 fd = nfd
                 if created:
+                    made.append("/".join(done))
                     if owner is not None:
                         self.fchown(fd, *owner)
                     os.fchmod(fd, mode)
         finally:
             os.close(fd)
+        return made
+
+    def chmod_dir(self, rel: str, mode: int) -> None:
+        """Set the mode of the resolved directory ``rel`` (opened with O_NOFOLLOW components)."""
+        with self.dir(rel) as fd:
+            os.fchmod(fd, mode)
 
     def clear_for(self, dir_fd: int, name: str, *, is_dir: bool, where: str) -> os.stat_result | None:
         """Make room for a new entry ``name``: a non-directory is removed; a directory stays for a
