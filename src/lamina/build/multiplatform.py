@@ -1,0 +1,200 @@
+"""Multi-platform outputs: one image per target platform, published as one OCI image index.
+
+``--platform linux/amd64,linux/arm64`` solves one graph per platform (the builder; see docs/build.md
+"Platforms") and exports what buildx with BuildKit v0.32 exports (attestations off):
+
+- the index: ``application/vnd.oci.image.index.v1+json`` listing each platform's manifest in
+  ``--platform`` order, every entry with ``platform`` {architecture, os[, variant]} taken from the image
+  config, no annotations;
+- ``type=registry`` / ``--push``: each image's blobs and manifest pushed by digest, then the index under
+  every tag (a registry thus never holds a tag pointing at an index with a missing child);
+- ``type=oci``: one image-layout tar whose ``index.json`` names the index (with the ref name annotation)
+  and whose blobs hold every image;
+- ``type=local``: one directory per platform, named as buildx's ``platform-split`` names them
+  (``linux_amd64``, ``linux_arm_v7``).
+
+A single-platform build keeps the plain image manifest (no index), as BuildKit does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.build.execution import StepExecutor
+from lamina.build.exporter import ExportImage, push_image, write_local
+from lamina.build.images import BlobSources, ImageSource
+from lamina.build.progress import Progress
+from lamina.client import ClientPool
+from lamina.oci import Descriptor, Digest, ImageIndex, Platform, digest_of, format_platform, parse_reference
+from lamina.oci import mediatypes as mt
+from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
+
+__all__ = ["ExportIndex", "PlatformImage", "check_outputs", "export_index", "platform_dir", "push_index",
+           "write_oci_index_tar"]
+
+
+@dataclass(frozen=True)
+class PlatformImage:
+    platform: Platform  # the target platform the image was built for
+    image: ExportImage
+    descriptor_annotations: Mapping[str, str] | None = None  # on its index entry (--annotation manifest-descriptor:)
+
+
+def platform_dir(platform: Platform) -> str:
+    """buildx's per-platform directory name of ``type=local`` (``linux/arm/v7`` -> ``linux_arm_v7``)."""
+    return format_platform(platform).replace("/", "_")
+
+
+def _descriptor_platform(image: ExportImage) -> Platform:
+    """The index entry's platform: the image config's architecture, os and variant (what it says it runs on)."""
+    config = image.config
+    return Platform(config.architecture, config.os, config.variant or None)
+
+
+@dataclass(frozen=True)
+class ExportIndex:
+    images: tuple[PlatformImage, ...]
+    index_bytes: bytes
+
+    @classmethod
+    def create(cls, images: Sequence[PlatformImage], annotations: Mapping[str, str] | None = None) -> ExportIndex:
+        """The index of ``images`` in order; ``annotations`` (``--annotation index:``) go in the index."""
+        manifests = tuple(
+            Descriptor(mt.OCI_MANIFEST, item.image.digest, len(item.image.manifest_bytes),
+                       annotations=dict(item.descriptor_annotations) if item.descriptor_annotations else None,
+                       platform=_descriptor_platform(item.image))
+            for item in images
+        )
+        index = ImageIndex(mt.OCI_INDEX, manifests, annotations=dict(annotations) if annotations else None)
+        return cls(tuple(images), index.to_bytes())
+
+    @property
+    def digest(self) -> Digest:
+        return digest_of(self.index_bytes)
+
+
+async def push_index(
+    pool: ClientPool, refs: Sequence[str], index: ExportIndex, images: ImageSource, known: BlobSources
+) -> Digest:
+    """Push every image (blobs, config, manifest by digest), then the index under each of ``refs``."""
+    for ref in refs:
+        reference = parse_reference(ref)
+        repository = f"{reference.registry}/{reference.repository}"
+        for item in index.images:
+            await push_image(pool, [f"{repository}@{item.image.digest}"], item.image, images, known)
+        client = pool.get(reference.registry)
+        await client.put_manifest(reference.repository, reference.reference, index.index_bytes, mt.OCI_INDEX)
+    return index.digest
+
+
+async def write_oci_index_tar(
+    dest: Path, index: ExportIndex, images: ImageSource, *, ref_name: str | None,
+    descriptor_annotations: Mapping[str, str] | None = None,
+) -> None:
+    """An OCI image layout tar holding the index and every platform's image, written atomically;
+    ``descriptor_annotations`` (``--annotation index-descriptor:``) go on the index's index.json entry."""
+    import tarfile
+
+    layers: dict[Digest, Path] = {}
+    for item in index.images:
+        for layer in item.image.layers:
+            if layer.descriptor.digest not in layers:
+                layers[layer.descriptor.digest] = await images.fetch(layer)
+    sizes = {layer.descriptor.digest: layer.descriptor.size for item in index.images for layer in item.image.layers}
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    annotations = dict(descriptor_annotations or {})
+    if ref_name:
+        annotations[REF_NAME_ANNOTATION] = ref_name
+    top = Descriptor(mt.OCI_INDEX, index.digest, len(index.index_bytes), annotations=annotations or None)
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o444
+        tar.addfile(info, io.BytesIO(data))
+
+    def write() -> None:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            add(tar, "oci-layout", oci_layout_json())
+            add(tar, "index.json", index_json([top]))
+            add(tar, blob_path(index.digest), index.index_bytes)
+            written: set[Digest] = set()
+            for item in index.images:
+                image = item.image
+                for digest, data in ((image.digest, image.manifest_bytes),
+                                     (digest_of(image.config_bytes), image.config_bytes)):
+                    if digest not in written:
+                        written.add(digest)
+                        add(tar, blob_path(digest), data)
+            for digest, path in layers.items():
+                if digest in written:
+                    continue
+                written.add(digest)
+                info = tarfile.TarInfo(blob_path(digest))
+                info.size, info.mode = sizes[digest], 0o444
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+
+    try:
+        await asyncio.to_thread(write)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def check_outputs(outputs: Sequence[Mapping[str, str]], platforms: Sequence[Platform]) -> None:
+    """Refuse, before any work, an output that cannot hold several platforms' images (as BuildKit does)."""
+    if len(platforms) < 2:
+        return
+    for output in outputs:
+        if output.get("type") == "docker":
+            names = ", ".join(format_platform(p) for p in platforms)
+            raise ValueError(
+                f"--output type=docker holds one image (docker load cannot take an index), but --platform names "
+                f"{len(platforms)} ({names}): build one platform, or use type=oci or type=registry"
+            )
+
+
+async def export_index(
+    index: ExportIndex,
+    refs: Sequence[str],
+    outputs: Sequence[Mapping[str, str]],
+    tags: Sequence[str],
+    pool: ClientPool,
+    images: ImageSource,
+    executor: StepExecutor,
+    progress: Progress,
+    known: BlobSources,
+    *,
+    descriptor_annotations: Mapping[str, str] | None = None,
+) -> tuple[str, ...]:
+    """Every output of a multi-platform build (see the module docstring); returns the references pushed."""
+    names = ", ".join(format_platform(item.platform) for item in index.images)
+    progress.message(f"writing image index {index.digest} ({names})")
+    if refs:
+        await push_index(pool, refs, index, images, known)
+        for ref in refs:
+            progress.message(f"pushing {ref} ({index.digest}) done")
+    for output in outputs:
+        if output["type"] == "oci":
+            ref_name = output.get("name") or (parse_reference(tags[0]).tag if tags else None)
+            await write_oci_index_tar(Path(output["dest"]), index, images, ref_name=ref_name,
+                                      descriptor_annotations=descriptor_annotations)
+            progress.message(f"exporting to oci image format {output['dest']} done")
+        elif output["type"] == "local":
+            for item in index.images:
+                dest = Path(output["dest"]) / platform_dir(item.platform)
+                lowers = await executor.materialize(item.image.layers)
+                await write_local(dest, lowers[::-1], executor.snapshotter.view)
+                progress.message(f"copying files to {dest} done")
+    return tuple(refs)
