@@ -2,12 +2,28 @@
 
 The input is an overlayfs upper dir (or the copying snapshotter's equivalent): deletions are 0/0
 character devices and replaced directories carry ``trusted.overlay.opaque=y``. The output follows the
-OCI image-spec layer format (layer.md "Whiteouts"): ``.wh.<name>`` files and ``.wh..wh..opq`` markers.
+OCI image-spec layer format (layer.md "Whiteouts") the way BuildKit's overlay differ
+(``util/overlay.Changes``) and containerd's change writer write it, given the stack the diff was made
+on (``lowers``):
+
+- an upper entry the stack already holds unchanged (:func:`lowerview.same_entry`: overlayfs copied it
+  up for a hardlink, a no-op ``chmod``, ...) is left out; its directory appears only as the parent of
+  something that did change;
+- a deletion of something the stack does not hold is left out;
+- never a ``.wh..wh..opq`` marker: a directory that replaced a directory gets one ``.wh.NAME`` per child
+  of the old one it lacks (and so does each directory below it), sorted in by NAME; one that replaced a
+  file, symlink or nothing gets none;
+- whiteouts are regular files, mode 0000, owned by 0:0, empty;
+- a hardlink group is written once, under the first path in sort order, the other paths as ``hardlink``
+  entries to it; a link to a file left out (a lower-layer file) is therefore a plain copy.
+
+Without ``lowers`` (the base is unknown) every upper entry is written and an opaque directory gets the
+OCI ``.wh..wh..opq`` marker.
 
 Determinism (two builds of the same tree give the same digest, as BuildKit's differ does): entries are
 sorted by byte name, directories come before their children, uname/gname are empty, uid/gid kept,
-no atime/ctime, integer mtimes clamped to SOURCE_DATE_EPOCH when given, xattrs sorted, hard links
-inside the layer written as links to the first name in walk order, fixed compressor headers.
+no atime/ctime, integer mtimes clamped to SOURCE_DATE_EPOCH when given, xattrs sorted, POSIX ustar
+headers (PAX records only for what ustar cannot hold), two zero blocks at the end, fixed compressor headers.
 
 The tar is generated, hashed (diffID), compressed and hashed again (digest) while streaming to a
 temp file next to the destination, then fsynced and renamed into place: never all in memory.
@@ -19,6 +35,7 @@ import hashlib
 import os
 import stat
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +44,7 @@ from lamina.durable import fsync_dir
 from lamina.oci import Digest
 
 from .compression import Compression, Compressor, media_type_for, new_compressor
+from .lowerview import LowerView, is_opaque, is_whiteout, same_entry
 from .pipeline import Stage
 
 __all__ = ["LayerBlob", "TarStreamWriter", "write_layer"]
@@ -124,27 +142,15 @@ def _xattrs(path: str) -> dict[str, str]:
     return records
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def _is_opaque(path: str) -> bool:
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
-
-
 class TarStreamWriter:
-    """Emit tar entries for a directory walk into a sink (used by :func:`write_layer`)."""
+    """Emit tar entries for a directory walk into a sink (used by :func:`write_layer`); see module doc."""
 
-    def __init__(self, sink: _Sink, source_date_epoch: int | None) -> None:
+    def __init__(self, sink: _Sink, source_date_epoch: int | None, view: LowerView | None = None) -> None:
         self._sink = sink
         self._epoch = source_date_epoch
+        self._view = view
         self._links: dict[tuple[int, int], str] = {}
+        self._pending: list[tuple[str, str, os.stat_result]] = []  # unchanged parent dirs not written yet
 
     def _mtime(self, st: os.stat_result) -> int:
         mtime = int(st.st_mtime)
@@ -157,7 +163,13 @@ class TarStreamWriter:
         info.gname = ""
         self._sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
+    def _flush_parents(self) -> None:
+        for path, name, st in self._pending:
+            self._entry(path, name, st, tarfile.DIRTYPE)
+        self._pending.clear()
+
     def _marker(self, name: str, mtime: int) -> None:
+        self._flush_parents()
         info = tarfile.TarInfo(name)
         info.type = tarfile.REGTYPE
         info.mode = 0
@@ -165,42 +177,81 @@ class TarStreamWriter:
         self._header(info)
 
     def add_tree(self, root: str) -> None:
-        self._walk(root, "")
+        self._walk(root, "", replaced=False)
 
-    def _walk(self, root: str, prefix: str) -> None:
+    def _unchanged(self, rel: str, path: str, st: os.stat_result) -> bool:
+        if self._view is None:
+            return False
+        base = self._view.lookup(rel)
+        return base is not None and same_entry(base[0], base[1], path, st)
+
+    def _walk(self, root: str, prefix: str, *, replaced: bool) -> None:
+        """Write directory ``prefix``'s entries; ``replaced``: it replaced the stack's directory, so each
+        child of the old one it lacks gets a whiteout."""
         directory = os.path.join(root, prefix) if prefix else root
         with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        for entry in entries:
-            rel = prefix + entry.name
+            entries: list[tuple[bytes, os.DirEntry[str] | None, str]] = [
+                (os.fsencode(e.name), e, e.name) for e in it
+            ]
+        if replaced and self._view is not None:
+            present = {name for _, _, name in entries}
+            vanished = self._view.children(prefix.rstrip("/")) - present
+            entries += [(os.fsencode(name), None, name) for name in vanished]
+        dir_mtime = self._mtime(os.lstat(directory))
+        for _, entry, name in sorted(entries, key=lambda item: item[0]):
+            rel = prefix + name
+            if entry is None:
+                self._marker(prefix + WHITEOUT_PREFIX + name, dir_mtime)
+                continue
             st = entry.stat(follow_symlinks=False)
-            if _is_whiteout(st):
-                parent, _, base = rel.rpartition("/")
-                self._marker((parent + "/" if parent else "") + WHITEOUT_PREFIX + base, self._mtime(st))
+            if is_whiteout(st):
+                if self._view is None or self._view.lookup(rel) is not None:
+                    self._marker(prefix + WHITEOUT_PREFIX + name, self._mtime(st))
                 continue
             if stat.S_ISDIR(st.st_mode):
-                self._entry(entry.path, rel + "/", st, tarfile.DIRTYPE)
-                if _is_opaque(entry.path):
-                    self._marker(rel + "/" + OPAQUE_MARKER, self._mtime(st))
-                self._walk(root, rel + "/")
-            elif stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                first = self._links.get(key) if st.st_nlink > 1 else None
-                if first is not None:
-                    self._entry(entry.path, rel, st, tarfile.LNKTYPE, linkname=first)
-                else:
-                    if st.st_nlink > 1:
-                        self._links[key] = rel
-                    self._entry(entry.path, rel, st, tarfile.REGTYPE)
-                    self._file_data(entry.path, st.st_size, rel)
-            elif stat.S_ISLNK(st.st_mode):
-                self._entry(entry.path, rel, st, tarfile.SYMTYPE, linkname=os.readlink(entry.path))
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                kind = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-                self._entry(entry.path, rel, st, kind)
-            elif stat.S_ISFIFO(st.st_mode):
-                self._entry(entry.path, rel, st, tarfile.FIFOTYPE)
-            # Sockets cannot be represented in a tar; Docker and BuildKit skip them too.
+                self._directory(root, entry.path, rel, st, replaced=replaced)
+            elif not self._unchanged(rel, entry.path, st):
+                self._flush_parents()
+                self._file(entry.path, rel, st)
+
+    def _directory(self, root: str, path: str, rel: str, st: os.stat_result, *, replaced: bool) -> None:
+        opaque = is_opaque(path)
+        if self._view is None:
+            self._entry(path, rel + "/", st, tarfile.DIRTYPE)
+            if opaque:
+                self._marker(rel + "/" + OPAQUE_MARKER, self._mtime(st))
+            self._walk(root, rel + "/", replaced=False)
+            return
+        base = self._view.lookup(rel)
+        unchanged = base is not None and same_entry(base[0], base[1], path, st)
+        if unchanged:
+            self._pending.append((path, rel + "/", st))
+        else:
+            self._flush_parents()
+            self._entry(path, rel + "/", st, tarfile.DIRTYPE)
+        self._walk(root, rel + "/", replaced=replaced or (opaque and base is not None))
+        if unchanged and self._pending and self._pending[-1][1] == rel + "/":
+            self._pending.pop()  # nothing below it changed: an unchanged directory stays out
+
+    def _file(self, path: str, rel: str, st: os.stat_result) -> None:
+        if stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            first = self._links.get(key) if st.st_nlink > 1 else None
+            if first is not None:
+                self._entry(path, rel, st, tarfile.LNKTYPE, linkname=first)
+            else:
+                if st.st_nlink > 1:
+                    self._links[key] = rel
+                self._entry(path, rel, st, tarfile.REGTYPE)
+                self._file_data(path, st.st_size, rel)
+        elif stat.S_ISLNK(st.st_mode):
+            self._entry(path, rel, st, tarfile.SYMTYPE, linkname=os.readlink(path))
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            kind = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+            self._entry(path, rel, st, kind)
+        elif stat.S_ISFIFO(st.st_mode):
+            self._entry(path, rel, st, tarfile.FIFOTYPE)
+        # Sockets cannot be represented in a tar; Docker and BuildKit skip them too.
 
     def _entry(self, path: str, name: str, st: os.stat_result, kind: bytes, linkname: str = "") -> None:
         info = tarfile.TarInfo(name)
@@ -239,8 +290,6 @@ class TarStreamWriter:
         self._sink.write(b"\0" * (2 * _BLOCK))
 
 
-
-
 def write_layer(
     diff_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -248,8 +297,10 @@ def write_layer(
     compression: Compression = "gzip",
     level: int | None = None,
     source_date_epoch: int | None = None,
+    lowers: Sequence[str | os.PathLike[str]] | None = None,
 ) -> LayerBlob:
-    """Archive ``diff_dir`` (overlay format) into ``out_dir/<digest hex>``, atomically; see module doc."""
+    """Archive ``diff_dir`` (overlay format) into ``out_dir/<digest hex>``, atomically; ``lowers`` is
+    the stack (top first) the diff was made on, None when unknown; see module doc."""
     media_type = media_type_for(compression)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +309,8 @@ def write_layer(
         with open(tmp, "wb") as fh:
             sink = _Sink(fh, new_compressor(compression, level))
             try:
-                writer = TarStreamWriter(sink, source_date_epoch)
+                view = LowerView(lowers) if lowers is not None else None
+                writer = TarStreamWriter(sink, source_date_epoch, view)
                 writer.add_tree(os.fspath(diff_dir))
                 writer.finish()
                 digest, diff_id = sink.close()
