@@ -65,3 +65,18 @@ def test_manifest_lists_docker_layers_as_oci() -> None:
     manifest = image_manifest(b"{}", layers)
     assert [d.media_type for d in manifest.layers] == [mt.OCI_LAYER_GZIP] * 2
     assert manifest.config.digest == digest_of(b"{}") and manifest.config.media_type == mt.OCI_CONFIG
+
+
+def test_map_fields_are_written_with_sorted_keys_as_go_does() -> None:
+    container = ContainerConfig({
+        "Labels": {"multi": "a b c", "empty": "", "com.example": "x"},
+        "ExposedPorts": {"80/tcp": {}, "53/udp": {}, "8000/tcp": {}},
+        "Volumes": {"/z": {}, "/a": {}},
+        "Env": ["B=1", "A=2"],  # a list keeps its order
+    })
+    dumped = build_image_config(BASE, AMD64, container, []).dump()["config"]
+    assert list(dumped["Labels"]) == ["com.example", "empty", "multi"]
+    assert list(dumped["ExposedPorts"]) == ["53/udp", "80/tcp", "8000/tcp"]
+    assert list(dumped["Volumes"]) == ["/a", "/z"]
+    assert dumped["Env"] == ["B=1", "A=2"]
+    assert list(dumped) == ["ExposedPorts", "Env", "Volumes", "Labels"]

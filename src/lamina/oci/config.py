@@ -31,6 +31,8 @@ _CONTAINER_FIELDS = (
     "OnBuild",
     "Shell",
 )
+# Fields that are Go maps in Docker's and BuildKit's structs: encoding/json writes them with sorted keys.
+_MAP_FIELDS = frozenset({"ExposedPorts", "Volumes", "Labels"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,9 @@ class ContainerConfig:
 
     def dump(self) -> dict[str, Any]:
         ordered = {k: self.values[k] for k in _CONTAINER_FIELDS if self.values.get(k) not in (None, "", [], {})}
+        for key in _MAP_FIELDS & ordered.keys():
+            if isinstance(ordered[key], dict):
+                ordered[key] = dict(sorted(ordered[key].items()))
         ordered.update({k: v for k, v in self.values.items() if k not in _CONTAINER_FIELDS and v is not None})
         return ordered
 

@@ -88,7 +88,7 @@ async def test_failure_raises_with_exit_code_and_last_lines(executor: RuncExecut
 
 async def test_user_and_groups(executor: RuncExecutor, base: Path, tmp_path: Path) -> None:
     user = resolve_user(base, "app")
-    assert (user.uid, user.gid, user.additional_gids) == (1000, 1000, (10, 50))
+    assert (user.uid, user.gid, user.additional_gids) == (1000, 1000, (1000, 10, 50))
     _, lines = await run(
         executor,
         base,

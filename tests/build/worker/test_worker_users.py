@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lamina.build.worker import ResolvedUser, UnknownUser, resolve_in_root, resolve_user
+from lamina.build.worker.users import resolve_chown
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 # a comment
@@ -32,20 +33,44 @@ def root(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("", ResolvedUser(0, 0, (), "root", "/root")),
-        ("root", ResolvedUser(0, 0, (), "root", "/root")),
-        ("app", ResolvedUser(1000, 1000, (10, 999), "app", "/home/app")),
-        ("1000", ResolvedUser(1000, 1000, (10, 999), "app", "/home/app")),
-        ("svc", ResolvedUser(1001, 1001, (10,), "svc", "/srv")),
-        ("app:wheel", ResolvedUser(1000, 10, (), "app", "/home/app")),
-        ("app:999", ResolvedUser(1000, 999, (), "app", "/home/app")),
-        ("app:4242", ResolvedUser(1000, 4242, (), "app", "/home/app")),
-        ("4242", ResolvedUser(4242, 0, (), "", "/")),
-        ("4242:4343", ResolvedUser(4242, 4343, (), "", "/")),
+        ("", ResolvedUser(0, 0, (0,), "root", "/root")),
+        ("root", ResolvedUser(0, 0, (0,), "root", "/root")),
+        ("app", ResolvedUser(1000, 1000, (1000, 10, 999), "app", "/home/app")),
+        ("1000", ResolvedUser(1000, 1000, (1000, 10, 999), "app", "/home/app")),
+        ("svc", ResolvedUser(1001, 1001, (1001, 10), "svc", "/srv")),
+        ("app:wheel", ResolvedUser(1000, 10, (10,), "app", "/home/app")),
+        ("app:999", ResolvedUser(1000, 999, (999,), "app", "/home/app")),
+        ("app:4242", ResolvedUser(1000, 4242, (4242,), "app", "/home/app")),
+        ("4242", ResolvedUser(4242, 0, (0,), "", "/")),
+        ("4242:4343", ResolvedUser(4242, 4343, (4343,), "", "/")),
     ],
 )
 def test_resolution(root: Path, spec: str, expected: ResolvedUser) -> None:
     assert resolve_user(root, spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("app", (1000, 1000)),  # a name: its passwd uid and gid
+        ("1234", (1234, 1234)),  # a bare number is the uid and the gid (BuildKit's --chown=1234)
+        ("1000", (1000, 1000)),
+        ("svc", (1001, 1001)),
+        ("app:wheel", (1000, 10)),
+        ("app:4242", (1000, 4242)),
+        ("7:docker", (7, 999)),
+        ("", (0, 0)),
+    ],
+)
+def test_chown_resolution(root: Path, spec: str, expected: tuple[int, int]) -> None:
+    assert resolve_chown(root, spec) == expected
+
+
+def test_chown_unknown_names_are_clear_errors(root: Path) -> None:
+    with pytest.raises(UnknownUser, match="unable to find user ghost: no matching entries in passwd file"):
+        resolve_chown(root, "ghost")
+    with pytest.raises(UnknownUser, match="unable to find group ghosts: no matching entries in group file"):
+        resolve_chown(root, "app:ghosts")
 
 
 def test_unknown_names_are_clear_errors(root: Path) -> None:
@@ -56,10 +81,10 @@ def test_unknown_names_are_clear_errors(root: Path) -> None:
 
 
 def test_missing_files_allow_numeric_ids_only(tmp_path: Path) -> None:
-    assert resolve_user(tmp_path, "123:456") == ResolvedUser(123, 456)
+    assert resolve_user(tmp_path, "123:456") == ResolvedUser(123, 456, (456,))
     # HOME defaults as Docker's: /root for uid 0, / for any other uid without a passwd entry
-    assert resolve_user(tmp_path, "") == ResolvedUser(0, 0, (), "root", "/root")
-    assert resolve_user(tmp_path, "0") == ResolvedUser(0, 0, (), "", "/root")
+    assert resolve_user(tmp_path, "") == ResolvedUser(0, 0, (0,), "root", "/root")
+    assert resolve_user(tmp_path, "0") == ResolvedUser(0, 0, (0,), "", "/root")
     assert resolve_user(tmp_path, "123").home == "/"
     with pytest.raises(UnknownUser):
         resolve_user(tmp_path, "app")
@@ -76,7 +101,7 @@ def test_passwd_symlink_cannot_escape_the_rootfs(tmp_path: Path) -> None:
     with pytest.raises(UnknownUser, match="unable to find user eve"):
         resolve_user(rootfs, "eve")
     (rootfs / "outside").write_text("eve:x:8:8::/:/bin/sh\n")  # the image's own file is what counts
-    assert resolve_user(rootfs, "eve") == ResolvedUser(8, 8, (), "eve", "/")
+    assert resolve_user(rootfs, "eve") == ResolvedUser(8, 8, (8,), "eve", "/")
 
 
 def test_resolve_in_root_follows_chains_and_stops_loops(tmp_path: Path) -> None:

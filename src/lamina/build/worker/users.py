@@ -3,8 +3,17 @@
 Semantics follow runc's libcontainer ``GetExecUser`` (what Docker and BuildKit use): ``""`` is root;
 a name must exist in passwd; a numeric uid need not (its gid is then 0); an explicit group (name or
 gid) replaces the primary gid and disables supplementary groups; otherwise the user's supplementary
-groups are the /etc/group entries that list it by name. The files are read through
-:func:`resolve_in_root`, so an image whose /etc/passwd is a symlink to the host's cannot leak it.
+groups are the /etc/group entries that list it by name. The process's group list (``additional_gids``,
+runc's ``process.user.additionalGids``) starts with the primary gid, as BuildKit's ``WithUIDGID`` makes
+it through containerd's ``ensureAdditionalGids``: ``USER app`` runs with groups ``1000,2000,2001``,
+``USER 1234:1234`` with ``1234``, ``USER 1234`` with ``0``.
+
+``COPY --chown``/``ADD --chown`` resolve differently (:func:`resolve_chown`, BuildKit's file op
+``readUser``): a name takes its passwd uid and gid, a bare number is used as uid *and* gid
+(``--chown=1234`` -> 1234:1234), and a group part (name from /etc/group, or a number) replaces the gid.
+
+The files are read through :func:`resolve_in_root`, so an image whose /etc/passwd is a symlink to the
+host's cannot leak it.
 """
 
 from __future__ import annotations
@@ -16,8 +25,7 @@ from pathlib import Path
 
 from lamina.build.confined import Missing, SymlinkLoop, resolve_confined
 
-__all__ = ["ResolvedUser", "UnknownUser", "resolve_in_root", "resolve_user"]
-
+__all__ = ["ResolvedUser", "UnknownUser", "resolve_chown", "resolve_in_root", "resolve_user"]
 
 
 class UnknownUser(LookupError):
@@ -31,7 +39,7 @@ class UnknownUser(LookupError):
 class ResolvedUser:
     uid: int
     gid: int
-    additional_gids: tuple[int, ...] = ()
+    additional_gids: tuple[int, ...] = ()  # the process's groups: the primary gid first, then supplementary
     name: str = ""  # the passwd name, "" when the uid is not in passwd
     home: str = "/"  # from passwd ("/root" for uid 0 without an entry); RUN exports it as HOME when unset
 
@@ -84,7 +92,7 @@ def resolve_user(rootfs: str | os.PathLike[str], spec: str) -> ResolvedUser:
             user_arg = "0"
         else:
             root = next((row for row in _read_db(rootfs, "/etc/passwd") if len(row) > 5 and row[2] == "0"), None)
-            return ResolvedUser(0, 0, name="root", home=root[5] if root is not None and root[5] else "/root")
+            return ResolvedUser(0, 0, (0,), name="root", home=root[5] if root is not None and root[5] else "/root")
     passwd = [row for row in _read_db(rootfs, "/etc/passwd") if len(row) >= 4]
     uid_num = _int(user_arg)
     entry = None
@@ -112,8 +120,8 @@ def resolve_user(rootfs: str | os.PathLike[str], spec: str) -> ResolvedUser:
             gid = gid_num
         else:
             raise UnknownUser(f"unable to find group {group_arg}: no matching entries in group file")
-        return ResolvedUser(uid, gid, (), name, home)
-    extra: list[int] = []
+        return ResolvedUser(uid, gid, (gid,), name, home)
+    extra: list[int] = [gid]
     if name:
         for row in groups:
             members = row[3].split(",") if len(row) > 3 else []
@@ -121,3 +129,29 @@ def resolve_user(rootfs: str | os.PathLike[str], spec: str) -> ResolvedUser:
             if name in members and g not in extra:
                 extra.append(g)
     return ResolvedUser(uid, gid, tuple(extra), name, home)
+
+
+def resolve_chown(rootfs: str | os.PathLike[str], spec: str) -> tuple[int, int]:
+    """``--chown=user[:group]`` -> (uid, gid) as BuildKit's file op resolves it (see module doc)."""
+    user_arg, _, group_arg = spec.strip().partition(":")
+    uid = gid = 0
+    if user_arg.isdigit():
+        uid = gid = int(user_arg)
+    elif user_arg:
+        entry = next(
+            (row for row in _read_db(rootfs, "/etc/passwd") if len(row) >= 4 and row[0] == user_arg), None
+        )
+        if entry is None:
+            raise UnknownUser(f"unable to find user {user_arg}: no matching entries in passwd file")
+        found_uid, found_gid = _int(entry[2]), _int(entry[3])
+        if found_uid is None or found_gid is None:
+            raise UnknownUser(f"invalid /etc/passwd entry for user {user_arg}: {':'.join(entry)}")
+        uid, gid = found_uid, found_gid
+    if group_arg.isdigit():
+        gid = int(group_arg)
+    elif group_arg:
+        row = next((r for r in _read_db(rootfs, "/etc/group") if len(r) >= 3 and r[0] == group_arg), None)
+        if row is None or _int(row[2]) is None:
+            raise UnknownUser(f"unable to find group {group_arg}: no matching entries in group file")
+        gid = int(row[2])
+    return uid, gid
