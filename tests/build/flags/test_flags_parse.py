@@ -186,3 +186,45 @@ def test_cli_flag_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
         rc = main(["build", "--root", str(tmp_path / "state"), *extra, str(tmp_path)])
         err = capsys.readouterr().err
         assert rc == 1 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--add-host", "db:10.0.0.2"], "--add-host is not supported by lamina: RUN containers get the sandbox's own"),
+    (["--ulimit", "nofile=1024"], "--ulimit is not supported by lamina"),
+    (["--shm-size", "1g"], "--shm-size is not supported by lamina"),
+    (["--cgroup-parent", "x"], "--cgroup-parent is not supported by lamina"),
+    (["--attest", "type=sbom"], "--attest is not supported by lamina"),
+    (["--sbom", "true"], "--sbom=true is not supported by lamina: it writes no SBOM attestation"),
+    (["--provenance", "mode=max"], "--provenance=mode=max is not supported by lamina"),
+    (["-q"], "--quiet is not supported by lamina"),
+    (["--check"], "--check is not supported by lamina"),
+])
+def test_unimplemented_buildx_flags_are_refused_in_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["build", *argv, str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_no_attestation_is_what_lamina_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--provenance=false / --sbom=false ask for no attestation: accepted (the build then fails on the missing
+    Dockerfile, not on the flags)."""
+    rc = main(["build", "--provenance=false", "--sbom=0", str(tmp_path)])
+    assert rc == 1 and "Dockerfile not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("directive", "message"), [
+    ("error=true", "error=true cannot be honoured"),
+    ("experimental=all", "experimental= cannot be honoured"),
+    ("skip=JSONArgsRecommended;error=yes", "error='yes' is not a boolean"),
+    ("bogus", "invalid check directive part 'bogus'"),
+])
+def test_check_directive_refuses_what_needs_build_checks(directive: str, message: str) -> None:
+    from lamina.build.dockerfile.checks import check_directive
+    from lamina.build.dockerfile.errors import DockerfileError
+
+    with pytest.raises(DockerfileError, match=message):
+        check_directive(directive)
+    for accepted in ("skip=all;error=true", "skip=StageNameCasing,FromAsCasing", "error=false", "SKIP=all"):
+        check_directive(accepted)
