@@ -12,9 +12,10 @@ import shutil
 import stat
 from pathlib import Path
 
+import pytest
 from worker_helpers import needs_root, tar_members, tar_names
 
-from lamina.build.worker import write_layer
+from lamina.build.worker import CopySnapshotter, OverlaySnapshotter, write_layer
 from lamina.build.worker.lowerview import LowerView, same_entry
 
 MTIME = 1_600_000_000
@@ -146,3 +147,22 @@ def test_lower_view_merges_layers_top_first(tmp_path: Path) -> None:
     assert view.children("e") == set()
     assert view.children("f") == {"now-a-dir"}
     assert view.lookup("d/a") is not None and view.lookup("e/hidden") is None and view.lookup("nothing") is None
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["overlay", "copy"])
+def test_both_snapshotters_break_lower_links_as_overlay_copy_up_does(kind: str, tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    _file(lower / "data" / "a", "one\n")
+    os.link(lower / "data" / "a", lower / "data" / "b")
+    os.link(lower / "data" / "a", lower / "c")
+    _file(lower / "data" / "x", "two\n")
+    snapshotter = OverlaySnapshotter(tmp_path / "state") if kind == "overlay" else CopySnapshotter(tmp_path / "state")
+    with snapshotter.prepare([lower], mountpoints=()) as snap:
+        os.link(snap.rootfs / "data" / "x", snap.rootfs / "data" / "x2")  # ln /data/x /data/x2
+        (snap.rootfs / "data" / "b").chmod(0o640)  # one path of the lower trio
+        assert (snap.rootfs / "c").stat().st_mode & 0o777 == 0o644
+    members = {m.name: m for m in tar_members(write_layer(snap.upper, tmp_path / "out", lowers=[lower]).path)}
+    snap.discard()
+    assert list(members) == ["data", "data/b", "data/x2"]
+    assert members["data/b"].isreg() and members["data/b"].mode == 0o640 and members["data/x2"].isreg()

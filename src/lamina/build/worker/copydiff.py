@@ -1,7 +1,8 @@
 """The copying snapshotter: the fallback where overlayfs cannot be mounted (e.g. nested in overlay on
 an old kernel, or on filesystems without trusted xattrs for the lower dirs).
 
-``prepare`` applies the lower dirs (overlay format, bottom first) onto a fresh directory by copying,
+``prepare`` applies the lower dirs (overlay format, bottom first) onto a fresh directory by copying
+(each path of a lower hardlink group separately, so that writes break links as overlayfs's copy-up does),
 creates missing runtime mountpoints, and records every entry's identity (inode, ctime, mode, owner,
 size, mtime). On exit it walks the tree again and writes the changes into ``upper`` in the same
 overlay format the kernel would produce: new or changed entries (with their ancestors, as overlay's
@@ -69,15 +70,16 @@ def _is_opaque(path: str) -> bool:
         return False
 
 
-def _copy_entry(src: str, dst: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> None:
+def _copy_entry(src: str, dst: str, st: os.stat_result, links: dict[tuple[int, int], str] | None) -> None:
     mode = st.st_mode
     if stat.S_ISREG(mode):
         key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in links:
+        if links is not None and st.st_nlink > 1 and key in links:
             os.link(links[key], dst)
             return
         shutil.copyfile(src, dst, follow_symlinks=False)
-        links[key] = dst
+        if links is not None:
+            links[key] = dst
     elif stat.S_ISLNK(mode):
         os.symlink(os.readlink(src), dst)
     elif stat.S_ISFIFO(mode):
@@ -89,9 +91,13 @@ def _copy_entry(src: str, dst: str, st: os.stat_result, links: dict[tuple[int, i
     _copy_meta(st, src, dst)
 
 
-def apply_lower(layer: str, dest: str) -> None:
-    """Apply one overlay-format layer dir onto ``dest`` (copying, never linking into the layer)."""
-    links: dict[tuple[int, int], str] = {}
+def apply_lower(layer: str, dest: str, *, keep_links: bool = True) -> None:
+    """Apply one overlay-format layer dir onto ``dest`` (copying, never linking into the layer).
+
+    ``keep_links=False`` copies each path of a hardlink group separately: a step's writes then behave as
+    under overlayfs, whose copy-up breaks a lower file's links (``chmod`` of one path changes that path
+    only, and a link made to a lower file leaves that file unchanged)."""
+    links: dict[tuple[int, int], str] | None = {} if keep_links else None
     dirs: list[tuple[os.stat_result, str, str]] = []
 
     def walk(rel: str) -> None:
@@ -281,7 +287,7 @@ class _CopySnapshot:
             self.rootfs.mkdir()
             os.chmod(self.rootfs, 0o755)
             for layer in reversed(self._lowers):
-                apply_lower(os.fspath(layer), os.fspath(self.rootfs))
+                apply_lower(os.fspath(layer), os.fspath(self.rootfs), keep_links=False)
             _make_mountpoints(self.rootfs, self._mountpoints)
             self._before = scan(os.fspath(self.rootfs))
             self._generations = generations(os.fspath(self.rootfs), self._before)
