@@ -185,7 +185,7 @@ async def test_legacy_cache_children_survive_garbage_collection(client: Client) 
     """Accepted legacy caches record their blob children as references: a sweep keeps them."""
     import time
 
-    from lamina.store.sweep import sweep
+    from lamina.store.sweep import FilesystemSweepBlobs, sweep
 
     template = json.loads((REFERENCE / "cache-manifest.legacy-oci-index.json").read_text())
     doc = await _buildkit_blobs(client, "app", template)
@@ -194,7 +194,8 @@ async def test_legacy_cache_children_survive_garbage_collection(client: Client) 
     assert pushed.status == 201
     stray = await push_blob(client, "app", b"referenced by nothing")
     storage = client.server.app[STORAGE]
-    result = sweep(storage.paths, list(storage.blobs.iter_digests()), grace_seconds=0, now=time.time() + 60)
+    result = sweep(storage.metadata, FilesystemSweepBlobs(storage.paths), list(storage.blobs.iter_digests()),
+                   grace_seconds=0, now=time.time() + 60)
     assert [digest for digest, _ in result.blobs] == [stray]
     for child in doc["manifests"]:
         got = await client.get(f"/v2/app/blobs/{child['digest']}")

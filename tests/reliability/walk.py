@@ -21,7 +21,6 @@ import aiohttp
 
 from lamina.oci import mediatypes as mt
 from lamina.store import open_storage
-from lamina.store.inventory import list_manifests, list_repositories
 
 __all__ = ["Walk", "walk_api", "walk_root"]
 
@@ -126,9 +125,9 @@ def walk_root(root: Path) -> Walk:
             walk.problems.append(f"blob file {digest} hashes to {sha256(data)}")
         on_disk.add(str(digest))
         walk.blobs += 1
-    for repository in list_repositories(storage.paths):
+    for repository in storage.metadata.repository_infos():
         walk.repositories += 1
-        for info in list_manifests(storage.paths, repository.name):
+        for info in storage.metadata.manifest_infos(repository.name):
             walk.manifests += 1
             walk.tags += len(info.tags)
             missing = [ref.digest for ref in info.references if ref.digest not in on_disk and not ref.is_manifest]

@@ -20,15 +20,15 @@ from lamina.store import (
     TagImmutable,
     open_storage,
 )
-from lamina.store.inventory import (
-    delete_manifest_if_unchanged,
-    list_manifests,
-    list_repositories,
-    storage_totals,
-)
-from lamina.store.sweep import sweep
+from lamina.store.sweep import FilesystemSweepBlobs, SweepResult
+from lamina.store.sweep import sweep as sweep_store
 
 HOUR = 3600.0
+
+
+def sweep(storage: Storage, **options: object) -> SweepResult:
+    return sweep_store(storage.metadata, FilesystemSweepBlobs(storage.paths), storage.blobs.iter_digests(),
+                       **options)  # type: ignore[arg-type]
 
 
 def _blob(storage: Storage, repo: str, data: bytes, age: float = 0.0) -> Digest:
@@ -74,10 +74,10 @@ def test_sweep_deletes_only_unreferenced_old_blobs(storage: Storage) -> None:
     _manifest(storage, "a", [kept], "v1")
     _age_links(storage, 2 * HOUR)
     fresh = _blob(storage, "a", b"fresh orphan")
-    dry = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR, dry_run=True)
+    dry = sweep(storage, grace_seconds=HOUR, dry_run=True)
     assert [d for d, _ in dry.blobs] == [str(orphan)]
     assert storage.blobs.size(orphan) is not None and storage.metadata.linked_blob_size("a", orphan) is not None
-    result = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR)
+    result = sweep(storage, grace_seconds=HOUR)
     assert result.blobs == [(str(orphan), len(b"orphan layer"))] and result.bytes_freed == len(b"orphan layer")
     assert storage.blobs.size(orphan) is None and storage.metadata.linked_blob_size("a", orphan) is None
     assert storage.blobs.size(kept) is not None and storage.blobs.size(fresh) is not None
@@ -90,7 +90,7 @@ def test_blob_referenced_in_another_repository_keeps_its_file(storage: Storage) 
     storage.metadata.link_blob("b", shared, len(b"shared"))
     _manifest(storage, "b", [shared], "latest")
     _age_links(storage, 2 * HOUR)
-    result = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR)
+    result = sweep(storage, grace_seconds=HOUR)
     assert result.links == [("a", str(shared), len(b"shared"))] and result.blobs == []
     assert storage.metadata.linked_blob_size("a", shared) is None  # stale link in a gone
     assert storage.metadata.linked_blob_size("b", shared) == len(b"shared")
@@ -100,7 +100,7 @@ def test_blob_referenced_in_another_repository_keeps_its_file(storage: Storage) 
 def test_manifest_put_after_link_sweep_fails_with_missing_reference(storage: Storage) -> None:
     layer = _blob(storage, "a", b"pushed long ago", age=2 * HOUR)
     _age_links(storage, 2 * HOUR)
-    sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR)
+    sweep(storage, grace_seconds=HOUR)
     with pytest.raises(MissingReference):
         _manifest(storage, "a", [layer], "late")
 
@@ -114,7 +114,7 @@ def test_link_checks_presence_inside_its_transaction_and_relink_refreshes_grace(
     _age_links(storage, 2 * HOUR)
     storage.metadata.link_blob("a", layer, len(b"relinked"))  # a re-upload
     os.utime(storage.paths.blob(layer))
-    result = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR)
+    result = sweep(storage, grace_seconds=HOUR)
     assert result.links == [] and result.blobs == []
     _manifest(storage, "a", [layer], "v1")
 
@@ -127,9 +127,9 @@ def test_untagged_manifests_go_only_when_asked_and_index_children_stay(storage: 
     lonely = _manifest(storage, "a", [lonely_layer], None, age=2 * HOUR)
     recent = _manifest(storage, "a", [lonely_layer], None)
     _age_links(storage, 2 * HOUR)
-    result = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR)
+    result = sweep(storage, grace_seconds=HOUR)
     assert result.untagged == [] and result.blobs == []
-    result = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR, delete_untagged=True)
+    result = sweep(storage, grace_seconds=HOUR, delete_untagged=True)
     assert [(r, d) for r, d, _ in result.untagged] == [("a", str(lonely.digest))]
     assert storage.metadata.get_manifest("a", str(child.digest)) is not None
     assert storage.metadata.get_manifest("a", str(recent.digest)) is not None
@@ -141,7 +141,7 @@ def test_untagged_index_takes_its_children_with_it(storage: Storage) -> None:
     child = _manifest(storage, "a", [layer], None, age=2 * HOUR)
     index = _manifest(storage, "a", [], None, age=2 * HOUR, children=[(child.digest, len(child.content))])
     _age_links(storage, 2 * HOUR)
-    result = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR, delete_untagged=True)
+    result = sweep(storage, grace_seconds=HOUR, delete_untagged=True)
     assert {d for _, d, _ in result.untagged} == {str(index.digest), str(child.digest)}
     assert result.blobs == [(str(layer), len(b"layer of an orphan index"))]
 
@@ -149,7 +149,7 @@ def test_untagged_index_takes_its_children_with_it(storage: Storage) -> None:
 def test_referrer_of_a_live_subject_survives_untagged_gc(storage: Storage) -> None:
     subject = _manifest(storage, "a", [], "v1", age=2 * HOUR)
     referrer = _manifest(storage, "a", [], None, age=2 * HOUR, subject=subject.digest)
-    result = sweep(storage.paths, storage.blobs.iter_digests(), grace_seconds=HOUR, delete_untagged=True)
+    result = sweep(storage, grace_seconds=HOUR, delete_untagged=True)
     assert result.untagged == []
     assert storage.metadata.get_manifest("a", str(referrer.digest)) is not None
 
@@ -169,13 +169,13 @@ def test_inventory_lists_repositories_and_manifests(storage: Storage) -> None:
     two = _blob(storage, "a", b"2" * 50)
     first = _manifest(storage, "a", [one, two], "v1", age=10)
     second = _manifest(storage, "a", [one], "v2", kind="cache")
-    repos = list_repositories(storage.paths)
+    repos = storage.metadata.repository_infos()
     assert [(r.name, r.manifests, r.tags) for r in repos] == [("a", 2, 2)]
     assert repos[0].bytes == 150 + len(first.content) + len(second.content)
-    infos = list_manifests(storage.paths, "a")
+    infos = storage.metadata.manifest_infos("a")
     assert [i.digest for i in infos] == [str(second.digest), str(first.digest)]
     assert infos[0].tags == ("v2",) and infos[0].kind == "cache" and len(infos[1].references) == 2
-    assert storage_totals(storage.paths)["storage_bytes"] == 150
-    assert not delete_manifest_if_unchanged(storage.paths, "a", str(first.digest), ["other"])
-    assert delete_manifest_if_unchanged(storage.paths, "a", str(first.digest), ["v1"])
+    assert storage.metadata.storage_totals()["storage_bytes"] == 150
+    assert not storage.metadata.delete_manifest_if_unchanged("a", str(first.digest), ["other"])
+    assert storage.metadata.delete_manifest_if_unchanged("a", str(first.digest), ["v1"])
     assert storage.metadata.get_manifest("a", "v1") is None

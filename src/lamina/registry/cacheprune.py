@@ -47,7 +47,6 @@ from lamina.store import (
     TagCondition,
     TagPreconditionFailed,
 )
-from lamina.store.inventory import delete_manifest_if_unchanged
 
 __all__ = ["ATTEMPTS", "CachePrune", "PrunedCache", "prune_cache_tag", "pruned_manifest"]
 
@@ -199,7 +198,7 @@ def prune_cache_tag(
         if dry_run:
             return result
         if new_digest is None:
-            if delete_manifest_if_unchanged(storage.paths, repository, str(old.digest), old.tags):
+            if storage.metadata.delete_manifest_if_unchanged(repository, str(old.digest), old.tags):
                 return result
             continue  # tags moved (a new export): read again
         if _store(storage, old, pruned, tag):

@@ -32,19 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from lamina.oci import Digest, parse_digest
-from lamina.store import FilesystemBlobStore, Storage, StorePaths, open_storage
+from lamina.store import FilesystemBlobStore, MetadataStore, SqliteMetadataStore, Storage, StorePaths, open_storage
 from lamina.store.filesystem import BlobCheck, FileIdentity
 from lamina.store.integrity import (
-    Snapshot,
     drop_links,
     fix_link_size,
     forget_stale_checks,
     quarantine_blob,
     quarantine_file,
     quarantine_manifest,
-    read_snapshot,
     relink,
 )
+from lamina.store.roles import Repairs
+from lamina.store.views import Snapshot
 
 from .gc import GcBusy, gc_lock
 
@@ -215,30 +215,30 @@ def _find(snap: Snapshot, files: _Files) -> dict[tuple[str, str, str], Problem]:
     return {problem.key: problem for problem in problems}
 
 
-def _repair(paths: StorePaths, problem: Problem, files: _Files) -> str | None:
+def _repair(repairs: Repairs, paths: StorePaths, problem: Problem, files: _Files) -> str | None:
     """Fix one confirmed problem; what was done, or None when nothing can be done here."""
     if problem.kind == "corrupt-blob":
         check = files.corrupt[problem.subject]
         note = {"actual": check.actual, "affects": [str(a) for a in problem.affects]}
-        target = quarantine_blob(paths, check.digest, check.identity, "fsck: " + problem.message, note)
+        target = quarantine_blob(repairs, paths, check.digest, check.identity, "fsck: " + problem.message, note)
         return f"quarantined to {target}; push it again" if target else None
     if problem.kind == "missing-blob":
-        dropped = drop_links(paths, parse_digest(problem.subject))
+        dropped = drop_links(repairs, paths, parse_digest(problem.subject))
         return f"dropped its link(s) from {', '.join(dropped)}; push it again" if dropped else None
     if problem.kind == "size-mismatch" and problem.message.startswith("linked in "):
         identity = files.present[problem.subject]
-        changed = fix_link_size(paths, parse_digest(problem.subject), identity)
+        changed = fix_link_size(repairs, paths, parse_digest(problem.subject), identity)
         return f"recorded size set to the file's {identity.size} bytes" if changed else None
     if problem.kind == "unlinked-reference":
         owner = problem.affects[0]
         digest = parse_digest(problem.subject)
         size = files.present[problem.subject].size
-        if owner.manifest is not None and relink(paths, owner.repository, owner.manifest, digest, size):
+        if owner.manifest is not None and relink(repairs, paths, owner.repository, owner.manifest, digest, size):
             return f"linked it into {owner.repository} again"
         return None
     if problem.kind == "corrupt-manifest":
         repository, _, digest = problem.subject.partition("@")
-        target = quarantine_manifest(paths, repository, digest, "fsck: " + problem.message)
+        target = quarantine_manifest(repairs, paths, repository, digest, "fsck: " + problem.message)
         return f"quarantined to {target} and deleted with its tags; push it again" if target else None
     if problem.kind == "stray-file":
         path = Path(problem.subject)
@@ -269,24 +269,28 @@ def run_fsck(paths: StorePaths, *, repair: bool = False, progress: Progress = la
     Read-only unless ``repair``; then the storage is opened as a server opens it (which creates any
     table this version adds) and the run holds GC's lock."""
     if not repair:
-        return _run(paths, repair=False, progress=progress)
+        metadata = SqliteMetadataStore(paths.metadata_db)  # snapshots only: read-only connections
+        try:
+            return _run(metadata, paths, repair=False, progress=progress)
+        finally:
+            metadata.close()
     storage = open_storage(paths.root)
     try:
         with _gc_lock_waiting(storage, progress):
-            return _run(storage.paths, repair=True, progress=progress)
+            return _run(storage.metadata, storage.paths, repair=True, progress=progress)
     finally:
         storage.close()
 
 
-def _run(paths: StorePaths, *, repair: bool, progress: Progress) -> FsckReport:
+def _run(metadata: MetadataStore, paths: StorePaths, *, repair: bool, progress: Progress) -> FsckReport:
     throttle = _Throttle(progress)
     throttle("fsck: reading the database", force=True)
     blobs = FilesystemBlobStore(paths)
-    first = read_snapshot(paths)
+    first = metadata.snapshot()
     files = _scan_files(blobs, throttle)
     found = _find(first, files)
     if found:  # confirm: what a push or GC changed meanwhile is not a problem
-        second = read_snapshot(paths)
+        second = metadata.snapshot()
         files = _refresh(blobs, second, files)
         confirmed = _find(second, files)
         found = {key: problem for key, problem in found.items() if key in confirmed}
@@ -304,10 +308,10 @@ def _run(paths: StorePaths, *, repair: bool, progress: Progress) -> FsckReport:
     for problem in found.values():
         if repair:
             problem = Problem(problem.kind, problem.subject, problem.message, problem.affects,
-                              _repair(paths, problem, files))
+                              _repair(metadata, paths, problem, files))
         report.problems.append(problem)
     if repair:
-        report.stale_checks_dropped = forget_stale_checks(paths)
+        report.stale_checks_dropped = forget_stale_checks(metadata, paths)
     return report
 
 

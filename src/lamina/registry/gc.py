@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamina.store import Storage
-from lamina.store.sweep import SweepResult, sweep
+from lamina.store.sweep import FilesystemSweepBlobs, SweepResult, sweep
 
 from .config import ConfigError
 from .services import Offloader, repeat_until_stopped
@@ -91,7 +91,8 @@ def run_gc(
     """One collection; GcBusy if another is running. Blocking: call from a thread in the server."""
     with gc_lock(storage):
         result = sweep(
-            storage.paths,
+            storage.metadata,
+            FilesystemSweepBlobs(storage.paths),
             storage.blobs.iter_digests(),
             grace_seconds=settings.grace_seconds,
             delete_untagged=settings.delete_untagged,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamina.store import Storage
-from lamina.store.inventory import ManifestInfo, delete_manifest_if_unchanged, list_manifests, repository_bytes
+from lamina.store.views import ManifestInfo, repository_bytes
 
 from .cacheprune import CachePrune, prune_cache_tag
 from .config import ConfigError
@@ -202,14 +202,14 @@ def apply_lifecycle(
 def _apply_to_repository(
     storage: Storage, name: str, rules: Sequence[LifecycleRule], when: float, dry_run: bool, result: LifecycleResult
 ) -> None:
-    infos = list_manifests(storage.paths, name)
+    infos = storage.metadata.manifest_infos(name)
     seen: set[str] = set()
     for rule in rules:
         for expiry in evaluate(rule, infos, when):
             if expiry.digest in seen:
                 continue
             seen.add(expiry.digest)
-            if dry_run or delete_manifest_if_unchanged(storage.paths, name, expiry.digest, expiry.tags):
+            if dry_run or storage.metadata.delete_manifest_if_unchanged(name, expiry.digest, expiry.tags):
                 result.expired.append(expiry)
                 if not dry_run:
                     log.info("lifecycle: deleted %s@%s (%s)", name, expiry.digest, expiry.reason)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,6 @@ from pathlib import Path
 from aiohttp import web
 
 from lamina.store import Storage
-from lamina.store.inventory import storage_totals
 
 __all__ = ["METRICS", "Metrics", "healthz", "metrics_handler", "response_hook", "timing_middleware"]
 
@@ -109,7 +107,7 @@ def _escape(value: str) -> str:
 
 
 def _storage_gauges(storage: Storage) -> dict[str, float]:
-    totals = storage_totals(storage.paths)
+    totals = storage.metadata.storage_totals()
     return {f"lamina_{name}": float(value) for name, value in totals.items()}
 
 
@@ -145,14 +143,9 @@ async def healthz(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
 
     def probe() -> str | None:
-        try:
-            conn = sqlite3.connect(f"file:{storage.paths.metadata_db}?mode=ro", uri=True, timeout=5)
-            try:
-                conn.execute("SELECT 1 FROM repositories LIMIT 1").fetchall()
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            return f"metadata database: {exc}"
+        problem = storage.metadata.health_problem()
+        if problem is not None:
+            return problem
         if not storage.paths.blobs.is_dir():
             return f"blob directory {storage.paths.blobs} is missing"
         return None

@@ -111,8 +111,7 @@ class BlobVerifier:
 
     def _verify(self, storage: Storage, digest: Digest, identity: FileIdentity) -> _Verdict:
         """In a thread: the database's record first ("first"), else re-hash; quarantine on a mismatch."""
-        paths = storage.paths
-        if self.mode == "first" and is_verified(paths, digest, identity):
+        if self.mode == "first" and is_verified(storage.metadata, digest, identity):
             return _Verdict(True, identity)
         check = storage.blobs.check(digest)
         self.hashed += 1
@@ -120,10 +119,11 @@ class BlobVerifier:
             return _Verdict(False)
         if check.ok:
             if self.mode == "first":
-                record_verified(paths, digest, check.identity)
+                record_verified(storage.metadata, digest, check.identity)
             return _Verdict(True, check.identity)
         reason = f"verification on read: the {check.identity.size} stored bytes hash to {check.actual}"
-        target = quarantine_blob(paths, digest, check.identity, reason, {"actual": check.actual})
+        target = quarantine_blob(storage.metadata, storage.paths, digest, check.identity, reason,
+                                 {"actual": check.actual})
         if target is not None:
             log.error("blob %s failed verification on read (its bytes hash to %s): quarantined to %s and "
                       "unlinked from every repository; clients must push it again", digest, check.actual, target)

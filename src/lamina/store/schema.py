@@ -48,6 +48,7 @@ upload does not create a repository. Digests are stored as ``algorithm:hex`` tex
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -74,8 +75,19 @@ __all__ = [
     "upload_sessions",
 ]
 
-SCHEMA_VERSION = 2  # stored in PRAGMA user_version; bump with a migration when a table changes
+SCHEMA_VERSION = 2  # SQLite: PRAGMA user_version; PostgreSQL: lamina.store.migrations' schema_version table
 # 1 -> 2: upload_sessions.user (sqlite.SqliteMetadataStore.create_schema adds the column)
+
+# Column types that differ by dialect without changing SQLite's DDL (databases made by older versions and
+# new ones stay identical there): PostgreSQL's INTEGER is 32-bit, so sizes, inodes and nanosecond times are
+# BIGINT; names, tags and digests sort byte-wise (COLLATE "C", the catalog's and tag list's lexical order
+# whatever the database's default collation; SQLite compares text byte-wise already).
+Size = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _text_key(length: int) -> String:
+    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+
 
 metadata = MetaData()
 
@@ -83,7 +95,7 @@ repositories = Table(
     "repositories",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("name", String(255), nullable=False, unique=True),
+    Column("name", _text_key(255), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
 )
 
@@ -91,8 +103,8 @@ blob_links = Table(
     "blob_links",
     metadata,
     Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
-    Column("digest", String(200), primary_key=True),
-    Column("size", Integer, nullable=False),
+    Column("digest", _text_key(200), primary_key=True),
+    Column("size", Size, nullable=False),
     Column("linked_at", Float, nullable=False),
     Index("ix_blob_links_digest", "digest"),
     sqlite_with_rowid=False,
@@ -102,14 +114,14 @@ manifests = Table(
     "manifests",
     metadata,
     Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
-    Column("digest", String(200), primary_key=True),
+    Column("digest", _text_key(200), primary_key=True),
     Column("media_type", Text, nullable=False),
     Column("content", LargeBinary, nullable=False),
     Column("kind", String(20), nullable=False),
     Column("artifact_type", Text),
-    Column("subject", String(200)),
+    Column("subject", _text_key(200)),
     Column("annotations", Text),
-    Column("size", Integer, nullable=False),
+    Column("size", Size, nullable=False),
     Column("pushed_at", Float, nullable=False),
     Column("last_pulled_at", Float),
     Index("ix_manifests_subject", "repository_id", "subject", "digest"),
@@ -119,9 +131,9 @@ manifest_refs = Table(
     "manifest_refs",
     metadata,
     Column("repository_id", Integer, primary_key=True),
-    Column("manifest_digest", String(200), primary_key=True),
-    Column("target_digest", String(200), primary_key=True),
-    Column("size", Integer, nullable=False),
+    Column("manifest_digest", _text_key(200), primary_key=True),
+    Column("target_digest", _text_key(200), primary_key=True),
+    Column("size", Size, nullable=False),
     Column("is_manifest", Boolean, nullable=False),
     ForeignKeyConstraint(
         ["repository_id", "manifest_digest"],
@@ -136,8 +148,8 @@ tags = Table(
     "tags",
     metadata,
     Column("repository_id", Integer, primary_key=True),
-    Column("tag", String(128), primary_key=True),
-    Column("digest", String(200), nullable=False),
+    Column("tag", _text_key(128), primary_key=True),
+    Column("digest", _text_key(200), nullable=False),
     Column("updated_at", Float, nullable=False),
     ForeignKeyConstraint(
         ["repository_id", "digest"],
@@ -153,7 +165,7 @@ upload_sessions = Table(
     metadata,
     Column("id", String(128), primary_key=True),
     Column("repository", String(255), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", Size, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("user", String(255)),  # schema 2; NULL: anonymous (the per-user session limit skips it)
@@ -165,11 +177,11 @@ upload_sessions = Table(
 blob_checks = Table(  # a table added in place (CREATE IF NOT EXISTS): no schema version change needed
     "blob_checks",
     metadata,
-    Column("digest", String(200), primary_key=True),
-    Column("inode", Integer, nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("mtime_ns", Integer, nullable=False),
-    Column("ctime_ns", Integer, nullable=False),
+    Column("digest", _text_key(200), primary_key=True),
+    Column("inode", Size, nullable=False),
+    Column("size", Size, nullable=False),
+    Column("mtime_ns", Size, nullable=False),
+    Column("ctime_ns", Size, nullable=False),
     Column("checked_at", Float, nullable=False),
     sqlite_with_rowid=False,
 )

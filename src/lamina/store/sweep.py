@@ -3,103 +3,72 @@
 Why this protocol is safe while pushes continue (the race the registry must never lose: a manifest PUT
 that succeeds while one of its blobs is gone):
 
-1. **Links** (one ``BEGIN IMMEDIATE`` transaction): remove every blob link older than the grace period
+1. **Links** (one exclusive write transaction): remove every blob link older than the grace period
    that no manifest *of that repository* references (optionally after deleting untagged manifests).
    ``put_manifest`` checks its references against the links inside its own IMMEDIATE transaction, so
    the two are serialised: a manifest committed first keeps its links; one that comes after finds a
    link gone and fails with MANIFEST_BLOB_UNKNOWN.
-2. **Files** (small IMMEDIATE transactions): a blob file is deleted only while holding the database
+2. **Files** (small exclusive write transactions): a blob file is deleted only while holding the database
    write lock, after re-checking that no repository links it and no manifest references it, and only if
    the file is older than the grace period. Creating a link (upload commit, mount) checks the file
    exists inside *its* write transaction (``link_blob(..., present=...)``), so a link can never be
    created for a file a sweep is removing, and an upload re-publishes its file (fresh mtime) even when
    an identical blob exists, so a blob just pushed is never older than the grace period.
 
-Read-only callers (dry runs) run the same statements and roll back. Uses its own connection: the
-sweep is rare and must not share a request thread's transaction state.
+Read-only callers (dry runs) run the same statements and roll back. The database side is the
+metadata store's :class:`lamina.store.roles.GcQueries` role (its statements in :mod:`.statements`; on
+PostgreSQL the "write lock" is the GC gate, an advisory lock every link-creating or reference-checking
+transaction takes shared and these two phases take exclusive); the file side is :class:`SweepBlobs`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from sqlalchemy import and_, bindparam, delete, exists, select, union
-from sqlalchemy.dialects import sqlite
-from sqlalchemy.sql import ClauseElement
+from typing import Protocol
 
 from lamina.oci import Digest
 
 from .paths import StorePaths
-from .schema import blob_links, manifest_refs, manifests, repositories, tags
+from .roles import GcQueries
 
-__all__ = ["SweepResult", "compile_sql", "connect", "immediate", "sweep"]
-
-_DIALECT = sqlite.dialect(paramstyle="named")
+__all__ = ["FilesystemSweepBlobs", "SweepBlobs", "SweepResult", "sweep"]
 
 
-def compile_sql(statement: ClauseElement) -> str:
-    """SQLAlchemy Core ``statement`` as SQLite SQL with named parameters (for the sqlite3 DB-API)."""
-    return str(statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True}))
+class SweepBlobs(Protocol):
+    """What phase 2 needs of the blob backend."""
+
+    def modified(self, digest: Digest) -> tuple[int, float] | None:
+        """(size, last modification as Unix seconds) of the stored blob, or None when it is gone."""
+        ...
+
+    def remove(self, digest: Digest) -> bool:
+        """Delete the blob; False when it was already gone."""
+        ...
 
 
-_child = manifest_refs.alias("child")
-_subject = manifests.alias("subj")
-# untagged manifests older than :cutoff that are neither an index's child nor a referrer of a live subject
-_UNTAGGED = (
-    select(repositories.c.name, manifests.c.digest, manifests.c.size)
-    .join(repositories, repositories.c.id == manifests.c.repository_id)
-    .where(
-        manifests.c.pushed_at < bindparam("cutoff"),
-        ~exists().where(tags.c.repository_id == manifests.c.repository_id, tags.c.digest == manifests.c.digest),
-        ~exists().where(
-            _child.c.repository_id == manifests.c.repository_id,
-            _child.c.target_digest == manifests.c.digest,
-            _child.c.is_manifest.is_(True),
-        ),
-        ~exists().where(
-            _subject.c.repository_id == manifests.c.repository_id, _subject.c.digest == manifests.c.subject
-        ),
-    )
-)
-UNTAGGED = compile_sql(_UNTAGGED)
-DELETE_MANIFEST = compile_sql(
-    delete(manifests).where(
-        manifests.c.repository_id == select(repositories.c.id).where(repositories.c.name == bindparam("repository"))
-        .scalar_subquery(),
-        manifests.c.digest == bindparam("digest"),
-    )
-)
-_unreferenced_link = and_(
-    blob_links.c.linked_at < bindparam("cutoff"),
-    ~exists().where(
-        manifest_refs.c.repository_id == blob_links.c.repository_id,
-        manifest_refs.c.target_digest == blob_links.c.digest,
-    ),
-)
-STALE_LINKS = compile_sql(
-    select(repositories.c.name, blob_links.c.digest, blob_links.c.size)
-    .join(repositories, repositories.c.id == blob_links.c.repository_id)
-    .where(_unreferenced_link)
-)
-DELETE_STALE_LINKS = compile_sql(delete(blob_links).where(_unreferenced_link))
-LIVE_DIGESTS = compile_sql(
-    union(
-        select(blob_links.c.digest),
-        select(manifest_refs.c.target_digest).where(manifest_refs.c.is_manifest.is_(False)),
-    )
-)
-IS_LIVE = compile_sql(
-    select(
-        exists().where(blob_links.c.digest == bindparam("digest"))
-        | exists().where(manifest_refs.c.target_digest == bindparam("digest"), manifest_refs.c.is_manifest.is_(False))
-    )
-)
+class FilesystemSweepBlobs:
+    """:class:`SweepBlobs` over a root's ``blobs/`` directory (mtime: when the upload published it)."""
+
+    def __init__(self, paths: StorePaths) -> None:
+        self.paths = paths
+
+    def modified(self, digest: Digest) -> tuple[int, float] | None:
+        try:
+            st = os.stat(self.paths.blob(digest))
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime
+
+    def remove(self, digest: Digest) -> bool:
+        try:
+            os.unlink(self.paths.blob(digest))
+        except FileNotFoundError:
+            return False
+        return True
 
 
 @dataclass
@@ -113,45 +82,9 @@ class SweepResult:
         return sum(size for _, size in self.blobs)
 
 
-def connect(path: Path, busy_timeout: float = 60.0) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-@contextlib.contextmanager
-def immediate(conn: sqlite3.Connection, commit: bool = True) -> Iterator[sqlite3.Connection]:
-    """A write transaction taken at once (BEGIN IMMEDIATE): rolled back on error, or when not ``commit``."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT" if commit else "ROLLBACK")
-
-
-def _delete_untagged(conn: sqlite3.Connection, cutoff: float) -> list[tuple[str, str, int]]:
-    """Untagged manifests, repeatedly (an untagged index's children become untagged orphans)."""
-    removed: list[tuple[str, str, int]] = []
-    while True:
-        rows = conn.execute(UNTAGGED, {"cutoff": cutoff}).fetchall()
-        if not rows:
-            return removed
-        for name, digest, size in rows:
-            conn.execute(DELETE_MANIFEST, {"repository": name, "digest": digest})
-            removed.append((name, digest, size))
-
-
-def _blob_files(paths: StorePaths, digests: Iterable[Digest]) -> Iterator[tuple[Digest, os.stat_result]]:
-    for digest in digests:
-        with contextlib.suppress(FileNotFoundError):
-            yield digest, os.stat(paths.blob(digest))
-
-
 def sweep(
-    paths: StorePaths,
+    gc: GcQueries,
+    blobs: SweepBlobs,
     stored: Iterable[Digest],
     *,
     grace_seconds: float,
@@ -160,39 +93,29 @@ def sweep(
     now: float | None = None,
     batch: int = 64,
 ) -> SweepResult:
-    """Run phases 1 and 2 over the store at ``paths``; ``stored`` lists the blob store's digests."""
+    """Run phases 1 and 2; ``stored`` lists the blob store's digests."""
     cutoff = (time.time() if now is None else now) - grace_seconds
-    result = SweepResult()
-    conn = connect(paths.metadata_db)
-    try:
-        with immediate(conn, commit=not dry_run):
-            if delete_untagged:
-                result.untagged = _delete_untagged(conn, cutoff)
-            result.links = [tuple(row) for row in conn.execute(STALE_LINKS, {"cutoff": cutoff})]  # type: ignore[misc]
-            conn.execute(DELETE_STALE_LINKS, {"cutoff": cutoff})
-            live = {row[0] for row in conn.execute(LIVE_DIGESTS)}
-        candidates = [
-            (digest, st) for digest, st in _blob_files(paths, (d for d in stored if str(d) not in live))
-            if st.st_mtime < cutoff
-        ]
-        if dry_run:
-            result.blobs = [(str(d), st.st_size) for d, st in candidates]
-            return result
-        for start in range(0, len(candidates), batch):
-            with immediate(conn):
-                for digest, _ in candidates[start:start + batch]:
-                    if conn.execute(IS_LIVE, {"digest": str(digest)}).fetchone()[0]:
-                        continue
-                    path = paths.blob(digest)
-                    try:
-                        st = os.stat(path)
-                    except FileNotFoundError:
-                        continue
-                    if st.st_mtime >= cutoff:
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                        result.blobs.append((str(digest), st.st_size))
+    garbage = gc.collect_garbage(cutoff, delete_untagged=delete_untagged, commit=not dry_run)
+    result = SweepResult(untagged=garbage.untagged, links=garbage.links)
+    candidates: list[tuple[Digest, int]] = []
+    for digest in stored:
+        if str(digest) in garbage.live:
+            continue
+        found = blobs.modified(digest)
+        if found is not None and found[1] < cutoff:
+            candidates.append((digest, found[0]))
+    if dry_run:
+        result.blobs = [(str(digest), size) for digest, size in candidates]
         return result
-    finally:
-        conn.close()
+    for start in range(0, len(candidates), batch):
+        with gc.sweep_guard() as is_live:
+            for digest, _ in candidates[start:start + batch]:
+                if is_live(str(digest)):
+                    continue
+                found = blobs.modified(digest)  # again, under the guard: a fresh upload re-published it
+                if found is None or found[1] >= cutoff:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if blobs.remove(digest):
+                        result.blobs.append((str(digest), found[0]))
+    return result

@@ -20,7 +20,6 @@ from regtools import descriptor, push_blob, push_image, sha256
 from lamina.oci import mediatypes as mt
 from lamina.registry.gc import GcBusy, GcSettings, gc_lock, run_gc
 from lamina.store import open_storage
-from lamina.store.inventory import list_manifests
 
 NOW_GRACE = GcSettings(grace_seconds=0.0)
 
@@ -197,4 +196,4 @@ async def test_gc_racing_concurrent_pushers_never_loses_a_referenced_blob(make_l
             assert digest not in referenced
     on_disk = {str(d) for d in storage.blobs.iter_digests()}
     assert on_disk == referenced, (len(on_disk - referenced), len(referenced - on_disk))
-    assert sum(len(list_manifests(storage.paths, f"race/p{p}")) for p in range(6)) == 60
+    assert sum(len(storage.metadata.manifest_infos(f"race/p{p}")) for p in range(6)) == 60

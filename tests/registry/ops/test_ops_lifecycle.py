@@ -12,8 +12,7 @@ from opstools import ops_from_toml
 from lamina.registry.config import ConfigError
 from lamina.registry.lifecycle import LifecycleRule, apply_lifecycle, evaluate, format_result
 from lamina.store import ManifestRecord, ManifestReference, open_storage
-from lamina.store.inventory import ManifestInfo, Reference
-from lamina.store.inventory import list_manifests as inventory
+from lamina.store.views import ManifestInfo, Reference
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -102,11 +101,11 @@ def test_apply_deletes_only_in_matching_repositories_and_dry_run_deletes_nothing
     preview = apply_lifecycle(storage, settings, dry_run=True)
     assert [e.digest for e in preview.expired] == [old_cache] and preview.pruned == []
     assert "would delete ci/app@" in format_result(preview, dry_run=True)[0]
-    assert len(inventory(storage.paths, "ci/app")) == 2
+    assert len(storage.metadata.manifest_infos("ci/app")) == 2
     done = apply_lifecycle(storage, settings).expired
     assert [e.digest for e in done] == [old_cache] and done[0].reason.startswith("build cache not pulled")
-    assert {i.digest for i in inventory(storage.paths, "ci/app")} == {new_cache}
-    assert {i.digest for i in inventory(storage.paths, "prod/app")} == {other}
+    assert {i.digest for i in storage.metadata.manifest_infos("ci/app")} == {new_cache}
+    assert {i.digest for i in storage.metadata.manifest_infos("prod/app")} == {other}
 
 
 @pytest.mark.parametrize(

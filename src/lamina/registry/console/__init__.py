@@ -2,7 +2,7 @@
 
 Server-rendered HTML (:mod:`.pages`), behind the same auth as the API: with ``[auth]`` configured the
 browser is asked for Basic credentials and sees only repositories the user may pull. Listings come
-from :mod:`lamina.store.inventory` in a thread; a manifest's platforms and a build cache's record count
+from the metadata store's Inventory role in a thread; a manifest's platforms and a build cache's record count
 are read from stored content (config blobs are small and read with a size cap).
 """
 
@@ -15,7 +15,7 @@ from aiohttp import web
 from lamina.oci import CacheConfig, FormatError, ImageIndex, ImageManifest, parse_digest, parse_manifest
 from lamina.oci import mediatypes as mt
 from lamina.store import Storage
-from lamina.store.inventory import ManifestInfo, list_manifests, list_repositories
+from lamina.store.views import ManifestInfo
 
 from ..auth import AUTH
 from ..auth.audit import audit_denied
@@ -73,7 +73,7 @@ async def repositories(request: web.Request) -> web.Response:
     identity = await _viewer(request)
     if isinstance(identity, web.Response):
         return identity
-    repos = await request.app[OFFLOAD].run(list_repositories, request.app[STORAGE].paths)
+    repos = await request.app[OFFLOAD].run(request.app[STORAGE].metadata.repository_infos)
     visible = [r for r in repos if _may_pull(request, identity, r.name)]
     return _html(pages.repositories_page(visible, identity.user))
 
@@ -140,7 +140,7 @@ async def repository(request: web.Request) -> web.Response:
         return _html(pages.error_page(404, f"no repository {name}", identity.user), 404)
 
     def load() -> tuple[list[ManifestInfo], dict[str, str]]:
-        infos = list_manifests(storage.paths, name)
+        infos = storage.metadata.manifest_infos(name)
         platforms = {}
         for info in infos:
             record = storage.metadata.get_manifest(name, info.digest)
@@ -155,7 +155,7 @@ def _detail(storage: Storage, name: str, digest: str) -> pages.Detail | None:
     record = storage.metadata.get_manifest(name, digest)
     if record is None:
         return None
-    info = next((i for i in list_manifests(storage.paths, name) if i.digest == str(record.digest)), None)
+    info = next((i for i in storage.metadata.manifest_infos(name) if i.digest == str(record.digest)), None)
     if info is None:
         return None
     manifest = parse_manifest(record.content, record.media_type)

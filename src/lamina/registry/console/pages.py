@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from lamina.store.inventory import ManifestInfo, RepositoryInfo
+from lamina.store.views import ManifestInfo, RepositoryInfo
 
 __all__ = ["KIND_LABELS", "Detail", "detail_page", "human_bytes", "repositories_page", "repository_page"]
 
