@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from lamina.build.exporter import ExportImage
 from lamina.build.images import ImageSource
+from lamina.build.rootfstar import STDOUT, copy_to_stdout
 from lamina.oci import Descriptor, Digest, digest_of, parse_reference
 from lamina.oci import mediatypes as mt
 from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
@@ -145,12 +146,21 @@ async def export_docker(
     descriptor_annotations: Mapping[str, str],
     tmp_dir: Path,
 ) -> None:
-    """``type=docker,dest=FILE``: the tarball; without ``dest`` (``--load``): the tarball piped to ``docker load``,
-    as buildx does with a docker-container builder. Any ``docker`` CLI in PATH that loads a docker archive
-    works (Docker's, or podman-docker's); without one, the error says how to get the image instead."""
+    """``type=docker,dest=FILE``: the tarball (``dest=-``: on stdout); without ``dest`` (``--load``): the tarball
+    piped to ``docker load``, as buildx does with a docker-container builder. Any ``docker`` CLI in PATH that
+    loads a docker archive works (Docker's, or podman-docker's); without one, the error says how to get the
+    image instead."""
     dest = output.get("dest")
-    if dest:
+    if dest and dest != STDOUT:
         await write_docker_tar(Path(dest), image, images, names=names, descriptor_annotations=descriptor_annotations)
+        return
+    if dest == STDOUT:  # buildx's `-o type=docker,dest=- | docker load`
+        path = tmp_dir / f"docker-{image.digest.encoded}.tar"
+        try:
+            await write_docker_tar(path, image, images, names=names, descriptor_annotations=descriptor_annotations)
+            await copy_to_stdout(path)
+        finally:
+            path.unlink(missing_ok=True)
         return
     docker = shutil.which("docker")
     if docker is None:

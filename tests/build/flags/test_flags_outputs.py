@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -154,3 +155,51 @@ def test_load_goes_through_the_docker_cli_in_path(
     rc, _, err = _build(capsys, context, tmp_path / "state", "--load")
     assert rc == 1
     assert "error: --load / --output type=docker: no `docker` command in PATH" in err
+
+
+def _lamina(*argv: str, stdout: Path) -> subprocess.CompletedProcess[bytes]:
+    """``lamina build`` as a process, its stdout into a file (what `-o -` writes must be all that is there)."""
+    with open(stdout, "wb") as out:
+        return subprocess.run([sys.executable, "-m", "lamina.cli", "build", *argv], stdout=out,
+                              stderr=subprocess.PIPE, timeout=300, check=False)
+
+
+def test_tar_outputs_to_a_file_and_to_stdout(
+    busybox_base: PushedImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", f"FROM {busybox_base.reference}\nCOPY hello.txt /etc/hello.txt\n",
+                       {"hello.txt": "hello\n"})
+    state = tmp_path / "state"
+    rc, _, err = _build(capsys, context, state, "--output", f"type=tar,dest={tmp_path / 'root.tar'}")
+    assert rc == 0, err
+    with tarfile.open(tmp_path / "root.tar") as tar:
+        names = tar.getnames()
+        assert tar.extractfile("etc/hello.txt").read() == b"hello\n"  # type: ignore[union-attr]
+    assert "bin/busybox" in names and not any(name.startswith("./") for name in names)
+    proc = _lamina("--root", str(state), "-o", "-", str(context), stdout=tmp_path / "stdout.tar")
+    assert proc.returncode == 0, proc.stderr.decode()
+    with tarfile.open(tmp_path / "stdout.tar") as tar:  # only the tarball: no digest line after it
+        assert tar.getnames() == names
+    proc = _lamina("--root", str(state), "-t", "flags/stream:v1", "--output", "type=docker,dest=-", str(context),
+                   stdout=tmp_path / "docker.tar")
+    assert proc.returncode == 0, proc.stderr.decode()
+    with tarfile.open(tmp_path / "docker.tar") as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert manifest[0]["RepoTags"] == ["flags/stream:v1"]
+    assert list((state / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(("outputs", "message"), [
+    (["type=registry,compression=zstd"], "type=registry takes no compression in lamina"),
+    (["type=oci,dest=x.tar,tar=false"], "type=oci takes no tar in lamina"),
+    (["type=local,dest=-"], "type=local writes a directory; use type=tar,dest=- for stdout"),
+    (["-", "type=oci,dest=-"], "only one output can go to stdout (dest=-), got tar, oci"),
+    (["type=tar"], "type=tar needs dest=PATH"),
+])
+def test_output_attributes_lamina_does_not_take_are_refused(
+    outputs: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", "FROM scratch\n", {})
+    args = [arg for output in outputs for arg in ("--output", output)]
+    rc, _, err = _build(capsys, context, tmp_path / "state", *args)
+    assert rc == 1 and message in err and err.count("\n") == 1, err
