@@ -1,0 +1,122 @@
+"""``lamina registry serve`` with ``blobs = "s3://..."`` on a real Ceph RADOS Gateway
+(scripts/services/ceph-rgw.sh via tests/helpers/ceph.py): skopeo pushes and pulls through presigned
+redirects, a chunked upload continues on a second replica, GET streams when ``redirect=false``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from helpers.binaries import require_binary
+from helpers.ceph import CephRgw, s3_url
+from helpers.images import busybox_image
+from helpers.registries import RegistryProcess, start_lamina
+from lamina.oci import parse_digest
+from lamina.store.s3blobs import S3BlobStore
+from lamina.store.s3client import S3Client, parse_s3_url
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, ceph_rgw: CephRgw, request: pytest.FixtureRequest) -> Iterator[list[RegistryProcess]]:
+    """Two registry processes on different ports serving the same registry: one root (SQLite metadata)
+    and one S3 prefix; the second replica's root is a symlink to the first's."""
+    redirect = getattr(request, "param", True)
+    config = f'blobs = "{s3_url(ceph_rgw, tmp_path, redirect=redirect)}"\nworkers = 1\n'
+    first = start_lamina(tmp_path / "a", config=config)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "root").symlink_to(first.root)
+    servers = [first]
+    try:
+        servers.append(start_lamina(tmp_path / "b", config=config))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _blob_store(rgw: CephRgw, scope: Path) -> S3BlobStore:
+    return S3BlobStore(S3Client(parse_s3_url(s3_url(rgw, scope))))
+
+
+def test_skopeo_push_and_pull_through_presigned_redirects(
+    replicas: list[RegistryProcess], ceph_rgw: CephRgw, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    require_binary("skopeo", "skopeo")
+    pushed = busybox_image(replicas[0], name="s3/busybox", rootfs=busybox_rootfs)
+    layer = pushed.image.layers[0]
+    # the bytes are in the bucket, not under the root
+    assert _blob_store(ceph_rgw, tmp_path).size(parse_digest(layer.digest)) == layer.size
+    assert not (replicas[0].root / "blobs" / "sha256").exists() or not any((replicas[0].root / "blobs").rglob("*/*"))
+    head = requests.head(f"{replicas[1].url}/v2/s3/busybox/blobs/{layer.digest}", timeout=10)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(layer.size)
+    get = requests.get(f"{replicas[1].url}/v2/s3/busybox/blobs/{layer.digest}", allow_redirects=False, timeout=10)
+    assert get.status_code == 307
+    assert get.headers["Location"].startswith(ceph_rgw.endpoint + "/")
+    assert hashlib.sha256(requests.get(get.headers["Location"], timeout=10).content).hexdigest() == layer.digest[7:]
+    # skopeo pulls from the other replica, following each blob redirect to the gateway
+    out = tmp_path / "pulled"
+    subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{replicas[1].host}/s3/busybox:latest", f"oci:{out}:x"],
+        check=True, capture_output=True, timeout=120,
+    )
+    index = json.loads((out / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == pushed.digest
+    assert (out / "blobs" / "sha256" / layer.digest[7:]).read_bytes() == layer.data
+
+
+def test_chunked_upload_started_on_one_replica_finishes_on_the_other(replicas: list[RegistryProcess]) -> None:
+    """POST and the first PATCH on replica A (one full S3 part and a tail), the second PATCH on B (which
+    resumes A's saved SHA-256 state and tail), PUT on A: the digest checks out with no read-back."""
+    a, b = replicas
+    data = os.urandom(17 * MiB + 12345)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    cut1, cut2 = 9 * MiB + 7, 16 * MiB + 3
+    started = requests.post(f"{a.url}/v2/s3/chunked/blobs/uploads/", timeout=10)
+    assert started.status_code == 202
+    location = started.headers["Location"]
+
+    def patch(server: RegistryProcess, first: int, last: int) -> requests.Response:
+        return requests.patch(
+            server.url + location, data=data[first:last], timeout=60,
+            headers={"Content-Type": "application/octet-stream", "Content-Range": f"{first}-{last - 1}"},
+        )
+
+    assert patch(a, 0, cut1).headers["Range"] == f"0-{cut1 - 1}"
+    assert requests.get(b.url + location, timeout=10).headers["Range"] == f"0-{cut1 - 1}"  # B sees A's bytes
+    assert patch(b, 0, 10).status_code == 416  # out of order on the other replica too
+    assert patch(b, cut1, cut2).headers["Range"] == f"0-{cut2 - 1}"
+    wrong = requests.put(f"{a.url}{location}?digest=sha256:{'0' * 64}", timeout=60)
+    assert wrong.status_code == 400 and wrong.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    finished = requests.put(
+        f"{a.url}{location}?digest={digest}", data=data[cut2:], timeout=60,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert finished.status_code == 201, finished.text
+    got = requests.get(f"{b.url}/v2/s3/chunked/blobs/{digest}", timeout=60)  # follows the redirect
+    assert got.status_code == 200 and got.content == data
+
+
+@pytest.mark.parametrize("replicas", [False], indirect=True)
+def test_without_redirect_blobs_stream_through_the_registry(replicas: list[RegistryProcess]) -> None:
+    a, b = replicas
+    data = os.urandom(3 * MiB + 1)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    pushed = requests.post(f"{a.url}/v2/s3/streamed/blobs/uploads/?digest={digest}", data=data, timeout=60,
+                           headers={"Content-Type": "application/octet-stream"})
+    assert pushed.status_code == 201, pushed.text
+    whole = requests.get(f"{b.url}/v2/s3/streamed/blobs/{digest}", allow_redirects=False, timeout=60)
+    assert whole.status_code == 200 and whole.content == data
+    part = requests.get(f"{b.url}/v2/s3/streamed/blobs/{digest}", headers={"Range": "bytes=10-19"}, timeout=10)
+    assert part.status_code == 206 and part.content == data[10:20]
+    assert part.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    missing = requests.get(f"{b.url}/v2/s3/streamed/blobs/sha256:{'1' * 64}", timeout=10)
+    assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
