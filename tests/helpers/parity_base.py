@@ -126,6 +126,13 @@ def push_busybox_base(host: str, repository: str = "base/busybox", tag: str = "l
     return reference
 
 
+def _push_busybox_multi(host: str) -> str:
+    from .multiarch import push_busybox_multi  # it imports this module: loaded when first needed
+
+    return push_busybox_multi(host).reference
+
+
 BASE_MAKERS: dict[str, BaseMaker] = {
     "base/busybox": push_busybox_base,
+    "pub-parity/busybox-multi": _push_busybox_multi,  # linux/amd64 + linux/arm64 index (tests/helpers/multiarch.py)
 }
