@@ -131,3 +131,20 @@ def test_tmpfs_size_and_mount_errors(base: str, tmp_path: Path, capsys: pytest.C
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 1 and len(errors) == 1 and "Traceback" not in err, err
     assert "Dockerfile:2" in errors[0] and "source /nope: file not found in build context" in errors[0]
+
+
+def test_bind_from_a_named_directory_context(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    extra = make_context(tmp_path / "extra", "unused\n", {"cfg/x.conf": "named\n", "cfg/k.secret": "no\n",
+                                                          ".dockerignore": "**/*.secret\n"})
+    run = "RUN --mount=type=bind,from=extra,source=cfg,target=/cfg ls /cfg > /ls.txt && cat /cfg/x.conf > /x.txt"
+    context = make_context(tmp_path / "ctx", f"FROM {base}\n{run}\n")
+    root, out = tmp_path / "state", tmp_path / "out"
+    flags = ("--build-context", f"extra={extra}", "--output", f"type=local,dest={out}")
+    rc, _, err = build(capsys, context, root, *flags)
+    assert rc == 0, err
+    assert (out / "ls.txt").read_text() == "x.conf\n"  # the named context's own .dockerignore applies
+    assert (out / "x.txt").read_text() == "named\n" and not (out / "cfg").exists()
+    (extra / "cfg" / "x.conf").write_text("edited\n")  # its content is part of the RUN's key
+    rc, _, err = build(capsys, context, root, *flags)
+    assert rc == 0 and cached_steps(err)[run] is False, err
+    assert (out / "x.txt").read_text() == "edited\n"
