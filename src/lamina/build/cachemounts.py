@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -128,10 +128,19 @@ class CacheMountStore:
         self.root = Path(root)
         self.source = source
 
-    def acquire(self, cache_id: str, sharing: Sharing, seed: Seed, *, timeout: float | None = None) -> CacheMountLease:
+    def acquire(
+        self,
+        cache_id: str,
+        sharing: Sharing,
+        seed: Seed,
+        *,
+        timeout: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> CacheMountLease:
         """The instance this RUN mounts, locked for ``sharing``; blocks (``locked``) until one is free.
 
-        Blocking: call it in a thread. ``timeout`` (seconds) bounds the wait of ``locked``."""
+        Blocking: call it in a thread. ``timeout`` (seconds) bounds the wait of ``locked``; ``cancelled``
+        ends it early (the build failed or was interrupted meanwhile)."""
         key = cache_key(cache_id, seed)
         directory = self.root / key
         directory.mkdir(parents=True, exist_ok=True)
@@ -153,6 +162,8 @@ class CacheMountStore:
                     return lease
             if deadline is not None and time.monotonic() > deadline:
                 raise CacheMountError(f"cache mount {cache_id!r} (sharing=locked): still in use after {timeout}s")
+            if cancelled is not None and cancelled():
+                raise CacheMountError(f"cache mount {cache_id!r} (sharing=locked): wait cancelled")
             time.sleep(_POLL)
 
     # -- the remote cache's seam ----------------------------------------------------------------------

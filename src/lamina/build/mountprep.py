@@ -26,6 +26,7 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class RunMounts:
         self._ssh = ssh
         self._scratch = scratch
         self._stack = contextlib.ExitStack()
+        self._cancelled = threading.Event()  # set when the build stops while a locked cache is awaited
         self._servers: list[asyncio.AbstractServer] = []
         self._private: Path | None = None
         self.prepared: list[PreparedMount] = []
@@ -130,7 +132,11 @@ class RunMounts:
             return self._secret(mount)
         if isinstance(mount, SshMount):
             return await self._ssh_socket(index, mount)
-        return await asyncio.to_thread(self._from_tree, index, mount)
+        try:
+            return await asyncio.to_thread(self._from_tree, index, mount)
+        except asyncio.CancelledError:
+            self._cancelled.set()
+            raise
 
     # -- cache and bind ----------------------------------------------------------------------------
 
@@ -154,7 +160,7 @@ class RunMounts:
     def _resolve(self, tree: SourceTree, source: str, mount: RunMount) -> Entry:
         entry = tree.resolve(source.lstrip("/"))
         if entry is None:
-            where = tree.label + (" (or excluded by .dockerignore)" if tree is self._context else "")
+            where = tree.label + (" (or excluded by .dockerignore)" if tree.matcher else "")
             raise MountError(f"{mount_label(mount)}: source {source} not found in {where}")
         return entry
 
@@ -164,7 +170,7 @@ class RunMounts:
         tree = self._tree(mount.origin)
         entry = self._resolve(tree, mount.source, mount)
         host = tree.root / entry.path
-        filtered = tree is self._context and bool(self._context.matcher) and entry.is_dir
+        filtered = bool(tree.matcher) and entry.is_dir  # the build context's or a named context's .dockerignore
         if mount.readonly and not filtered:
             return PreparedMount(mount.target, str(host), readonly=True, is_dir=entry.is_dir)
         copy = self._scratch / f"bind-{index}"
@@ -195,7 +201,7 @@ class RunMounts:
             if not entry.is_dir:
                 raise MountError(f"{mount_label(mount)}: source {mount.source} is not a directory")
             seed = Seed({"from": read, "source": mount.source}, source=tree.root / entry.path)
-        lease = self._store().acquire(mount.id, mount.sharing, seed)
+        lease = self._store().acquire(mount.id, mount.sharing, seed, cancelled=self._cancelled.is_set)
         self._stack.callback(lease.release)
         return PreparedMount(mount.target, str(lease.path), readonly=mount.readonly, is_dir=True)
 

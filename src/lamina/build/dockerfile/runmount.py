@@ -36,6 +36,7 @@ from lamina.build.mounts import (
 
 from .copy import from_reference
 from .errors import DockerfileError, suggest
+from .named import dir_context_for
 from .parse import Instruction
 from .state import Context, StageState
 
@@ -336,15 +337,13 @@ def mount_froms(flags: Sequence[str]) -> list[str]:
     return out
 
 
-def mount_from(inst: Instruction, value: str, ctx: Context, current: int) -> MountFrom:
-    """``from=``: an earlier stage (name or index) or an image reference, as ``COPY --from`` resolves it.
-
-    The hook for named build contexts (``--build-context NAME=...``): a name that resolves to one becomes
-    ``MountFrom(context=NAME)``, which the executor reads through its ``named_contexts``."""
-    named = getattr(ctx, "named_contexts", None) or {}
-    if value in named:
-        return MountFrom(context=value)
-    stage, image = from_reference(inst, value, ctx, current)
+def mount_from(inst: Instruction, value: str, ctx: Context, st: StageState) -> MountFrom:
+    """``from=``: a directory named context (``--build-context NAME=DIR``), else an earlier stage (name or
+    index) or an image reference (or the image an image context puts in its place), as ``COPY --from``."""
+    context = dir_context_for(ctx.contexts, value, st.platform)
+    if context is not None:
+        return MountFrom(context=context)
+    stage, image = from_reference(inst, value, ctx, st.index)
     return MountFrom(stage=stage) if stage is not None else MountFrom(image=image)
 
 
@@ -352,7 +351,7 @@ def run_mounts(st: StageState, inst: Instruction, ctx: Context, values: Sequence
     """The ``--mount`` flags of a RUN in ``st``; any error is one DockerfileError naming the line and value."""
 
     def resolve(value: str) -> MountFrom:
-        return mount_from(inst, value, ctx, st.index)
+        return mount_from(inst, value, ctx, st)
 
     try:
         return parse_mounts(values, expand=lambda word: st.expand(ctx, word), resolve_from=resolve,
