@@ -7,9 +7,10 @@ replaced dirs opaque) ready for :func:`write_layer` or :meth:`LayerStore.adopt`;
 what is left. The overlay implementation mounts the kernel's overlayfs (containerd's snapshotter
 model); the copying one (copydiff.py) is the fallback where overlay cannot be mounted.
 
-Mountpoints: runc creates missing mountpoints (/proc, /dev, /sys, /etc/hosts, /etc/resolv.conf) in
-the rootfs, which would put empty files into every RUN layer. Like Docker's "-init" layer, the missing
-ones are created in a small extra lower dir on top of the stack, so they never reach the upper dir.
+Mountpoints: runc creates missing mountpoints in the rootfs. BuildKit removes afterwards the stubs of
+/etc/hosts, /etc/resolv.conf and the RUN's own mounts (with the parents they needed) but keeps /proc,
+/sys and /dev (see ``runmounts.mount_stubs``). Like Docker's "-init" layer, the stubs to remove are
+created in a small extra lower dir on top of the stack, so they never reach the upper dir at all.
 
 Layout::
 
@@ -46,11 +47,9 @@ __all__ = [
     "process_alive",
 ]
 
-# (path, is_dir): what runc mounts over in every RUN container (see runtime_spec.runtime_config).
+# (path, is_dir): the stubs of what every RUN container binds besides runc's /proc, /sys and /dev
+# (runtime_spec.runtime_config), which BuildKit removes after the RUN; a RUN's mounts add their own.
 RUN_MOUNTPOINTS: tuple[tuple[str, bool], ...] = (
-    ("proc", True),
-    ("sys", True),
-    ("dev", True),
     ("etc/hosts", False),
     ("etc/resolv.conf", False),
 )
