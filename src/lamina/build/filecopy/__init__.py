@@ -7,7 +7,8 @@ see :mod:`lamina.build.filecopy.copier`. Writes never leave the rootfs (:mod:`.r
 
 from typing import Any
 
-from lamina.build.filecopy.copier import OwnerResolver, apply_copy, copy_checksum, parse_chmod
+from lamina.build.filecopy.checksum import copy_checksum
+from lamina.build.filecopy.copier import OwnerResolver, apply_copy, parse_chmod
 from lamina.build.filecopy.fetch import Download, Downloads, is_url
 from lamina.build.filecopy.rootfs import CopyError, RootFS
 

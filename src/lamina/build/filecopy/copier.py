@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import posixpath
 import stat
@@ -31,13 +30,14 @@ from pathlib import Path
 from lamina.build import gopath
 from lamina.build.context import ContextError, Entry, Selected, SourceTree, split_wildcards
 from lamina.build.dockerignore import PatternMatcher
+from lamina.build.filecopy.checksum import checksum_of, exclude_of
 from lamina.build.filecopy.fetch import Download, Downloads, is_url
 from lamina.build.filecopy.modes import Chmod, ChmodError
 from lamina.build.filecopy.modes import parse_chmod as parse_modes
 from lamina.build.filecopy.rootfs import DIR_FLAGS, NEW_FILE_FLAGS, CopyError, RootFS, write_all
 from lamina.build.ops import CopyStep
 
-__all__ = ["OwnerResolver", "apply_copy", "copy_checksum", "parents_path", "parse_chmod"]
+__all__ = ["OwnerResolver", "apply_copy", "parents_path", "parse_chmod"]
 
 OwnerResolver = Callable[[str], tuple[int, int]]
 _CHUNK = 1 << 20
@@ -80,62 +80,6 @@ def _numeric_owner(spec: str) -> tuple[int, int]:
 
 def _instruction(step: CopyStep) -> str:
     return "ADD" if step.is_add else "COPY"
-
-
-def _exclude_of(step: CopyStep) -> PatternMatcher | None:
-    patterns = getattr(step, "exclude", ())
-    return PatternMatcher(patterns) if patterns else None
-
-
-def _checksum_of(step: CopyStep, checksum: str | None) -> str | None:
-    return checksum if checksum is not None else getattr(step, "checksum", None)
-
-
-def copy_checksum(
-    step: CopyStep,
-    context: SourceTree,
-    *,
-    downloads: Downloads | None = None,
-    checksum: str | None = None,
-) -> str:
-    """The content part of a COPY/ADD cache key: ``sha256:<hex>`` over what the step reads.
-
-    Context sources contribute :meth:`SourceTree.checksum` (names, modes, contents; never mtimes or
-    owners); URLs their downloaded content digest and file name; heredocs their name and content.
-    """
-    exclude = _exclude_of(step)
-    h = hashlib.sha256()
-    with contextlib.ExitStack() as stack:
-        if downloads is None and any(is_url(s) for s in step.sources):
-            downloads = stack.enter_context(Downloads())  # not shared: fetched again by apply_copy
-        _hash_sources(step, context, downloads, _checksum_of(step, checksum), exclude, h)
-    for name, content in step.heredocs:
-        h.update(b"heredoc %s %s\0" % (os.fsencode(name), hashlib.sha256(content.encode()).hexdigest().encode()))
-    return "sha256:" + h.hexdigest()
-
-
-def _hash_sources(
-    step: CopyStep,
-    context: SourceTree,
-    downloads: Downloads | None,
-    checksum: str | None,
-    exclude: PatternMatcher | None,
-    h: hashlib._Hash,
-) -> None:
-    try:
-        for source in step.sources:
-            if is_url(source):
-                if not step.is_add:
-                    raise CopyError(f"COPY failed: source can't be a URL for COPY: {source}")
-                assert downloads is not None
-                got = downloads.get(source, checksum=checksum)
-                h.update(b"url %s %s\0" % (os.fsencode(got.filename), got.digest.encode()))
-            else:
-                h.update(b"path %s\0" % context.checksum([source], exclude=exclude or ()).encode())
-    except CopyError:
-        raise
-    except ContextError as exc:
-        raise CopyError(f"{_instruction(step)} failed: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +141,8 @@ class _Copier:
         self.ignore = context_ignore if context_ignore is not None and not self.from_other else ()
         self.resolve_owner = resolve_owner
         self.downloads = downloads
-        self.checksum = _checksum_of(step, checksum)
-        self.exclude = _exclude_of(step)
+        self.checksum = checksum_of(step, checksum)
+        self.exclude = exclude_of(step)
         self.chmod = parse_chmod(step.chmod)
         self.chown = self._resolve_chown(step.chown)
         self.links: dict[tuple[int, int], tuple[str, str]] = {}
