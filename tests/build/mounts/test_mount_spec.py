@@ -22,16 +22,18 @@ PREPARED = (
 
 def test_runc_mounts_in_order_with_their_options() -> None:
     mounts = [m.to_json() for m in runc_mounts(PREPARED)]
-    assert mounts == [
-        {"destination": "/root/.cache/pip", "type": "bind", "source": "/state/cachemounts/k/0",
-         "options": ["rbind", "rprivate", "rw"]},
-        {"destination": "/app/requirements.txt", "type": "bind", "source": "/ctx/requirements.txt",
-         "options": ["rbind", "rprivate", "ro"]},
+    assert mounts == [  # shallow targets first, else in Dockerfile order
         {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=1777", f"size={1 << 20}"]},
+        {"destination": "/app/requirements.txt", "type": "bind", "source": "/ctx/requirements.txt",
+         "options": ["rbind", "rprivate", "ro"]},
+        {"destination": "/root/.cache/pip", "type": "bind", "source": "/state/cachemounts/k/0",
+         "options": ["rbind", "rprivate", "rw"]},
         {"destination": "/run/secrets/token", "type": "bind", "source": "/dev/shm/lamina-run-x/secret-0",
          "options": ["rbind", "rprivate", "ro"]},
     ]
+    nested = runc_mounts([PreparedMount("/c/inner", "/b"), PreparedMount("/c", "/a", readonly=False)])
+    assert [m.destination for m in nested] == ["/c", "/c/inner"]  # the inner bind is not hidden by /c
     config = runtime_config(RunSpec(argv=("true",), network="none", mounts=runc_mounts(PREPARED)), "/rootfs",
                             host_limits={"RLIMIT_NOFILE": (1024, 1024)})
     destinations = [m["destination"] for m in config["mounts"]]

@@ -3,8 +3,8 @@
 Pure data in, data out (design habit 4): the executor prepares each ``RUN --mount`` on the host (a cache
 directory, a bind source or its throwaway copy, a secret file, an ssh socket) and describes it as a
 :class:`PreparedMount`; :func:`runc_mounts` turns the list into runtime-spec mounts (config.md#mounts)
-appended after the container's own (/proc, /dev, /etc/hosts, ...), in Dockerfile order, as BuildKit's
-executor does; :func:`mount_stubs` lists the mountpoints the runtime would create in the rootfs.
+appended after the container's own (/proc, /dev, /etc/hosts, ...); :func:`mount_stubs` lists the
+mountpoints the runtime would create in the rootfs.
 
 Stubs, as BuildKit's ``executor.MountStubsCleaner`` with ``RemoveMountStubsRecursive`` (what the Dockerfile
 frontend asks for): a mountpoint that did not exist before the RUN — and each parent it needed, up to the
@@ -44,11 +44,12 @@ class PreparedMount:
 
 
 def runc_mounts(prepared: Sequence[PreparedMount]) -> tuple[Mount, ...]:
-    """The runtime-spec mounts of ``prepared``, in order. Binds are recursive (``rbind``) and private to
-    the container; read-only ones also ``ro``. tmpfs mounts are ``nosuid,nodev`` with ``size=`` when given
-    (BuildKit's tmpfs mount)."""
+    """The runtime-spec mounts of ``prepared``, shallow targets first (a stable sort by depth, as Docker and
+    BuildKit order mounts, so a mount inside another one's target is not hidden by it). Binds are recursive
+    (``rbind``) and private to the container; read-only ones also ``ro``. tmpfs mounts are ``nosuid,nodev``
+    with ``size=`` when given (BuildKit's tmpfs mount)."""
     out = []
-    for mount in prepared:
+    for mount in sorted(prepared, key=lambda m: m.target.count("/")):
         if mount.kind == "tmpfs":
             options = ["nosuid", "nodev", "mode=1777"]
             if mount.size is not None:
