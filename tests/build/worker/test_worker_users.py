@@ -66,11 +66,12 @@ def test_chown_resolution(root: Path, spec: str, expected: tuple[int, int]) -> N
     assert resolve_chown(root, spec) == expected
 
 
-def test_chown_unknown_names_are_clear_errors(root: Path) -> None:
-    with pytest.raises(UnknownUser, match="unable to find user ghost: no matching entries in passwd file"):
-        resolve_chown(root, "ghost")
-    with pytest.raises(UnknownUser, match="unable to find group ghosts: no matching entries in group file"):
-        resolve_chown(root, "app:ghosts")
+def test_chown_names_the_image_lacks_resolve_as_buildkit_does(root: Path, tmp_path: Path) -> None:
+    assert resolve_chown(root, "ghost") == (0, 0)  # BuildKit's readUser: no passwd entry, ids stay 0
+    assert resolve_chown(root, "app:ghosts") == (1000, 1000)  # no group entry: the user's gid stays
+    assert resolve_chown(root, "ghost:wheel") == (0, 10)
+    assert resolve_chown(tmp_path / "no-etc", "app:wheel") == (0, 0)
+    assert resolve_chown(root, "99999999999") == (0, 0)  # not a uint32: read as a name, as ParseUint fails
 
 
 def test_unknown_names_are_clear_errors(root: Path) -> None:

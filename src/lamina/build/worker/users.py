@@ -8,9 +8,11 @@ runc's ``process.user.additionalGids``) starts with the primary gid, as BuildKit
 it through containerd's ``ensureAdditionalGids``: ``USER app`` runs with groups ``1000,2000,2001``,
 ``USER 1234:1234`` with ``1234``, ``USER 1234`` with ``0``.
 
-``COPY --chown``/``ADD --chown`` resolve differently (:func:`resolve_chown`, BuildKit's file op
-``readUser``): a name takes its passwd uid and gid, a bare number is used as uid *and* gid
-(``--chown=1234`` -> 1234:1234), and a group part (name from /etc/group, or a number) replaces the gid.
+``COPY --chown``/``ADD --chown`` and the directories WORKDIR creates for the stage's USER resolve
+differently (:func:`resolve_chown`, BuildKit's file op ``readUser``): a name takes its passwd uid and
+gid, a bare number is used as uid *and* gid (``--chown=1234`` -> 1234:1234, ``USER 1234`` + ``WORKDIR``
+-> a 1234:1234 directory), a group part (name from /etc/group, or a number) replaces the gid, and a
+name the image lacks is not an error (uid 0; the gid unchanged).
 
 The files are read through :func:`resolve_in_root`, so an image whose /etc/passwd is a symlink to the
 host's cannot leak it.
@@ -131,27 +133,31 @@ def resolve_user(rootfs: str | os.PathLike[str], spec: str) -> ResolvedUser:
     return ResolvedUser(uid, gid, tuple(extra), name, home)
 
 
+def _number(text: str) -> int | None:
+    """A uid/gid as BuildKit's ``llb.WithUser`` reads one (``strconv.ParseUint(s, 10, 32)``)."""
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 1 << 32 else None
+
+
 def resolve_chown(rootfs: str | os.PathLike[str], spec: str) -> tuple[int, int]:
-    """``--chown=user[:group]`` -> (uid, gid) as BuildKit's file op resolves it (see module doc)."""
+    """``--chown=user[:group]`` (and WORKDIR's owner) -> (uid, gid) as BuildKit's file op ``readUser``
+    resolves it: a number is the uid and the gid, a name takes its passwd uid and gid, a group part
+    replaces the gid. As in BuildKit, a name the image does not have leaves the id at 0 (user) or
+    unchanged (group) instead of failing."""
     user_arg, _, group_arg = spec.strip().partition(":")
     uid = gid = 0
-    if user_arg.isdigit():
-        uid = gid = int(user_arg)
-    elif user_arg:
-        entry = next(
-            (row for row in _read_db(rootfs, "/etc/passwd") if len(row) >= 4 and row[0] == user_arg), None
-        )
-        if entry is None:
-            raise UnknownUser(f"unable to find user {user_arg}: no matching entries in passwd file")
-        found_uid, found_gid = _int(entry[2]), _int(entry[3])
-        if found_uid is None or found_gid is None:
-            raise UnknownUser(f"invalid /etc/passwd entry for user {user_arg}: {':'.join(entry)}")
-        uid, gid = found_uid, found_gid
-    if group_arg.isdigit():
-        gid = int(group_arg)
-    elif group_arg:
-        row = next((r for r in _read_db(rootfs, "/etc/group") if len(r) >= 3 and r[0] == group_arg), None)
-        if row is None or _int(row[2]) is None:
-            raise UnknownUser(f"unable to find group {group_arg}: no matching entries in group file")
-        gid = int(row[2])
+    number = _number(user_arg)
+    if number is not None:
+        uid = gid = number
+    else:
+        entry = next((r for r in _read_db(rootfs, "/etc/passwd") if len(r) >= 4 and r[0] == user_arg), None)
+        if entry is not None and _int(entry[2]) is not None and _int(entry[3]) is not None:
+            uid, gid = int(entry[2]), int(entry[3])
+    if group_arg:
+        number = _number(group_arg)
+        if number is not None:
+            gid = number
+        else:
+            row = next((r for r in _read_db(rootfs, "/etc/group") if len(r) >= 3 and r[0] == group_arg), None)
+            if row is not None and _int(row[2]) is not None:
+                gid = int(row[2])
     return uid, gid
