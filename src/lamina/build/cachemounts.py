@@ -193,6 +193,8 @@ class CacheMountStore:
                 for path in _walk_sorted(entry.path):
                     arcname = path.relative_to(entry.path).as_posix()
                     info = tar.gettarinfo(str(path), arcname=arcname)
+                    if info is None:  # a socket: nothing a tar (or a later RUN) could use
+                        continue
                     info.uname = info.gname = ""
                     if info.isreg():
                         with open(path, "rb") as fh:

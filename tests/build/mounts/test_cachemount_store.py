@@ -130,7 +130,9 @@ def test_export_and_lazy_import_of_an_instance(tmp_path: Path) -> None:
         (lease.path / "pkgs").mkdir()
         (lease.path / "pkgs" / "a.whl").write_bytes(b"wheel")
         os.symlink("pkgs/a.whl", lease.path / "latest")
+        os.link(lease.path / "pkgs" / "a.whl", lease.path / "pkgs" / "same.whl")
         os.chown(lease.path / "pkgs" / "a.whl", 1000, 1000)
+        os.mknod(lease.path / "agent.sock", stat.S_IFSOCK | 0o600)  # left behind by a tool: not exported
     [entry] = first.entries()
     assert (entry.id, entry.instance) == ("pip", 0)
     buffer = io.BytesIO()
@@ -143,6 +145,8 @@ def test_export_and_lazy_import_of_an_instance(tmp_path: Path) -> None:
         assert (lease.path / "pkgs" / "a.whl").read_bytes() == b"wheel"
         assert os.readlink(lease.path / "latest") == "pkgs/a.whl"
         assert os.stat(lease.path / "pkgs" / "a.whl").st_uid == 1000
+        assert os.stat(lease.path / "pkgs" / "same.whl").st_ino == os.stat(lease.path / "pkgs" / "a.whl").st_ino
+        assert not (lease.path / "agent.sock").exists()
     with second.acquire("pip", "shared", Seed()):
         pass
     assert source.asked == [("pip", entry.key)]  # once: the local instance serves from then on
