@@ -82,3 +82,14 @@ def test_mount_specs_are_in_the_key_but_no_secret_or_cache_content() -> None:
     document = cachekey.encode(cachekey.run_inputs(
         RunStep(argv=("true",), env=(), user="", workdir="/", mounts=(secret, SshMount("default", "/s"))), PARENT))
     assert b'"type":"secret"' in document and b'"type":"ssh"' in document
+
+
+def test_why_a_run_with_mounts_missed() -> None:
+    step = RunStep(argv=("true",), env=(), user="", workdir="/", mounts=(BindMount("/src"),))
+    before = cachekey.run_inputs(step, PARENT, mounts=("sha256:aa",))
+    after = cachekey.run_inputs(step, PARENT, mounts=("sha256:bb",))
+    assert cachekey.describe_difference(before, after) == \
+        "what a RUN --mount reads changed (bound files or a from= source)"
+    other = cachekey.run_inputs(RunStep(argv=("true",), env=(), user="", workdir="/",
+                                        mounts=(BindMount("/src", readonly=False),)), PARENT, mounts=("sha256:aa",))
+    assert cachekey.describe_difference(before, other) == "RUN --mount options changed"
