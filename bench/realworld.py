@@ -9,8 +9,8 @@ between runs), pushed to a lamina registry on loopback, then
     RUN python3 -m venv /venv && /venv/bin/pip install flask requests
     RUN npm install express
 
-The host's extra CA certificates (``/usr/local/share/ca-certificates/*.crt``) go into the base image, so
-a network behind a TLS-inspecting proxy works as it does on the host. Each build runs from an empty
+The base image (``bench/_debian.py``) carries the host's extra CA certificates, so a network behind a
+TLS-inspecting proxy works as it does on the host. Each build runs from an empty
 state dir with ``--no-cache`` (every step runs). Prints each build's wall time, the medians and the
 ratio this tree / before. The figures depend on the mirrors' speed at the
 moment, which is why the two trees alternate. Needs root and the network to the package registries.
@@ -25,14 +25,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from helpers.images import Layer, image_manifest, push_layout, write_layout
+from _debian import DEFAULT_ROOTFS, debian_rootfs, push_debian_base
 from helpers.registries import start_lamina
 
 HERE = Path(__file__).resolve().parent.parent / "src"
@@ -44,42 +43,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3-venv no
 RUN python3 -m venv /venv && /venv/bin/pip install -q --no-cache-dir flask==3.0.3 requests==2.32.3
 RUN mkdir /app && cd /app && npm init -y > /dev/null && npm install --no-audit --no-fund express@4.19.2
 """
-
-
-def _rootfs(path: Path) -> Path:
-    if not (path / "etc" / "debian_version").exists():
-        print(f"debootstrap --variant=minbase bookworm {path} ...", flush=True)
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(path), "http://deb.debian.org/debian"],
-                       check=True, stdout=subprocess.DEVNULL)
-    return path
-
-
-def _base_layer(rootfs: Path) -> Layer:
-    import gzip
-    import hashlib
-    import io
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(rootfs.iterdir()):
-            if entry.name in ("dev", "proc", "sys"):
-                tar.add(entry, arcname=entry.name, recursive=False)
-            else:
-                tar.add(entry, arcname=entry.name)
-        # The host's own CAs (a TLS-inspecting proxy's, as on some CI networks): the image's ca-certificates
-        # package adds them to its bundle when it is installed, so pip and npm trust what the host trusts.
-        for cert in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):
-            tar.add(cert, arcname=f"usr/local/share/ca-certificates/{cert.name}")
-    raw = buf.getvalue()
-    return Layer("application/vnd.oci.image.layer.v1.tar+gzip", gzip.compress(raw, compresslevel=1, mtime=0),
-                 diff_id="sha256:" + hashlib.sha256(raw).hexdigest())
-
-
-def _push_base(rootfs: Path, host: str, work: Path) -> str:
-    image = image_manifest([_base_layer(rootfs)])
-    layout = write_layout(work / "layout", image.manifest, [image.config, *image.layers])
-    push_layout(layout, f"{host}/bench/debian:bookworm")
-    return f"{host}/bench/debian:bookworm"
 
 
 def _build(src: Path, context: Path, state: Path, extra: list[str]) -> float:
@@ -100,15 +63,15 @@ def main() -> None:
     parser.add_argument("--before-args", default="", help="extra lamina build flags for the before tree")
     parser.add_argument("--after-args", default="", help="extra lamina build flags for this tree")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--rootfs", type=Path, default=Path("/var/tmp/lamina-bench-bookworm"))
+    parser.add_argument("--rootfs", type=Path, default=DEFAULT_ROOTFS)
     args = parser.parse_args()
-    rootfs = _rootfs(args.rootfs)
+    rootfs = debian_rootfs(args.rootfs)
     trees = {"before": (args.before.resolve(), args.before_args.split()), "after": (HERE, args.after_args.split())}
     with tempfile.TemporaryDirectory(prefix="lamina-realworld-") as tmp:
         work = Path(tmp)
         registry = start_lamina(work / "registry")
         try:
-            base = _push_base(rootfs, registry.host, work)
+            base = push_debian_base(rootfs, registry.host, work)
             context = work / "context"
             context.mkdir()
             (context / "Dockerfile").write_text(DOCKERFILE.format(base=base))
