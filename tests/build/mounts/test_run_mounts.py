@@ -148,3 +148,22 @@ def test_bind_from_a_named_directory_context(base: str, tmp_path: Path, capsys: 
     rc, _, err = build(capsys, context, root, *flags)
     assert rc == 0 and cached_steps(err)[run] is False, err
     assert (out / "x.txt").read_text() == "edited\n"
+
+
+def test_cache_seeded_from_a_stage_and_read_only(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dockerfile = (
+        f"FROM {base} AS seed\n"
+        "RUN mkdir -p /s && echo seeded > /s/data\n"
+        f"FROM {base}\n"
+        "RUN --mount=type=cache,target=/c,id=seeded,from=seed,source=/s cat /c/data > /first.txt "
+        "&& echo more >> /c/data\n"
+        "RUN --mount=type=cache,target=/c,id=seeded,from=seed,source=/s,ro cat /c/data > /second.txt "
+        "&& (touch /c/x 2>/dev/null && echo writable || echo read-only) > /ro.txt\n"
+    )
+    context = make_context(tmp_path / "ctx", dockerfile)
+    out = tmp_path / "out"
+    rc, _, err = build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert (out / "first.txt").read_text() == "seeded\n"  # a new cache starts as a copy of its from= source
+    assert (out / "second.txt").read_text() == "seeded\nmore\n"  # the same id and seed: the same cache
+    assert (out / "ro.txt").read_text() == "read-only\n"
