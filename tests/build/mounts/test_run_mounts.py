@@ -167,3 +167,11 @@ def test_cache_seeded_from_a_stage_and_read_only(base: str, tmp_path: Path, caps
     assert (out / "first.txt").read_text() == "seeded\n"  # a new cache starts as a copy of its from= source
     assert (out / "second.txt").read_text() == "seeded\nmore\n"  # the same id and seed: the same cache
     assert (out / "ro.txt").read_text() == "read-only\n"
+
+
+def test_bind_from_scratch_is_an_empty_directory(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    context = make_context(tmp_path / "ctx", f"FROM {base}\nRUN --mount=from=scratch,target=/e ls -A /e | wc -l > /n\n")
+    out = tmp_path / "out"
+    rc, _, err = build(capsys, context, tmp_path / "state", "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert (out / "n").read_text().strip() == "0"

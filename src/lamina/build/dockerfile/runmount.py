@@ -343,6 +343,8 @@ def mount_from(inst: Instruction, value: str, ctx: Context, st: StageState) -> M
     context = dir_context_for(ctx.contexts, value, st.platform)
     if context is not None:
         return MountFrom(context=context)
+    if value.lower() == "scratch" and value.lower() not in ctx.stage_index:
+        return MountFrom(image="scratch")  # an empty root (BuildKit's llb.Scratch())
     stage, image = from_reference(inst, value, ctx, st.index)
     return MountFrom(stage=stage) if stage is not None else MountFrom(image=image)
 
