@@ -150,11 +150,13 @@ def write_build_metadata(
     has_image = not request.outputs or any(o["type"] not in ("local", "tar") for o in request.outputs)
     metadata: dict[str, Any] = {}
     if has_image or request.push:
+        several = len(request.platforms) > 1  # the result is an index: its descriptor, no platform
         metadata = image_metadata(
             manifest=result.manifest,
             names=image_names(request.tags, request.outputs),
-            descriptor_annotations=request.annotations.manifest_descriptor(request.platform),
-            platform=request.platform,
+            descriptor_annotations=request.annotations.index_descriptor() if several
+            else request.annotations.manifest_descriptor(request.platform),
+            platform=None if several else request.platform,
             source_date_epoch=request.source_date_epoch,
         )
     if iidfile is not None:

@@ -203,3 +203,36 @@ def test_output_attributes_lamina_does_not_take_are_refused(
     args = [arg for output in outputs for arg in ("--output", output)]
     rc, _, err = _build(capsys, context, tmp_path / "state", *args)
     assert rc == 1 and message in err and err.count("\n") == 1, err
+
+
+def test_annotations_of_a_multi_platform_push(
+    two_platform_base: object, lamina_registry: RegistryProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Index annotations land in the index, a [platform] manifest annotation in that platform's manifest only,
+    descriptor annotations on the index's entries; no RUN, so no emulation is needed."""
+    context = _context(tmp_path / "ctx", f"FROM {two_platform_base.reference}\nCOPY a.txt /a.txt\n",  # type: ignore[attr-defined]
+                       {"a.txt": "a\n"})
+    ref = f"{lamina_registry.host}/flags/multi:v1"
+    iid, meta = tmp_path / "iid", tmp_path / "meta.json"
+    rc, digest, err = _build(
+        capsys, context, tmp_path / "state", "--platform", "linux/amd64,linux/arm64", "-t", ref, "--push",
+        "--iidfile", str(iid), "--metadata-file", str(meta),
+        "--annotation", "index:org.example.index=i", "--annotation", "index-descriptor:org.example.top=t",
+        "--annotation", "manifest[linux/arm64]:org.example.arm=a", "--annotation", "manifest:org.example.all=m",
+        "--annotation", "manifest-descriptor:org.example.entry=e",
+    )
+    assert rc == 0, err
+    index = _raw(ref)
+    assert index["annotations"] == {"org.example.index": "i"}
+    assert iid.read_text() == digest == json.loads(meta.read_text())["containerimage.digest"]  # the index's
+    metadata = json.loads(meta.read_text())
+    assert "containerimage.config.digest" not in metadata and "platform" not in metadata["containerimage.descriptor"]
+    assert metadata["containerimage.descriptor"]["annotations"]["org.example.top"] == "t"
+    assert metadata["containerimage.descriptor"]["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    for entry in index["manifests"]:  # type: ignore[union-attr]
+        assert entry["annotations"] == {"org.example.entry": "e"}
+        manifest = _raw(f"{lamina_registry.host}/flags/multi@{entry['digest']}")
+        expected = {"org.example.all": "m"}
+        if entry["platform"]["architecture"] == "arm64":
+            expected["org.example.arm"] = "a"
+        assert manifest["annotations"] == expected

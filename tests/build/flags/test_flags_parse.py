@@ -228,3 +228,15 @@ def test_check_directive_refuses_what_needs_build_checks(directive: str, message
         check_directive(directive)
     for accepted in ("skip=all;error=true", "skip=StageNameCasing,FromAsCasing", "error=false", "SKIP=all"):
         check_directive(accepted)
+
+
+def test_image_outputs_must_push_and_may_be_insecure() -> None:
+    from lamina.build.exporter import insecure_output_registries, parse_output
+
+    for spec in ("type=image,name=r/a:1", "type=registry,push=false"):
+        with pytest.raises(ValueError, match="lamina has no image store to keep an image that is not pushed"):
+            parse_output(spec)
+    output = parse_output("type=image,name=10.0.0.9:5000/a:1,push=true,registry.insecure=true")
+    assert insecure_output_registries([output], []) == {"10.0.0.9:5000"}
+    assert insecure_output_registries([parse_output("type=registry,registry.insecure=true")], ["h:1/x:y"]) == {"h:1"}
+    assert insecure_output_registries([parse_output("type=registry")], ["h:1/x:y"]) == frozenset()
