@@ -166,3 +166,19 @@ def test_both_snapshotters_break_lower_links_as_overlay_copy_up_does(kind: str, 
     snap.discard()
     assert list(members) == ["data", "data/b", "data/x2"]
     assert members["data/b"].isreg() and members["data/b"].mode == 0o640 and members["data/x2"].isreg()
+
+
+def test_long_names_split_as_go_does_and_only_what_ustar_cannot_hold_uses_pax(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    deep = "node_modules/" * 9 + "pkg"  # 120 bytes: a ustar prefix, split at the last '/' in 156 bytes
+    _file(upper / deep / "index.js", "x")
+    _file(upper / ("n" * 120), "too long to split")
+    _file(upper / "café.txt", "non-ASCII")
+    raw = gzip.decompress(write_layer(upper, tmp_path / "out").path.read_bytes())
+    members = {m.name: m for m in tar_members(write_layer(upper, tmp_path / "out2").path)}
+    index = members[deep + "/index.js"]
+    header = raw[index.offset : index.offset + 512]
+    assert header[345:500].rstrip(b"\0") == deep.encode() and header[0:100].rstrip(b"\0") == b"index.js"
+    assert not index.pax_headers
+    assert members["n" * 120].pax_headers == {"path": "n" * 120}
+    assert members["café.txt"].pax_headers == {"path": "café.txt"}

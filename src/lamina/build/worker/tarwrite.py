@@ -50,6 +50,7 @@ from .pipeline import Stage
 __all__ = ["LayerBlob", "TarStreamWriter", "write_layer"]
 
 _BLOCK = 512
+_NAME, _PREFIX = 100, 155  # ustar name and prefix field sizes
 _FLUSH_AT = 1 << 20
 _DIRECT = 1 << 16
 _CHUNK = 1 << 20
@@ -142,6 +143,22 @@ def _xattrs(path: str) -> dict[str, str]:
     return records
 
 
+class _GoTarInfo(tarfile.TarInfo):
+    """Splits a long ustar name where Go's archive/tar does (``splitUSTARPath``: at the last '/' within
+    the first 156 bytes), not at the first '/' that fits as Python does: the same name, the same bytes."""
+
+    def _posix_split_name(self, name: str, encoding: str, errors: str) -> tuple[str, str]:
+        length = len(name)
+        if length > _PREFIX + 1:
+            length = _PREFIX + 1
+        elif name.endswith("/"):
+            length -= 1
+        cut = name.rfind("/", 0, length)
+        if cut <= 0 or not 0 < len(name) - cut - 1 <= _NAME or cut > _PREFIX:
+            raise ValueError(f"name {name!r} does not fit a ustar header")
+        return name[:cut], name[cut + 1 :]
+
+
 class TarStreamWriter:
     """Emit tar entries for a directory walk into a sink (used by :func:`write_layer`); see module doc."""
 
@@ -159,8 +176,16 @@ class TarStreamWriter:
         return max(mtime, 0)
 
     def _header(self, info: tarfile.TarInfo) -> None:
+        """A POSIX ustar header when ustar can hold the entry, as Go's archive/tar chooses (ASCII names up
+        to 100 bytes, or split at a '/' into a 155-byte prefix; links up to 100; no xattrs); else PAX."""
         info.uname = ""
         info.gname = ""
+        if not info.pax_headers:
+            try:
+                self._sink.write(info.tobuf(tarfile.USTAR_FORMAT, "ascii", "strict"))
+                return
+            except (ValueError, UnicodeEncodeError):
+                pass  # a non-ASCII or unsplittable name, a long link, a number too large: PAX records
         self._sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
     def _flush_parents(self) -> None:
@@ -170,7 +195,7 @@ class TarStreamWriter:
 
     def _marker(self, name: str, mtime: int) -> None:
         self._flush_parents()
-        info = tarfile.TarInfo(name)
+        info = _GoTarInfo(name)
         info.type = tarfile.REGTYPE
         info.mode = 0
         info.mtime = mtime
@@ -254,7 +279,7 @@ class TarStreamWriter:
         # Sockets cannot be represented in a tar; Docker and BuildKit skip them too.
 
     def _entry(self, path: str, name: str, st: os.stat_result, kind: bytes, linkname: str = "") -> None:
-        info = tarfile.TarInfo(name)
+        info = _GoTarInfo(name)
         info.type = kind
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid = st.st_uid
