@@ -23,7 +23,6 @@ _REFUSED: dict[str, tuple[dict[str, object], str]] = {
     "--builder": ({}, "lamina is daemonless: there is no builder instance to choose; remove it"),
     "--call": ({}, "only the build itself is supported (no outline/targets/check calls); remove it"),
     "--check": ({"action": "store_true"}, "lamina runs no build checks (lint rules); remove it"),
-    "--quiet": ({"action": "store_true"}, "use --progress plain 2>/dev/null: the image digest is on stdout"),
     "--squash": ({"action": "store_true"}, "layers are never squashed; remove it"),
 }
 _NO_ATTESTATION = ("false", "0")
@@ -32,8 +31,7 @@ _OPTIONAL = {"--sbom": "SBOM", "--provenance": "provenance"}
 
 def add_refused_flags(parser: argparse.ArgumentParser) -> None:
     for flag, (kwargs, _) in _REFUSED.items():
-        names = [flag, "-q"] if flag == "--quiet" else [flag]
-        parser.add_argument(*names, dest=f"refused_{flag[2:].replace('-', '_')}", help=argparse.SUPPRESS,
+        parser.add_argument(flag, dest=f"refused_{flag[2:].replace('-', '_')}", help=argparse.SUPPRESS,
                             **kwargs)  # type: ignore[arg-type]
     for flag in _OPTIONAL:
         parser.add_argument(flag, dest=f"refused_{flag[2:]}", help=argparse.SUPPRESS)

@@ -236,3 +236,16 @@ def test_annotations_of_a_multi_platform_push(
         if entry["platform"]["architecture"] == "arm64":
             expected["org.example.arm"] = "a"
         assert manifest["annotations"] == expected
+
+
+def test_quiet_prints_only_the_digest(
+    busybox_base: PushedImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = _context(tmp_path / "ctx", f"FROM {busybox_base.reference}\nCOPY a.txt /\n", {"a.txt": "a\n"})
+    rc = main(["build", "-q", "--root", str(tmp_path / "state"), str(context)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == "" and out.startswith("sha256:") and out.count("\n") == 1
+    (context / "Dockerfile").write_text(f"FROM {busybox_base.reference}\nCOPY missing.txt /\n")
+    rc = main(["build", "--progress", "quiet", "--root", str(tmp_path / "state"), str(context)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "" and err.startswith("error: Dockerfile:2: COPY missing.txt /") and err.count("\n") == 1

@@ -196,7 +196,6 @@ def test_cli_flag_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     (["--attest", "type=sbom"], "--attest is not supported by lamina"),
     (["--sbom", "true"], "--sbom=true is not supported by lamina: it writes no SBOM attestation"),
     (["--provenance", "mode=max"], "--provenance=mode=max is not supported by lamina"),
-    (["-q"], "--quiet is not supported by lamina"),
     (["--check"], "--check is not supported by lamina"),
 ])
 def test_unimplemented_buildx_flags_are_refused_in_one_line(
