@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from lamina.oci import Digest
 from lamina.store import ManifestRecord, ManifestReference, UploadSession, open_storage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def _digest(data: bytes) -> Digest:
@@ -77,7 +80,9 @@ def main() -> None:
             results.setdefault("sqlite (FULL)", []).append(_rates(storage.metadata, args.ops))
             storage.close()
             if args.postgres:
-                from lamina.store.postgres import PostgresMetadataStore, scratch_database
+                from helpers.postgres import scratch_database
+
+                from lamina.store.postgres import PostgresMetadataStore
 
                 with scratch_database(args.postgres) as url:
                     store = PostgresMetadataStore(url)

@@ -13,6 +13,7 @@ suite accepts several statuses, lamina's documented one is asserted.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import io
@@ -28,6 +29,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from regtools import descriptor, sha256
 
+from helpers.postgres import scratch_database
 from helpers.registries import RegistryProcess, start_lamina
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -426,12 +428,26 @@ class Run:
         assert r.request("GET", f"/v2/<name>/blobs/{sha256(d.configs[3])}").status == 404
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, RegistryProcess]]:
-    """One registry per OCI_AUTOMATIC_CROSSMOUNT setting."""
-    on = start_lamina(tmp_path_factory.mktemp("conformance-auto"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def servers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[bool, RegistryProcess]]:
+    """One registry per OCI_AUTOMATIC_CROSSMOUNT setting, per metadata backend (the embedded SQLite, or
+    PostgreSQL: a real server, tests/helpers/pgfixture.py, a fresh database per registry)."""
+    configs = ["", ""]
+    with contextlib.ExitStack() as databases:
+        if request.param == "postgresql":
+            postgres = request.getfixturevalue("postgres_server")
+            urls = [databases.enter_context(scratch_database(postgres.url, drop=False)) for _ in "ab"]
+            configs = [f'metadata = "{url}"\n' for url in urls]
+        yield from _servers(tmp_path_factory, configs)
+
+
+def _servers(tmp_path_factory: pytest.TempPathFactory, configs: list[str]) -> Iterator[dict[bool, RegistryProcess]]:
+    on = start_lamina(tmp_path_factory.mktemp("conformance-auto"), config=configs[0] or None)
     try:
-        off = start_lamina(tmp_path_factory.mktemp("conformance-manual"), config="automatic_crossmount = false\n")
+        off = start_lamina(tmp_path_factory.mktemp("conformance-manual"),
+                           config=configs[1] + "automatic_crossmount = false\n")
         try:
             yield {True: on, False: off}
         finally:

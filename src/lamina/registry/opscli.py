@@ -72,7 +72,7 @@ def _open_root(config: RegistryConfig) -> Iterator[Storage]:
 
     if not config.root.is_dir():
         raise StoreError(f"root {config.root} does not exist")
-    storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
+    storage = open_storage(config.root, synchronous=config.sqlite_synchronous, metadata=config.metadata)
     try:
         yield storage
     finally:

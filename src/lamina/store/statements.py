@@ -18,10 +18,29 @@ subquery, so each hot read (manifest by tag or digest, blob-link lookup) is one 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, literal_column, or_, select, union, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -38,7 +57,18 @@ from .schema import (
     upload_sessions,
 )
 
-__all__ = ["POSTGRESQL", "SQLITE", "Compiled", "Statements", "compile_statements", "ddl"]
+__all__ = [
+    "POSTGRESQL",
+    "SNAPSHOT_ISOLATION",
+    "SQLITE",
+    "Compiled",
+    "MigrationStatements",
+    "Statements",
+    "advisory_locks",
+    "compile_statements",
+    "ddl",
+    "migration_statements",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,3 +512,47 @@ def compile_statements(dialect: Dialect) -> Statements:
         raise RuntimeError(f"statements: missing {sorted(missing)}, undeclared {sorted(extra)}")
     compiled = {name: _compile(statement, dialect) for name, statement in definitions.items()}
     return Statements(no_limit=-1 if dialect.name == "sqlite" else None, **compiled)
+
+
+# -- PostgreSQL only: advisory locks and the schema_version table of lamina.store.migrations -------------
+
+_migrations_metadata = MetaData()
+schema_versions = Table(
+    "schema_version",
+    _migrations_metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", Text, nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatements:
+    create_table: str
+    current: Compiled
+    record: Compiled
+
+
+def migration_statements() -> MigrationStatements:
+    """The statements :mod:`lamina.store.migrations` runs around the migrations themselves."""
+    return MigrationStatements(
+        create_table=str(CreateTable(schema_versions, if_not_exists=True).compile(dialect=POSTGRESQL)),
+        current=_compile(select(func.coalesce(func.max(schema_versions.c.version), 0)), POSTGRESQL),
+        record=_compile(schema_versions.insert(), POSTGRESQL),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def advisory_locks(gate: str | None, keys: int) -> Compiled:
+    """``SELECT`` taking PostgreSQL transaction-level advisory locks in one round trip: the GC gate
+    (``gate``: "shared" or "exclusive", parameter ``gate``) first, then ``keys`` exclusive per-name locks
+    (parameters ``k0``, ``k1``, ...; callers pass them sorted, so every transaction locks in one order)."""
+    calls = []
+    if gate is not None:
+        lock = func.pg_advisory_xact_lock_shared if gate == "shared" else func.pg_advisory_xact_lock
+        calls.append(lock(bindparam("gate", type_=BigInteger)))
+    calls += [func.pg_advisory_xact_lock(bindparam(f"k{n}", type_=BigInteger)) for n in range(keys)]
+    return _compile(select(*calls), POSTGRESQL)
+
+
+SNAPSHOT_ISOLATION = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"  # PostgreSQL, first in a transaction
