@@ -31,12 +31,22 @@ from lamina.build.exporter import ExportImage, push_image, write_local
 from lamina.build.images import BlobSources, ImageSource
 from lamina.build.progress import Progress
 from lamina.client import ClientPool
-from lamina.oci import Descriptor, Digest, ImageIndex, Platform, digest_of, format_platform, parse_reference
+from lamina.oci import (
+    Descriptor,
+    Digest,
+    ImageConfig,
+    ImageIndex,
+    Platform,
+    digest_of,
+    format_platform,
+    normalize_platform,
+    parse_reference,
+)
 from lamina.oci import mediatypes as mt
 from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
 
-__all__ = ["ExportIndex", "PlatformImage", "check_outputs", "export_index", "platform_dir", "push_index",
-           "write_oci_index_tar"]
+__all__ = ["ExportIndex", "PlatformImage", "base_platform_warning", "check_outputs", "export_index", "platform_dir",
+           "push_index", "write_oci_index_tar"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,17 @@ async def write_oci_index_tar(
         await asyncio.to_thread(write)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def base_platform_warning(ref: str, config: ImageConfig, platform: Platform) -> str | None:
+    """BuildKit's ``InvalidBaseImagePlatform`` warning: a single-platform base whose config names another
+    platform than the stage's (the build goes on with it, as BuildKit's does); None when they agree."""
+    got = normalize_platform(Platform(config.architecture, config.os, config.variant or None))
+    want = normalize_platform(platform)
+    if (got.os, got.architecture, got.variant) == (want.os, want.architecture, want.variant):
+        return None
+    return (f'InvalidBaseImagePlatform: Base image {ref} was pulled with platform "{format_platform(got)}", '
+            f'expected "{format_platform(want)}" for current build')
 
 
 def check_outputs(outputs: Sequence[Mapping[str, str]], platforms: Sequence[Platform]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.images import skopeo
+from helpers.images import busybox_image, skopeo
 from helpers.multiarch import push_busybox_multi
 from helpers.registries import RegistryProcess
 from lamina.cli import main
@@ -182,6 +182,19 @@ def test_platform_missing_from_the_base_is_one_line(
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: Dockerfile:2: FROM ")
     assert "no manifest for platform linux/s390x (index offers: linux/amd64, linux/arm64)" in line
+
+
+def test_single_platform_base_of_another_platform_warns_as_buildkit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, lamina_registry: RegistryProcess, busybox_rootfs: Path
+) -> None:
+    amd64_only = busybox_image(lamina_registry, name="platforms/amd64-only", rootfs=busybox_rootfs).reference
+    rc, _, err = _build(
+        capsys, _context(tmp_path / "ctx", f"FROM {amd64_only}\nCOPY hello.txt /\n"), tmp_path / "state",
+        "--platform", "linux/arm64", "-o", f"type=oci,dest={tmp_path / 'image.tar'}",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert (f'WARNING: InvalidBaseImagePlatform: Base image {amd64_only} was pulled with platform "linux/amd64", '
+            'expected "linux/arm64" for current build') in err
 
 
 @pytest.mark.parametrize(
