@@ -8,12 +8,14 @@ trailing ``/``; the history text lists the flags and sources as BuildKit writes 
 
 from __future__ import annotations
 
+from lamina.build.filecopy.git import parse_git_source
 from lamina.build.filecopy.modes import ChmodError, parse_chmod
 from lamina.build.ops import CopyStep
 from lamina.oci import DigestError, ReferenceError, parse_digest, parse_reference
 
 from .errors import DockerfileError
 from .lex import Lexer
+from .named import dir_context_for, image_context_ref
 from .parse import Instruction, flag_str, parse_flags, parse_heredoc
 from .paths import normalize_dest
 from .state import Context, StageState, as_written
@@ -36,6 +38,9 @@ def from_reference(inst: Instruction, value: str, ctx: Context, current: int) ->
     elif value.lower() in ctx.stage_index:
         index = ctx.stage_index[value.lower()]
     else:
+        replaced = image_context_ref(ctx.contexts, value, None)  # --build-context NAME=docker-image://...
+        if replaced is not None:
+            return None, replaced
         try:
             parse_reference(value)
         except ReferenceError as exc:
@@ -108,15 +113,26 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
     if chmod is not None:
         _check_chmod(inst, chmod)
     from_stage, from_image = None, None
-    if flag_str(flags, "from"):
+    from_context = dir_context_for(ctx.contexts, flag_str(flags, "from"), st.platform) if flag_str(flags, "from") \
+        else None
+    if flag_str(flags, "from") and from_context is None:
         from_stage, from_image = from_reference(inst, flag_str(flags, "from"), ctx, st.index)
     for src in paths:
         if not is_add and (src.startswith("http://") or src.startswith("https://")):
             raise DockerfileError(f"COPY {src}: source can't be a URL for COPY", inst.line)
+    gits = [src for src in paths if is_add and parse_git_source(src) is not None]
+    if flags.get("keep-git-dir") and not gits:
+        raise DockerfileError("ADD --keep-git-dir needs a git repository source (https://host/x.git#ref, "
+                              "git@host:x.git)", inst.line)
+    if gits and len(paths) + len(inline) > 1:
+        raise DockerfileError(f"ADD {gits[0]}: a git repository must be the only source of its ADD", inst.line)
     checksum = st.expand(ctx, flag_str(flags, "checksum")) or None
     if checksum is not None:
         if len(paths) != 1 or inline:
             raise DockerfileError("ADD --checksum can't be specified for multiple sources", inst.line)
+        if gits:
+            raise DockerfileError(f"ADD --checksum with a git repository ({gits[0]}) is not supported by lamina; "
+                                  "pin the commit in the URL instead (#<commit>)", inst.line)
         if not paths[0].startswith(("http://", "https://")):
             raise DockerfileError("ADD --checksum requires an HTTP(S) source", inst.line)
         try:
@@ -140,6 +156,7 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         dest=normalize_dest(st.config.get("WorkingDir") or "/", dest),
         from_stage=from_stage,
         from_image=from_image,
+        from_context=from_context,
         chown=chown,
         chmod=chmod,
         link=_links(bool(flags.get("link")), chmod, chown),

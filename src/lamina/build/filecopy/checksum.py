@@ -3,7 +3,8 @@
 BuildKit keys a copy by the content it reads (its ``contenthash`` of the selected paths), never by
 mtimes: context sources contribute :meth:`lamina.build.context.SourceTree.checksum` (names, modes,
 contents, symlink targets; owners too for a ``COPY --from=<stage>``, which keeps them); an ADD URL its
-downloaded content digest and file name; a heredoc its name and content.
+downloaded content digest and file name; an ADD git repository the commit its ref resolves to (its
+subdirectory and ``--keep-git-dir``); a heredoc its name and content.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from lamina.build.context import ContextError, SourceTree
 from lamina.build.dockerignore import PatternMatcher
 from lamina.build.filecopy.fetch import Downloads, is_url
+from lamina.build.filecopy.git import parse_git_source
 from lamina.build.filecopy.rootfs import CopyError
 from lamina.build.ops import CopyStep
 
@@ -43,7 +45,7 @@ def copy_checksum(
     adds each entry's uid and gid (for a stage's files, which the copy keeps)."""
     h = hashlib.sha256()
     with contextlib.ExitStack() as stack:
-        if downloads is None and any(is_url(s) for s in step.sources):
+        if downloads is None and any(is_url(s) or parse_git_source(s) for s in step.sources):
             downloads = stack.enter_context(Downloads())  # not shared: fetched again by apply_copy
         _hash_sources(step, context, downloads, checksum_of(step, checksum), exclude_of(step), h, owners)
     for name, content in step.heredocs:
@@ -63,7 +65,13 @@ def _hash_sources(
     instruction = "ADD" if step.is_add else "COPY"
     try:
         for source in step.sources:
-            if is_url(source):
+            git = parse_git_source(source) if step.is_add else None
+            if git is not None:  # keyed by the commit the ref resolves to, as BuildKit keys a git source
+                assert downloads is not None
+                commit = downloads.git.resolve(git)
+                h.update(b"git %s %s %s %d\0" % (git.remote.encode(), commit.encode(), git.subdir.encode(),
+                                                 step.keep_git_dir))
+            elif is_url(source):
                 if not step.is_add:
                     raise CopyError(f"COPY failed: source can't be a URL for COPY: {source}")
                 assert downloads is not None

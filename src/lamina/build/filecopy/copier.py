@@ -3,7 +3,9 @@
 - A source directory copies its *contents*; a file keeps its base name when the destination is a
   directory (ends in '/', or already exists as one), else it becomes the destination path.
 - Several sources (or a wildcard matching several) need a destination ending in '/'.
-- Missing destination directories are created 0755, owned by the ``--chown`` owner or root.
+- Missing destination directories are created 0755 (an octal ``--chmod``'s mode instead, as BuildKit
+  v0.32 does), owned by the ``--chown`` owner or root. ``--chmod`` may be symbolic (:mod:`.modes`).
+- ``COPY --parents`` puts each source at DEST/<its path> (:func:`parents_path`).
 - Copied files and directories keep their permission bits (``--chmod`` replaces them) and mtimes;
   symlinks stay symlinks; hard links inside one copy stay hard links. Owners are 0:0 for context files,
   kept for ``--from`` sources (as BuildKit does), and the ``--chown`` owner when given.
@@ -12,7 +14,8 @@
 - ADD: a local tar archive (any compression, detected by content) is unpacked into the destination,
   its entries keeping the archive's owners and modes (``--chown``/``--chmod`` apply to the created
   destination only, as in BuildKit); an http(s) URL is downloaded (mode 0600, Last-Modified mtime,
-  ``--checksum`` verified) and never unpacked. Wildcards matching nothing are allowed (BuildKit's
+  ``--checksum`` verified) and never unpacked; a git repository (:mod:`.git`) is checked out and its
+  tree copied into the destination. Wildcards matching nothing are allowed (BuildKit's
   ``AllowEmptyWildcard``); a plain source that does not exist is an error naming it.
 """
 
@@ -32,6 +35,7 @@ from lamina.build.context import ContextError, Entry, Selected, SourceTree, spli
 from lamina.build.dockerignore import PatternMatcher
 from lamina.build.filecopy.checksum import checksum_of, exclude_of
 from lamina.build.filecopy.fetch import Download, Downloads, is_url
+from lamina.build.filecopy.git import parse_git_source
 from lamina.build.filecopy.modes import Chmod, ChmodError
 from lamina.build.filecopy.modes import parse_chmod as parse_modes
 from lamina.build.filecopy.rootfs import DIR_FLAGS, NEW_FILE_FLAGS, CopyError, RootFS, write_all
@@ -115,7 +119,7 @@ def apply_copy(
     without it). ``downloads`` shares ADD URL downloads with :func:`copy_checksum`.
     """
     with contextlib.ExitStack() as stack:
-        if downloads is None and any(is_url(s) for s in step.sources):
+        if downloads is None and any(is_url(s) or parse_git_source(s) for s in step.sources):
             downloads = stack.enter_context(Downloads())
         _Copier(step, source_root, rootfs, context_ignore, resolve_owner, downloads, checksum, source).run()
 
@@ -182,8 +186,15 @@ class _Copier:
                 got: Download = self.downloads.get(src, checksum=self.checksum)
                 items.append(_Inline(got.filename, got.path, b"", 0o600, got.mtime_ns))
                 continue
-            if src.startswith("git@") or (src.endswith(".git") and "://" in src):
-                raise CopyError(f"{self.instr} failed: git sources are not supported: {src}")
+            git = parse_git_source(src) if self.step.is_add else None
+            if git is not None:
+                if len(self.step.sources) + len(self.step.heredocs) > 1:
+                    raise CopyError(f"ADD {src}: a git repository must be the only source of its ADD")
+                assert self.downloads is not None
+                root = self.downloads.git.checkout(git, keep_git_dir=self.step.keep_git_dir)
+                self.source = SourceTree(root, label=f"git repository {git.remote}")
+                items.extend(self.source.select("."))  # the tree's contents go into the destination
+                continue
             try:
                 selected = self._tree().select(src, exclude=self.exclude)
             except ContextError as exc:

@@ -8,17 +8,17 @@ solver fetches before it looks the step up (BuildKit does the same).
 
 from __future__ import annotations
 
-import email.message
-import email.utils
 import hashlib
 import os
 import posixpath
+import shutil
 import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina.build.filecopy.git import GitCheckouts, parse_git_source
 from lamina.build.filecopy.rootfs import CopyError, write_all
 from lamina.oci import DigestError, parse_digest
 
@@ -28,7 +28,8 @@ _CHUNK = 1 << 20
 
 
 def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+    """An http(s) source ADD downloads (one that names a git repository is cloned instead, see .git)."""
+    return source.startswith(("http://", "https://")) and parse_git_source(source) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class Download:
 
 def _filename(url: str, disposition: str | None) -> str:
     if disposition:
+        import email.message  # here: only an ADD <url> answer needs it, not every build's start-up
+
         msg = email.message.Message()
         msg["content-disposition"] = disposition
         name = msg.get_filename()
@@ -56,6 +59,8 @@ def _filename(url: str, disposition: str | None) -> str:
 def _mtime(last_modified: str | None) -> int | None:
     if not last_modified:
         return None
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(last_modified)
     except (TypeError, ValueError):
@@ -73,13 +78,12 @@ class Downloads:
         self._done: dict[str, Download] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self.git = GitCheckouts(self.directory / "git")  # ADD <git repository>: checkouts of this build
 
     def close(self) -> None:
-        """Remove what this object downloaded into a directory it created."""
+        """Remove what this object downloaded (and checked out) into a directory it created."""
         if self._own:
-            for item in self.directory.iterdir():
-                item.unlink(missing_ok=True)
-            self.directory.rmdir()
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Downloads:
         return self
