@@ -239,3 +239,34 @@ def test_image_outputs_must_push_and_may_be_insecure() -> None:
     assert insecure_output_registries([output], []) == {"10.0.0.9:5000"}
     assert insecure_output_registries([parse_output("type=registry,registry.insecure=true")], ["h:1/x:y"]) == {"h:1"}
     assert insecure_output_registries([parse_output("type=registry")], ["h:1/x:y"]) == frozenset()
+
+
+def test_frontend_applies_named_contexts(tmp_path: Path) -> None:
+    """What convert makes of named contexts, before anything is resolved or run."""
+    from lamina.build.dockerfile import convert
+    from lamina.build.dockerfile.errors import DockerfileError
+    from lamina.build.ops import BaseImage, CopyStep
+    from lamina.oci import ImageConfig
+
+    resolved: list[str] = []
+
+    def resolve(ref: str, platform: Platform) -> ImageConfig:
+        resolved.append(ref)
+        return ImageConfig.parse(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')
+
+    contexts = parse_build_contexts([f"src={tmp_path}", "base=docker-image://127.0.0.1:1/pinned/base:7",
+                                     "tools=docker-image://127.0.0.1:1/tools:1"])
+    dockerfile = ("FROM example.invalid/x AS src\nRUN exit 1\nFROM example.invalid/t AS tools\nRUN exit 1\n"
+                  "FROM base\nCOPY --from=src a /a\nCOPY --from=tools /bin/x /x\nCOPY --from=base /etc /etc\n")
+    graph = convert(dockerfile, resolve_base=resolve, named_contexts=contexts, platform=AMD64)
+    stages = {stage.index: stage for stage in graph.stages}
+    assert sorted(stages) == [1, 2]  # the stage a directory replaced is not built at all
+    assert stages[1].base == BaseImage("127.0.0.1:1/tools:1") and stages[1].steps == ()  # its RUN never runs
+    assert stages[2].base == BaseImage("127.0.0.1:1/pinned/base:7")
+    copies = [step for step in stages[2].steps if isinstance(step, CopyStep)]
+    assert (copies[0].from_context, copies[0].from_stage, copies[0].from_image) == ("src", None, None)
+    assert copies[1].from_stage == 1
+    assert copies[2].from_image == "127.0.0.1:1/pinned/base:7"
+    assert "example.invalid/x" not in resolved and "example.invalid/t" not in resolved
+    with pytest.raises(DockerfileError, match=r"--target src: --build-context src=.* is a directory"):
+        convert(dockerfile, resolve_base=resolve, named_contexts=contexts, target="src")

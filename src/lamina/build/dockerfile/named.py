@@ -19,7 +19,7 @@ from lamina.oci import Platform
 
 from .errors import DockerfileError
 
-__all__ = ["context_base", "dir_context_for", "image_context_ref", "replace_named_stages"]
+__all__ = ["context_base", "dir_context_for", "image_context_ref", "refuse_dir_target", "replace_named_stages"]
 
 
 def context_base(context: NamedContext) -> BaseImage | Scratch:
@@ -39,19 +39,23 @@ def _refuse_dir(context: DirContext, what: str, line: int) -> DockerfileError:
     )
 
 
-def replace_named_stages(stages: list[Any], contexts: Mapping[str, NamedContext]) -> None:
+def replace_named_stages(stages: list[Any], contexts: Mapping[str, NamedContext]) -> dict[int, DirContext]:
     """Apply the named contexts to the converted stages (BuildKit's order: stage names, then FROM images).
 
     ``stages`` are convert's ``_Stage`` records (``name``, ``base``, ``platform``, ``line``, ``commands``),
-    changed in place: a replaced stage keeps no instructions of its own.
+    changed in place: a replaced stage keeps no instructions of its own. Returns the stages a directory
+    replaced (by index): they are sources of files only (``COPY --from``, ``RUN --mount from=``).
     """
+    dir_stages: dict[int, DirContext] = {}
     if not contexts:
-        return
-    for stage in stages:
+        return dir_stages
+    for index, stage in enumerate(stages):
         replaced = lookup_context(contexts, stage.name, stage.platform, stage=True) if stage.name else None
         if replaced is not None:
             stage.commands = []
             stage.base = Scratch() if isinstance(replaced, DirContext) else context_base(replaced)
+            if isinstance(replaced, DirContext):
+                dir_stages[index] = replaced
             continue
         if isinstance(stage.base, StageBase):
             source = stages[stage.base.stage]
@@ -64,6 +68,14 @@ def replace_named_stages(stages: list[Any], contexts: Mapping[str, NamedContext]
                 raise _refuse_dir(hit, f"FROM {stage.base.ref}", stage.line)
             if hit is not None:
                 stage.base = context_base(hit)
+    return dir_stages
+
+
+def refuse_dir_target(dir_stages: Mapping[int, DirContext], target: int, line: int) -> None:
+    """The target stage cannot be one a directory context replaced: that would be an image of the directory."""
+    context = dir_stages.get(target)
+    if context is not None:
+        raise _refuse_dir(context, f"--target {context.name}", line)
 
 
 def dir_context_for(contexts: Mapping[str, NamedContext], value: str, platform: Platform | None) -> str | None:
