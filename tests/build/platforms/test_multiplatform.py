@@ -171,6 +171,26 @@ def test_one_cache_export_holds_every_platform(
     assert not re.search(r"^#\d+ (DONE|MISS)", err, re.M), err
 
 
+def test_inline_cache_of_a_multi_platform_image_serves_every_platform(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, base: str, lamina_registry: RegistryProcess
+) -> None:
+    ref = f"{lamina_registry.host}/platforms/inline:1"
+    flags = ["--build-arg", f"BASE={base}", "--platform", "linux/amd64,linux/arm64"]
+    context = _context(tmp_path / "ctx", CROSS)
+    rc, _, err = _build(capsys, context, tmp_path / "one", *flags, "-t", ref, "--push", "--cache-to", "type=inline")
+    assert rc == 0, err
+    index = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout)
+    for entry in index["manifests"]:  # each platform's image embeds its own chain's records
+        config = json.loads(skopeo("inspect", "--config", "--raw", "--tls-verify=false",
+                                   f"docker://{lamina_registry.host}/platforms/inline@{entry['digest']}").stdout)
+        assert "moby.buildkit.cache.v0" in config
+    rc, _, err = _build(capsys, context, tmp_path / "two", *flags, "--cache-from", f"type=registry,ref={ref}")
+    assert rc == 0, err
+    for platform in ("linux/amd64", "linux/arm64"):
+        for step in (f"[{platform} stage-1 2/3] COPY hello.txt", f"[{platform} stage-1 3/3] COPY --from=build"):
+            assert _status(err, step) == [f"CACHED ({ref})"], (step, err)
+
+
 def test_platform_missing_from_the_base_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, base: str
 ) -> None:
