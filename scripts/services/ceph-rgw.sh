@@ -42,6 +42,12 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: retry COMMAND every 20 ms unti
   done
 }
 
+running() {  # running PID: alive and not a zombie (this machine's init reaps daemons ~1 s late)
+  local state
+  state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 stop() {
   DIR=${1:?$(usage)}
   [ -d "$DIR" ] || return 0
@@ -54,12 +60,14 @@ stop() {
       kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
     fi
   done
+  # everything is in memory (memstore) and thrown away: half a second for a clean exit, then SIGKILL
+  # (the OSD's orderly shutdown alone takes ~7 s)
+  [ "${#pids[@]}" -gt 0 ] && sleep 0.5
   for pid in "${pids[@]}"; do
-    for _ in $(seq 1 250); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.02
-    done
     kill -KILL "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do  # gone from the process table before the directory goes
+    while running "$pid"; do sleep 0.01; done
   done
   rm -rf "$DIR"
 }
