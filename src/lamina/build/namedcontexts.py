@@ -11,7 +11,7 @@ looks a name up where the Dockerfile names a stage or an image:
   (``alpine::linux/amd64``), then as ``NAME``; a hit replaces the image by the context.
 
 A directory context is read with its own ``.dockerignore`` (at its root), as BuildKit's ``local`` named
-context does; it can be copied from or bind-mounted (``FROM`` a directory is refused: see docs/build.md).
+context does; it can be copied from, bind-mounted, or be a stage's root filesystem (``FROM NAME``).
 """
 
 from __future__ import annotations

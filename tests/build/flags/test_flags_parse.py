@@ -244,8 +244,7 @@ def test_image_outputs_must_push_and_may_be_insecure() -> None:
 def test_frontend_applies_named_contexts(tmp_path: Path) -> None:
     """What convert makes of named contexts, before anything is resolved or run."""
     from lamina.build.dockerfile import convert
-    from lamina.build.dockerfile.errors import DockerfileError
-    from lamina.build.ops import BaseImage, CopyStep
+    from lamina.build.ops import BaseImage, CopyStep, Scratch
     from lamina.oci import ImageConfig
 
     resolved: list[str] = []
@@ -268,5 +267,10 @@ def test_frontend_applies_named_contexts(tmp_path: Path) -> None:
     assert copies[1].from_stage == 1
     assert copies[2].from_image == "127.0.0.1:1/pinned/base:7"
     assert "example.invalid/x" not in resolved and "example.invalid/t" not in resolved
-    with pytest.raises(DockerfileError, match=r"--target src: --build-context src=.* is a directory"):
-        convert(dockerfile, resolve_base=resolve, named_contexts=contexts, target="src")
+    graph = convert(dockerfile, resolve_base=resolve, named_contexts=contexts, target="src")
+    (stage,) = graph.stages  # the directory as an image: scratch plus its files, one COPY layer
+    assert stage.base == Scratch() and [(s.from_context, s.sources, s.dest) for s in stage.steps] == [
+        ("src", (".",), "/")]
+    graph = convert("FROM files\nRUN true\n", resolve_base=resolve, named_contexts=parse_build_contexts(
+        [f"files={tmp_path}"]))
+    assert [type(s).__name__ for s in graph.stages[0].steps] == ["CopyStep", "RunStep"]

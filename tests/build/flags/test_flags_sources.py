@@ -106,12 +106,23 @@ def test_oci_layout_context_as_base_is_pushed_from_the_layout(
     assert rc == 1 and "no image tagged 'v9'" in err and "v7" in err
 
 
-def test_dir_context_as_from_is_refused_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    other = _context(tmp_path / "other", "")
-    context = _context(tmp_path / "ctx", "FROM src\nRUN true\n")
-    rc, _, err = _build(capsys, context, tmp_path / "state", "--build-context", f"src={other}")
-    assert rc == 1
-    assert f"FROM src: --build-context src={other} is a directory" in err
+def test_from_a_dir_context_is_its_files_on_scratch(
+    busybox_rootfs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``FROM NAME`` with a directory: a stage whose root filesystem is the directory (its .dockerignore
+    applied), on which RUN then runs."""
+    files = tmp_path / "files"
+    shutil.copytree(busybox_rootfs, files, symlinks=True)
+    (files / "skip.me").write_text("ignored\n")
+    (files / ".dockerignore").write_text("skip.me\n")
+    context = _context(tmp_path / "ctx", "FROM files AS root\nRUN echo ran-on-the-dir | tee /ran\n")
+    out = tmp_path / "rootfs"
+    rc, _, err = _build(capsys, context, tmp_path / "state", "--build-context", f"files={files}",
+                        "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert _ran(err, "ran-on-the-dir")
+    assert (out / "ran").read_text() == "ran-on-the-dir\n" and (out / "bin" / "busybox").is_file()
+    assert not (out / "skip.me").exists()
 
 
 def test_pull_refuses_the_local_record_when_the_registry_is_down(

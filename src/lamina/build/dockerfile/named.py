@@ -5,7 +5,9 @@ BuildKit's dockerfile2llb asks for a named context wherever the Dockerfile names
 not built (``noinit``) and stands for the context; ``FROM ref`` and ``COPY --from=ref`` naming no stage
 take the context that ``ref``'s familiar name selects. Image and OCI-layout contexts become the image
 reference the build resolves; a directory context is a source of files (``COPY --from``, ``RUN --mount
-from=``), and refused as a ``FROM`` base with a line saying so.
+from=``) and, as a ``FROM`` base, scratch plus its files: one layer, as BuildKit's local source gives
+(BuildKit appends that layer's history entry, ``local source for NAME``, at the end of the history;
+lamina writes ``COPY . /`` in its place).
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from lamina.build.namedcontexts import DirContext, ImageContext, NamedContext, lookup_context
-from lamina.build.ops import BaseImage, Scratch, StageBase
+from lamina.build.ops import BaseImage, Scratch
 from lamina.oci import Platform
 
-from .errors import DockerfileError
+from .parse import Instruction
 
-__all__ = ["context_base", "dir_context_for", "image_context_ref", "refuse_dir_target", "replace_named_stages"]
+__all__ = ["context_base", "dir_context_for", "image_context_ref", "replace_named_stages"]
 
 
 def context_base(context: NamedContext) -> BaseImage | Scratch:
@@ -31,55 +33,46 @@ def context_base(context: NamedContext) -> BaseImage | Scratch:
     return BaseImage(context.ref)
 
 
-def _refuse_dir(context: DirContext, what: str, line: int) -> DockerfileError:
-    return DockerfileError(
-        f"{what}: {context.flag} is a directory; lamina uses directory contexts in COPY --from and "
-        "RUN --mount from= only (use docker-image:// or oci-layout:// to replace a base image)",
-        line,
-    )
+def _load_dir(context: DirContext, line: int) -> Instruction:
+    """A stage that starts from a directory context: scratch plus its files as the first layer (BuildKit's
+    ``llb.Local`` state), written as the ``COPY --from=NAME . /`` that makes exactly that layer."""
+    text = f"COPY --from={context.name} . /"
+    return Instruction("COPY", (".", "/"), False, (f"--from={context.name}",), (), text, line, line)
 
 
-def replace_named_stages(stages: list[Any], contexts: Mapping[str, NamedContext]) -> dict[int, DirContext]:
+def replace_named_stages(stages: list[Any], contexts: Mapping[str, NamedContext]) -> None:
     """Apply the named contexts to the converted stages (BuildKit's order: stage names, then FROM images).
 
     ``stages`` are convert's ``_Stage`` records (``name``, ``base``, ``platform``, ``line``, ``commands``),
-    changed in place: a replaced stage keeps no instructions of its own. Returns the stages a directory
-    replaced (by index): they are sources of files only (``COPY --from``, ``RUN --mount from=``).
+    changed in place: a stage a context replaces keeps no instructions of its own; one that starts from a
+    directory context is scratch plus the directory's files.
     """
-    dir_stages: dict[int, DirContext] = {}
     if not contexts:
-        return dir_stages
-    for index, stage in enumerate(stages):
+        return
+    for stage in stages:
         replaced = lookup_context(contexts, stage.name, stage.platform, stage=True) if stage.name else None
-        if replaced is not None:
-            stage.commands = []
-            stage.base = Scratch() if isinstance(replaced, DirContext) else context_base(replaced)
-            if isinstance(replaced, DirContext):
-                dir_stages[index] = replaced
-            continue
-        if isinstance(stage.base, StageBase):
-            source = stages[stage.base.stage]
-            hit = lookup_context(contexts, source.name, stage.platform, stage=True) if source.name else None
-            if isinstance(hit, DirContext):
-                raise _refuse_dir(hit, f"FROM {source.name}", stage.line)
-        elif isinstance(stage.base, BaseImage):
+        if replaced is None and isinstance(stage.base, BaseImage):
             hit = lookup_context(contexts, stage.base.ref, stage.platform)
-            if isinstance(hit, DirContext):
-                raise _refuse_dir(hit, f"FROM {stage.base.ref}", stage.line)
-            if hit is not None:
+            if hit is None:
+                continue
+            if not isinstance(hit, DirContext):
                 stage.base = context_base(hit)
-    return dir_stages
-
-
-def refuse_dir_target(dir_stages: Mapping[int, DirContext], target: int, line: int) -> None:
-    """The target stage cannot be one a directory context replaced: that would be an image of the directory."""
-    context = dir_stages.get(target)
-    if context is not None:
-        raise _refuse_dir(context, f"--target {context.name}", line)
+                continue
+            stage.base = Scratch()
+            stage.commands = [_load_dir(hit, stage.line), *stage.commands]
+            continue
+        if replaced is None:
+            continue
+        if isinstance(replaced, DirContext):
+            stage.base, stage.commands = Scratch(), [_load_dir(replaced, stage.line)]
+        else:
+            stage.base, stage.commands = context_base(replaced), []
 
 
 def dir_context_for(contexts: Mapping[str, NamedContext], value: str, platform: Platform | None) -> str | None:
-    """The directory context ``--from=value`` names (as a stage name or an image name), if any."""
+    """The directory context ``--from=value`` names (as written, as a stage name or an image name), if any."""
+    if isinstance(contexts.get(value), DirContext):
+        return value
     for stage in (True, False):
         hit = lookup_context(contexts, value.lower() if stage else value, platform, stage=stage)
         if isinstance(hit, DirContext):
