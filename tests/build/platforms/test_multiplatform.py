@@ -105,6 +105,30 @@ def test_two_platforms_give_one_index_pushed_oci_and_local(
         assert {f"blobs/sha256/{m['digest'].split(':')[1]}" for m in index["manifests"]} <= names
 
 
+def test_variants_normalised_into_index_config_and_args(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    dockerfile = "FROM scratch\nARG TARGETPLATFORM TARGETVARIANT\nCOPY hello.txt /\n"
+    rc, digest, err = _build(
+        capsys, _context(tmp_path / "ctx", dockerfile), tmp_path / "state",
+        "--platform", "linux/arm", "--platform", "linux/amd64/v1,linux/arm/v7",
+        "-o", f"type=oci,dest={tmp_path / 'x.tar'}",
+    )  # fmt: skip
+    assert rc == 0, err
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        def blob(digest: str) -> dict[str, object]:
+            return json.loads(tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}").read())  # type: ignore[union-attr]
+
+        index = blob(digest)
+        manifests = index["manifests"]  # type: ignore[index]
+        assert [m["platform"] for m in manifests] == [  # type: ignore[index]
+            {"architecture": "arm", "os": "linux", "variant": "v7"}, {"architecture": "amd64", "os": "linux"}
+        ]
+        configs = [blob(blob(m["digest"])["config"]["digest"]) for m in manifests]  # type: ignore[index]
+    assert [(c["architecture"], c.get("variant")) for c in configs] == [("arm", "v7"), ("amd64", None)]
+    assert [c["history"][0]["created_by"] for c in configs] == [  # type: ignore[index]
+        "ARG TARGETPLATFORM=linux/arm/v7 TARGETVARIANT=v7", "ARG TARGETPLATFORM=linux/amd64 TARGETVARIANT="
+    ]
+
+
 def test_a_stage_both_platforms_share_runs_once_even_without_cache(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, base: str
 ) -> None:
