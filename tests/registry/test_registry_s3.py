@@ -18,11 +18,14 @@ from helpers.binaries import require_binary
 from helpers.ceph import CephRgw, s3_url
 from helpers.images import busybox_image
 from helpers.registries import RegistryProcess, start_lamina
+from lamina.client import RegistryClient
+from lamina.client.blobs import PushOutcome
 from lamina.oci import parse_digest
 from lamina.store.s3blobs import S3BlobStore
 from lamina.store.s3client import S3Client, parse_s3_url
 
 MiB = 1 << 20
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @pytest.fixture
@@ -120,3 +123,35 @@ def test_without_redirect_blobs_stream_through_the_registry(replicas: list[Regis
     assert part.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
     missing = requests.get(f"{b.url}/v2/s3/streamed/blobs/sha256:{'1' * 64}", timeout=10)
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+async def test_lamina_client_pushes_in_chunks_and_pulls_through_the_other_replica(
+    replicas: list[RegistryProcess], tmp_path: Path
+) -> None:
+    """lamina's own client: a 13 MiB layer pushed from a file in 6 MiB PATCHes (S3 parts plus tails),
+    a config and a manifest; the other replica serves them, the layer through a redirect to the gateway."""
+    a, b = replicas
+    layer = os.urandom(13 * MiB + 99)
+    layer_path = tmp_path / "layer.bin"
+    layer_path.write_bytes(layer)
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
+                    "size": len(layer)}],
+    }).encode()
+    async with RegistryClient(a.host, monolithic_limit=1 * MiB, chunk_size=6 * MiB) as client:
+        assert await client.push_blob("s3/client", layer_digest, len(layer), layer_path) == PushOutcome.UPLOADED
+        assert await client.push_blob("s3/client", config_digest, len(config), config) == PushOutcome.UPLOADED
+        pushed = await client.put_manifest("s3/client", "v1", manifest, OCI_MANIFEST)
+    async with RegistryClient(b.host) as client:
+        assert await client.head_blob("s3/client", layer_digest) == len(layer)
+        got = b"".join([chunk async for chunk in client.get_blob("s3/client", layer_digest, size=len(layer))])
+        assert got == layer
+        assert await client.fetch_blob("s3/client", config_digest) == config
+        fetched = await client.get_manifest("s3/client", "v1")
+        assert str(fetched.digest) == str(pushed)
