@@ -124,9 +124,10 @@ def with_load(outputs: Sequence[dict[str, str]], load: bool) -> tuple[dict[str, 
     return tuple(outputs)
 
 
-def check_iidfile(iidfile: Path | None, outputs: Sequence[Mapping[str, str]]) -> None:
-    """buildx refuses ``--iidfile`` when every output is a filesystem (``local``/``tar``): there is no image."""
-    if iidfile is not None and outputs and all(o["type"] in ("local", "tar") for o in outputs):
+def check_iidfile(iidfile: Path | None, outputs: Sequence[Mapping[str, str]], *, push: bool = False) -> None:
+    """buildx refuses ``--iidfile`` when every output is a filesystem (``local``/``tar``) and nothing is
+    pushed: there is no image."""
+    if iidfile is not None and not push and outputs and all(o["type"] in ("local", "tar") for o in outputs):
         raise ValueError(f"--iidfile {iidfile}: local and tar exporters are incompatible with image ID file")
 
 

@@ -159,6 +159,7 @@ def test_iidfile_refused_without_an_image_and_load_shorthand() -> None:
     with pytest.raises(ValueError, match="local and tar exporters are incompatible with image ID file"):
         check_iidfile(Path("id"), [{"type": "local", "dest": "d"}])
     check_iidfile(Path("id"), [{"type": "local", "dest": "d"}, {"type": "oci", "dest": "o.tar"}])
+    check_iidfile(Path("id"), [{"type": "tar", "dest": "-"}], push=True)  # --push: an image, pushed
     check_iidfile(Path("id"), [])
     assert with_load([], True) == ({"type": "docker"},)
     assert with_load([{"type": "docker"}], True) == ({"type": "docker"},)
