@@ -228,6 +228,18 @@ def test_platform_missing_from_the_base_is_one_line(
     assert "no manifest for platform linux/s390x (index offers: linux/amd64, linux/arm64)" in line
 
 
+def test_a_failing_step_names_its_platform(capsys: pytest.CaptureFixture[str], tmp_path: Path, base: str) -> None:
+    dockerfile = "ARG BASE\nFROM ${BASE}\nARG TARGETARCH\nRUN test $TARGETARCH = amd64\n"
+    rc, _, err = _build(
+        capsys, _context(tmp_path / "ctx", dockerfile), tmp_path / "state", "--build-arg", f"BASE={base}",
+        "--platform", "linux/amd64,linux/arm64",
+    )  # fmt: skip
+    assert rc == 1
+    assert err.strip().splitlines()[-1].startswith(
+        "error: Dockerfile:4 [linux/arm64]: RUN test $TARGETARCH = amd64: exit code 1"
+    ), err
+
+
 def test_single_platform_base_of_another_platform_warns_as_buildkit(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, lamina_registry: RegistryProcess, busybox_rootfs: Path
 ) -> None:
