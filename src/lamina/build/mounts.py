@@ -50,8 +50,10 @@ class MountFrom:
         return self.stage is None and self.image is None and self.context is None
 
     def describe(self) -> dict[str, Any] | None:
+        """For a key: which kind of source (a stage by position would tie the key to the Dockerfile's
+        layout; the stage's own key is the mount's ``input``)."""
         if self.stage is not None:
-            return {"stage": self.stage}
+            return {"stage": True}
         if self.image is not None:
             return {"image": self.image}
         if self.context is not None:
