@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import io
 import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
+from helpers import parity_base
 from helpers.images import write_layout
 from helpers.parity import compare, render
-from helpers.parity_base import BASE_ENTRIES_FILE, busybox_base_image
+from helpers.parity_base import BASE_ENTRIES_FILE, busybox_base_image, busybox_base_layer
 from helpers.parity_case import CORPUS, all_cases, load_case
 from helpers.parity_dump import Dump, dump_layout, flatten_layers, layer_entries, load_dump
 
@@ -116,3 +120,14 @@ def test_build_flags_come_from_build_txt() -> None:
     assert cases["platform-multi"].platforms == "linux/amd64,linux/arm64"
     assert cases["platform-qemu"].base_repositories() == {"pub-parity/busybox-multi"}
     assert cases["copy-link"].build_args == (("BASE", "localhost:5050/base/busybox:latest"),)  # first build only
+
+
+def test_the_base_falls_back_to_the_pinned_busybox_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A host whose busybox-static is another version still gets the corpus's binary (from the .deb)."""
+    other = tmp_path / "busybox"
+    other.write_bytes(b"not the corpus's busybox")
+    monkeypatch.setattr(parity_base, "BUSYBOX_BINARY", other)
+    layer = busybox_base_layer()
+    entries, _ = layer_entries(gzip.decompress(layer.data))
+    recorded = json.loads(BASE_ENTRIES_FILE.read_text())
+    assert entries == recorded["entries"]
