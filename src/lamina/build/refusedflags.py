@@ -14,9 +14,6 @@ __all__ = ["add_refused_flags", "check_refused_flags"]
 
 # flag -> (argparse kwargs, why it is refused / what to do)
 _REFUSED: dict[str, tuple[dict[str, object], str]] = {
-    "--add-host": ({"action": "append"}, "RUN containers get the sandbox's own /etc/hosts; remove it"),
-    "--shm-size": ({}, "RUN containers get the runtime's default /dev/shm; remove it"),
-    "--ulimit": ({"action": "append"}, "RUN containers keep the runtime's default limits; remove it"),
     "--cgroup-parent": ({}, "RUN containers are not placed in a chosen cgroup; remove it"),
     "--security-opt": ({"action": "append"}, "use RUN --security=insecure with --allow security.insecure"),
     "--attest": ({"action": "append"}, "lamina writes no attestations (SBOM, provenance); remove it"),

@@ -190,9 +190,6 @@ def test_cli_flag_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--add-host", "db:10.0.0.2"], "--add-host is not supported by lamina: RUN containers get the sandbox's own"),
-    (["--ulimit", "nofile=1024"], "--ulimit is not supported by lamina"),
-    (["--shm-size", "1g"], "--shm-size is not supported by lamina"),
     (["--cgroup-parent", "x"], "--cgroup-parent is not supported by lamina"),
     (["--attest", "type=sbom"], "--attest is not supported by lamina"),
     (["--sbom", "true"], "--sbom=true is not supported by lamina: it writes no SBOM attestation"),
@@ -275,3 +272,27 @@ def test_frontend_applies_named_contexts(tmp_path: Path) -> None:
     graph = convert("FROM files\nRUN true\n", resolve_base=resolve, named_contexts=parse_build_contexts(
         [f"files={tmp_path}"]))
     assert [type(s).__name__ for s in graph.stages[0].steps] == ["CopyStep", "RunStep"]
+
+
+def test_run_extras_parsing() -> None:
+    from lamina.build.runextras import parse_add_hosts, parse_shm_size, parse_ulimits
+
+    assert parse_add_hosts(["a:1.2.3.4", "b=[::1],c.d=10.0.0.1"]) == (
+        ("a", "1.2.3.4"), ("b", "::1"), ("c.d", "10.0.0.1"))
+    assert parse_ulimits(["nofile=1024:2048", "core=0", "NOFILE=512"]) == (
+        ("RLIMIT_NOFILE", 512, 512), ("RLIMIT_CORE", 0, 0))
+    assert parse_ulimits(["core=-1"]) == (("RLIMIT_CORE", (1 << 64) - 1, (1 << 64) - 1),)
+    assert parse_shm_size("128m") == 128 << 20 and parse_shm_size("1g") == 1 << 30 and parse_shm_size("4096") == 4096
+    for call, value, message in [
+        (parse_add_hosts, ["nohost"], "expected HOST:IP or HOST=IP"),
+        (parse_add_hosts, ["a:host-gateway"], "host-gateway is Docker's daemon gateway"),
+        (parse_add_hosts, ["a:not-an-ip"], "'not-an-ip' is not an IP address"),
+        (parse_ulimits, ["bogus=1"], "expected NAME=SOFT\\[:HARD\\]"),
+        (parse_ulimits, ["nofile=10:5"], "soft limit 10 is above the hard limit 5"),
+        (parse_ulimits, ["nofile=x"], "'x' is not a number"),
+        (parse_ulimits, ["nofile=999999999999"], "above this process's own hard limit"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call(value)
+    with pytest.raises(ValueError, match="expected a size such as 64m"):
+        parse_shm_size("lots")

@@ -179,3 +179,32 @@ def test_run_mount_from_named_contexts(
                         "--build-context", f"tools=docker-image://{busybox_base.reference}")
     assert rc == 0, err
     assert _ran(err, "mounted-kept") and _ran(err, "tools-mounted")
+
+
+def test_add_host_ulimit_shm_size_reach_every_run_and_its_key(
+    busybox_base: PushedImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dockerfile = (
+        f"FROM {busybox_base.reference}\n"
+        "RUN cat /etc/hosts && echo nofile=$(ulimit -n):$(ulimit -Hn) && grep ' /dev/shm ' /proc/mounts\n"
+    )
+    context = _context(tmp_path / "ctx", dockerfile)
+    state = tmp_path / "state"
+    flags = ["--add-host", "db.internal:10.1.2.3", "--add-host", "v6=[::1],cache=10.0.0.9",
+             "--ulimit", "nofile=1024:2048", "--shm-size", "128m"]
+    rc, _, err = _build(capsys, context, state, *flags)
+    assert rc == 0, err
+    assert _ran(err, "10.1.2.3\tdb.internal") and _ran(err, "::1\tv6") and _ran(err, "10.0.0.9\tcache")
+    assert _ran(err, "127.0.0.1\tlocalhost buildkitsandbox")  # the sandbox's own lines stay
+    assert _ran(err, "nofile=1024:2048")
+    assert re.search(r"^#\d+ \d+\.\d+ shm /dev/shm tmpfs \S*size=131072k", err, re.M), err
+    rc, _, err = _build(capsys, context, state, *flags)
+    assert rc == 0 and _cached(err, dockerfile.splitlines()[1]), err
+    rc, _, err = _build(capsys, context, state, *flags[:-2])  # the same RUN with another /dev/shm: a miss
+    assert rc == 0 and "MISS --add-host, --ulimit or --shm-size changed" in err, err
+    assert re.search(r"^#\d+ \d+\.\d+ shm /dev/shm tmpfs \S*size=65536k", err, re.M), err
+    rc, _, err = _build(capsys, context, state, "--network", "host", "--allow", "network.host",
+                        "--add-host", "on-host:10.9.9.9")
+    assert rc == 0 and _ran(err, "10.9.9.9\ton-host"), err  # after the host's own /etc/hosts
+    host_lines = [line for line in Path("/etc/hosts").read_text().splitlines() if line.strip()]
+    assert not host_lines or _ran(err, host_lines[0])
