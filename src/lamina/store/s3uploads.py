@@ -46,21 +46,14 @@ from .paths import check_session_id
 from .s3blobs import S3BlobStore
 from .s3client import S3Client, content_md5, is_missing, is_precondition_failed
 from .s3hash import ResumableSha256
+from .s3parts import PartWriter
 
-__all__ = ["LOCK_REFRESH_SECONDS", "LOCK_STALE_SECONDS", "S3UploadStore", "part_size"]
+__all__ = ["LOCK_REFRESH_SECONDS", "LOCK_STALE_SECONDS", "S3UploadStore", "open_s3"]
 
 MiB = 1 << 20
-PART_SIZE = 8 * MiB  # S3's minimum for every part but the last is 5 MiB
-MAX_PARTS = 10000  # S3's limit per multipart upload
 COPY_PART = 1 << 30  # CopyObject stops at 5 GiB; beyond, the blob is copied in parts of this size
 LOCK_STALE_SECONDS = 30.0
 LOCK_REFRESH_SECONDS = 10.0
-HASH_IN_THREAD = 256 << 10
-
-
-def part_size(parts_so_far: int) -> int:
-    """8 MiB parts, growing by 8 MiB every 1000 parts: 10,000 parts then hold ~430 GiB."""
-    return PART_SIZE * (1 + parts_so_far // 1000)
 
 
 @dataclass(slots=True)
@@ -252,45 +245,37 @@ class S3UploadStore:
                     f"upload {session_id}: chunk starts at byte {offset} but the upload has {state.size} bytes",
                     state.size,
                 )
-            hasher = ResumableSha256.load(base64.b64decode(state.sha256))
-            buffer = bytearray()
+            tail = b""
             if state.tail is not None:
-                tail = await asyncio.to_thread(self._get, state.tail)
-                if tail is None or len(tail) != state.tail_size:
+                found = await asyncio.to_thread(self._get, state.tail)
+                if found is None or len(found) != state.tail_size:
                     raise StoreError(f"upload session {session_id!r}: its tail object {state.tail} is missing")
-                buffer += tail
-            parts = [list(p) for p in state.parts]
-            upload_id = state.upload_id
-            received = 0
-            async for chunk in chunks:
-                received += len(chunk)
-                if len(chunk) >= HASH_IN_THREAD:
-                    await asyncio.to_thread(hasher.update, chunk)
-                else:
-                    hasher.update(chunk)
-                buffer += chunk
-                while len(buffer) >= part_size(len(parts)):
-                    if len(parts) >= MAX_PARTS - 1:
-                        raise StoreError(f"upload {session_id}: more than {MAX_PARTS} S3 parts")
-                    n = part_size(len(parts))
-                    piece = bytes(buffer[:n])
-                    del buffer[:n]
-                    if upload_id is None:
-                        upload_id = created = await asyncio.to_thread(self._start_multipart, session_id)
-                    etag = await asyncio.to_thread(self._upload_part, session_id, upload_id, len(parts) + 1, piece)
-                    parts.append([len(parts) + 1, etag, n])
-            if received == 0:
+                tail = found
+            writer = PartWriter(
+                ResumableSha256.load(base64.b64decode(state.sha256)), state.upload_id, state.parts, tail,
+                lambda: self._start_multipart(session_id),
+                lambda upload_id, number, data: self._upload_part(session_id, upload_id, number, data),
+            )
+            try:
+                async for chunk in chunks:
+                    await writer.feed(chunk)
+                upload_id, parts, rest = await writer.finish()
+            except BaseException:
+                created = writer.created  # no state names it: aborted below
+                await writer.abort()
+                raise
+            if writer.received == 0:
                 return state.size
+            size = state.size + writer.received
             new = _State(
-                size=state.size + received,
+                size=size,
                 upload_id=upload_id,
                 parts=parts,
-                tail=self._key(session_id, f"tail-{state.size + received}") if buffer else None,
-                tail_size=len(buffer),
-                sha256=base64.b64encode(hasher.save()).decode(),
+                tail=self._key(session_id, f"tail-{size}") if rest else None,
+                tail_size=len(rest),
+                sha256=base64.b64encode(writer.hasher.save()).decode(),
             )
-            await asyncio.to_thread(self._save, session_id, state, new, bytes(buffer))
-            created = None
+            await asyncio.to_thread(self._save, session_id, state, new, rest)
             return new.size
         finally:
             keeper.cancel()
