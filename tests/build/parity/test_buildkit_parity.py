@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from helpers.parity_case import Case, all_cases, push_bases, run_case
+from helpers.parity_case import Case, CaseRun, all_cases, push_bases, run_case
 from helpers.registries import RegistryProcess
 
 pytestmark = [pytest.mark.root]
@@ -35,6 +36,7 @@ if os.geteuid() != 0 or shutil.which("runc") is None:
 KNOWN_GAPS: set[str] = set()  # every case builds identically now; add a case here only with a reason
 
 CASES = all_cases()
+BUILDS_AT_ONCE = max(2, min(4, os.cpu_count() or 1))  # builds wait on runc, mounts and the registry too
 
 
 def _param(case: Case) -> object:
@@ -44,9 +46,19 @@ def _param(case: Case) -> object:
 
 
 @pytest.fixture(scope="module")
-def pushed_bases() -> set[str]:
-    """Base repositories already pushed to the session registry."""
-    return set()
+def builds(
+    lamina_registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[CaseRun]]]:
+    """Every case's build, started at once (each with its own state dir; up to BUILDS_AT_ONCE run at a
+    time) after their base images are pushed; a test waits for its own."""
+    pushed: set[str] = set()
+    for case in CASES:
+        push_bases(case, lamina_registry.host, pushed)
+    with ThreadPoolExecutor(max_workers=BUILDS_AT_ONCE, thread_name_prefix="parity") as pool:
+        yield {
+            case.name: pool.submit(run_case, case, lamina_registry.host, tmp_path_factory.mktemp(case.name))
+            for case in CASES
+        }
 
 
 def test_every_known_gap_is_a_case() -> None:
@@ -55,7 +67,6 @@ def test_every_known_gap_is_a_case() -> None:
 
 
 @pytest.mark.parametrize("case", [_param(case) for case in CASES])
-def test_buildkit_parity(case: Case, lamina_registry: RegistryProcess, pushed_bases: set[str], tmp_path: Path) -> None:
-    push_bases(case, lamina_registry.host, pushed_bases)
-    run = run_case(case, lamina_registry.host, tmp_path)
+def test_buildkit_parity(case: Case, builds: dict[str, Future[CaseRun]]) -> None:
+    run = builds[case.name].result()
     assert run.identical, f"{case.name}: lamina's image differs from BuildKit's\n{run.report(40)}"
