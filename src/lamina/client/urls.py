@@ -23,11 +23,16 @@ _QUERY_SAFE = "/:@!$'()*,;"  # within one query name or value ("&", "=", "+", "?
 class URL:
     """One URL; ``encoded=True`` takes ``text`` as already percent-encoded (a header's value)."""
 
-    __slots__ = ("_parts", "_text")
+    __slots__ = ("_host", "_parts", "_port", "_text")
 
     def __init__(self, text: str, *, encoded: bool = False) -> None:
         self._text = text if encoded else quote(text, safe=_SAFE)
         self._parts: SplitResult = urlsplit(self._text)
+        self._host = self._parts.hostname  # parsed once: SplitResult parses the netloc on every access
+        try:
+            self._port: int | ValueError | None = self._parts.port
+        except ValueError:
+            self._port = ValueError(f"invalid port in URL {self._text!r}")
 
     @property
     def scheme(self) -> str:
@@ -36,19 +41,18 @@ class URL:
     @property
     def raw_host(self) -> str | None:
         """The host, lower case, without the brackets of an IPv6 literal."""
-        return self._parts.hostname
+        return self._host
 
     @property
     def host(self) -> str | None:
-        return self._parts.hostname
+        return self._host
 
     @property
     def explicit_port(self) -> int | None:
         """The port written in the URL, if any."""
-        try:
-            return self._parts.port
-        except ValueError:
-            raise ValueError(f"invalid port in URL {self._text!r}") from None
+        if isinstance(self._port, ValueError):
+            raise self._port
+        return self._port
 
     @property
     def port(self) -> int | None:
