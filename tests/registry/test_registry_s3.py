@@ -155,3 +155,31 @@ async def test_lamina_client_pushes_in_chunks_and_pulls_through_the_other_replic
         assert await client.fetch_blob("s3/client", config_digest) == config
         fetched = await client.get_manifest("s3/client", "v1")
         assert str(fetched.digest) == str(pushed)
+
+
+async def test_the_janitor_expires_s3_sessions_and_orphans(make_client, ceph_rgw: CephRgw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Abandoned sessions go with their S3 objects and multipart upload; objects of a session metadata no
+    longer knows go once they are as old (their newest LastModified)."""
+    from lamina.registry.janitor import expire_uploads
+    from lamina.registry.services import STORAGE
+
+    client = await make_client(blobs=s3_url(ceph_rgw, tmp_path))
+    start = await client.post("/v2/app/blobs/uploads/")
+    location = start.headers["Location"]
+    session = start.headers["Docker-Upload-UUID"]
+    patched = await client.patch(location, data=os.urandom(9 * MiB))  # one part sent, a tail kept
+    assert patched.status == 202
+    storage = client.server.app[STORAGE]
+    s3 = ceph_rgw.client()
+    location_s3 = parse_s3_url(s3_url(ceph_rgw, tmp_path))
+    prefix = location_s3.key("uploads", session) + "/"
+    assert s3.list_multipart_uploads(Bucket=location_s3.bucket, Prefix=prefix).get("Uploads")
+    assert expire_uploads(storage, 3600) == 0
+    assert expire_uploads(storage, 3600, now=10**10) == 1
+    assert (await client.get(location)).status == 404
+    assert not s3.list_objects_v2(Bucket=location_s3.bucket, Prefix=prefix).get("Contents")
+    assert not s3.list_multipart_uploads(Bucket=location_s3.bucket, Prefix=prefix).get("Uploads")
+    storage.uploads.create("orphan")  # objects no session row names (a crash between the two writes)
+    assert expire_uploads(storage, 3600) == 0
+    assert expire_uploads(storage, 3600, now=10**10) == 1
+    assert storage.uploads.current_size("orphan") is None

@@ -156,6 +156,16 @@ class S3UploadStore:
         self.discard(session_id)
         return True
 
+    def last_modified(self, session_id: str) -> float | None:
+        """The newest write to any of the session's objects (a working request rewrites its lock every
+        ``lock_refresh_seconds``), or None when it has none."""
+        try:
+            prefix = self._key(session_id) + "/"
+        except ValueError:
+            return None
+        found = self.client.s3.list_objects_v2(Bucket=self.location.bucket, Prefix=prefix).get("Contents", ())
+        return max((item["LastModified"].timestamp() for item in found), default=None)
+
     def session_ids(self) -> list[str]:
         """Ids with objects in the bucket, sorted: a janitor discards those metadata no longer knows."""
         prefix = self.location.key("uploads") + "/"
