@@ -263,18 +263,27 @@ def _gc_lock_waiting(storage: Storage, progress: Progress) -> Iterator[None]:
             time.sleep(0.5)
 
 
-def run_fsck(paths: StorePaths, *, repair: bool = False, progress: Progress = lambda line: None) -> FsckReport:
+def run_fsck(
+    paths: StorePaths, *, repair: bool = False, progress: Progress = lambda line: None, metadata: str | None = None
+) -> FsckReport:
     """Check the root at ``paths`` (its database must exist); blocking, for a command or a thread.
 
     Read-only unless ``repair``; then the storage is opened as a server opens it (which creates any
-    table this version adds) and the run holds GC's lock."""
+    table this version adds) and the run holds GC's lock. ``metadata``: the registry's PostgreSQL URL
+    (None: ``root/metadata.db``)."""
     if not repair:
-        metadata = SqliteMetadataStore(paths.metadata_db)  # snapshots only: read-only connections
+        store: MetadataStore
+        if metadata is not None:
+            from lamina.store.postgres import PostgresMetadataStore
+
+            store = PostgresMetadataStore(metadata)  # snapshots only: read-only transactions
+        else:
+            store = SqliteMetadataStore(paths.metadata_db)  # snapshots only: read-only connections
         try:
-            return _run(metadata, paths, repair=False, progress=progress)
+            return _run(store, paths, repair=False, progress=progress)
         finally:
-            metadata.close()
-    storage = open_storage(paths.root)
+            store.close()
+    storage = open_storage(paths.root, metadata=metadata)
     try:
         with _gc_lock_waiting(storage, progress):
             return _run(storage.metadata, storage.paths, repair=True, progress=progress)
