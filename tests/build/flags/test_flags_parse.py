@@ -252,7 +252,8 @@ def test_frontend_applies_named_contexts(tmp_path: Path) -> None:
         return ImageConfig.parse(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')
 
     contexts = parse_build_contexts([f"src={tmp_path}", "base=docker-image://127.0.0.1:1/pinned/base:7",
-                                     "tools=docker-image://127.0.0.1:1/tools:1"])
+                                     "tools=docker-image://127.0.0.1:1/tools:1",
+                                     "base::linux/arm64=docker-image://127.0.0.1:1/pinned/base:arm"])
     dockerfile = ("FROM example.invalid/x AS src\nRUN exit 1\nFROM example.invalid/t AS tools\nRUN exit 1\n"
                   "FROM base\nCOPY --from=src a /a\nCOPY --from=tools /bin/x /x\nCOPY --from=base /etc /etc\n")
     graph = convert(dockerfile, resolve_base=resolve, named_contexts=contexts, platform=AMD64)
@@ -265,6 +266,10 @@ def test_frontend_applies_named_contexts(tmp_path: Path) -> None:
     assert copies[1].from_stage == 1
     assert copies[2].from_image == "127.0.0.1:1/pinned/base:7"
     assert "example.invalid/x" not in resolved and "example.invalid/t" not in resolved
+    graph = convert(dockerfile, resolve_base=resolve, named_contexts=contexts, platform=ARM64)
+    stage = graph.stage(2)  # for arm64, base::linux/arm64 stands in for FROM base and COPY --from=base
+    assert stage.base == BaseImage("127.0.0.1:1/pinned/base:arm")
+    assert [s.from_image for s in stage.steps if isinstance(s, CopyStep)][-1] == "127.0.0.1:1/pinned/base:arm"
     graph = convert(dockerfile, resolve_base=resolve, named_contexts=contexts, target="src")
     (stage,) = graph.stages  # the directory as an image: scratch plus its files, one COPY layer
     assert stage.base == Scratch() and [(s.from_context, s.sources, s.dest) for s in stage.steps] == [
