@@ -17,9 +17,7 @@ them on each :class:`~lamina.build.ops.RunStep` (``extras``) before solving, for
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
-import resource
 from collections.abc import Iterable
 
 from lamina.build.ops import BuildGraph, RunExtras, RunStep
@@ -39,6 +37,8 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 
 
 
 def parse_add_hosts(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    import ipaddress  # only a build with --add-host pays for it
+
     out: list[tuple[str, str]] = []
     for value in values:
         for item in value.split(","):
@@ -72,6 +72,8 @@ def _limit(text: str, item: str) -> int:
 
 
 def parse_ulimits(values: Iterable[str]) -> tuple[tuple[str, int, int], ...]:
+    import resource  # only a build with --ulimit pays for it
+
     found: dict[str, tuple[str, int, int]] = {}
     for item in values:
         name, sep, limits = item.partition("=")
