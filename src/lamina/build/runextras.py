@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from lamina.build.ops import BuildGraph, RunExtras, RunStep
 
@@ -106,8 +106,9 @@ def parse_shm_size(value: str | None) -> int | None:
     return size
 
 
-def parse_run_extras(add_hosts: Iterable[str], ulimits: Iterable[str], shm_size: str | None) -> RunExtras:
-    return RunExtras(parse_add_hosts(add_hosts), parse_ulimits(ulimits), parse_shm_size(shm_size))
+def parse_run_extras(add_hosts: Sequence[str], ulimits: Sequence[str], shm_size: str | None) -> RunExtras:
+    return RunExtras(parse_add_hosts(add_hosts) if add_hosts else (), parse_ulimits(ulimits) if ulimits else (),
+                     parse_shm_size(shm_size))
 
 
 def apply_run_extras(graph: BuildGraph, extras: RunExtras) -> BuildGraph:
