@@ -23,9 +23,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .snapshot import RUN_MOUNTPOINTS, claim
+from .lowerview import is_whiteout
+from .snapshot import RUN_MOUNTPOINTS, OverlaySnapshotter, Snapshotter, claim
 
-__all__ = ["CopySnapshotter"]
+__all__ = ["CopySnapshotter", "detect_snapshotter"]
 
 _SKIP_XATTRS = ("trusted.overlay.", "user.overlay.")
 
@@ -340,3 +341,29 @@ class CopySnapshotter:
             yield rootfs
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def detect_snapshotter(root: str | os.PathLike[str]) -> Snapshotter:
+    """An overlay snapshotter if a test mount under ``root`` works with options that keep upper dirs
+    complete, else the copying one. It lives beside the fallback so that snapshot.py never imports this
+    module: the worker's imports point one way."""
+    base = Path(root)
+    probe = base / "snapshots" / f".probe-{os.urandom(4).hex()}"
+    try:
+        (probe / "lower").mkdir(parents=True)
+        (probe / "lower" / "x").write_bytes(b"")
+        # Without redirect_dir=off a renamed lower directory would reach the layer as an empty redirect.
+        for options in (OverlaySnapshotter(base).options, "index=off,redirect_dir=off", "redirect_dir=off"):
+            snapshotter = OverlaySnapshotter(base, options=options)
+            try:
+                with snapshotter.prepare([probe / "lower"], mountpoints=()) as snap:
+                    os.unlink(snap.rootfs / "x")
+                ok = is_whiteout(os.lstat(snap.upper / "x"))
+                snap.discard()
+            except OSError:
+                continue
+            if ok:
+                return snapshotter
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return CopySnapshotter(base)
