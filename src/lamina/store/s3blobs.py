@@ -16,6 +16,7 @@ valid :data:`PRESIGN_SECONDS`), which the registry answers as a 307 when the ``r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -66,6 +67,22 @@ class S3BlobStore:
                 "get_object", Params={"Bucket": self.location.bucket, "Key": self.key(digest)}, ExpiresIn=expires
             )
         )
+
+    def read_small(self, digest: Digest, limit: int) -> bytes | None:
+        """The whole blob when it has at most ``limit`` bytes (blocking); None when absent or larger.
+        Not verified here: the caller checks the digest."""
+        size = self.size(digest)
+        if size is None or size > limit:
+            return None
+        try:
+            body = self.client.s3.get_object(Bucket=self.location.bucket, Key=self.key(digest))["Body"]
+        except Exception as exc:
+            if is_missing(exc):
+                return None
+            raise
+        with contextlib.closing(body):
+            data = bytes(body.read(limit + 1))
+        return data if len(data) <= limit else None
 
     async def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes ``[start, end)`` (end exclusive, None: to the end); BlobUnknown if absent."""
