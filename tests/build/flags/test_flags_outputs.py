@@ -191,7 +191,9 @@ def test_tar_outputs_to_a_file_and_to_stdout(
 
 @pytest.mark.parametrize(("outputs", "message"), [
     (["type=registry,compression=zstd"], "type=registry takes no compression in lamina"),
-    (["type=oci,dest=x.tar,tar=false"], "type=oci takes no tar in lamina"),
+    (["type=oci,dest=x.tar,tar=maybe"], "tar=maybe is not a boolean"),
+    (["type=oci,dest=-,tar=false"], "tar=false writes a directory; stdout takes the tarball"),
+    (["type=docker,dest=x.tar,tar=false"], "type=docker takes no tar in lamina"),
     (["type=local,dest=-"], "type=local writes a directory; use type=tar,dest=- for stdout"),
     (["-", "type=oci,dest=-"], "only one output can go to stdout (dest=-), got tar, oci"),
     (["type=tar"], "type=tar needs dest=PATH"),
@@ -249,3 +251,25 @@ def test_quiet_prints_only_the_digest(
     rc = main(["build", "--progress", "quiet", "--root", str(tmp_path / "state"), str(context)])
     out, err = capsys.readouterr()
     assert rc == 1 and out == "" and err.startswith("error: Dockerfile:2: COPY missing.txt /") and err.count("\n") == 1
+
+
+def test_oci_layout_directory_round_trip(
+    busybox_base: PushedImage, tmp_path: Path, capsys: pytest.CaptureFixture[str], skopeo_bin: str
+) -> None:
+    """tar=false writes a layout directory skopeo reads, and a later build takes it as oci-layout:// context."""
+    context = _context(tmp_path / "ctx", f"FROM {busybox_base.reference}\nCOPY a.txt /a.txt\n", {"a.txt": "a\n"})
+    layout = tmp_path / "layout"
+    rc, digest, err = _build(capsys, context, tmp_path / "state", "-t", "flags/dir:v3",
+                             "--output", f"type=oci,dest={layout},tar=false")
+    assert rc == 0, err
+    index = json.loads((layout / "index.json").read_text())
+    assert [(m["digest"], m["annotations"]["org.opencontainers.image.ref.name"]) for m in index["manifests"]] == [
+        (digest, "v3")]
+    inspected = json.loads(skopeo("inspect", f"oci:{layout}:v3").stdout)
+    assert inspected["Digest"] == digest and len(inspected["Layers"]) == 2
+    second = _context(tmp_path / "ctx2", "FROM built\nCOPY b.txt /b.txt\n", {"b.txt": "b\n"})
+    out = tmp_path / "rootfs"
+    rc, _, err = _build(capsys, second, tmp_path / "state2", "--build-context", f"built=oci-layout://{layout}:v3",
+                        "--output", f"type=local,dest={out}")
+    assert rc == 0, err
+    assert (out / "a.txt").read_text() == "a\n" and (out / "b.txt").read_text() == "b\n"
