@@ -128,7 +128,8 @@ def check_iidfile(iidfile: Path | None, outputs: Sequence[Mapping[str, str]], *,
     """buildx refuses ``--iidfile`` when every output is a filesystem (``local``/``tar``) and nothing is
     pushed: there is no image."""
     if iidfile is not None and not push and outputs and all(o["type"] in ("local", "tar") for o in outputs):
-        raise ValueError(f"--iidfile {iidfile}: local and tar exporters are incompatible with image ID file")
+        raise ValueError(f"--iidfile {iidfile}: local and tar exporters are incompatible with image ID file "
+                         "(add --push or an image output such as --output type=oci,dest=FILE.tar)")
 
 
 def image_names(tags: Sequence[str], outputs: Sequence[Mapping[str, str]]) -> list[str]:
