@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,47 +29,67 @@ MiB = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, ceph_rgw: CephRgw, request: pytest.FixtureRequest) -> Iterator[list[RegistryProcess]]:
-    """Two registry processes on different ports serving the same registry: one root (SQLite metadata)
-    and one S3 prefix; the second replica's root is a symlink to the first's."""
-    redirect = getattr(request, "param", True)
-    config = f'blobs = "{s3_url(ceph_rgw, tmp_path, redirect=redirect)}"\nworkers = 1\n'
-    first = start_lamina(tmp_path / "a", config=config)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "root").symlink_to(first.root)
-    servers = [first]
+@dataclass
+class Replicas:
+    """Two registry processes on different ports serving one registry: one root (SQLite metadata; the
+    second replica's root is a symlink to the first's) and one S3 prefix (``blobs``)."""
+
+    a: RegistryProcess
+    b: RegistryProcess
+    blobs: str
+
+    def __iter__(self) -> Iterator[RegistryProcess]:
+        return iter((self.a, self.b))
+
+
+def _start_replicas(workdir: Path, blobs: str) -> Iterator[Replicas]:
+    config = f'blobs = "{blobs}"\nworkers = 1\n'
+    first = start_lamina(workdir / "a", config=config)
     try:
-        servers.append(start_lamina(tmp_path / "b", config=config))
-        yield servers
+        (workdir / "b").mkdir()
+        (workdir / "b" / "root").symlink_to(first.root)
+        second = start_lamina(workdir / "b", config=config)
+        try:
+            yield Replicas(first, second, blobs)
+        finally:
+            second.stop()
     finally:
-        for server in servers:
-            server.stop()
+        first.stop()
 
 
-def _blob_store(rgw: CephRgw, scope: Path) -> S3BlobStore:
-    return S3BlobStore(S3Client(parse_s3_url(s3_url(rgw, scope))))
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, ceph_rgw: CephRgw) -> Iterator[Replicas]:
+    """Replicas that answer a blob GET with a redirect to a presigned URL (the default)."""
+    workdir = tmp_path_factory.mktemp("s3-replicas")
+    yield from _start_replicas(workdir, s3_url(ceph_rgw, workdir))
+
+
+@pytest.fixture(scope="module")
+def streaming_replicas(tmp_path_factory: pytest.TempPathFactory, ceph_rgw: CephRgw) -> Iterator[Replicas]:
+    """Replicas with ``redirect=false``: blobs stream through the registry."""
+    workdir = tmp_path_factory.mktemp("s3-streaming")
+    yield from _start_replicas(workdir, s3_url(ceph_rgw, workdir, redirect=False))
 
 
 def test_skopeo_push_and_pull_through_presigned_redirects(
-    replicas: list[RegistryProcess], ceph_rgw: CephRgw, tmp_path: Path, busybox_rootfs: Path
+    replicas: Replicas, ceph_rgw: CephRgw, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     require_binary("skopeo", "skopeo")
-    pushed = busybox_image(replicas[0], name="s3/busybox", rootfs=busybox_rootfs)
+    pushed = busybox_image(replicas.a, name="s3/busybox", rootfs=busybox_rootfs)
     layer = pushed.image.layers[0]
     # the bytes are in the bucket, not under the root
-    assert _blob_store(ceph_rgw, tmp_path).size(parse_digest(layer.digest)) == layer.size
-    assert not (replicas[0].root / "blobs" / "sha256").exists() or not any((replicas[0].root / "blobs").rglob("*/*"))
-    head = requests.head(f"{replicas[1].url}/v2/s3/busybox/blobs/{layer.digest}", timeout=10)
+    assert S3BlobStore(S3Client(parse_s3_url(replicas.blobs))).size(parse_digest(layer.digest)) == layer.size
+    assert not (replicas.a.root / "blobs" / "sha256").exists() or not any((replicas.a.root / "blobs").rglob("*/*"))
+    head = requests.head(f"{replicas.b.url}/v2/s3/busybox/blobs/{layer.digest}", timeout=10)
     assert head.status_code == 200 and head.headers["Content-Length"] == str(layer.size)
-    get = requests.get(f"{replicas[1].url}/v2/s3/busybox/blobs/{layer.digest}", allow_redirects=False, timeout=10)
+    get = requests.get(f"{replicas.b.url}/v2/s3/busybox/blobs/{layer.digest}", allow_redirects=False, timeout=10)
     assert get.status_code == 307
     assert get.headers["Location"].startswith(ceph_rgw.endpoint + "/")
     assert hashlib.sha256(requests.get(get.headers["Location"], timeout=10).content).hexdigest() == layer.digest[7:]
     # skopeo pulls from the other replica, following each blob redirect to the gateway
     out = tmp_path / "pulled"
     subprocess.run(
-        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{replicas[1].host}/s3/busybox:latest", f"oci:{out}:x"],
+        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{replicas.b.host}/s3/busybox:latest", f"oci:{out}:x"],
         check=True, capture_output=True, timeout=120,
     )
     index = json.loads((out / "index.json").read_text())
@@ -76,7 +97,7 @@ def test_skopeo_push_and_pull_through_presigned_redirects(
     assert (out / "blobs" / "sha256" / layer.digest[7:]).read_bytes() == layer.data
 
 
-def test_chunked_upload_started_on_one_replica_finishes_on_the_other(replicas: list[RegistryProcess]) -> None:
+def test_chunked_upload_started_on_one_replica_finishes_on_the_other(replicas: Replicas) -> None:
     """POST and the first PATCH on replica A (one full S3 part and a tail), the second PATCH on B (which
     resumes A's saved SHA-256 state and tail), PUT on A: the digest checks out with no read-back."""
     a, b = replicas
@@ -108,9 +129,8 @@ def test_chunked_upload_started_on_one_replica_finishes_on_the_other(replicas: l
     assert got.status_code == 200 and got.content == data
 
 
-@pytest.mark.parametrize("replicas", [False], indirect=True)
-def test_without_redirect_blobs_stream_through_the_registry(replicas: list[RegistryProcess]) -> None:
-    a, b = replicas
+def test_without_redirect_blobs_stream_through_the_registry(streaming_replicas: Replicas) -> None:
+    a, b = streaming_replicas
     data = os.urandom(3 * MiB + 1)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     pushed = requests.post(f"{a.url}/v2/s3/streamed/blobs/uploads/?digest={digest}", data=data, timeout=60,
@@ -126,7 +146,7 @@ def test_without_redirect_blobs_stream_through_the_registry(replicas: list[Regis
 
 
 async def test_lamina_client_pushes_in_chunks_and_pulls_through_the_other_replica(
-    replicas: list[RegistryProcess], tmp_path: Path
+    replicas: Replicas, tmp_path: Path
 ) -> None:
     """lamina's own client: a 13 MiB layer pushed from a file in 6 MiB PATCHes (S3 parts plus tails),
     a config and a manifest; the other replica serves them, the layer through a redirect to the gateway."""
