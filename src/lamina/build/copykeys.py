@@ -30,7 +30,7 @@ every step after it are cache hits and the final stage does not run again. Lamin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from lamina.build import cachekey
 from lamina.build.ops import CopyStep, Step
@@ -39,6 +39,7 @@ from lamina.oci import Digest, Platform
 __all__ = [
     "ALIAS_FIELD",
     "ALIAS_SELECTOR",
+    "AliasResolver",
     "alias_inputs",
     "content_inputs",
     "is_linked",
@@ -50,6 +51,14 @@ __all__ = [
 Inputs = dict[str, Any]
 ALIAS_FIELD = "content_key"  # in a definition key's inputs: the content key it stands for
 ALIAS_SELECTOR = "lamina.content-key"  # the cacheconfig link selector of that input (BuildKit ignores it)
+
+
+@runtime_checkable
+class AliasResolver(Protocol):
+    """Optional importer role: the content key a definition key's record names, even when the record keeps
+    no result (``mode=min`` exports other stages' records as links only)."""
+
+    def alias(self, key: Digest) -> Digest | None: ...
 
 
 def is_linked(step: Step) -> bool:

@@ -73,3 +73,36 @@ def test_content_keys_hit_on_an_empty_runner_through_a_remote_cache(
     assert "[builder" not in progress and not ran(progress, "ran-final")
     assert status_of(progress, COPY) == f"CACHED ({ref})"
     assert layer_digests(third) == layer_digests(first)
+
+
+CHAIN = """\
+FROM {base} AS deps
+RUN echo lib > /lib.txt && echo ran-deps
+FROM {base} AS build
+COPY --from=deps /lib.txt /lib.txt
+RUN cat /lib.txt > /app.bin && echo ran-build
+FROM {base}
+COPY --from=build /app.bin /app
+"""
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_an_unchanged_re_export_of_a_stage_chain_is_byte_identical(
+    base: str, lamina_registry: RegistryProcess, tmp_path: Path, mode: str
+) -> None:
+    """The stages a warm build does not solve still re-export their COPY --from records (content key and its
+    alias) as the solving build wrote them: with ``mode=max`` byte-identical at once; with ``mode=min`` the
+    first warm export adds the link records of the stages it predicted (the cold build solved them, so it
+    never predicted them), and from then on an unchanged build re-exports byte-identical."""
+    context = make_context(tmp_path / "ctx", CHAIN.format(base=base), {})
+    ref = f"{lamina_registry.host}/copyfrom/chain:{mode}"
+    to = (f"type=registry,ref={ref},mode={mode}",)
+    cold, _ = run_build(context, tmp_path / "s1", cache_to=to)
+    warm, progress = run_build(context, tmp_path / "s2", cache_from=(ref,), cache_to=to)
+    assert "[deps" not in progress and "[build" not in progress
+    assert warm.digest == cold.digest
+    if mode == "max":
+        assert warm.cache_exports[0].manifest_digest == cold.cache_exports[0].manifest_digest
+    again, progress = run_build(context, tmp_path / "s3", cache_from=(ref,), cache_to=to)
+    assert "[deps" not in progress and "[build" not in progress and again.digest == cold.digest
+    assert again.cache_exports[0].manifest_digest == warm.cache_exports[0].manifest_digest
