@@ -94,7 +94,7 @@ class S3BlobStore:
         if start or end is not None:
             params["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
-            response = await asyncio.to_thread(lambda: self.client.s3.get_object(**params))
+            response = await self.client.run(lambda: self.client.s3.get_object(**params))
         except Exception as exc:
             if is_missing(exc):
                 raise BlobUnknown(digest) from None
@@ -113,7 +113,7 @@ class S3BlobStore:
         received = 0
         try:
             while True:
-                block = await asyncio.to_thread(body.read, READ_CHUNK)
+                block = await self.client.run(body.read, READ_CHUNK)
                 if not block:
                     break
                 received += len(block)

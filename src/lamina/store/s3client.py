@@ -19,18 +19,23 @@ own SHA-256 over the bytes it receives.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from .base import StoreError
 
 __all__ = ["S3Client", "S3Location", "content_md5", "is_missing", "is_precondition_failed", "parse_s3_url"]
 
+T = TypeVar("T")
 _QUERY_KEYS = ("endpoint", "region", "redirect")
 
 
@@ -109,13 +114,25 @@ def is_precondition_failed(exc: BaseException) -> bool:
 
 
 class S3Client:
-    """One botocore S3 client per process (urllib3's pools must not cross a fork), thread-safe to call."""
+    """One botocore S3 client per process (urllib3's pools must not cross a fork), thread-safe to call,
+    and the threads its blocking calls run in from the event loop (:meth:`run`): a pool of its own, as
+    large as the connection pool, so uploads in flight neither wait for asyncio's small default pool
+    (CPU count + 4 threads) nor fill it for everything else."""
 
     def __init__(self, location: S3Location, max_connections: int = 32) -> None:
         self.location = location
         self.max_connections = max_connections
         self._lock = threading.Lock()
         self._client: tuple[int, Any] | None = None
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+
+    def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """``function(*args, **kwargs)`` in this process's S3 threads; await the result on the loop."""
+        with self._lock:
+            if self._pool is None or self._pool[0] != os.getpid():
+                self._pool = (os.getpid(), ThreadPoolExecutor(self.max_connections, thread_name_prefix="lamina-s3"))
+            pool = self._pool[1]
+        return asyncio.get_running_loop().run_in_executor(pool, functools.partial(function, *args, **kwargs))
 
     @property
     def s3(self) -> Any:

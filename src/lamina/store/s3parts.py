@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .base import StoreError
@@ -38,7 +38,8 @@ class PartWriter:
     """Feed chunks; ``finish`` returns the parts (``[number, etag, size]``) and the bytes left over.
 
     ``start`` creates the multipart upload (returns its id) when the first part is ready; ``send``
-    uploads one part (upload id, number, bytes) and returns its ETag. Both block: they run in threads."""
+    uploads one part (upload id, number, bytes) and returns its ETag. Both block: ``run`` runs them in
+    threads."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class PartWriter:
         tail: bytes,
         start: Callable[[], str],
         send: Callable[[str, int, bytes], str],
+        run: Callable[..., Awaitable[Any]],
         in_flight: int = IN_FLIGHT,
     ) -> None:
         self.hasher = hasher
@@ -58,6 +60,7 @@ class PartWriter:
         self.received = 0
         self._start = start
         self._send = send
+        self._run = run  # runs a blocking call in a thread (S3Client.run)
         self._in_flight = in_flight
         self._pending: list[tuple[int, int, asyncio.Future[str]]] = []  # (number, size, etag)
 
@@ -97,11 +100,11 @@ class PartWriter:
 
     async def _dispatch(self, piece: bytes) -> None:
         if self.upload_id is None:
-            self.upload_id = self.created = await asyncio.to_thread(self._start)
+            self.upload_id = self.created = await self._run(self._start)
         while len(self._pending) >= self._in_flight:
             await self._collect_oldest()
         number = self._count() + 1
-        future = asyncio.ensure_future(asyncio.to_thread(self._send, self.upload_id, number, piece))
+        future = asyncio.ensure_future(self._run(self._send, self.upload_id, number, piece))
         self._pending.append((number, len(piece), future))
 
     async def _collect_oldest(self) -> None:

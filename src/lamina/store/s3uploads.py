@@ -33,9 +33,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ from .s3hash import ResumableSha256
 from .s3parts import PartWriter
 
 __all__ = ["LOCK_REFRESH_SECONDS", "LOCK_STALE_SECONDS", "S3UploadStore", "open_s3"]
+
+log = logging.getLogger("lamina.store.s3")
 
 MiB = 1 << 20
 COPY_PART = 1 << 30  # CopyObject stops at 5 GiB; beyond, the blob is copied in parts of this size
@@ -188,7 +191,10 @@ class S3UploadStore:
         """Rewrite the lock every ``lock_refresh_seconds`` until cancelled (the append or commit ended)."""
         while True:
             await asyncio.sleep(self.lock_refresh_seconds)
-            await asyncio.to_thread(self._refresh, session_id, token)
+            try:
+                await self.client.run(self._refresh, session_id, token)
+            except Exception as exc:  # S3 briefly unreachable: the next round tries again
+                log.warning("upload %s: could not refresh its lock in S3: %s", session_id, exc)
 
     def _acquire(self, session_id: str) -> tuple[_State, str]:
         """Take the session's lock and read its state; UploadUnknown, or UploadConflict when busy."""
@@ -222,7 +228,7 @@ class S3UploadStore:
 
     async def _locked(self, session_id: str) -> tuple[_State, str]:
         """``_acquire`` in a thread; if the caller is cancelled meanwhile, a lock it got is released."""
-        future = asyncio.ensure_future(asyncio.to_thread(self._acquire, session_id))
+        future = asyncio.ensure_future(self.client.run(self._acquire, session_id))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -230,7 +236,7 @@ class S3UploadStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([future])
             if not future.cancelled() and future.exception() is None:
-                await _until_done(self._release, session_id, future.result()[1])
+                await _until_done(self.client.run, self._release, session_id, future.result()[1])
             raise
 
     def _refresh(self, session_id: str, token: str) -> None:
@@ -257,7 +263,7 @@ class S3UploadStore:
                 )
             tail = b""
             if state.tail is not None:
-                found = await asyncio.to_thread(self._get, state.tail)
+                found = await self.client.run(self._get, state.tail)
                 if found is None or len(found) != state.tail_size:
                     raise StoreError(f"upload session {session_id!r}: its tail object {state.tail} is missing")
                 tail = found
@@ -265,6 +271,7 @@ class S3UploadStore:
                 ResumableSha256.load(base64.b64decode(state.sha256)), state.upload_id, state.parts, tail,
                 lambda: self._start_multipart(session_id),
                 lambda upload_id, number, data: self._upload_part(session_id, upload_id, number, data),
+                self.client.run,
             )
             try:
                 async for chunk in chunks:
@@ -285,11 +292,11 @@ class S3UploadStore:
                 tail_size=len(rest),
                 sha256=base64.b64encode(writer.hasher.save()).decode(),
             )
-            await asyncio.to_thread(self._save, session_id, state, new, rest)
+            await self.client.run(self._save, session_id, state, new, rest)
             return new.size
         finally:
             keeper.cancel()
-            await _until_done(self._end_append, session_id, token, created)
+            await _until_done(self.client.run, self._end_append, session_id, token, created)
 
     def _save(self, session_id: str, old: _State, new: _State, tail: bytes) -> None:
         if new.tail is not None:
@@ -337,14 +344,14 @@ class S3UploadStore:
                         f"upload {session_id}: the {state.size} bytes received hash to sha256:{actual}, "
                         f"not {expected}"
                     )
-            await asyncio.to_thread(self._publish, session_id, state, expected)
+            await self.client.run(self._publish, session_id, state, expected)
             # the session ends while we hold its lock: a request that takes the lock next finds no state
-            await asyncio.to_thread(self.client.s3.delete_object, Bucket=self.location.bucket,
+            await self.client.run(self.client.s3.delete_object, Bucket=self.location.bucket,
                                     Key=self._key(session_id, "state"))
         finally:
             keeper.cancel()
-            await _until_done(self._release, session_id, token)
-        await asyncio.to_thread(self.discard, session_id)
+            await _until_done(self.client.run, self._release, session_id, token)
+        await self.client.run(self.discard, session_id)
         return state.size
 
     def _publish(self, session_id: str, state: _State, expected: Digest) -> None:
@@ -418,10 +425,10 @@ class S3UploadStore:
             raise
 
 
-async def _until_done(function: Any, *args: Any) -> None:
-    """Run ``function`` in a thread and return only once it ended, even when cancelled meanwhile (the
-    lock must be released before the caller's next request on the session can take it)."""
-    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+async def _until_done(run: Callable[..., Awaitable[Any]], function: Any, *args: Any) -> None:
+    """Run ``function`` in a thread (``run``) and return only once it ended, even when cancelled meanwhile
+    (the lock must be released before the caller's next request on the session can take it)."""
+    future = asyncio.ensure_future(run(function, *args))
     try:
         await asyncio.shield(future)
     except asyncio.CancelledError:
