@@ -264,7 +264,7 @@ def table(results: dict[str, dict[str, dict[str, Figure]]]) -> str:
             theirs = builders.get("buildah", {}).get(case)
             ref = BUILDKIT.get(project, {}).get(case)
             ratio = "-" if ours is None or ours.seconds is None or ref is None else f"{ours.seconds / ref:.2f}x"
-            check = ours.note if ours is not None and ours.seconds is not None else ""
+            check = ours.note if case == "warm" and ours is not None and ours.seconds is not None else ""
             lines.append(f"| {project} | {case} | {_cell(ours)} | {_cell(theirs)} | "
                          f"{'-' if ref is None else f'{ref:.2f} s'} | {ratio} | {check} |")
     return "\n".join(lines)
