@@ -5,12 +5,14 @@ directories before their children, and the entries are grouped into packs by the
 content-defined chunking does with bytes: a pack ends after an entry whose name hashes to a boundary
 (1 in :data:`BOUNDARY`) once it holds :data:`MIN_PACK` bytes, and always at :data:`MAX_PACK`; a file of
 ``MAX_PACK`` or more is a pack of its own. Adding, changing or removing a file therefore changes the
-pack it falls in (and at most the next one, where a boundary moves), while every other pack keeps its
-bytes and its digest, so the exporter finds it already at the cache (``HEAD``) and uploads nothing.
+pack it falls in (and, when a size cut moves, the following ones up to the next name boundary), while
+every other pack keeps its bytes and its digest, so the exporter finds it already at the cache (``HEAD``)
+and uploads nothing.
 
 Each pack is a deterministic tar: POSIX ustar headers (PAX records only for what ustar cannot hold),
-numeric owners with empty user/group names, integer file times, directory times zeroed (a cache tool
-never reads them, and a new file would otherwise change its directory's pack), modes masked with
+numeric owners with empty user/group names, the cache directory itself first (``./``: its owner and
+mode), integer file times, directory times zeroed (a cache tool never reads them, and a new file would
+otherwise change its directory's pack), modes masked with
 ``0o755`` (what the importing side's safe extraction, Python's ``tar`` filter, keeps: so an imported
 cache re-exports to the same bytes), two zero blocks at the end. Regular files, directories, symbolic
 links and hard links within a pack are kept; sockets, devices, FIFOs and extended attributes are not
@@ -33,9 +35,12 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from lamina.oci import Digest
+
+if TYPE_CHECKING:
+    from lamina.build.worker.compression import Compressor
 
 __all__ = [
     "BOUNDARY",
@@ -82,8 +87,9 @@ class Entry:
 
 
 def walk(root: Path) -> list[Entry]:
-    """The entries under ``root`` in tar order (byte order, a directory before its children)."""
-    out: list[Entry] = []
+    """``root`` itself (``./``: the cache directory's owner and mode) and the entries under it, in tar order
+    (byte order, a directory before its children)."""
+    out: list[Entry] = [Entry("./", "dir", 0, os.lstat(root))]
 
     def visit(directory: str, prefix: str) -> None:
         with os.scandir(directory) as it:
@@ -198,7 +204,7 @@ class _Sink:
         self.hash = hashlib.sha256()
         self.size = 0
         self.out = out
-        self.compressor = None
+        self.compressor: Compressor | None = None
         if out is not None:
             from lamina.build.worker.compression import new_compressor  # zstd: only when a pack is written
 
