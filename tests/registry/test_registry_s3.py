@@ -218,3 +218,48 @@ def test_fsck_refuses_a_registry_with_s3_blobs(tmp_path: Path, capsys: pytest.Ca
     assert fsck_command(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "keeps them in S3" in err and "s3://bucket/prefix" in err
+
+
+def test_a_replica_killed_mid_patch_loses_nothing_committed(
+    tmp_path_factory: pytest.TempPathFactory, ceph_rgw: CephRgw
+) -> None:
+    """Replica A takes a first PATCH, then dies by SIGKILL while a second one streams in: the session
+    still holds exactly the first chunk, and replica B continues it at once (the dead worker's lock is
+    taken over: its process is gone from this host) and finishes the blob."""
+    import http.client
+    import signal
+    import time
+
+    workdir = tmp_path_factory.mktemp("s3-kill")
+    pair = _start_replicas(workdir, s3_url(ceph_rgw, workdir))
+    a, b = next(pair)
+    try:
+        data = os.urandom(20 * MiB + 5)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        cut = 9 * MiB + 1
+        location = requests.post(f"{a.url}/v2/s3/killed/blobs/uploads/", timeout=10).headers["Location"]
+        first = requests.patch(a.url + location, data=data[:cut], timeout=60,
+                               headers={"Content-Type": "application/octet-stream", "Content-Range": f"0-{cut - 1}"})
+        assert first.status_code == 202
+        conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+        conn.putrequest("PATCH", location)
+        conn.putheader("Content-Type", "application/octet-stream")
+        conn.putheader("Content-Length", str(len(data) - cut))
+        conn.putheader("Content-Range", f"{cut}-{len(data) - 1}")
+        conn.endheaders()
+        conn.send(data[cut : cut + 10 * MiB])  # more than a part: S3 has some of it already
+        time.sleep(1.0)
+        assert a.process is not None
+        os.killpg(a.process.pid, signal.SIGKILL)
+        a.process.wait(10)
+        conn.close()
+        status = requests.get(b.url + location, timeout=10)
+        assert status.status_code == 204 and status.headers["Range"] == f"0-{cut - 1}"
+        resumed = requests.patch(b.url + location, data=data[cut:], timeout=60,
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Content-Range": f"{cut}-{len(data) - 1}"})
+        assert resumed.status_code == 202, resumed.text
+        assert requests.put(f"{b.url}{location}?digest={digest}", timeout=60).status_code == 201
+        assert requests.get(f"{b.url}/v2/s3/killed/blobs/{digest}", timeout=60).content == data
+    finally:
+        pair.close()

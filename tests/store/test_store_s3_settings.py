@@ -1,5 +1,6 @@
-"""The ``blobs = "s3://..."`` setting: parsed once at start, every mistake one line naming it; and the
-resumable SHA-256 that carries a chunked upload's digest from one replica to the next."""
+"""The ``blobs = "s3://..."`` setting: parsed once at start, every mistake one line naming it; the
+resumable SHA-256 that carries a chunked upload's digest from one replica to the next; and when an S3
+session's lock may be taken over."""
 
 from __future__ import annotations
 
@@ -55,3 +56,26 @@ def test_resumable_sha256_matches_hashlib_across_a_save() -> None:
     assert first.hexdigest() == hashlib.sha256(data[:100_001]).hexdigest()  # digest() leaves the state usable
     with pytest.raises(StateError):
         ResumableSha256.load(b"\x02" + first.save()[1:])
+
+
+def test_an_s3_session_lock_is_taken_over_only_from_the_dead_or_the_silent() -> None:
+    import json
+    import subprocess
+
+    from lamina.store.s3lock import lock_body, may_take_over
+
+    mine = lock_body("token")
+    assert not may_take_over(mine, stale_seconds=30)  # this process holds it, refreshed just now
+    assert may_take_over(mine, stale_seconds=-1)  # not refreshed for longer than allowed
+    child = subprocess.Popen(["true"])
+    child.wait()  # exited and reaped: its pid names no process of this host now
+    assert may_take_over(json.dumps(json.loads(mine) | {"pid": child.pid}).encode(), stale_seconds=30)
+    alive = subprocess.Popen(["sleep", "30"])
+    try:  # a live process whose start time differs from the holder's: the pid was reused
+        assert may_take_over(json.dumps(json.loads(mine) | {"pid": alive.pid}).encode(), stale_seconds=30)
+    finally:
+        alive.kill()
+        alive.wait()
+    elsewhere = json.loads(mine) | {"host": "another-boot/pid:[1]", "pid": 1}
+    assert not may_take_over(json.dumps(elsewhere).encode(), stale_seconds=30)  # cannot tell: wait it out
+    assert may_take_over(b"not json", stale_seconds=30)

@@ -14,7 +14,8 @@ each request to a different registry process:
   that appends or commits; a second concurrent request gets :class:`UploadConflict` (HTTP 416) at once,
   as with the filesystem store's flock. The holder rewrites it every :data:`LOCK_REFRESH_SECONDS` while
   it works (a background task, whether or not bytes arrive); a lock not rewritten for
-  :data:`LOCK_STALE_SECONDS` belonged to a process that died (SIGKILL, a lost host) and is taken over;
+  :data:`LOCK_STALE_SECONDS` belonged to a process that died (SIGKILL, a lost host) and is taken over,
+  at once when that process ran on this host and is gone (:mod:`.s3lock`);
 - ``data``: the multipart upload's key; completed at commit, then copied to ``blobs/<alg>/<hex>``.
 
 An append is all-or-nothing: ``state`` is rewritten only after every part and the new tail are stored,
@@ -34,7 +35,6 @@ import base64
 import contextlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -47,6 +47,7 @@ from .paths import check_session_id
 from .s3blobs import S3BlobStore
 from .s3client import S3Client, content_md5, is_missing, is_precondition_failed
 from .s3hash import ResumableSha256
+from .s3lock import lock_body, may_take_over
 from .s3parts import PartWriter
 
 __all__ = ["LOCK_REFRESH_SECONDS", "LOCK_STALE_SECONDS", "S3UploadStore", "open_s3"]
@@ -181,11 +182,7 @@ class S3UploadStore:
     # -- the lock ---------------------------------------------------------------------------------
 
     def _stale(self, lock: bytes) -> bool:
-        try:
-            at = float(json.loads(lock)["at"])
-        except (ValueError, KeyError, TypeError):
-            return True
-        return at < time.time() - self.lock_stale_seconds
+        return may_take_over(lock, self.lock_stale_seconds)
 
     async def _keep_lock(self, session_id: str, token: str) -> None:
         """Rewrite the lock every ``lock_refresh_seconds`` until cancelled (the append or commit ended)."""
@@ -205,7 +202,7 @@ class S3UploadStore:
         token = uuid.uuid4().hex
         for _ in range(2):
             try:
-                self._put(lock_key, json.dumps({"owner": token, "at": time.time()}).encode(), create_only=True)
+                self._put(lock_key, lock_body(token), create_only=True)
                 break
             except Exception as exc:
                 if not is_precondition_failed(exc):
@@ -240,7 +237,7 @@ class S3UploadStore:
             raise
 
     def _refresh(self, session_id: str, token: str) -> None:
-        self._put(self._key(session_id, "lock"), json.dumps({"owner": token, "at": time.time()}).encode())
+        self._put(self._key(session_id, "lock"), lock_body(token))
 
     def _release(self, session_id: str, token: str) -> None:
         key = self._key(session_id, "lock")
