@@ -139,3 +139,28 @@ def test_exclude_follows_dockerignore_rules_relative_to_each_source(ctx: Path, r
     assert set(_tree(rootfs / "ex2")) == {"a", "a/x.txt", "a/y.log", "b", "b/z.txt"}
     assert "a/y.log" not in _tree(rootfs / "ex3") and "b/deep/w.txt" in _tree(rootfs / "ex3")
     assert _tree(rootfs / "ex4") == {"b": "d0755", "b/deep": "d0755", "b/z.txt": "f0644"}
+
+
+def test_parents_patterns_cross_directories_and_keep_source_dir_modes(ctx: Path, rootfs: Path) -> None:
+    (ctx / "src/b/deep").chmod(0o750)
+    copy(ctx, rootfs, "src/**/*.txt", dest="/all/", parents=True)  # patternmatcher's ** spans directories
+    copy(ctx, rootfs, "./src/./**/w.txt", dest="/pivot/", parents=True)
+    copy(ctx, rootfs, "src/b/deep/w.txt", dest="/modes/", parents=True, chmod="640")
+    assert set(_tree(rootfs / "all")) == {"src", "src/a", "src/a/x.txt", "src/b", "src/b/z.txt", "src/b/deep",
+                                          "src/b/deep/w.txt"}
+    assert _tree(rootfs / "all")["src/b/deep"] == "d0750"  # the directories above a match are the source's
+    assert _tree(rootfs / "pivot") == {"b": "d0755", "b/deep": "d0750", "b/deep/w.txt": "f0644"}
+    assert _tree(rootfs / "modes") == {"src": "d0640", "src/b": "d0640", "src/b/deep": "d0640",
+                                       "src/b/deep/w.txt": "f0640"}
+
+
+def test_parents_checksum_follows_what_is_copied(ctx: Path) -> None:
+    from lamina.build.context import SourceTree
+    from lamina.build.filecopy import copy_checksum
+
+    step = CopyStep(sources=("src/**/*.txt",), dest="/all/", parents=True)
+    before = copy_checksum(step, SourceTree(ctx))
+    (ctx / "src/a/y.log").write_text("not selected")
+    assert copy_checksum(step, SourceTree(ctx)) == before
+    (ctx / "src/b/deep/w.txt").write_text("changed")
+    assert copy_checksum(step, SourceTree(ctx)) != before

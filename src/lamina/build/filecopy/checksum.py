@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 
 from lamina.build.context import ContextError, SourceTree
 from lamina.build.dockerignore import PatternMatcher
 from lamina.build.filecopy.fetch import Downloads, is_url
 from lamina.build.filecopy.git import parse_git_source
+from lamina.build.filecopy.parents import copy_root, select_parents
 from lamina.build.filecopy.rootfs import CopyError
 from lamina.build.ops import CopyStep
 
@@ -77,6 +79,8 @@ def _hash_sources(
                 assert downloads is not None
                 got = downloads.get(source, checksum=checksum)
                 h.update(b"url %s %s\0" % (os.fsencode(got.filename), got.digest.encode()))
+            elif step.parents:
+                _hash_parents(context, source, exclude, owners, h)
             else:
                 digest = context.checksum([source], exclude=exclude or (), owners=owners)
                 h.update(b"path %s\0" % digest.encode())
@@ -84,3 +88,23 @@ def _hash_sources(
         raise
     except ContextError as exc:
         raise CopyError(f"{instruction} failed: {exc}") from None
+
+
+def _hash_parents(
+    context: SourceTree, source: str, exclude: PatternMatcher | None, owners: bool, h: hashlib._Hash
+) -> None:
+    """``COPY --parents``: each match's path below the copy root, its content, and the modes of the
+    directories above it (which the copy reproduces)."""
+    root = copy_root(context, source)
+    items = select_parents(context, source, exclude)
+    h.update(b"parents %d\0" % len(items))
+    for item in items:
+        parts = item.rel.split("/")[:-1]
+        for depth in range(len(parts)):
+            above = context.lookup("/".join(p for p in (root.path, *parts[: depth + 1]) if p))
+            if above is not None:
+                owner = b" %d:%d" % (above.st.st_uid, above.st.st_gid) if owners else b""
+                h.update(b"above %s %o%s\0" % (os.fsencode("/".join(parts[: depth + 1])),
+                                                stat.S_IMODE(above.st.st_mode), owner))
+        matched = context.checksum(["/" + item.entry.path], exclude=exclude or (), owners=owners)
+        h.update(b"match %s %s\0" % (os.fsencode(item.rel), matched.encode()))

@@ -5,7 +5,7 @@
 - Several sources (or a wildcard matching several) need a destination ending in '/'.
 - Missing destination directories are created 0755 (an octal ``--chmod``'s mode instead, as BuildKit
   v0.32 does), owned by the ``--chown`` owner or root. ``--chmod`` may be symbolic (:mod:`.modes`).
-- ``COPY --parents`` puts each source at DEST/<its path> (:func:`parents_path`).
+- ``COPY --parents`` puts each match at DEST/<its path> (:mod:`.parents`).
 - Copied files and directories keep their permission bits (``--chmod`` replaces them) and mtimes;
   symlinks stay symlinks; hard links inside one copy stay hard links. Owners are 0:0 for context files,
   kept for ``--from`` sources (as BuildKit does), and the ``--chown`` owner when given.
@@ -31,17 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.build import gopath
-from lamina.build.context import ContextError, Entry, Selected, SourceTree, split_wildcards
+from lamina.build.context import ContextError, Entry, Selected, SourceTree
 from lamina.build.dockerignore import PatternMatcher
 from lamina.build.filecopy.checksum import checksum_of, exclude_of
 from lamina.build.filecopy.fetch import Download, Downloads, is_url
 from lamina.build.filecopy.git import parse_git_source
 from lamina.build.filecopy.modes import Chmod, ChmodError
 from lamina.build.filecopy.modes import parse_chmod as parse_modes
+from lamina.build.filecopy.parents import copy_root, select_parents
 from lamina.build.filecopy.rootfs import DIR_FLAGS, NEW_FILE_FLAGS, CopyError, RootFS, write_all
 from lamina.build.ops import CopyStep
 
-__all__ = ["OwnerResolver", "apply_copy", "parents_path", "parse_chmod"]
+__all__ = ["OwnerResolver", "apply_copy", "parse_chmod"]
 
 OwnerResolver = Callable[[str], tuple[int, int]]
 _CHUNK = 1 << 20
@@ -56,23 +57,6 @@ def parse_chmod(value: str | None) -> Chmod | None:
         return parse_modes(value)
     except ChmodError as exc:
         raise CopyError(str(exc)) from None
-
-
-def parents_path(item: Selected) -> str:
-    """Where ``COPY --parents`` puts a selected item below the destination: its source path as written,
-    cleaned, and only the part after ``/./`` when the source has that pivot (``./src/./b`` -> ``b``); a
-    wildcard match keeps the non-wildcard prefix plus the matched path (``src/*/*.txt`` -> ``src/a/x.txt``)."""
-    source = item.source
-    while source.startswith("./"):
-        source = source[2:]
-    source = "/" + source
-    if "/./" in source:
-        source = "/" + source.split("/./", 1)[1]
-    prefix, pattern = split_wildcards(source)
-    kept = gopath.clean(prefix).lstrip("/")
-    if pattern:
-        kept = posixpath.join(kept, item.rel) if kept else item.rel
-    return kept
 
 
 def _numeric_owner(spec: str) -> tuple[int, int]:
@@ -151,6 +135,7 @@ class _Copier:
         self.chown = self._resolve_chown(step.chown)
         self.links: dict[tuple[int, int], tuple[str, str]] = {}
         self.created: list[str] = []  # directories this copy created (root-relative), parents first
+        self.copied_parents: list[tuple[str, Entry]] = []  # --parents: directories made after a source's
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -196,7 +181,10 @@ class _Copier:
                 items.extend(self.source.select("."))  # the tree's contents go into the destination
                 continue
             try:
-                selected = self._tree().select(src, exclude=self.exclude)
+                if self.step.parents:
+                    selected = select_parents(self._tree(), src, self.exclude)
+                else:
+                    selected = self._tree().select(src, exclude=self.exclude)
             except ContextError as exc:
                 raise CopyError(f"{self.instr} failed: {exc}") from None
             several = several or len(selected) > 1
@@ -238,6 +226,9 @@ class _Copier:
                 self._copy_with_parents(item, dest_rel)
             else:
                 self._copy_item(item, dest_rel)
+        for rel, entry in reversed(self.copied_parents):  # --parents: the source's directories, deepest first
+            with self.root.dir(rel) as fd:
+                self._meta(fd, entry)
         if self.chmod is not None and self.chmod.octal is not None:
             for rel in reversed(self.created):  # fsutil: created directories take an octal --chmod, deepest first
                 self.root.chmod_dir(rel, self.chmod.octal)
@@ -249,13 +240,22 @@ class _Copier:
         self.created.extend(self.root.mkdir_all(rel, owner=owner))
 
     def _copy_with_parents(self, item: Selected, dest_rel: str) -> None:
-        """``COPY --parents``: the item lands at DEST/<its source path>, the part after a ``/./`` pivot only."""
-        kept = parents_path(item)
-        sub = posixpath.dirname(kept)
-        where = posixpath.join(dest_rel, sub) if sub else dest_rel
-        self._mkdir_all(where)
+        """``COPY --parents``: the item lands at DEST/<its path below the copy root> (:mod:`.parents`); the
+        directories above it that DEST lacks are copied from the source's (mode, owner, ``--chmod``)."""
+        tree = self._tree()
+        root = copy_root(tree, item.source)
+        parts = item.rel.split("/") if item.rel else []
+        where = dest_rel
+        for depth, part in enumerate(parts[:-1]):
+            source_dir = tree.lookup("/".join(p for p in (root.path, *parts[: depth + 1]) if p))
+            with self.root.dir(where) as dfd:
+                if self.root.clear_for(dfd, part, is_dir=True, where=self.root.display(f"{where}/{part}")) is None:
+                    os.mkdir(part, 0o755, dir_fd=dfd)
+                    if source_dir is not None:  # its metadata once its children are in (see run)
+                        self.copied_parents.append((posixpath.join(where, part) if where else part, source_dir))
+            where = posixpath.join(where, part) if where else part
         if item.entry.is_dir:
-            target = posixpath.join(dest_rel, kept) if kept else dest_rel
+            target = posixpath.join(where, parts[-1]) if parts else where
             self._mkdir_all(target)
             self._copy_tree(item, target)
         else:
