@@ -16,7 +16,7 @@ otherwise change its directory's pack), modes masked with
 ``0o755`` (what the importing side's safe extraction, Python's ``tar`` filter, keeps: so an imported
 cache re-exports to the same bytes), two zero blocks at the end. Regular files, directories, symbolic
 links and hard links within a pack are kept; sockets, devices, FIFOs and extended attributes are not
-(nothing a cache directory needs). A pack is stored zstd-compressed (``.tar+zstd``); its diffID (the
+(nothing a cache directory needs). A pack is stored zstd-compressed (``.tar+zstd``, level 1); its diffID (the
 sha256 of the tar) names it before it is compressed, so a pack the cache already holds is never
 compressed again.
 
@@ -62,6 +62,7 @@ PACK_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 MIN_PACK = 2 * 1024**2  # a pack ends at a name boundary only once it holds this much
 MAX_PACK = 8 * 1024**2  # and always here; a file this large is a pack of its own
 BOUNDARY = 16  # one name in 16 is a boundary
+LEVEL = 1  # zstd level: about 2.5x level 3's speed here for 4% more bytes (apt and pip caches, measured)
 _BLOCK = 512
 _TRAILER = 2 * _BLOCK
 _CHUNK = 1 << 20
@@ -208,7 +209,7 @@ class _Sink:
         if out is not None:
             from lamina.build.worker.compression import new_compressor  # zstd: only when a pack is written
 
-            self.compressor = new_compressor("zstd")
+            self.compressor = new_compressor("zstd", LEVEL)
 
     def write(self, data: bytes) -> int:
         self.hash.update(data)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -64,6 +65,7 @@ MOUNT_ID = "dev.lamina.cachemount.id"
 MOUNT_KEY = "dev.lamina.cachemount.key"
 MOUNT_PART = "dev.lamina.cachemount.part"
 MOUNT_EXPORTED = "dev.lamina.cachemount.exported"
+_WORKERS = 2  # packs hashed / compressed at once
 
 
 class Reporter(Protocol):
@@ -162,7 +164,7 @@ class _Packed:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 1024**2:.1f}MiB"
+    return f"{n / 1024**2:.1f}MiB" if n >= 1024**2 else f"{n / 1024:.1f}KiB"
 
 
 class CacheMountSync:
@@ -274,9 +276,10 @@ class CacheMountSync:
         return known
 
     def _pack(self, store: CacheMountStore, key: str, cache_id: str, limit: int) -> _Packed | None:
-        """Split the most recently used instance of ``key`` into packs (blocking: run in a thread)."""
+        """Split the most recently used instance of ``key`` into packs (blocking: run in a thread); the packs
+        are hashed and, when new, compressed by two threads (zstd and sha256 release the GIL)."""
         from lamina.build.cache.base import utc_now
-        from lamina.build.cache.mountpack import PACK_MEDIA_TYPE, diff_id, plan_packs, walk
+        from lamina.build.cache.mountpack import PACK_MEDIA_TYPE, plan_packs, walk
 
         entries = [entry for entry in store.entries() if entry.key == key]
         if not entries:
@@ -289,29 +292,39 @@ class CacheMountSync:
             files = sum(item.size for item in items)
             if files > limit:
                 return _Packed(cache_id, key, files)
-            packs = plan_packs(items) or [[]]
-            refs, descriptors, new = [], [], 0
-            for index, pack in enumerate(packs):
-                diff = diff_id(root, pack)
-                ref = known.get(diff)
-                if ref is None or ref.source is None:
-                    ref = self._write(root, pack, diff)
-                    new += 1
-                notes = {UNCOMPRESSED_ANNOTATION: str(diff), MOUNT_ID: cache_id, MOUNT_KEY: key,
-                         MOUNT_PART: f"{index}/{len(packs)}", MOUNT_EXPORTED: exported}
-                refs.append(ref)
-                descriptors.append(Descriptor(PACK_MEDIA_TYPE, ref.descriptor.digest, ref.descriptor.size,
-                                              annotations=notes))
-        return _Packed(cache_id, key, files, tuple(refs), tuple(descriptors), new)
+            packs = plan_packs(items)
+            with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="cachemount-pack") as pool:
+                done = list(pool.map(lambda pack: self._one(root, pack, known), packs))
+        descriptors = []
+        for index, (ref, _) in enumerate(done):
+            notes = {UNCOMPRESSED_ANNOTATION: str(ref.diff_id), MOUNT_ID: cache_id, MOUNT_KEY: key,
+                     MOUNT_PART: f"{index}/{len(done)}", MOUNT_EXPORTED: exported}
+            descriptors.append(Descriptor(PACK_MEDIA_TYPE, ref.descriptor.digest, ref.descriptor.size,
+                                          annotations=notes))
+        return _Packed(cache_id, key, files, tuple(ref for ref, _ in done), tuple(descriptors),
+                       sum(1 for _, new in done if new))
 
-    def _write(self, root: Path, pack: Sequence[Entry], diff: Digest) -> LayerRef:
+    def _one(self, root: Path, pack: Sequence[Entry], known: Mapping[Digest, LayerRef]) -> tuple[LayerRef, bool]:
+        """A pack's blob: one a ``--cache-from`` lists with the same tar digest (found by hashing only), else
+        written now (hashed and compressed in one pass); True when written."""
+        from lamina.build.cache.mountpack import diff_id
+
+        expected = None
+        if known:
+            expected = diff_id(root, pack)
+            ref = known.get(expected)
+            if ref is not None:
+                return ref, False
+        return self._write(root, pack, expected), True
+
+    def _write(self, root: Path, pack: Sequence[Entry], expected: Digest | None) -> LayerRef:
         """Compress a pack into the content store; its LayerRef (source None: the local store has it)."""
         from lamina.build.cache.mountpack import PACK_MEDIA_TYPE, compress_pack
 
         with self.content.writer() as blob:
-            written = compress_pack(root, pack, blob)
-            if written != diff:
-                raise OSError(f"a file under the cache changed while it was packed ({written} != {diff})")
+            diff = compress_pack(root, pack, blob)
+            if expected is not None and diff != expected:
+                raise OSError(f"a file under the cache changed while it was packed ({diff} != {expected})")
             size = blob.size
             digest = blob.commit()
         return LayerRef(Descriptor(PACK_MEDIA_TYPE, digest, size), diff, None, None)
