@@ -98,12 +98,7 @@ def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> N
     app.middlewares.insert(0, timing_middleware)
     app.on_response_prepare.append(response_hook(ops.access_log))
     if ops.auth is not None:
-        app[AUTH] = AuthService(ops.auth, config.root.absolute())
-
-        async def close_auth(app: web.Application) -> None:
-            app[AUTH].close()
-
-        app.on_cleanup.append(close_auth)
+        app[AUTH] = AuthService(ops.auth, config.root.absolute(), failures=lambda: app[STORAGE].metadata)
         app.middlewares.append(auth_middleware)
         app.router.add_get("/token", token_endpoint, allow_head=False)
         app.router.add_post("/token", token_endpoint)

@@ -27,7 +27,12 @@ MIGRATION_LOCK_KEY = 0x6C616D696E610001  # "lamina" + 1: the advisory lock migra
 
 
 def _initial() -> list[str]:
-    tables, indexes = ddl(POSTGRESQL)
+    tables, indexes = ddl(POSTGRESQL, exclude=("login_failures",))
+    return [*tables, *indexes]
+
+
+def _login_failures() -> list[str]:
+    tables, indexes = ddl(POSTGRESQL, only=("login_failures",))
     return [*tables, *indexes]
 
 
@@ -35,6 +40,7 @@ def _initial() -> list[str]:
 MIGRATIONS: list[tuple[int, str, Callable[[], list[str]]]] = [
     (1, "tables and indexes of lamina metadata schema 2 (repositories, links, manifests, tags, uploads, checks)",
      _initial),
+    (2, "login_failures: failed-login counters shared by replicas (were a file per host)", _login_failures),
 ]
 
 _SQL = migration_statements()

@@ -33,7 +33,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,8 +42,10 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .base import StoreError
+from .leases import Lease, postgres_lease
 from .migrations import migrate
 from .sqlcore import Gate
+from .sqllogins import LoginQueries
 from .sqlmaintenance import MaintenanceQueries
 from .sqlrequests import RequestQueries
 from .statements import POSTGRESQL, SNAPSHOT_ISOLATION, Compiled, advisory_locks, compile_statements
@@ -77,7 +79,7 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresMetadataStore(RequestQueries, MaintenanceQueries):
+class PostgresMetadataStore(RequestQueries, MaintenanceQueries, LoginQueries):
     """Every metadata role (:class:`lamina.store.roles.MetadataStore`) over one PostgreSQL database,
     shared by every worker process and every replica."""
 
@@ -108,6 +110,10 @@ class PostgresMetadataStore(RequestQueries, MaintenanceQueries):
 
     def describe(self) -> str:
         return _redact(self.url)
+
+    def maintenance_lease(self, job: str) -> AbstractContextManager[Lease]:
+        """A session advisory lock on a connection of its own (:mod:`.leases`): one job across replicas."""
+        return postgres_lease(self.url, job, describe=self.describe(), connect_timeout=self.connect_timeout)
 
     # -- connections --------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from typing import Protocol
 from lamina.oci import Digest
 
 from .base import ManifestRecord, ManifestReference, ReferrerRecord, TagCondition, UploadLimits, UploadSession
-from .views import Garbage, ManifestInfo, RepositoryInfo, Snapshot
+from .leases import Lease
+from .views import Garbage, LoginRow, LoginTrim, ManifestInfo, RepositoryInfo, Snapshot
 
 __all__ = [
     "BlobLinks",
@@ -29,6 +30,8 @@ __all__ = [
     "Health",
     "Inventory",
     "Lifecycle",
+    "LoginFailures",
+    "MaintenanceLeases",
     "ManifestsAndTags",
     "MetadataStore",
     "Referrers",
@@ -195,6 +198,32 @@ class Repairs(Protocol):
         ...
 
 
+class MaintenanceLeases(Protocol):
+    """Once-at-a-time maintenance across every process of the registry (:mod:`lamina.store.leases`)."""
+
+    def maintenance_lease(self, job: str) -> AbstractContextManager[Lease]:
+        """Try to take the lease of ``job`` (gc, lifecycle, uploads) without waiting; the yielded lease's
+        ``held`` says whether this process got it. Released when the block ends."""
+        ...
+
+
+class LoginFailures(Protocol):
+    """Failed-login counters shared by every worker and replica (lamina.registry.auth.limits)."""
+
+    def login_locked_until(self, keys: Sequence[str]) -> float:
+        """The latest ``locked_until`` of these keys (0.0: none recorded)."""
+        ...
+
+    def record_login_failures(
+        self, keys: Sequence[str], change: Callable[[str, LoginRow | None], LoginRow], trim: LoginTrim
+    ) -> None:
+        """For each key, ``change(key, current)`` gives its new row, all under the keys' locks in one write
+        transaction; then the table is bounded by ``trim``."""
+        ...
+
+    def login_failures_tracked(self) -> int: ...
+
+
 class MetadataStore(
     BlobLinks,
     Repositories,
@@ -207,6 +236,8 @@ class MetadataStore(
     Health,
     VerificationRecords,
     Repairs,
+    MaintenanceLeases,
+    LoginFailures,
     Protocol,
 ):
     """Every role: what a backend implements, and what :class:`lamina.store.Storage` holds."""

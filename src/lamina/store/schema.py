@@ -67,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "blob_checks",
     "blob_links",
+    "login_failures",
     "manifest_refs",
     "manifests",
     "metadata",
@@ -172,6 +173,19 @@ upload_sessions = Table(
     Index("ix_upload_sessions_updated", "updated_at"),
     Index("ix_upload_sessions_repository", "repository", "updated_at"),
     Index("ix_upload_sessions_user", "user", "updated_at"),
+)
+
+login_failures = Table(  # failed logins (lamina.registry.auth.limits); a table added in place, like blob_checks
+    "login_failures",
+    metadata,
+    Column("key", String(64), primary_key=True),  # SHA-256 hex of "user\0address" or "\0address"
+    Column("failures", Integer, nullable=False),  # counted in the current window
+    Column("window_start", Float, nullable=False),
+    Column("locked_until", Float, nullable=False),
+    Column("strikes", Integer, nullable=False),  # lockouts so far: the backoff's exponent
+    Column("last_failure", Float, nullable=False),
+    Index("ix_login_failures_last", "last_failure"),
+    sqlite_with_rowid=False,
 )
 
 blob_checks = Table(  # a table added in place (CREATE IF NOT EXISTS): no schema version change needed

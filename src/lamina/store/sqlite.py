@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .base import StoreError
+from .leases import Lease, file_lease
 from .schema import SCHEMA_VERSION
 from .sqlcore import Gate
+from .sqllogins import LoginQueries
 from .sqlmaintenance import MaintenanceQueries
 from .sqlrequests import RequestQueries
 from .statements import SQLITE, Compiled, compile_statements, ddl
@@ -72,7 +74,7 @@ def switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
         delay = min(delay * 2, 0.1)
 
 
-class SqliteMetadataStore(RequestQueries, MaintenanceQueries):
+class SqliteMetadataStore(RequestQueries, MaintenanceQueries, LoginQueries):
     """Every metadata role (:class:`lamina.store.roles.MetadataStore`) over one SQLite file shared by
     every worker process."""
 
@@ -134,6 +136,10 @@ class SqliteMetadataStore(RequestQueries, MaintenanceQueries):
 
     def describe(self) -> str:
         return str(self.path)
+
+    def maintenance_lease(self, job: str) -> contextlib.AbstractContextManager[Lease]:
+        """A flock on ``<job>.lock`` beside the database (:mod:`.leases`): one host, one registry."""
+        return file_lease(self.path.parent, job)
 
     def _fetch(self, query: Compiled, **values: Any) -> list[Any]:
         """Run one read statement (atomic on its own: no BEGIN needed) and return its rows."""

@@ -49,6 +49,7 @@ from sqlalchemy.sql import ClauseElement
 from .schema import (
     blob_checks,
     blob_links,
+    login_failures,
     manifest_refs,
     manifests,
     metadata,
@@ -101,15 +102,17 @@ SQLITE: Dialect = sqlite.dialect()  # qmark
 POSTGRESQL: Dialect = postgresql.psycopg.dialect(paramstyle="pyformat")
 
 
-def ddl(dialect: Dialect) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """CREATE TABLE and CREATE INDEX (IF NOT EXISTS) for every table, in dependency order. Migrations
-    run between the two (an index may name a column an older database gets only from its migration)."""
-    tables = tuple(
-        str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)) for table in metadata.sorted_tables
-    )
+def ddl(
+    dialect: Dialect, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """CREATE TABLE and CREATE INDEX (IF NOT EXISTS) for every table (or the ``only`` ones, less the
+    ``exclude`` ones), in dependency order. Migrations run between the two (an index may name a column
+    an older database gets only from its migration)."""
+    chosen = [t for t in metadata.sorted_tables if (only is None or t.name in only) and t.name not in exclude]
+    tables = tuple(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)) for table in chosen)
     indexes = tuple(
         str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
-        for table in metadata.sorted_tables
+        for table in chosen
         for index in sorted(table.indexes, key=lambda i: str(i.name))
     )
     return tables, indexes
@@ -185,6 +188,13 @@ class Statements:
     forget_check: Compiled
     checked_digests: Compiled
     ping: Compiled
+    # failed-login counters (lamina.store.sqllogins)
+    login_locked_until: Compiled
+    login_row: Compiled
+    login_upsert: Compiled
+    login_count: Compiled
+    login_forget: Compiled
+    login_drop_oldest: Compiled
 
 
 def _definitions(dialect: Dialect) -> dict[str, ClauseElement]:
@@ -499,6 +509,36 @@ def _dialect_inserts(dialect: Dialect, repo: Any) -> dict[str, ClauseElement]:
         "forget_check": delete(blob_checks).where(blob_checks.c.digest == bindparam("digest")),
         "checked_digests": select(blob_checks.c.digest),
         "ping": select(repositories.c.id).limit(1),
+        **_login_statements(insert),
+    }
+
+
+def _login_statements(insert: Any) -> dict[str, ClauseElement]:
+    """The failed-login counters: read, upsert, and the bound on how many keys are kept."""
+    row = insert(login_failures).values(
+        key=bindparam("key"), failures=bindparam("failures"), window_start=bindparam("window_start"),
+        locked_until=bindparam("locked_until"), strikes=bindparam("strikes"), last_failure=bindparam("last_failure"),
+    )
+    columns = ("failures", "window_start", "locked_until", "strikes", "last_failure")
+    oldest = select(login_failures.c.key).order_by(login_failures.c.last_failure).limit(bindparam("excess"))
+    return {
+        "login_locked_until": select(func.max(login_failures.c.locked_until)).where(
+            login_failures.c.key.in_([bindparam("key_a"), bindparam("key_b")])
+        ),
+        "login_row": select(*(login_failures.c[name] for name in columns))
+        .where(login_failures.c.key == bindparam("key"))
+        .with_for_update(),
+        "login_upsert": row.on_conflict_do_update(
+            index_elements=[login_failures.c.key], set_={name: row.excluded[name] for name in columns}
+        ),
+        "login_count": select(func.count()).select_from(login_failures),
+        "login_forget": delete(login_failures).where(  # keys no rule remembers any more
+            login_failures.c.locked_until < bindparam("now"),
+            login_failures.c.last_failure < bindparam("window_cutoff"),
+            login_failures.c.last_failure < bindparam("quiet_cutoff"),
+            login_failures.c.locked_until < bindparam("quiet_cutoff"),
+        ),
+        "login_drop_oldest": delete(login_failures).where(login_failures.c.key.in_(oldest.scalar_subquery())),
     }
 
 

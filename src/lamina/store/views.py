@@ -11,7 +11,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Garbage", "ManifestInfo", "Reference", "RepositoryInfo", "Snapshot", "repository_bytes"]
+__all__ = [
+    "Garbage",
+    "LoginRow",
+    "LoginTrim",
+    "ManifestInfo",
+    "Reference",
+    "RepositoryInfo",
+    "Snapshot",
+    "repository_bytes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,28 @@ class Garbage:
     untagged: list[tuple[str, str, int]] = field(default_factory=list)  # (repository, digest, manifest size)
     links: list[tuple[str, str, int]] = field(default_factory=list)  # (repository, digest, size)
     live: set[str] = field(default_factory=set)  # blob digests still linked or referenced afterwards
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRow:
+    """One key's failed-login counters (the limiter's policy is in lamina.registry.auth.limits)."""
+
+    failures: int  # counted in the current window
+    window_start: float
+    locked_until: float
+    strikes: int  # lockouts so far
+    last_failure: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoginTrim:
+    """How many keys to keep, and which ones no rule remembers any more: not locked at ``now``, no
+    failure since ``window_cutoff`` and none, nor a lockout, since ``quiet_cutoff``."""
+
+    max_tracked: int
+    now: float
+    window_cutoff: float
+    quiet_cutoff: float
 
 
 @dataclass

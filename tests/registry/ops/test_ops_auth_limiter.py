@@ -1,5 +1,6 @@
 """The failed-login limiter: windows, exponential backoff, its memory bound, and its state shared by the
-registry's worker processes (one SQLite file), down to a real two-worker server."""
+registry's worker processes (the metadata store's login_failures table), down to a real two-worker server.
+(The counters' role on PostgreSQL: tests/store/contract/test_contract_logins.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import bcrypt
 
 from helpers.registries import start_lamina
 from lamina.registry.auth.limits import LoginLimiter, LoginLimits
+from lamina.store import open_storage
 
 
 class Clock:
@@ -24,7 +26,13 @@ class Clock:
 
 
 def _limiter(tmp_path: Path, clock: Clock, **limits: float) -> LoginLimiter:
-    return LoginLimiter(tmp_path / "failures.db", LoginLimits(**limits), clock)  # type: ignore[arg-type]
+    """A limiter over its own opening of the root's metadata store (as a worker process would have)."""
+    metadata = open_storage(tmp_path / "root").metadata
+    return LoginLimiter(lambda: metadata, LoginLimits(**limits), clock)  # type: ignore[arg-type]
+
+
+def _close(limiter: LoginLimiter) -> None:
+    limiter.store().close()  # type: ignore[attr-defined]
 
 
 def _fail(limiter: LoginLimiter, times: int, user: str = "alice", address: str = "10.0.0.1") -> list[int]:
@@ -48,7 +56,7 @@ def test_lockouts_double_up_to_the_maximum(tmp_path: Path) -> None:
     # quiet for max_lockout_seconds after the last lockout ended: the doubling is forgotten
     clock.now += 300 + 301
     assert _fail(limiter, 3) == [0, 0, 60]
-    limiter.close()
+    _close(limiter)
 
 
 def test_failures_count_within_one_window(tmp_path: Path) -> None:
@@ -58,7 +66,7 @@ def test_failures_count_within_one_window(tmp_path: Path) -> None:
     clock.now += 61  # a new window: the two failures are forgotten
     assert _fail(limiter, 2) == [0, 0]
     assert _fail(limiter, 1) == [60]
-    limiter.close()
+    _close(limiter)
 
 
 def test_the_table_stays_bounded_when_usernames_rotate(tmp_path: Path) -> None:
@@ -70,27 +78,29 @@ def test_the_table_stays_bounded_when_usernames_rotate(tmp_path: Path) -> None:
     assert limiter.tracked() <= 100
     # the newest keys are the ones kept: the last user's failures still count
     assert _fail(limiter, 4, "user-999", "10.0.5.1") == [0, 0, 0, 60]
-    limiter.close()
+    _close(limiter)
 
 
-def test_the_counters_file_is_private(tmp_path: Path) -> None:
+def test_the_counters_live_in_the_private_metadata_database(tmp_path: Path) -> None:
     limiter = _limiter(tmp_path, Clock())
     limiter.record_failure("alice", "a")
-    for path in tmp_path.glob("failures.db*"):
-        assert path.stat().st_mode & 0o077 == 0, path
-    limiter.close()
+    assert limiter.tracked() == 2  # alice at a, and a alone
+    files = list((tmp_path / "root").glob("metadata.db*"))
+    assert files and all(path.stat().st_mode & 0o077 == 0 for path in files)
+    assert not list(tmp_path.rglob("login-failures.db*"))  # no file of the limiter's own any more
+    _close(limiter)
 
 
-def test_two_limiters_on_one_file_share_the_counts(tmp_path: Path) -> None:
-    """Two worker processes each open the file: failures seen by either add up."""
+def test_two_limiters_on_one_root_share_the_counts(tmp_path: Path) -> None:
+    """Two worker processes each open the root's store: failures seen by either add up."""
     clock = Clock()
     worker_a = _limiter(tmp_path, clock, max_failures=4)
     worker_b = _limiter(tmp_path, clock, max_failures=4)
     assert [worker_a.record_failure("alice", "a"), worker_b.record_failure("alice", "a"),
             worker_a.record_failure("alice", "a"), worker_b.record_failure("alice", "a")] == [0, 0, 0, 60]
     assert worker_a.retry_after("alice", "a") == 60 == worker_b.retry_after("alice", "a")
-    worker_a.close()
-    worker_b.close()
+    _close(worker_a)
+    _close(worker_b)
 
 
 def _get(url: str, user: str, password: str) -> tuple[int, dict[str, str]]:
@@ -131,23 +141,25 @@ max_failures = 8
     assert "guess-" not in log and "alice-pw" not in log
 
 
-def _open_limiter(path: str, start: float) -> bool:
+def _open_limiter(root: str, start: float) -> bool:
     import time as _time
 
-    _time.sleep(max(0.0, start - _time.time()))  # all processes open the fresh file at the same moment
-    LoginLimiter(Path(path), LoginLimits()).retry_after("alice", "127.0.0.1")
+    _time.sleep(max(0.0, start - _time.time()))  # all processes open the fresh root at the same moment
+    metadata = open_storage(Path(root)).metadata
+    LoginLimiter(lambda: metadata, LoginLimits()).retry_after("alice", "127.0.0.1")
+    metadata.close()
     return True
 
 
-def test_workers_opening_a_fresh_counters_file_at_once_all_succeed(tmp_path: Path) -> None:
-    """Each registry worker opens the counters file when it starts; SQLite answers "database is locked" at
-    once (no busy handler) to a WAL switch racing another process's, which once killed a starting worker."""
+def test_workers_opening_a_fresh_root_at_once_all_succeed(tmp_path: Path) -> None:
+    """Each registry worker opens the metadata database when it starts; SQLite answers "database is locked"
+    at once (no busy handler) to a WAL switch racing another process's, which once killed a starting worker."""
     import multiprocessing
     import time
 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(6) as pool:
         for round_no in range(4):
-            path = tmp_path / f"round{round_no}" / "login-failures.db"
+            path = tmp_path / f"round{round_no}" / "root"
             start = time.time() + 1.0
             assert pool.starmap(_open_limiter, [(str(path), start)] * 6) == [True] * 6

@@ -153,7 +153,7 @@ def test_visible_page_walks_batches_until_the_page_is_full(tmp_path: Path, monke
 def test_visibility_of_a_token_is_its_grants_plus_its_subjects_rules(tmp_path: Path) -> None:
     config = ops_from_toml(_config(tmp_path)).auth
     assert config is not None
-    service = AuthService(config, tmp_path / "root")
+    service = AuthService(config, tmp_path / "root", failures=lambda: pytest.fail("no login is checked here"))
     catalog_token = Identity("carol", "bearer", {("registry", "catalog"): frozenset({"*"})})
     assert Visibility(service, catalog_token)("public/a") and not Visibility(service, catalog_token)("secret/x")
     no_catalog = Identity("carol", "bearer", {("repository", "secret/x"): frozenset({"pull"})})

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+
+from lamina.store.roles import LoginFailures
 
 from ..globs import matches_any
 from .config import ACTIONS, AuthConfig
@@ -69,10 +72,12 @@ def parse_scopes(values: list[str]) -> dict[tuple[str, str], frozenset[str]]:
 
 
 class AuthService:
-    def __init__(self, config: AuthConfig, root: Path) -> None:
+    def __init__(self, config: AuthConfig, root: Path, failures: Callable[[], LoginFailures]) -> None:
+        """``failures``: the metadata store holding the failed-login counters (asked at each use: the
+        registry opens its storage after building the app)."""
         self.config = config
         self.htpasswd = Htpasswd(config.htpasswd) if config.htpasswd is not None else None
-        self.limiter = LoginLimiter(root / "run" / "login-failures.db", config.failed_logins)
+        self.limiter = LoginLimiter(failures, config.failed_logins)
         token = config.token
         self.issuer: TokenIssuer | None = None
         if token.external_public_key is not None:
@@ -84,15 +89,11 @@ class AuthService:
             self.issuer = TokenIssuer(key, issuer=token.issuer, service=token.service, lifetime=token.lifetime_seconds)
             self.verifier = self.issuer.verifier()
 
-    def close(self) -> None:
-        """Release the failed-login limiter's database connections (on app cleanup)."""
-        self.limiter.close()
-
     # -- who --------------------------------------------------------------------------------------
 
     def basic_user(self, header: str, address: str) -> str:
         """The user of a valid ``Basic`` header sent from ``address``; AuthFailure otherwise (TooManyFailures
-        while that user and address are locked out). Blocking (bcrypt, the limiter's file): call in a thread."""
+        while that user and address are locked out). Blocking (bcrypt, the limiter's database): call in a thread."""
         try:
             decoded = base64.b64decode(header.split(" ", 1)[1].strip(), validate=True).decode()
             user, sep, password = decoded.partition(":")
