@@ -4,44 +4,14 @@ and tests/helpers/ceph.py). Each replica has its own root, as it would on its ow
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster import Cluster, MakeCluster
 
 from helpers.ceph import CephRgw, s3_url
 from helpers.postgres import PostgresServer, scratch_database
-from helpers.registries import RegistryProcess, start_lamina
-
-
-@dataclass
-class Cluster:
-    """The shared settings and the replicas started on them."""
-
-    workdir: Path
-    metadata: str  # postgresql://...
-    blobs: str  # s3://...
-    extra: str = ""
-    replicas: list[RegistryProcess] = field(default_factory=list)
-
-    @property
-    def config(self) -> str:
-        return f'metadata = "{self.metadata}"\nblobs = "{self.blobs}"\nworkers = 1\n{self.extra}'
-
-    def config_file(self) -> Path:
-        path = self.workdir / "shared.toml"
-        path.write_text(self.config)
-        return path
-
-    def start_replica(self, extra: str = "") -> RegistryProcess:
-        """Another replica: its own root and port, the same settings (plus ``extra`` lines)."""
-        replica = start_lamina(self.workdir / f"replica-{len(self.replicas)}", config=self.config + extra)
-        self.replicas.append(replica)
-        return replica
-
-
-MakeCluster = Callable[..., Cluster]
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from cluster import MakeCluster
 from scaletools import OCI_MANIFEST, manifests_missing_blobs, push_blob, push_image, sha256
 
-from conftest import MakeCluster
 from helpers.buildkit_cache import buildkit_cache
 from helpers.registries import RegistryProcess, start_lamina
 
