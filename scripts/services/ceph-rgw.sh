@@ -79,6 +79,10 @@ start() {
   else
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
+    if [ -n "$(ls -A "$DIR")" ]; then
+      echo "ceph-rgw: $DIR is not empty (a cluster may run there): stop it with '$0 stop $DIR' or give an empty directory" >&2
+      exit 2
+    fi
   fi
   if [ "${#DIR}" -gt 60 ]; then
     echo "ceph-rgw: $DIR is ${#DIR} bytes long; use a directory path of at most 60 (admin sockets live under it)" >&2
