@@ -25,8 +25,17 @@ usage() {
   exit 2
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+free_ports() {  # two TCP ports nothing listens on now, in one interpreter start
+  python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])'
+}
+
+random_hex() {  # random_hex N: 2N hex digits
+  od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'
 }
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: retry COMMAND every 20 ms until it succeeds
@@ -94,8 +103,10 @@ start() {
       exit 1
     }
   done
-  local mon_port=${CEPH_MON_PORT:-$(free_port)}
-  local rgw_port=${RGW_PORT:-$(free_port)}
+  local ports mon_port rgw_port
+  read -r -a ports <<<"$(free_ports)"
+  mon_port=${CEPH_MON_PORT:-${ports[0]}}
+  rgw_port=${RGW_PORT:-${ports[1]}}
   local fsid osd_uuid
   fsid=$(cat /proc/sys/kernel/random/uuid)
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -147,13 +158,12 @@ EOF
   ceph-osd "${conf[@]}" -i 0 2>>"$DIR/log/setup.log"
   radosgw "${conf[@]}" -n client.rgw 2>>"$DIR/log/setup.log"
   local access secret
-  access=$(python3 -c 'import secrets; print(secrets.token_hex(10).upper())')
-  secret=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
+  access=$(random_hex 10 | tr a-f A-F)
+  secret=$(random_hex 20)
   # radosgw-admin talks to RADOS itself, so it creates the user while radosgw starts
   radosgw-admin "${conf[@]}" user create --uid lamina --display-name lamina \
     --access-key "$access" --secret-key "$secret" >/dev/null 2>>"$DIR/log/setup.log"
-  wait_for 30 "radosgw on 127.0.0.1:$rgw_port" \
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$rgw_port/', timeout=1)"
+  wait_for 30 "radosgw on 127.0.0.1:$rgw_port" curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$rgw_port/"
   cat >"$DIR/env" <<EOF
 export CEPH_RGW_DIR=$DIR
 export CEPH_RGW_ENDPOINT=http://127.0.0.1:$rgw_port
