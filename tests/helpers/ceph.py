@@ -1,7 +1,7 @@
 """A real Ceph RADOS Gateway for the S3 tests, started by the repository's own script.
 
 ``scripts/services/ceph-rgw.sh start DIR`` brings up a monitor, one memstore OSD and radosgw on free
-loopback ports (~1.3 s) and creates an S3 user; the session-scoped ``ceph_rgw`` fixture runs it once
+loopback ports (1.3-2 s) and creates an S3 user; the session-scoped ``ceph_rgw`` fixture runs it once
 per test session and stops it at the end. Each test gets its own bucket prefix from :func:`s3_url`.
 In CI the Debian packages are installed (scripts/install-system-deps.sh), so nothing skips.
 """
