@@ -72,7 +72,7 @@ def scratch_key(platform: Platform) -> Digest:
 
 def link_inputs(step: CopyStep, platform: Platform, **extra: Any) -> Inputs:
     """The inputs of the copy made on an empty root: what the link layer's record is keyed by."""
-    return cachekey.copy_inputs(step, scratch_key(platform), **extra)
+    return cachekey.copy_inputs(step, scratch_key(platform), **{"content": None, **extra})
 
 
 def step_inputs(step: Step, parent: Digest, platform: Platform, **extra: Any) -> tuple[Inputs, Inputs | None]:

@@ -106,3 +106,37 @@ def test_an_unchanged_re_export_of_a_stage_chain_is_byte_identical(
     again, progress = run_build(context, tmp_path / "s3", cache_from=(ref,), cache_to=to)
     assert "[deps" not in progress and "[build" not in progress and again.digest == cold.digest
     assert again.cache_exports[0].manifest_digest == warm.cache_exports[0].manifest_digest
+
+
+LINKED = """\
+FROM {base} AS builder
+ARG DEP=1
+RUN echo "$DEP" > /dep && echo binary > /app.bin && echo ran-builder
+FROM {base}
+COPY --link --from=builder /app.bin /usr/bin/app
+RUN cat /usr/bin/app > /copied && echo ran-final
+"""
+LINK_COPY = "COPY --link --from=builder /app.bin /usr/bin/app"
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_link_from_a_changed_builder_with_the_same_output_stays_cached(
+    base: str, lamina_registry: RegistryProcess, tmp_path: Path, mode: str
+) -> None:
+    """``COPY --link --from=<stage>``: the link layer is keyed by the files it copies too, so a builder that
+    changed without changing them keeps the same layer blob and every later step cached — locally and on an
+    empty runner — and a warm build on an empty runner still does not solve the builder."""
+    context = make_context(tmp_path / "ctx", LINKED.format(base=base), {})
+    ref = f"{lamina_registry.host}/copyfrom/linked:{mode}"
+    to = (f"type=registry,ref={ref},mode={mode}",)
+    first, progress = run_build(context, tmp_path / "s1", cache_to=to)
+    assert ran(progress, "ran-final")
+    second, progress = run_build(context, tmp_path / "s1", build_args={"DEP": "2"})
+    assert ran(progress, "ran-builder") and not ran(progress, "ran-final")
+    assert status_of(progress, LINK_COPY) == "CACHED" and layer_digests(second) == layer_digests(first)
+    third, progress = run_build(context, tmp_path / "s2", cache_from=(ref,), build_args={"DEP": "2"}, cache_to=to)
+    assert ran(progress, "ran-builder") and not ran(progress, "ran-final")
+    assert status_of(progress, LINK_COPY) == f"CACHED ({ref})" and layer_digests(third) == layer_digests(first)
+    fourth, progress = run_build(context, tmp_path / "s3", cache_from=(ref,), build_args={"DEP": "2"})
+    assert "[builder" not in progress and not ran(progress, "ran-final")
+    assert layer_digests(fourth) == layer_digests(first)
