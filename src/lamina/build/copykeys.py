@@ -1,5 +1,6 @@
-"""Cache keys of the COPY steps BuildKit keys specially: ``COPY --link`` (a MergeOp) — shared by the
-solver, which executes steps, and :mod:`lamina.build.demand`, which decides from keys alone.
+"""Cache keys of the COPY steps BuildKit keys specially — ``COPY --link`` (a MergeOp) and
+``COPY --from=<stage>`` (by content) — shared by the solver, which executes steps, and
+:mod:`lamina.build.demand`, which decides from keys alone.
 
 BuildKit turns ``COPY --link src dest`` (without ``--chmod``) into ``Merge(base, Scratch().File(copy))``:
 the copy runs on an empty root, so its cache key does not depend on the base, and the merge only stacks
@@ -26,6 +27,10 @@ every step after it are cache hits and the final stage does not run again. Lamin
 - ``A``'s record is an *alias* of ``B``: same result, and its inputs name ``content_key`` = ``B``
   (:data:`ALIAS_FIELD`; in a remote cache, an input link to ``B`` with selector :data:`ALIAS_SELECTOR`), so a
   hit on ``A`` continues the chain from ``B`` without computing the checksum.
+
+``COPY --link --from=<stage>`` combines both: the link layer's definition key ``L`` is an alias of its
+content key (keyed on scratch), and the step continues from the merge onto that content key, itself
+recorded with the merge of ``L`` as its alias.
 """
 
 from __future__ import annotations
