@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 from client_peers import ServeApp
-from yarl import URL
 
 from lamina.client import RegistryClient, RegistryError, RegistryUnreachable, RetryPolicy, TransferInterrupted, http11
 from lamina.client.http11 import BodyError, ConnectError, HTTPClient, ProtocolError
+from lamina.client.urls import URL
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -67,7 +67,7 @@ async def test_chunked_body_with_extensions_and_trailers_then_reuse(client: HTTP
     server, url = await _raw(handle)
     async with server:
         for _ in range(2):
-            resp = await client.request("GET", url / "c")
+            resp = await client.request("GET", url.join(URL("c")))
             assert [piece async for piece in resp.iter_chunked(3)] == [b"hel", b"lo", b" wo", b"rld"]
         assert client.connections_opened == 1
 
@@ -128,7 +128,7 @@ async def test_a_reused_connection_closed_by_the_server_is_retried_once_on_a_new
     server, url = await _raw(handle)
     async with server:
         for body in (b"first", b"second"):
-            resp = await client.request("PUT", url / "x", body=body)
+            resp = await client.request("PUT", url.join(URL("x")), body=body)
             assert resp.status == 201 and await resp.read() == b"ok"
             resp.release()
         assert [s.split(b" ")[-1] for s in seen] == [b"first", b"second"]
@@ -138,7 +138,7 @@ async def test_a_reused_connection_closed_by_the_server_is_retried_once_on_a_new
             yield b"cannot be sent twice"
 
         with pytest.raises(ConnectError, match="without answering"):
-            await client.request("PUT", url / "y", body=stream(), headers={"Content-Length": "20"})
+            await client.request("PUT", url.join(URL("y")), body=stream(), headers={"Content-Length": "20"})
 
 
 async def test_cut_off_body_silence_and_garbage_raise_one_line_errors() -> None:
@@ -156,14 +156,14 @@ async def test_cut_off_body_silence_and_garbage_raise_one_line_errors() -> None:
     server, url = await _raw(handle)
     client = HTTPClient(read_timeout=0.3)
     async with server:
-        resp = await client.request("GET", url / "short")
+        resp = await client.request("GET", url.join(URL("short")))
         with pytest.raises(BodyError, match="60 bytes before the end"):
             await resp.read()
         resp.release()
         with pytest.raises(ProtocolError, match=r"not an HTTP/1\.x answer"):
-            await client.request("GET", url / "garbage")
+            await client.request("GET", url.join(URL("garbage")))
         with pytest.raises(ConnectError, match=r"no answer for 0\.3 s"):
-            await client.request("GET", url / "silent")
+            await client.request("GET", url.join(URL("silent")))
     await client.close()
     with pytest.raises(ConnectError, match="closed"):
         await client.request("GET", url)

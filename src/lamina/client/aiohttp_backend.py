@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-from yarl import URL
+import yarl
 
 from .http11 import BodyError, ConnectError, HTTPError, ProtocolError, RequestBody, TLSError
+from .urls import URL
 
 __all__ = ["AiohttpBackend", "proxied"]
 
@@ -102,8 +103,8 @@ class AiohttpBackend:
     async def request(self, method: str, url: URL, *, headers: Mapping[str, str] | None = None,
                       body: RequestBody = None, ssl_context: ssl.SSLContext | bool = True) -> _Answer:
         try:
-            resp = await self._get().request(method, url, headers=dict(headers or {}), data=body,
-                                             allow_redirects=False, ssl=ssl_context)
+            resp = await self._get().request(method, yarl.URL(str(url), encoded=True), headers=dict(headers or {}),
+                                             data=body, allow_redirects=False, ssl=ssl_context)
         except _ERRORS as exc:
             raise _failure(exc, f"{method} {url.human_repr()}", body=False) from None
         return _Answer(resp, url)

@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any, Protocol
 
-from yarl import URL
+from .urls import URL
 
 __all__ = [
     "Answer", "BodyError", "ConnectError", "HTTPClient", "HTTPError", "Headers", "ProtocolError", "RequestBody",
