@@ -12,14 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
-from contract_helpers import MetadataFactory, push_image, storage_on
+from contract_helpers import MetadataFactory, push_blob, push_image, record, storage_on
 from store_helpers import blob_digest
 
 from lamina.oci import parse_digest
 from lamina.store import (
     BlobReferenced,
+    ManifestReference,
     MissingReference,
     StoreError,
+    TagCondition,
+    TagImmutable,
+    TagPreconditionFailed,
     UploadLimitReached,
     UploadLimits,
     UploadSession,
@@ -75,43 +79,48 @@ def test_gc_racing_pushes_never_leaves_a_manifest_without_its_blobs(
             assert storage.blobs.size(digest) == ref.size, (info.digest, ref)
 
 
-def _linker(factory: MetadataFactory, root: Path, barrier: object, seconds: float) -> None:
-    storage = storage_on(root, factory(root))
-    barrier.wait()  # type: ignore[attr-defined]
-    deadline, n = time.monotonic() + seconds, 0
-    while time.monotonic() < deadline:
-        n += 1
-        with contextlib.suppress(MissingReference):
-            push_image(storage, "app", "same", f"t{n}")  # re-links the same two blobs every time
+REPOS = 60
 
 
-def _unlinker(factory: MetadataFactory, root: Path, barrier: object, seconds: float, refused: object) -> None:
+def _putter(factory: MetadataFactory, root: Path, barrier: object) -> None:
     meta = factory(root)
+    layer, config = blob_digest(b"layer same"), blob_digest(b"config same")
+    refs = [ManifestReference(config, len(b"config same")), ManifestReference(layer, len(b"layer same"))]
     barrier.wait()  # type: ignore[attr-defined]
-    deadline = time.monotonic() + seconds
+    for n in range(REPOS):
+        with contextlib.suppress(MissingReference):  # the unlink came first: refused, as it must be
+            meta.put_manifest(record(f"race/{n}", b'{"same": 1}'), refs, "v1")
+
+
+def _unlinker(factory: MetadataFactory, root: Path, barrier: object) -> None:
+    meta = factory(root)
     layer = blob_digest(b"layer same")
-    while time.monotonic() < deadline:
-        try:
-            meta.unlink_blob("app", layer)
-        except BlobReferenced:
-            refused.value += 1  # type: ignore[attr-defined]
-            return
+    barrier.wait()  # type: ignore[attr-defined]
+    for n in range(REPOS):
+        with contextlib.suppress(BlobReferenced):  # the manifest came first: refused, as it must be
+            meta.unlink_blob(f"race/{n}", layer)
 
 
 def test_unlink_racing_a_manifest_put_never_strands_it(tmp_path: Path, metadata_factory: MetadataFactory) -> None:
+    """In each of 60 repositories one process PUTs a manifest using a linked layer while another unlinks
+    that layer: either may win, never both (a manifest whose layer link is gone)."""
     storage = storage_on(tmp_path, metadata_factory(tmp_path))
-    barrier, refused = FORK.Barrier(2), FORK.Value("i", 0)
-    workers = [FORK.Process(target=_linker, args=(metadata_factory, tmp_path, barrier, SECONDS)),
-               FORK.Process(target=_unlinker, args=(metadata_factory, tmp_path, barrier, SECONDS, refused))]
+    for n in range(REPOS):
+        for data in (b"layer same", b"config same"):
+            push_blob(storage, f"race/{n}", data)
+    barrier = FORK.Barrier(2)
+    workers = [FORK.Process(target=_putter, args=(metadata_factory, tmp_path, barrier)),
+               FORK.Process(target=_unlinker, args=(metadata_factory, tmp_path, barrier))]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(60)
     assert [worker.exitcode for worker in workers] == [0, 0]
     layer = blob_digest(b"layer same")
-    if storage.metadata.manifest_infos("app"):  # a manifest got in: its layer link must still be there
-        assert storage.metadata.linked_blob_size("app", layer) is not None
-        assert refused.value == 1
+    for n in range(REPOS):
+        stored = storage.metadata.get_manifest(f"race/{n}", "v1") is not None
+        linked = storage.metadata.linked_blob_size(f"race/{n}", layer) is not None
+        assert stored <= linked, f"race/{n}: a manifest without its layer's link"
 
 
 def _open_session(factory: MetadataFactory, root: Path, n: int, barrier: object, opened: object) -> None:
@@ -178,3 +187,40 @@ def test_postgres_replicas_migrating_at_once(request: pytest.FixtureRequest) -> 
         with pytest.raises(StoreError, match=r"schema version \d+, newer than this lamina .*upgrade lamina"):
             store.create_schema()
         store.close()
+
+
+def _create_tag(factory: MetadataFactory, root: Path, n: int, how: str, barrier: object, results: object) -> None:
+    storage = storage_on(root, factory(root))
+    refs = [push_blob(storage, "app", f"layer {n}".encode())]
+    rec = record("app", f'{{"writer": {n}}}'.encode())
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        if how == "if-none-match":
+            storage.metadata.put_manifest(rec, refs, "release", condition=TagCondition(none_match="*"))
+        else:
+            storage.metadata.put_manifest(rec, refs, "release", immutable=True)
+        results.put(str(rec.digest))  # type: ignore[attr-defined]
+    except (TagPreconditionFailed, TagImmutable):
+        results.put("")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", ["if-none-match", "immutable"])
+def test_writers_racing_to_create_one_tag_leave_one_winner(
+    tmp_path: Path, metadata_factory: MetadataFactory, how: str
+) -> None:
+    """A tag that does not exist yet has no row to lock: the per-tag lock is what makes exactly one of six
+    ``If-None-Match: *`` (or immutable) creations win."""
+    storage = storage_on(tmp_path, metadata_factory(tmp_path))
+    barrier, results = FORK.Barrier(6), FORK.Queue()
+    workers = [FORK.Process(target=_create_tag, args=(metadata_factory, tmp_path, n, how, barrier, results))
+               for n in range(6)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0] * 6
+    winners = [digest for digest in outcomes if digest]
+    assert len(winners) == 1, outcomes
+    got = storage.metadata.get_manifest("app", "release")
+    assert got is not None and str(got.digest) == winners[0]
