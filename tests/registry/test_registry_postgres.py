@@ -10,13 +10,14 @@ import hashlib
 import io
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
 
 from helpers.postgres import scratch_database
-from helpers.registries import start_lamina
+from helpers.registries import free_port, start_lamina
 from lamina.cli import main
 from lamina.oci import mediatypes as mt
 from lamina.oci import parse_digest
@@ -99,3 +100,17 @@ def test_registry_on_postgres_serves_and_its_commands_share_the_database(
             assert requests.head(f"{server.url}/v2/team/app/blobs/{_sha(layer)}", timeout=30).status_code == 404
         finally:
             server.stop()
+
+
+def test_serve_refuses_an_unreachable_or_malformed_metadata_url_in_one_line(tmp_path: Path) -> None:
+    closed = free_port()  # a loopback port nothing listens on
+    cases = {f"postgresql://postgres@127.0.0.1:{closed}/registry": f"127.0.0.1:{closed}/registry: connection failed",
+             "mysql://u@h/db": "is not a postgresql://USER@HOST:PORT/DB URL"}
+    for url, expected in cases.items():
+        config = tmp_path / "config.toml"
+        config.write_text(f'metadata = "{url}"\n')
+        argv = [sys.executable, "-m", "lamina.cli", "registry", "serve", "--root", str(tmp_path / "r"),
+                "--config", str(config), "--listen", f"127.0.0.1:{free_port()}"]
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and expected in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr

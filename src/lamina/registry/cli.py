@@ -81,6 +81,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     problem = _check_root(config.root) or _check_port(config.host, config.port) or _check_tls(config)
+    problem = problem or _check_metadata(config)
     if problem:
         return _fail(problem)
     import logging
@@ -115,6 +116,20 @@ def serve_command(args: argparse.Namespace) -> int:
     if config.workers == 1:
         return _run_worker(config)
     return _supervise(config)
+
+
+def _check_metadata(config: RegistryConfig) -> str | None:
+    """A PostgreSQL ``metadata`` database answers and is migrated, before any worker starts."""
+    if config.metadata is None:
+        return None
+    from lamina.store import StoreError
+    from lamina.store.postgres import PostgresMetadataStore
+
+    try:
+        PostgresMetadataStore(config.metadata).create_schema()
+    except StoreError as exc:
+        return str(exc)
+    return None
 
 
 def _check_tls(config: RegistryConfig) -> str | None:

@@ -164,12 +164,14 @@ class PostgresMetadataStore(RequestQueries, MaintenanceQueries, LoginQueries):
                              f"server unreachable for {self.connect_timeout:g} s") from exc
 
     def create_schema(self) -> None:
-        """Apply pending migrations (:mod:`.migrations`); safe when replicas start at once."""
+        """Apply pending migrations (:mod:`.migrations`); safe when replicas start at once. On a connection
+        of its own (not the pool, which would retry quietly): an unreachable server is one error at once."""
         try:
-            with self._connection() as conn:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout))) as conn:
                 migrate(conn, self.describe())
         except psycopg.Error as exc:
-            raise StoreError(f"metadata database {self.describe()}: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"metadata database {self.describe()}: {first}") from exc
 
     # -- the primitives of sqlcore ------------------------------------------------------------------
 
