@@ -1,26 +1,25 @@
-"""Upload-session accounting in the SQLite metadata store: the limits checked in the insert's transaction,
-what counts (live sessions, per repository, per named user), and the schema 1 -> 2 migration that adds
-``upload_sessions.user`` to a database an older lamina wrote."""
+"""Upload-session accounting in the metadata store (every backend, conftest.METADATA_STORES): the limits
+checked in the insert's transaction, what counts (live sessions, per repository, per named user); and, on
+SQLite, the schema 1 -> 2 migration that adds ``upload_sessions.user`` to a database an older lamina wrote."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lamina.store import SqliteMetadataStore, UploadLimitReached, UploadLimits, UploadSession, open_storage
+from lamina.store import MetadataStore, UploadLimitReached, UploadLimits, UploadSession, open_storage
+
+MetadataFactory = Callable[[Path], MetadataStore]
 
 
-def _store(tmp_path: Path) -> SqliteMetadataStore:
-    store = SqliteMetadataStore(tmp_path / "metadata.db", synchronous="OFF")
-    store.create_schema()
-    return store
-
-
-def test_limits_count_live_sessions_per_repository_and_per_user(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_limits_count_live_sessions_per_repository_and_per_user(
+    tmp_path: Path, metadata_factory: MetadataFactory
+) -> None:
+    store = metadata_factory(tmp_path)
     limits = UploadLimits(per_repository=3, per_user=2, live_since=100.0)
     store.create_upload(UploadSession("old", "app", 0, 10.0, 50.0, "ci"), limits)  # idle since 50: not counted
     store.create_upload(UploadSession("a1", "app", 0, 200.0, 200.0, "ci"), limits)
@@ -42,9 +41,9 @@ def test_limits_count_live_sessions_per_repository_and_per_user(tmp_path: Path) 
     store.create_upload(UploadSession("free", "app", 0, 250.0, 250.0, "dev"))  # no limits given: never refused
 
 
-def test_concurrent_creates_never_overshoot(tmp_path: Path) -> None:
+def test_concurrent_creates_never_overshoot(tmp_path: Path, metadata_factory: MetadataFactory) -> None:
     """Threads with their own connections, like workers: the count and the insert are one transaction."""
-    store = _store(tmp_path)
+    store = metadata_factory(tmp_path)
     limits = UploadLimits(per_repository=7, per_user=100, live_since=0.0)
     outcomes: list[bool] = []
     lock = threading.Lock()
