@@ -115,6 +115,8 @@ def test_chunked_upload_started_on_one_replica_finishes_on_the_other(make_cluste
 
 
 def test_replica_killed_mid_upload_loses_nothing_committed(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """A replica SIGKILLed while a PATCH streams into it: the other serves everything committed, and the
+    upload resumes there from the last chunk the dead replica finished."""
     cluster = make_cluster()
     a, b = cluster.replicas
     committed = push_image(a.url, "scaleout/kill", "before", [os.urandom(100_000)])
@@ -142,7 +144,14 @@ def test_replica_killed_mid_upload_loses_nothing_committed(make_cluster) -> None
     assert got.status_code == 200 and sha256(got.content) == committed
     status = requests.get(b.url + location, timeout=10)
     assert status.status_code == 204 and status.headers["Range"] == f"0-{MiB - 1}", status.headers
-    # the push restarts on B (a new session: the dead request's lock on the old one expires in 30 s)
+    # the push continues on B where the session stands (the dead worker's lock is taken over: its process
+    # is gone), and the digest B checks covers A's first chunk and B's rest
+    rest = requests.patch(b.url + location, data=blob[MiB:], timeout=60,
+                          headers={**OCTET, "Content-Range": f"{MiB}-{len(blob) - 1}"})
+    assert rest.status_code == 202 and rest.headers["Range"] == f"0-{len(blob) - 1}", rest.text
+    closed = requests.put(f"{b.url}{location}?digest={sha256(blob)}", timeout=60)
+    assert closed.status_code == 201, closed.text
+    assert requests.head(f"{b.url}/v2/scaleout/kill/blobs/{sha256(blob)}", timeout=10).status_code == 200
     after = push_image(b.url, "scaleout/kill", "after", [blob])
     a.start()  # A comes back and serves both
     for tag, digest in (("before", committed), ("after", after)):
