@@ -20,6 +20,7 @@ answer ``conn.execute(sql, params)`` with a DB-API cursor, so a statement costs 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal, TypeVar
@@ -41,7 +42,7 @@ def digest_of(text: str) -> Digest:
     return Digest(algorithm, encoded)
 
 
-class SqlCore:
+class SqlCore(ABC):
     """The primitives every backend provides; ``sql`` holds its dialect's compiled statements."""
 
     sql: Statements
@@ -50,11 +51,13 @@ class SqlCore:
     retry_errors: tuple[type[Exception], ...] = ()  # aborted to break a deadlock or serialization conflict
     attempts = 5
 
+    @abstractmethod
     def _fetch(self, query: Compiled, **values: Any) -> list[Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _transaction(self, *, gate: Gate = None, keys: Sequence[str] = ()) -> AbstractContextManager[Any]:
-        raise NotImplementedError
+        ...
 
     def _write(self, fn: Callable[[Any], T], *, gate: Gate = None, keys: Sequence[str] = ()) -> T:
         for attempt in range(self.attempts):
@@ -66,15 +69,18 @@ class SqlCore:
                     raise StoreError(f"metadata database {self.describe()}: {exc}") from exc
         raise AssertionError("unreachable: attempts >= 1")
 
+    @abstractmethod
     def _snapshot(self, fn: Callable[[Any], T]) -> T:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _exec_many(self, conn: Any, query: Compiled, rows: list[Any]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def describe(self) -> str:
         """How error messages name this database (a path, or a URL without its password)."""
-        raise NotImplementedError
+        ...
 
     # -- conveniences over the primitives -----------------------------------------------------------
 
