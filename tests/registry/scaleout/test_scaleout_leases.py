@@ -3,6 +3,7 @@ process of a registry — a flock with SQLite, a session advisory lock with Post
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import requests
+from cluster import MakeCluster
 
 from helpers.postgres import PostgresServer, scratch_database
 from lamina.store import open_storage
@@ -165,3 +168,26 @@ def test_upload_expiry_and_lifecycle_wait_for_the_lease_holder(leases: tuple[str
     result = apply_lifecycle_once(storage, rules)
     assert result is not None and result.expired == []
     storage.close()
+
+
+def _gc_runs(replica_url: str) -> float:
+    text = requests.get(f"{replica_url}/metrics", timeout=10).text
+    found = re.search(r"^lamina_gc_runs_total ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_scheduled_gc_of_every_replica_waits_for_the_lease(make_cluster: MakeCluster) -> None:
+    """Two replicas scheduling GC every 0.2 s: while another process holds the gc lease neither collects
+    (each round skips); once it is released they collect again."""
+    cluster = make_cluster(replicas=0, extra="[gc]\ninterval_seconds = 0.2\ngrace_seconds = 0\n")
+    holder = PostgresMetadataStore(cluster.metadata)
+    with holder.maintenance_lease("gc") as lease:
+        assert lease.held
+        replicas = [cluster.start_replica(), cluster.start_replica()]
+        time.sleep(1.5)
+        assert [_gc_runs(r.url) for r in replicas] == [0.0, 0.0]
+    deadline = time.monotonic() + 15
+    while sum(_gc_runs(r.url) for r in replicas) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sum(_gc_runs(r.url) for r in replicas) >= 2
+    holder.close()
