@@ -163,3 +163,17 @@ def test_merge_keeps_other_caches_packs_replaces_ours_and_the_switches_drop_them
     assert len(final.config.layers) == 1  # no record ever names a pack
     assert {d.annotations.get(MOUNT_KEY) for d in final.descriptors} == {None, "a", "b"}
     assert final.manifest_bytes.count(b"dev.lamina.cachemount.key") == 2
+
+
+def test_a_run_whose_mounts_read_other_files_is_explained_from_fingerprints() -> None:
+    """A runner with an empty state explains a RUN --mount miss from the cache's fingerprints, where the
+    mounts are one hash each (lamina.build.cache.fingerprint), not the list the local index keeps."""
+    from lamina.build.cache.fingerprint import Fingerprints, fingerprint
+
+    def run(read: str) -> dict[str, object]:
+        return {"op": "run", "parent": "sha256:" + "a" * 64, "argv": ["pip", "install"],
+                "mounts": [{"type": "cache", "target": "/root/.cache/pip"}, {"type": "bind", "input": read}]}
+
+    prints = Fingerprints({"sha256:" + "b" * 64: fingerprint(run("old requirements"))})
+    assert prints.explain("sha256:" + "a" * 64, run("new requirements")) == (
+        "RUN --mount options or what they read changed")
