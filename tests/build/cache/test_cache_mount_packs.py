@@ -4,6 +4,7 @@ and the manifest-side rules (complete sets only, merge, max-age, the off switch)
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from dataclasses import replace
@@ -177,3 +178,20 @@ def test_a_run_whose_mounts_read_other_files_is_explained_from_fingerprints() ->
     prints = Fingerprints({"sha256:" + "b" * 64: fingerprint(run("old requirements"))})
     assert prints.explain("sha256:" + "a" * 64, run("new requirements")) == (
         "RUN --mount options or what they read changed")
+
+
+def test_a_pack_with_an_entry_outside_the_cache_is_refused_before_extraction(tmp_path: Path) -> None:
+    import zstandard
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("../escape")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    (tmp_path / "p").write_bytes(zstandard.ZstdCompressor().compress(data.getvalue()))
+    try:
+        check_pack(tmp_path / "p", digest_of(data.getvalue()))
+    except OSError as exc:
+        assert "unsafe entry" in str(exc) and "../escape" in str(exc)
+    else:
+        raise AssertionError("a pack escaping the cache directory was accepted")

@@ -35,7 +35,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from lamina.oci import Digest
 
@@ -280,18 +280,45 @@ class PackStream(io.RawIOBase):
         return n
 
 
+class _Hashing(io.RawIOBase):
+    """Reads through ``source`` and hashes every byte read."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.source.read(len(buffer))
+        self.hash.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+_CHECK_ROOT = "/nonexistent-lamina-cachemount"  # where the filter resolves names (nothing is written there)
+
+
 def check_pack(path: Path, expected: Digest) -> None:
-    """Decompress a pack blob and check its diffID (before anything of it is extracted); OSError if not."""
+    """Before anything of a pack is extracted: decompress it, check that its tar is ``expected`` (its diffID)
+    and that every entry passes the store's safe extraction (Python's ``tar`` filter); OSError if not."""
     import zstandard
 
-    hasher = hashlib.sha256()
     try:
         with open(path, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            while chunk := reader.read(_CHUNK):
-                hasher.update(chunk)
+            reader = _Hashing(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    tarfile.tar_filter(member, _CHECK_ROOT)
+            while reader.read(_CHUNK):
+                pass  # the end-of-archive blocks are part of the diffID too
     except zstandard.ZstdError as exc:
         raise OSError(f"not a zstd stream: {exc}") from None
-    actual = Digest("sha256", hasher.hexdigest())
+    except tarfile.FilterError as exc:
+        raise OSError(f"unsafe entry: {exc}") from None
+    except tarfile.TarError as exc:
+        raise OSError(f"not a tar: {exc}") from None
+    actual = Digest("sha256", reader.hash.hexdigest())
     if actual != expected:
         raise OSError(f"its tar is {actual}, the cache says {expected}")
