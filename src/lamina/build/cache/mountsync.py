@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from lamina.build.cache.base import LayerRef
+from lamina.build.cache.base import LayerRef, utc_now
 from lamina.build.cache.graph import UNCOMPRESSED_ANNOTATION, CacheExport, assemble
 from lamina.oci import Descriptor, Digest, DigestError, parse_digest
 
@@ -197,10 +197,8 @@ class CacheMountSync:
         return PackStream(paths)
 
     async def _fetch(self, cache_id: str, key: str) -> list[Path] | None:
-        from lamina.build.cache.mountpack import check_pack
-
         for cache in self.caches:
-            packs = mount_packs(getattr(cache, "layers", ())).get(key)
+            packs = mount_packs(cache.layers).get(key)
             if packs is None or cache.source is None:
                 continue
             started = time.monotonic()
@@ -208,7 +206,7 @@ class CacheMountSync:
                 refs = [LayerRef(Descriptor(d.media_type, d.digest, d.size),
                                  parse_digest((d.annotations or {})[UNCOMPRESSED_ANNOTATION]), None, cache.source)
                         for d in packs.descriptors]
-                paths = list(await asyncio.gather(*(self._verified(ref, check_pack) for ref in refs)))
+                paths = list(await asyncio.gather(*(self._verified(ref) for ref in refs)))
             except Exception as exc:  # a missing, corrupt or unreachable pack: the RUN starts without the cache
                 self.progress.message(f"WARNING: cache mount {cache_id!r}: packs from {cache.name} unusable ({exc}); "
                                       "it starts empty")
@@ -218,10 +216,13 @@ class CacheMountSync:
             return paths
         return None
 
-    async def _verified(self, ref: LayerRef, check: Callable[[Path, Digest], None]) -> Path:
+    async def _verified(self, ref: LayerRef) -> Path:
+        """The pack's blob in the content store, its digest, diffID and entries checked."""
+        from lamina.build.cache.mountpack import check_pack
+
         path = await self.images.fetch(ref)  # digest-verified by the download
         try:
-            await asyncio.to_thread(check, path, ref.diff_id)
+            await asyncio.to_thread(check_pack, path, ref.diff_id)
         except OSError as exc:
             raise OSError(f"pack {ref.descriptor.digest}: {exc}") from None
         return path
@@ -269,7 +270,7 @@ class CacheMountSync:
         """Packs the ``--cache-from`` s hold, by diffID: an unchanged pack is reused, never compressed again."""
         known: dict[Digest, LayerRef] = {}
         for cache in reversed(self.caches):  # the first listed wins
-            for packs in mount_packs(getattr(cache, "layers", ())).values():
+            for packs in mount_packs(cache.layers).values():
                 for d in packs.descriptors:
                     diff = parse_digest((d.annotations or {})[UNCOMPRESSED_ANNOTATION])
                     known[diff] = LayerRef(Descriptor(d.media_type, d.digest, d.size), diff, None, cache.source)
@@ -278,7 +279,6 @@ class CacheMountSync:
     def _pack(self, store: CacheMountStore, key: str, cache_id: str, limit: int) -> _Packed | None:
         """Split the most recently used instance of ``key`` into packs (blocking: run in a thread); the packs
         are hashed and, when new, compressed by two threads (zstd and sha256 release the GIL)."""
-        from lamina.build.cache.base import utc_now
         from lamina.build.cache.mountpack import PACK_MEDIA_TYPE, plan_packs, walk
 
         entries = [entry for entry in store.entries() if entry.key == key]
