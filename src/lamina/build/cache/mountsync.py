@@ -32,11 +32,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING
 
 from lamina.build.cache.base import LayerRef, utc_now
 from lamina.build.cache.graph import UNCOMPRESSED_ANNOTATION, CacheExport, assemble
@@ -45,6 +44,7 @@ from lamina.oci import Descriptor, Digest, DigestError, parse_digest
 if TYPE_CHECKING:
     from lamina.build.cache.importer import ImportedCache
     from lamina.build.cache.mountpack import Entry
+    from lamina.build.cache.registry import Reporter
     from lamina.build.cachemounts import CacheMountStore
     from lamina.build.cacheopts import CacheTo
     from lamina.build.contentstore import ContentStore
@@ -68,11 +68,7 @@ MOUNT_EXPORTED = "dev.lamina.cachemount.exported"
 _WORKERS = 2  # packs hashed / compressed at once
 
 
-class Reporter(Protocol):
-    def message(self, text: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class MountPacks:
     """The packs of one cache in a manifest, in unpacking order."""
 
@@ -279,6 +275,8 @@ class CacheMountSync:
     def _pack(self, store: CacheMountStore, key: str, cache_id: str, limit: int) -> _Packed | None:
         """Split the most recently used instance of ``key`` into packs (blocking: run in a thread); the packs
         are hashed and, when new, compressed by two threads (zstd and sha256 release the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from lamina.build.cache.mountpack import PACK_MEDIA_TYPE, plan_packs, walk
 
         entries = [entry for entry in store.entries() if entry.key == key]
