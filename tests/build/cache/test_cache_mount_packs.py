@@ -195,3 +195,59 @@ def test_a_pack_with_an_entry_outside_the_cache_is_refused_before_extraction(tmp
         assert "unsafe entry" in str(exc) and "../escape" in str(exc)
     else:
         raise AssertionError("a pack escaping the cache directory was accepted")
+
+
+def test_cache_mount_options_parse_and_every_bad_value_is_one_line_naming_it() -> None:
+    from lamina.build.cacheopts import CACHE_MOUNTS_MAX_SIZE, CacheOptionError
+
+    spec = parse_cache_to("type=local,dest=/d,cache-mounts-max-size=2GiB")
+    assert spec.cache_mounts and spec.cache_mounts_max_size == 2 * 1024**3
+    assert parse_cache_to("r/x:c").cache_mounts_max_size == CACHE_MOUNTS_MAX_SIZE == 512 * 1024**2
+    assert not parse_cache_to("type=registry,ref=r/x,cache-mounts=false").cache_mounts
+    for text, why in (("type=inline,cache-mounts=false", "cache-mounts applies to type=registry and type=local"),
+                      ("type=registry,ref=r/x,cache-mounts-max-size=lots", "got 'lots'"),
+                      ("type=registry,ref=r/x,cache-mounts=maybe", "cache-mounts must be true or false")):
+        try:
+            parse_cache_to(text)
+        except CacheOptionError as exc:
+            assert why in str(exc) and text in str(exc) and "\n" not in str(exc)
+        else:
+            raise AssertionError(f"{text} was accepted")
+
+
+def test_the_most_recently_used_instance_is_the_one_exported(tmp_path: Path) -> None:
+    """sharing=private can leave several instances of one cache; the export takes the last one a RUN used."""
+    import asyncio
+
+    import zstandard
+
+    from lamina.build.cachemounts import CacheMountStore, Seed
+    from lamina.build.contentstore import ContentStore
+
+    content = ContentStore(tmp_path / "content")
+    store = CacheMountStore(tmp_path / "cachemounts")
+    first = store.acquire("pip", "private", Seed())
+    second = store.acquire("pip", "private", Seed())  # the first is held: a second instance
+    (first.path / "which").write_text("first")
+    (second.path / "which").write_text("second")
+    second.release()
+    first.release()
+
+    async def attach() -> CacheExport:
+        from lamina.build.cache.mountsync import CacheMountSync
+
+        class Quiet:
+            def message(self, text: str) -> None:
+                pass
+
+        sync = CacheMountSync(None, content, Quiet(), asyncio.get_running_loop())  # type: ignore[arg-type]
+        sync.store_of = lambda: store
+        return await sync.attach(_export([]), parse_cache_to("type=registry,ref=r/x"))
+
+    for older, expected, other in (("0", b"second", b"first"), ("1", b"first", b"second")):
+        os.utime(first.path.parent / f"{older}.lock", (1, 1))  # that instance was used long ago
+        os.utime(first.path.parent / f"{1 - int(older)}.lock")  # the other just now
+        packs = [d for d in asyncio.run(attach()).descriptors if (d.annotations or {}).get(MOUNT_KEY)]
+        assert len(packs) == 1 and (packs[0].annotations or {})[MOUNT_ID] == "pip"
+        tar = zstandard.ZstdDecompressor().decompressobj().decompress(content.read(packs[0].digest))
+        assert expected in tar and other not in tar
