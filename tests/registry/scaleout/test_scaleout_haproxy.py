@@ -42,9 +42,15 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], seconds: float = 10.
     raise AssertionError(f"haproxy did not listen on {port}")
 
 
-def test_the_example_settings_load() -> None:
+def test_the_example_settings_load_and_are_the_documented_ones() -> None:
     config = load_config(EXAMPLES / "registry.toml")
     assert config.metadata is not None and config.blobs is not None and config.ops.gc.interval_seconds == 3600
+    docs = (EXAMPLES.parents[1] / "docs" / "registry.md").read_text()
+    for name, first in (("registry.toml", "metadata = "), ("haproxy.cfg", "global")):
+        text = (EXAMPLES / name).read_text()
+        body = text[text.index(first):].rstrip("\n")
+        indented = "\n".join(f"   {line}" if line else "" for line in body.splitlines())
+        assert indented in docs, f"docs/registry.md should show examples/replicas/{name} as it is"
 
 
 async def test_pushes_and_pulls_through_haproxy_spread_over_both_replicas(
