@@ -24,11 +24,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import pytest
 from regtools import descriptor, sha256
 
+from helpers.ceph import s3_url
 from helpers.postgres import scratch_database
 from helpers.registries import RegistryProcess, start_lamina
 
@@ -64,27 +65,39 @@ class Response:
 
 @dataclass
 class Registry:
-    """The suite's reggie client, reduced to what it does: one request per call, no redirects followed."""
+    """The suite's reggie client, reduced to what it does: one request per call; a redirect of a GET or HEAD
+    (the 307 to a presigned S3 URL) followed as reggie's HTTP library (resty) follows it, up to 10 times."""
 
     host: str
     port: int
     name: str
+    redirects: int = 0  # followed so far
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                 query: dict[str, str] | None = None, name: str | None = None) -> Response:
         path = path.replace("<name>", name or self.name)
         if query:
             path += ("&" if "?" in path else "?") + urlencode(query)
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            all_headers = {"User-Agent": "distribution-spec-conformance-tests", **(headers or {})}
-            if body is not None and "Content-Length" not in all_headers:
-                all_headers["Content-Length"] = str(len(body))
-            conn.request(method, path, body=body, headers=all_headers)
-            response = conn.getresponse()
-            return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-        finally:
-            conn.close()
+        all_headers = {"User-Agent": "distribution-spec-conformance-tests", **(headers or {})}
+        if body is not None and "Content-Length" not in all_headers:
+            all_headers["Content-Length"] = str(len(body))
+        host, port = self.host, self.port
+        for _ in range(10):
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            try:
+                conn.request(method, path, body=body, headers=all_headers)
+                response = conn.getresponse()
+                got = Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+            finally:
+                conn.close()
+            if got.status not in (301, 302, 303, 307, 308) or method not in ("GET", "HEAD"):
+                return got
+            target = urlsplit(urljoin(f"http://{host}:{port}{path}", got.headers["location"]))
+            assert target.scheme == "http" and target.hostname, got.headers["location"]  # loopback RGW only
+            host, port = target.hostname, target.port or 80
+            path = target.path + (f"?{target.query}" if target.query else "")
+            self.redirects += 1
+        raise AssertionError(f"{method} {path}: more than 10 redirects")
 
     def location(self, response: Response) -> str:
         """The relative location (reggie's GetRelativeLocation)."""
@@ -428,18 +441,25 @@ class Run:
         assert r.request("GET", f"/v2/<name>/blobs/{sha256(d.configs[3])}").status == 404
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "s3", "s3-redirect"])
 def servers(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[bool, RegistryProcess]]:
     """One registry per OCI_AUTOMATIC_CROSSMOUNT setting, per metadata backend (the embedded SQLite, or
-    PostgreSQL: a real server, tests/helpers/pgfixture.py, a fresh database per registry)."""
+    PostgreSQL: a real server, tests/helpers/pgfixture.py, a fresh database per registry), and with SQLite
+    and blobs in S3 (a real Ceph RGW, a prefix per registry): streamed through the registry, or (s3-redirect)
+    each blob GET a 307 to a presigned URL that the client follows to the gateway."""
     configs = ["", ""]
     with contextlib.ExitStack() as databases:
         if request.param == "postgresql":
             postgres = request.getfixturevalue("postgres_server")
             urls = [databases.enter_context(scratch_database(postgres.url, drop=False)) for _ in "ab"]
             configs = [f'metadata = "{url}"\n' for url in urls]
+        if request.param.startswith("s3"):  # blobs in a real Ceph RGW (tests/helpers/ceph.py)
+            rgw = request.getfixturevalue("ceph_rgw")
+            scope = tmp_path_factory.mktemp("conformance-s3")
+            redirect = request.param == "s3-redirect"
+            configs = [f'blobs = "{s3_url(rgw, scope / name, redirect=redirect)}"\n' for name in "ab"]
         yield from _servers(tmp_path_factory, configs)
 
 
@@ -459,7 +479,8 @@ def _servers(tmp_path_factory: pytest.TempPathFactory, configs: list[str]) -> It
 @pytest.mark.parametrize("delete_manifest_before_blobs", [True, False], ids=["manifests-first", "blobs-first"])
 @pytest.mark.parametrize("automatic_crossmount", [True, False], ids=["crossmount-on", "crossmount-off"])
 def test_conformance_workflows(
-    servers: dict[bool, RegistryProcess], automatic_crossmount: bool, delete_manifest_before_blobs: bool
+    servers: dict[bool, RegistryProcess], automatic_crossmount: bool, delete_manifest_before_blobs: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     server = servers[automatic_crossmount]
     suffix = uuid.uuid4().hex[:8]
@@ -469,6 +490,8 @@ def test_conformance_workflows(
     run.push()
     run.discovery()
     run.management()
+    # blob GETs went to the gateway by presigned redirect exactly when the registry was set to redirect
+    assert (registry.redirects > 0) == (request.node.callspec.params["servers"] == "s3-redirect")
 
 
 def test_invalid_manifest_references_name_no_manifest(servers: dict[bool, RegistryProcess]) -> None:

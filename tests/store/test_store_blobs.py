@@ -96,3 +96,16 @@ def test_a_second_instance_sees_the_same_blobs(tmp_path: Path, blob_factory: Blo
     data = b"shared by workers"
     blob_factory(tmp_path).put(blob_digest(data), data)
     assert blob_factory(tmp_path).size(blob_digest(data)) == len(data)
+
+
+def test_read_small(tmp_path: Path, blob_factory: BlobFactory) -> None:
+    store = blob_factory(tmp_path)
+    data = b'{"layers": []}'
+    digest = blob_digest(data)
+    assert store.read_small(digest, 1024) is None  # absent
+    store.put(digest, data)
+    assert store.read_small(digest, len(data)) == data
+    assert store.read_small(digest, len(data) - 1) is None  # over the limit: not read into memory
+    empty = blob_digest(b"")
+    store.put(empty, b"")
+    assert store.read_small(empty, 10) == b""

@@ -140,6 +140,8 @@ def test_public_api_is_pinned() -> None:
         "MissingReference",
         "ReferenceSizeMismatch",
         "ReferrerRecord",
+        "S3BlobStore",
+        "S3UploadStore",
         "SqliteMetadataStore",
         "Storage",
         "StoreError",

@@ -108,7 +108,8 @@ def create_app(config: RegistryConfig) -> web.Application:
     app[VERIFIER] = BlobVerifier(config.verify_on_read)  # verification on read (lamina.registry.verify)
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-        storage = open_storage(config.root, synchronous=config.sqlite_synchronous)
+        storage = open_storage(config.root, synchronous=config.sqlite_synchronous, blobs=config.blobs,
+                               metadata=config.metadata)
         offload = Offloader()
         app[STORAGE] = storage
         app[OFFLOAD] = offload

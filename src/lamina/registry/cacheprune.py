@@ -4,11 +4,12 @@ A BuildKit cache manifest shared by many writers grows with every merged export;
 can only expire the whole manifest. This rule rewrites it instead: results (a record's layer chain)
 unused for longer than the rule's age are dropped (:func:`lamina.oci.cachemerge.prune`, by each result's
 ``lamina.lastUsedAt``, else its ``createdAt``), records kept only as links of kept records, layers no
-kept result uses leave the manifest (their blobs go at the next GC), and the new manifest moves the tag
-with a conditional update on the digest that was read (:class:`lamina.store.TagCondition`): a cache
-exported meanwhile is never overwritten, the rule reads it again and prunes that (at most
-:data:`ATTEMPTS` times). Both export forms: the image manifest whose config is the cacheconfig, and
-BuildKit's legacy index (``manifests[]`` = layers + the cacheconfig).
+kept result uses leave the manifest (their blobs go at the next GC), except a RUN cache mount's packs
+(``dev.lamina.cachemount.*``) while their cache was exported within the age and a record is kept; and
+the new manifest moves the tag with a conditional update on the digest that was read
+(:class:`lamina.store.TagCondition`): a cache exported meanwhile is never overwritten, the rule reads it
+again and prunes that (at most :data:`ATTEMPTS` times). Both export forms: the image manifest whose
+config is the cacheconfig, and BuildKit's legacy index (``manifests[]`` = layers + the cacheconfig).
 
 When nothing would be left, the manifest is deleted as ``cache_unused_days`` deletes it (never an empty
 manifest), only if its tags did not change meanwhile.
@@ -53,6 +54,8 @@ __all__ = ["ATTEMPTS", "CachePrune", "PrunedCache", "prune_cache_tag", "pruned_m
 log = logging.getLogger("lamina.registry.lifecycle")
 ATTEMPTS = 5  # re-reads after a concurrent export moved the tag, before giving up until the next run
 INPUTS_ANNOTATION = "dev.lamina.cache.inputs"  # lamina's per-record fingerprints (lamina.build.cache.fingerprint)
+PACK_EXPORTED = "dev.lamina.cachemount.exported"  # a RUN cache mount's pack (lamina.build.cache.mountsync)
+_CONFIG_MAX = 256 << 20  # the largest cacheconfig read into memory (lamina's client fetches no bigger one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,7 @@ def pruned_manifest(
     if result_keys(kept) == result_keys(config):
         return None
     kept_blobs = {layer.blob for layer in kept.layers}
-    new_layers = tuple(d for d in layers if d.digest in kept_blobs)
+    new_layers = tuple(d for d in layers if d.digest in kept_blobs or (kept_blobs and _recent_pack(d, now, max_age)))
     new_config = kept.to_bytes()
     new_desc = replace(config_desc, digest=digest_of(new_config), size=len(new_config))
     annotations = dict(manifest.annotations or {})
@@ -135,6 +138,17 @@ def pruned_manifest(
     media_type = manifest.media_type or (mt.OCI_MANIFEST if isinstance(manifest, ImageManifest) else mt.OCI_INDEX)
     return PrunedCache(rewritten.to_bytes(), media_type, new_config, (len(config.records), len(kept.records)),
                        (len(layers), len(new_layers)))
+
+
+def _recent_pack(desc: Descriptor, now: datetime, max_age: timedelta) -> bool:
+    """A RUN cache mount's pack (no record names one) stays while its cache was exported within ``max_age``."""
+    exported = (desc.annotations or {}).get(PACK_EXPORTED)
+    if not exported:
+        return False
+    try:
+        return now - datetime.fromisoformat(exported.replace("Z", "+00:00")) <= max_age
+    except ValueError:
+        return False
 
 
 def _record(old: ManifestRecord, pruned: PrunedCache, manifest: ImageManifest | ImageIndex) -> ManifestRecord:
@@ -163,10 +177,11 @@ def _read_config(storage: Storage, record: ManifestRecord) -> tuple[ImageManifes
     if classify(manifest) is not ManifestKind.BUILD_CACHE:
         return None
     desc, _ = _split(manifest)
-    path = storage.blobs.local_path(desc.digest)
-    if path is None or storage.metadata.linked_blob_size(record.repository, desc.digest) is None:
-        raise StoreError(f"cacheconfig {desc.digest} of {record.repository}@{record.digest} is not in the store")
-    data = path.read_bytes()
+    linked = storage.metadata.linked_blob_size(record.repository, desc.digest)
+    data = storage.blobs.read_small(desc.digest, _CONFIG_MAX) if linked is not None else None
+    if data is None:
+        raise StoreError(f"cacheconfig {desc.digest} of {record.repository}@{record.digest} is not in the store "
+                         f"(or over {_CONFIG_MAX} bytes)")
     if not desc.digest.verify(data):
         raise StoreError(f"cacheconfig {desc.digest} of {record.repository}@{record.digest} does not match its digest")
     return manifest, data

@@ -56,6 +56,8 @@ class RegistryConfig:
     sqlite_synchronous: str = "FULL"
     verify_on_read: str = "first"  # "off" | "first" | "always": re-hash a blob before a GET sends it
     run_janitor: bool = True  # expire abandoned uploads in this process (one worker only)
+    blobs: str | None = None  # None: under root; "s3://BUCKET/PREFIX?endpoint=..&region=.." (store.s3client)
+    metadata: str | None = None  # None: ROOT/metadata.db (SQLite); "postgresql://USER@HOST:PORT/DB" (store.postgres)
     tls_cert: Path | None = None  # HTTPS: PEM chain (leaf first) and its key, reloaded when they change
     tls_key: Path | None = None
     tls_reload_seconds: float = 10.0
@@ -130,6 +132,24 @@ def _check(key: str, value: Any) -> Any:
         if not isinstance(value, str | Path) or not str(value):
             raise ConfigError(f"{key}: expected a PEM file path, got {value!r}")
         return Path(value)
+    if key == "metadata":
+        from lamina.store.postgres import check_url
+
+        if not isinstance(value, str):
+            raise ConfigError(f"metadata: expected a string postgresql://USER@HOST:PORT/DB, got {value!r}")
+        try:
+            return check_url(value)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if key == "blobs":
+        if not isinstance(value, str):
+            raise ConfigError(f"blobs: expected a string s3://BUCKET/PREFIX?endpoint=URL&region=REGION, got {value!r}")
+        from lamina.store.s3client import parse_s3_url  # on use: `lamina registry --help` imports no store
+
+        try:
+            return parse_s3_url(value).url()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if key == "tls_reload_seconds":
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.1 <= value <= 86400:
             raise ConfigError(f"tls_reload_seconds: expected a number of seconds from 0.1 to 86400, got {value!r}")
@@ -137,7 +157,7 @@ def _check(key: str, value: Any) -> Any:
     known = "listen, root, workers, max_manifest_bytes, legacy_buildkit_cache, allow_empty_layers, "
     known += "tls_cert, tls_key, tls_reload_seconds, "
     known += "max_json_depth, max_header_bytes, automatic_crossmount, "
-    known += "upload_expiry_seconds, limits, "
+    known += "upload_expiry_seconds, limits, blobs, metadata, "
     known += "sqlite_synchronous, verify_on_read, auth, immutable_tags, gc, lifecycle, access_log, metrics, "
     raise ConfigError(f"unknown setting {key!r} (known: {known}console)")
 
@@ -155,6 +175,20 @@ def _read_file(path: Path) -> Mapping[str, Any]:
     if not isinstance(doc, dict):
         raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
     return doc
+
+
+def _check_shared_signing_key(metadata: str | None, ops: OpsSettings) -> None:
+    """Replicas (a PostgreSQL ``metadata``) must sign tokens with one key: a token one replica issued is
+    presented to any other. The default key is created under each replica's own root, so it must be named."""
+    auth = ops.auth
+    if metadata is None or auth is None or auth.token.external_public_key is not None:
+        return
+    if auth.token.signing_key is None:
+        raise ConfigError(
+            "auth.token.signing_key: required with metadata = \"postgresql://...\": every replica must sign "
+            "tokens with the same key; point it at one PEM file deployed to each replica (docs/registry.md, "
+            "\"Running several replicas\")"
+        )
 
 
 def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> RegistryConfig:
@@ -176,6 +210,7 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
         else:
             values[key] = checked
     values["ops"] = ops
+    _check_shared_signing_key(values.get("metadata"), ops)
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         given, missing = ("tls_cert", "tls_key") if values.get("tls_cert") is not None else ("tls_key", "tls_cert")
         raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key")

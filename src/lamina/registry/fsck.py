@@ -12,6 +12,12 @@ What counts as a problem (each reported with the manifests and tags it affects):
 - ``stray-file``: something under ``blobs/`` that is not a blob file;
 - ``database``: what SQLite's ``PRAGMA quick_check`` finds.
 
+With S3 blobs (``blobs = "s3://..."``) the objects are listed (their identities from the listing) and
+re-hashed as they stream, :attr:`~lamina.store.s3check.S3CheckBlobs.parallel` at once
+(:mod:`lamina.store.s3check`), and ``repair`` quarantines inside the bucket
+(:mod:`lamina.store.s3integrity`); the metadata may be SQLite or PostgreSQL alike. Keys under
+``blobs/`` that are not digests are not reported (the registry never writes one).
+
 Blob files nothing links or references are not a problem: they are garbage the next GC reclaims
 (counted in the summary). Without ``repair`` nothing is written: the database is read through a
 read-only connection in one read transaction, so a serving registry is never blocked. Findings are
@@ -27,23 +33,27 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lamina.oci import Digest, parse_digest
-from lamina.store import FilesystemBlobStore, MetadataStore, SqliteMetadataStore, Storage, StorePaths, open_storage
-from lamina.store.filesystem import BlobCheck, FileIdentity
-from lamina.store.integrity import (
-    drop_links,
-    fix_link_size,
-    forget_stale_checks,
-    quarantine_blob,
-    quarantine_file,
-    quarantine_manifest,
-    relink,
+from lamina.store import (
+    FilesystemBlobStore,
+    MetadataStore,
+    SqliteMetadataStore,
+    Storage,
+    StorePaths,
+    open_storage,
 )
+from lamina.store.filesystem import BlobCheck, FileIdentity
+from lamina.store.integrity import BlobPlace, LocalBlobPlace, quarantine_file
 from lamina.store.roles import Repairs
+from lamina.store.s3blobs import S3BlobStore
+from lamina.store.s3check import S3CheckBlobs
+from lamina.store.s3integrity import S3BlobPlace
+from lamina.store.s3uploads import open_s3
 from lamina.store.views import Snapshot
 
 from .gc import GcBusy, gc_lock
@@ -115,32 +125,41 @@ class _Throttle:
             self.progress(line)
 
 
-def _scan_files(blobs: FilesystemBlobStore, progress: _Throttle) -> _Files:
-    files = _Files()
-    found = list(blobs.iter_files())
+def _listing(blobs: FilesystemBlobStore | S3CheckBlobs, files: _Files) -> list[tuple[Digest, int]]:
+    """Every blob with its size (strays noted in ``files``): S3's listing gives sizes, files are stat'ed."""
+    if isinstance(blobs, S3CheckBlobs):
+        return [(digest, identity.size) for _, digest, identity in blobs.iter_objects()]
     valid: list[tuple[Digest, int]] = []
-    for path, digest in found:
+    for path, digest in blobs.iter_files():
         if digest is None:
-            files.strays.append(path)
+            files.strays.append(Path(path))
             continue
-        with contextlib.suppress(FileNotFoundError):
-            valid.append((digest, path.stat().st_size))
+        identity = blobs.identity(digest)  # None: collected by GC since the listing
+        if identity is not None:
+            valid.append((digest, identity.size))
+    return valid
+
+
+def _scan_files(blobs: FilesystemBlobStore | S3CheckBlobs, progress: _Throttle) -> _Files:
+    files = _Files()
+    valid = _listing(blobs, files)
     total = sum(size for _, size in valid)
     progress(f"fsck: re-hashing {len(valid)} blob(s), {total / 1e6:.1f} MB", force=True)
     done = 0
-    for index, (digest, size) in enumerate(valid, 1):
-        check = blobs.check(digest)  # None: collected by GC since the listing
-        done += size
-        if check is not None:
-            files.present[str(digest)] = check.identity
-            if not check.ok:
-                files.corrupt[str(digest)] = check
-        progress(f"fsck: {index}/{len(valid)} blob(s) re-hashed ({done / 1e6:.1f}/{total / 1e6:.1f} MB)",
-                 force=index == len(valid))
+    with ThreadPoolExecutor(getattr(blobs, "parallel", 1), thread_name_prefix="lamina-fsck") as pool:
+        checks = pool.map(lambda item: blobs.check(item[0]), valid)  # in order, at most `parallel` at once
+        for index, ((digest, size), check) in enumerate(zip(valid, checks, strict=True), 1):
+            done += size
+            if check is not None:  # None: collected by GC since the listing
+                files.present[str(digest)] = check.identity
+                if not check.ok:
+                    files.corrupt[str(digest)] = check
+            progress(f"fsck: {index}/{len(valid)} blob(s) re-hashed ({done / 1e6:.1f}/{total / 1e6:.1f} MB)",
+                     force=index == len(valid))
     return files
 
 
-def _refresh(blobs: FilesystemBlobStore, snap: Snapshot, files: _Files) -> _Files:
+def _refresh(blobs: FilesystemBlobStore | S3CheckBlobs, snap: Snapshot, files: _Files) -> _Files:
     """The files as they are now, for the digests the second snapshot names: a blob uploaded since the
     scan counts as good (uploads are verified when committed); a corrupt one stays corrupt only while it
     is the same file."""
@@ -215,30 +234,30 @@ def _find(snap: Snapshot, files: _Files) -> dict[tuple[str, str, str], Problem]:
     return {problem.key: problem for problem in problems}
 
 
-def _repair(repairs: Repairs, paths: StorePaths, problem: Problem, files: _Files) -> str | None:
+def _repair(repairs: Repairs, place: BlobPlace, paths: StorePaths, problem: Problem, files: _Files) -> str | None:
     """Fix one confirmed problem; what was done, or None when nothing can be done here."""
     if problem.kind == "corrupt-blob":
         check = files.corrupt[problem.subject]
         note = {"actual": check.actual, "affects": [str(a) for a in problem.affects]}
-        target = quarantine_blob(repairs, paths, check.digest, check.identity, "fsck: " + problem.message, note)
+        target = place.quarantine_blob(repairs, check.digest, check.identity, "fsck: " + problem.message, note)
         return f"quarantined to {target}; push it again" if target else None
     if problem.kind == "missing-blob":
-        dropped = drop_links(repairs, paths, parse_digest(problem.subject))
+        dropped = place.drop_links(repairs, parse_digest(problem.subject))
         return f"dropped its link(s) from {', '.join(dropped)}; push it again" if dropped else None
     if problem.kind == "size-mismatch" and problem.message.startswith("linked in "):
         identity = files.present[problem.subject]
-        changed = fix_link_size(repairs, paths, parse_digest(problem.subject), identity)
+        changed = place.fix_link_size(repairs, parse_digest(problem.subject), identity)
         return f"recorded size set to the file's {identity.size} bytes" if changed else None
     if problem.kind == "unlinked-reference":
         owner = problem.affects[0]
         digest = parse_digest(problem.subject)
         size = files.present[problem.subject].size
-        if owner.manifest is not None and relink(repairs, paths, owner.repository, owner.manifest, digest, size):
+        if owner.manifest is not None and place.relink(repairs, owner.repository, owner.manifest, digest, size):
             return f"linked it into {owner.repository} again"
         return None
     if problem.kind == "corrupt-manifest":
         repository, _, digest = problem.subject.partition("@")
-        target = quarantine_manifest(repairs, paths, repository, digest, "fsck: " + problem.message)
+        target = place.quarantine_manifest(repairs, repository, digest, "fsck: " + problem.message)
         return f"quarantined to {target} and deleted with its tags; push it again" if target else None
     if problem.kind == "stray-file":
         path = Path(problem.subject)
@@ -264,13 +283,19 @@ def _gc_lock_waiting(storage: Storage, progress: Progress) -> Iterator[None]:
 
 
 def run_fsck(
-    paths: StorePaths, *, repair: bool = False, progress: Progress = lambda line: None, metadata: str | None = None
+    paths: StorePaths,
+    *,
+    repair: bool = False,
+    progress: Progress = lambda line: None,
+    metadata: str | None = None,
+    blobs: str | None = None,
 ) -> FsckReport:
     """Check the root at ``paths`` (its database must exist); blocking, for a command or a thread.
 
     Read-only unless ``repair``; then the storage is opened as a server opens it (which creates any
-    table this version adds) and the run holds GC's lock. ``metadata``: the registry's PostgreSQL URL
-    (None: ``root/metadata.db``)."""
+    table this version adds) and the run holds GC's lease. ``metadata``: the registry's PostgreSQL URL
+    (None: ``root/metadata.db``); ``blobs``: its S3 location (None: ``root/blobs``), re-hashed through
+    :mod:`lamina.store.s3check` and repaired through :mod:`lamina.store.s3integrity`."""
     if not repair:
         store: MetadataStore
         if metadata is not None:
@@ -279,22 +304,32 @@ def run_fsck(
             store = PostgresMetadataStore(metadata)  # snapshots only: read-only transactions
         else:
             store = SqliteMetadataStore(paths.metadata_db)  # snapshots only: read-only connections
+        checked: S3CheckBlobs | None = None
+        if blobs is not None:
+            checked = S3CheckBlobs(open_s3(blobs)[0])
         try:
-            return _run(store, paths, repair=False, progress=progress)
+            return _run(store, paths, repair=False, progress=progress, blobs=checked)
         finally:
             store.close()
-    storage = open_storage(paths.root, metadata=metadata)
+    storage = open_storage(paths.root, metadata=metadata, blobs=blobs)
     try:
         with _gc_lock_waiting(storage, progress):
+            if isinstance(storage.blobs, S3BlobStore):
+                return _run(storage.metadata, storage.paths, repair=True, progress=progress,
+                            blobs=S3CheckBlobs(storage.blobs), place=S3BlobPlace(storage.blobs))
             return _run(storage.metadata, storage.paths, repair=True, progress=progress)
     finally:
         storage.close()
 
 
-def _run(metadata: MetadataStore, paths: StorePaths, *, repair: bool, progress: Progress) -> FsckReport:
+def _run(
+    metadata: MetadataStore, paths: StorePaths, *, repair: bool, progress: Progress,
+    blobs: FilesystemBlobStore | S3CheckBlobs | None = None, place: BlobPlace | None = None,
+) -> FsckReport:
     throttle = _Throttle(progress)
     throttle("fsck: reading the database", force=True)
-    blobs = FilesystemBlobStore(paths)
+    blobs = blobs or FilesystemBlobStore(paths)
+    place = place or LocalBlobPlace(paths)
     first = metadata.snapshot()
     files = _scan_files(blobs, throttle)
     found = _find(first, files)
@@ -317,10 +352,10 @@ def _run(metadata: MetadataStore, paths: StorePaths, *, repair: bool, progress: 
     for problem in found.values():
         if repair:
             problem = Problem(problem.kind, problem.subject, problem.message, problem.affects,
-                              _repair(metadata, paths, problem, files))
+                              _repair(metadata, place, paths, problem, files))
         report.problems.append(problem)
     if repair:
-        report.stale_checks_dropped = forget_stale_checks(metadata, paths)
+        report.stale_checks_dropped = place.forget_stale_checks(metadata)
     return report
 
 

@@ -45,14 +45,15 @@ def fsck_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     paths = StorePaths(config.root.absolute())
-    if (config.metadata is None and not paths.metadata_db.is_file()) or not paths.blobs.is_dir():
+    local_blobs = config.blobs is None and not paths.blobs.is_dir()
+    if (config.metadata is None and not paths.metadata_db.is_file()) or local_blobs:
         return _fail(f"root {paths.root} is not a registry root (no metadata.db and blobs/): check --root or --config")
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        report = run_fsck(paths, repair=args.repair, progress=progress, metadata=config.metadata)
+        report = run_fsck(paths, repair=args.repair, progress=progress, metadata=config.metadata, blobs=config.blobs)
     except (StoreError, OSError) as exc:
         return _fail(f"fsck of {paths.root} failed: {exc}")
     except Exception as exc:  # sqlite3.Error and the like: one line, never a traceback

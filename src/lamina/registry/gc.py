@@ -3,8 +3,11 @@
 Deletes blobs that no manifest in any repository references (layers, configs, index children, legacy
 BuildKit cache children are all recorded as references at PUT time) and, when ``delete_untagged`` is
 on, untagged manifests that are neither an index's child nor a referrer of a live subject. Runs while
-pushes continue; the race protocol lives in :mod:`lamina.store.sweep`. One GC at a time per root
-(an exclusive ``flock`` on ``ROOT/gc.lock``); a second one reports that it is busy and does nothing.
+pushes continue; the race protocol lives in :mod:`lamina.store.sweep`. One GC at a time per registry,
+whatever process or replica starts it: the metadata backend's ``gc`` lease (:mod:`lamina.store.leases`:
+``ROOT/gc.lock`` with SQLite, an advisory lock with PostgreSQL); a second one reports that it is busy
+and does nothing. Blob files are swept through :class:`~lamina.store.sweep.FilesystemSweepBlobs`, S3
+objects through :class:`~lamina.store.s3sweep.S3SweepBlobs`.
 
 ::
 
@@ -18,21 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.store import Storage
-from lamina.store.sweep import FilesystemSweepBlobs, SweepResult, sweep
+from lamina.store import S3BlobStore, SqliteMetadataStore, Storage
+from lamina.store.leases import Lease
+from lamina.store.sweep import FilesystemSweepBlobs, SweepBlobs, SweepResult, sweep
 
 from .config import ConfigError
 from .services import Offloader, repeat_until_stopped
 
-__all__ = ["GcBusy", "GcSettings", "format_report", "gc_forever", "parse_gc", "run_gc"]
+__all__ = ["GcBusy", "GcSettings", "format_report", "gc_forever", "parse_gc", "run_gc", "sweep_blobs"]
 
 log = logging.getLogger("lamina.registry.gc")
 
@@ -67,18 +68,23 @@ def parse_gc(value: Any) -> GcSettings:
 
 
 @contextlib.contextmanager
-def gc_lock(storage: Storage) -> Iterator[None]:
-    fd = os.open(storage.paths.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise GcBusy(f"another garbage collection is running on {storage.paths.root}") from None
-            raise
-        yield
-    finally:
-        os.close(fd)
+def gc_lock(storage: Storage) -> Iterator[Lease]:
+    """The registry's ``gc`` lease, held for the block; GcBusy when another process or replica has it."""
+    with storage.metadata.maintenance_lease("gc") as lease:
+        if not lease.held:
+            local = isinstance(storage.metadata, SqliteMetadataStore)
+            where = storage.paths.root if local else "this registry (another process or replica holds the gc lease)"
+            raise GcBusy(f"another garbage collection is running on {where}")
+        yield lease
+
+
+def sweep_blobs(storage: Storage) -> SweepBlobs:
+    """Phase 2's view of the blob backend: files under the root, or S3 objects."""
+    if isinstance(storage.blobs, S3BlobStore):
+        from lamina.store.s3sweep import S3SweepBlobs
+
+        return S3SweepBlobs(storage.blobs)
+    return FilesystemSweepBlobs(storage.paths)
 
 
 def run_gc(
@@ -89,11 +95,12 @@ def run_gc(
     now: float | None = None,
 ) -> SweepResult:
     """One collection; GcBusy if another is running. Blocking: call from a thread in the server."""
-    with gc_lock(storage):
+    with gc_lock(storage) as lease:
         result = sweep(
             storage.metadata,
-            FilesystemSweepBlobs(storage.paths),
+            sweep_blobs(storage),
             storage.blobs.iter_digests(),
+            before_batch=lease.check,  # fencing: a lease lost midway (connection gone) stops the deletions
             grace_seconds=settings.grace_seconds,
             delete_untagged=settings.delete_untagged,
             dry_run=dry_run,

@@ -4,7 +4,9 @@ Two kinds of leftovers: sessions idle for longer than ``upload_expiry_seconds`` 
 and upload data on disk that no session names (a crash between creating the data file and recording
 the session). Each round (at start, then every few minutes) also removes temp files a crashed writer
 left in ``tmp/`` (``sweep_temp_files``). Idempotent, so several workers running it at once is harmless;
-the server runs it in one, in a thread, so a slow disk never stalls request handling.
+the server runs it in one worker, in a thread, so a slow disk never stalls request handling, and the
+expiry under the ``uploads`` lease, so of several replicas sharing PostgreSQL and S3 one expires per
+round (each still sweeps its own host's ``tmp/``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from lamina.store import Storage
 
 from .services import Offloader, repeat_until_stopped
 
-__all__ = ["TMP_MAX_AGE_SECONDS", "expire_uploads", "expire_uploads_forever", "sweep_temp_files"]
+__all__ = ["TMP_MAX_AGE_SECONDS", "expire_uploads", "expire_uploads_forever", "expire_uploads_once", "sweep_temp_files"]
 
 log = logging.getLogger("lamina.registry.janitor")
 
@@ -44,12 +46,22 @@ def expire_uploads(storage: Storage, expiry_seconds: float, now: float | None = 
     orphans = 0
     for session_id in storage.uploads.session_ids():
         with contextlib.suppress(FileNotFoundError, ValueError):
-            if storage.paths.upload_dir(session_id).stat().st_mtime >= cutoff:
+            modified = storage.uploads.last_modified(session_id)  # a local directory, or S3 objects
+            if modified is None or modified >= cutoff:
                 continue
             if storage.metadata.get_upload(session_id) is None:
                 storage.uploads.discard(session_id)
                 orphans += 1
     return expired + orphans
+
+
+def expire_uploads_once(storage: Storage, expiry_seconds: float, now: float | None = None) -> int | None:
+    """:func:`expire_uploads` under the registry's ``uploads`` lease (:mod:`lamina.store.leases`): None,
+    doing nothing, while another process or replica expires sessions. Blocking."""
+    with storage.metadata.maintenance_lease("uploads") as lease:
+        if not lease.held:
+            return None
+        return expire_uploads(storage, expiry_seconds, now)
 
 
 async def expire_uploads_forever(
@@ -59,7 +71,7 @@ async def expire_uploads_forever(
     interval = max(1.0, min(expiry_seconds / 4, 300.0))
 
     async def one_round() -> None:
-        count = await offload.run(expire_uploads, storage, expiry_seconds)
+        count = await offload.run(expire_uploads_once, storage, expiry_seconds)  # once across replicas
         if count:
             log.info("expired %d abandoned upload session(s)", count)
         swept = await offload.run(sweep_temp_files, storage)

@@ -44,6 +44,7 @@ __all__ = [
     "LifecycleRule",
     "LifecycleSettings",
     "apply_lifecycle",
+    "apply_lifecycle_once",
     "evaluate",
     "format_result",
     "lifecycle_forever",
@@ -199,6 +200,17 @@ def apply_lifecycle(
                 _apply_to_repository(storage, name, rules, when, dry_run, result)
 
 
+def apply_lifecycle_once(
+    storage: Storage, settings: LifecycleSettings, *, now: float | None = None
+) -> LifecycleResult | None:
+    """:func:`apply_lifecycle` under the registry's ``lifecycle`` lease (:mod:`lamina.store.leases`):
+    None, doing nothing, while another process or replica applies the rules. Blocking."""
+    with storage.metadata.maintenance_lease("lifecycle") as lease:
+        if not lease.held:
+            return None
+        return apply_lifecycle(storage, settings, now=now)
+
+
 def _apply_to_repository(
     storage: Storage, name: str, rules: Sequence[LifecycleRule], when: float, dry_run: bool, result: LifecycleResult
 ) -> None:
@@ -254,11 +266,14 @@ async def lifecycle_forever(
     stop: asyncio.Event,
     on_result: Callable[[LifecycleResult], None] | None = None,
 ) -> None:
-    """The background schedule (one worker runs it) until ``stop``."""
+    """The background schedule (one worker of each replica runs it; the lease lets one replica apply
+    the rules per round) until ``stop``."""
 
     async def one_round() -> None:
-        result = await offload.run(apply_lifecycle, storage, settings)
-        if on_result is not None:
+        result = await offload.run(apply_lifecycle_once, storage, settings)
+        if result is None:
+            log.info("lifecycle rules are being applied by another process or replica; skipping this round")
+        elif on_result is not None:
             on_result(result)
 
     await repeat_until_stopped(

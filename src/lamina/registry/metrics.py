@@ -137,7 +137,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the metadata database answers and the blob directory is there; 503 otherwise."""
+    """200 when the metadata database answers and the blob store is there (the blob directory, or the S3
+    bucket: one ``HEAD`` of it); 503 otherwise. A load balancer's health check (docs/registry.md,
+    "Running several replicas") takes a replica out of rotation on a 503."""
+    from lamina.store import S3BlobStore, StoreError
+
     from .services import OFFLOAD, STORAGE
 
     storage = request.app[STORAGE]
@@ -146,6 +150,12 @@ async def healthz(request: web.Request) -> web.Response:
         problem = storage.metadata.health_problem()
         if problem is not None:
             return problem
+        if isinstance(storage.blobs, S3BlobStore):
+            try:
+                storage.blobs.client.check_access()
+            except StoreError as exc:
+                return str(exc)
+            return None
         if not storage.paths.blobs.is_dir():
             return f"blob directory {storage.paths.blobs} is missing"
         return None

@@ -55,8 +55,10 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     cert.add_argument("--out", type=Path, metavar="FILE", help="write the certificate here (default: stdout)")
     cert.set_defaults(func=token_cert_command)
     from .fsckcli import add_fsck_command
+    from .migratecli import add_migrate_command
 
     add_fsck_command(sub)
+    add_migrate_command(sub)
 
 
 def _fail(message: str) -> int:
@@ -72,7 +74,8 @@ def _open_root(config: RegistryConfig) -> Iterator[Storage]:
 
     if not config.root.is_dir():
         raise StoreError(f"root {config.root} does not exist")
-    storage = open_storage(config.root, synchronous=config.sqlite_synchronous, metadata=config.metadata)
+    storage = open_storage(config.root, synchronous=config.sqlite_synchronous, blobs=config.blobs,
+                           metadata=config.metadata)
     try:
         yield storage
     finally:
@@ -111,7 +114,7 @@ def gc_command(args: argparse.Namespace) -> int:
 def lifecycle_command(args: argparse.Namespace) -> int:
     from lamina.store import StoreError
 
-    from .lifecycle import apply_lifecycle, format_result
+    from .lifecycle import apply_lifecycle, apply_lifecycle_once, format_result
 
     try:
         config = load_config(args.config, {"root": args.root})
@@ -121,7 +124,15 @@ def lifecycle_command(args: argparse.Namespace) -> int:
         return _fail("no [[lifecycle.rules]] in the config: nothing to apply")
     try:
         with _open_root(config) as storage:
-            result = apply_lifecycle(storage, config.ops.lifecycle, dry_run=args.dry_run)
+            if args.dry_run:
+                result = apply_lifecycle(storage, config.ops.lifecycle, dry_run=True)
+            else:
+                once = apply_lifecycle_once(storage, config.ops.lifecycle)
+                if once is None:
+                    print("lamina registry: lifecycle rules are being applied by another process or replica "
+                          "(it holds the lifecycle lease); nothing done", file=sys.stderr)
+                    return 1
+                result = once
     except StoreError as exc:
         return _fail(str(exc))
     for line in format_result(result, dry_run=args.dry_run):

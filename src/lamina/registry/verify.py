@@ -22,6 +22,20 @@ would invite the client to retry into that same 404, while a 404 on the pusher's
 upload the blob again, which heals the registry. One ERROR line is logged per blob quarantined.
 
 Concurrent first GETs of one blob in one process wait for a single re-hash.
+
+Blobs in S3 (``blobs = "s3://..."``, :mod:`lamina.store.s3blobs`):
+
+- ``redirect=true`` (the default): a GET is a 307 to a presigned URL and the bytes go from S3 to the
+  client, never through the registry, so nothing is verified on read. What vouches for them: the
+  digest checked when the upload was committed, ``lamina registry fsck`` (which re-hashes every object
+  and quarantines the corrupt ones), and the client, which checks the digest of what it pulls;
+- ``redirect=false``: a whole-blob GET is hashed as it streams and its last piece withheld unless the
+  digest matches (the store does that in every mode). With ``"first"`` the first such GET of an object
+  records it as verified (``blob_checks``, keyed by the object's ETag, size and ``LastModified``); one
+  that does not match is quarantined inside the bucket (:mod:`lamina.store.s3integrity`) and unlinked,
+  its response breaks off before the end, and every later GET answers ``404 BLOB_UNKNOWN``. A range GET
+  of an object not yet verified (``"first"``), or any range GET (``"always"``), re-hashes the whole
+  object before the first byte, as for files; ``"off"`` re-hashes nothing and quarantines nothing.
 """
 
 from __future__ import annotations
@@ -29,15 +43,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
 from lamina.oci import Digest
 from lamina.store import Storage
-from lamina.store.filesystem import FileIdentity
-from lamina.store.integrity import is_verified, quarantine_blob, record_verified
+from lamina.store.filesystem import BlobCheck, FileIdentity
+from lamina.store.integrity import BlobPlace, LocalBlobPlace, is_verified, record_verified
+from lamina.store.s3blobs import CorruptObject, S3BlobStore
+from lamina.store.s3check import S3CheckBlobs
+from lamina.store.s3integrity import S3BlobPlace
 
 from .errors import ErrorCode, RegistryError
 from .services import Offloader
@@ -54,7 +71,7 @@ class _Verdict:
     ok: bool
     identity: FileIdentity | None = None  # the file that was hashed (None: the blob is gone)
     actual: str | None = None  # what a corrupt blob's bytes hash to
-    quarantined: Path | None = None
+    quarantined: str | None = None  # where it went (a path, or s3://BUCKET/KEY)
 
 
 class BlobVerifier:
@@ -69,13 +86,15 @@ class BlobVerifier:
         self._pending: dict[tuple[str, FileIdentity], asyncio.Future[_Verdict]] = {}
         self.hashed = 0  # re-hashes this process ran (for tests and curiosity)
 
-    async def ensure(self, storage: Storage, offload: Offloader, digest: Digest) -> None:
+    async def ensure(
+        self, storage: Storage, offload: Offloader, digest: Digest, *, hashed_on_the_way: bool = False
+    ) -> None:
         """Return when the blob may be sent; RegistryError BLOB_UNKNOWN when it is gone or failed (and
-        was quarantined)."""
-        if self.mode == "off":
+        was quarantined). ``hashed_on_the_way``: a whole read of an S3 object, verified by :meth:`stream`."""
+        if self.mode == "off" or hashed_on_the_way:
             return
         for _ in range(2):  # a second round only when the file was replaced while being hashed
-            identity = storage.blobs.identity(digest)
+            identity = await _identity(storage, digest)
             if identity is None:
                 raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in the blob store",
                                     detail={"digest": str(digest)})
@@ -113,7 +132,8 @@ class BlobVerifier:
         """In a thread: the database's record first ("first"), else re-hash; quarantine on a mismatch."""
         if self.mode == "first" and is_verified(storage.metadata, digest, identity):
             return _Verdict(True, identity)
-        check = storage.blobs.check(digest)
+        blobs = storage.blobs
+        check: BlobCheck | None = (S3CheckBlobs(blobs) if isinstance(blobs, S3BlobStore) else blobs).check(digest)
         self.hashed += 1
         if check is None:
             return _Verdict(False)
@@ -121,19 +141,54 @@ class BlobVerifier:
             if self.mode == "first":
                 record_verified(storage.metadata, digest, check.identity)
             return _Verdict(True, check.identity)
-        reason = f"verification on read: the {check.identity.size} stored bytes hash to {check.actual}"
-        target = quarantine_blob(storage.metadata, storage.paths, digest, check.identity, reason,
-                                 {"actual": check.actual})
+        target = self._quarantine(storage, digest, check.identity, check.actual)
+        return _Verdict(False, check.identity, check.actual, target)
+
+    def _quarantine(self, storage: Storage, digest: Digest, identity: FileIdentity, actual: str) -> str | None:
+        """In a thread: quarantine a blob that failed (and unlink it), with one ERROR line."""
+        reason = f"verification on read: the {identity.size} stored bytes hash to {actual}"
+        place: BlobPlace = S3BlobPlace(storage.blobs) if isinstance(storage.blobs, S3BlobStore) \
+            else LocalBlobPlace(storage.paths)
+        target = place.quarantine_blob(storage.metadata, digest, identity, reason, {"actual": actual})
         if target is not None:
             log.error("blob %s failed verification on read (its bytes hash to %s): quarantined to %s and "
-                      "unlinked from every repository; clients must push it again", digest, check.actual, target)
-        return _Verdict(False, check.identity, check.actual, target)
+                      "unlinked from every repository; clients must push it again", digest, actual, target)
+        return target
+
+    async def stream(
+        self, storage: Storage, offload: Offloader, digest: Digest, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """The bytes ``[start, end)`` of a blob in S3, streamed. A whole read is hashed on the way by the
+        store; after it, ``"first"`` records the object as verified, and one that failed is quarantined
+        (unless ``"off"``) before the error ends the response."""
+        blobs = storage.blobs
+        assert isinstance(blobs, S3BlobStore), "stream() serves S3 blobs; files go out with sendfile"
+        seen: list[FileIdentity] = []
+        try:
+            async for chunk in blobs.read(digest, start, end, verified=seen.append):
+                yield chunk
+        except CorruptObject as exc:
+            if self.mode != "off":
+                await offload.run(self._quarantine, storage, digest, exc.identity, exc.actual)
+            raise
+        key = str(digest)
+        if seen and self.mode == "first" and self._memo.get(key) != seen[0]:
+            await offload.run(record_verified, storage.metadata, digest, seen[0])
+            self._remember(key, seen[0])
 
     def _remember(self, key: str, identity: FileIdentity) -> None:
         self._memo[key] = identity
         self._memo.move_to_end(key)
         while len(self._memo) > self.memo_size:
             self._memo.popitem(last=False)
+
+
+async def _identity(storage: Storage, digest: Digest) -> FileIdentity | None:
+    """The blob's identity: a ``stat`` of its file, or a HEAD of its S3 object (in the S3 threads)."""
+    blobs = storage.blobs
+    if isinstance(blobs, S3BlobStore):
+        return await blobs.client.run(blobs.identity, digest)
+    return blobs.identity(digest)
 
 
 VERIFIER = web.AppKey("verifier", BlobVerifier)

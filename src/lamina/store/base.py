@@ -6,15 +6,15 @@ later). The HTTP layer only ever sees these protocols, so adding a backend never
 
 Consistency rules every implementation keeps:
 - a blob is visible (``BlobStore.size``) only once complete, digest-verified and atomically in place;
-- ``MetadataStore.put_manifest`` checks that every referenced blob/manifest is linked to the repository
-  *inside the same transaction* that stores the manifest, so a concurrent delete/GC can never leave a
+- ``put_manifest`` (:mod:`lamina.store.roles`) checks that every referenced blob/manifest is linked to
+  the repository *inside the same transaction* that stores the manifest, so a concurrent delete/GC can never leave a
   stored manifest pointing at a missing blob;
 - uploads survive restarts: session state lives in metadata, partial bytes in the blob backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -27,7 +27,6 @@ __all__ = [
     "BlobUnknown",
     "ManifestRecord",
     "ManifestReference",
-    "MetadataStore",
     "MissingReference",
     "ReferenceSizeMismatch",
     "ReferrerRecord",
@@ -215,7 +214,17 @@ class UploadLimitReached(StoreError):
 class BlobStore(Protocol):
     """Complete, verified, content-addressed blobs."""
 
+    remote: bool  # False: local files (sendfile, stat); True: elsewhere (S3): HEAD answers from metadata
+
     def size(self, digest: Digest) -> int | None: ...
+    def redirect_url(self, digest: Digest) -> str | None:
+        """A URL a client may GET the blob from itself (a presigned S3 URL), or None: serve it here."""
+        ...
+
+    def read_small(self, digest: Digest, limit: int) -> bytes | None:
+        """The whole blob if it has at most ``limit`` bytes, else None (blocking; for configs)."""
+        ...
+
     def local_path(self, digest: Digest) -> Path | None:
         """A file the server may sendfile() from, or None when the backend is not local."""
         ...
@@ -245,76 +254,3 @@ class UploadStore(Protocol):
         ...
 
     def discard(self, session_id: str) -> None: ...
-
-
-class MetadataStore(Protocol):
-    # repositories and blob links
-    def link_blob(
-        self, repository: str, digest: Digest, size: int, present: Callable[[], bool] | None = None
-    ) -> None:
-        """Link (or re-link: refreshes ``linked_at``) a blob; ``present`` is checked inside the write
-        transaction and BlobUnknown raised if it says the bytes are gone (the GC race, see store.sweep)."""
-        ...
-
-    def link_uploaded_blob(
-        self, session_id: str, repository: str, digest: Digest, size: int, present: Callable[[], bool] | None = None
-    ) -> None:
-        """``link_blob`` plus ``delete_upload(session_id)``, atomically (one commit per finished push)."""
-        ...
-
-    def linked_blob_size(self, repository: str, digest: Digest) -> int | None: ...
-    def unlink_blob(self, repository: str, digest: Digest, *, force: bool = False) -> bool:
-        """Remove the blob's link (False: it was not linked); BlobReferenced, in the same write transaction,
-        when a manifest of the repository names it, unless ``force``."""
-        ...
-
-    def repositories_with_blob(self, digest: Digest, limit: int = 1) -> Sequence[str]: ...
-    def repository_exists(self, repository: str) -> bool: ...
-    def list_repositories(self, last: str | None, limit: int | None) -> Sequence[str]: ...
-
-    # manifests and tags
-    def put_manifest(
-        self,
-        record: ManifestRecord,
-        references: Sequence[ManifestReference],
-        tag: str | None,
-        immutable: bool = False,
-        condition: TagCondition | None = None,
-    ) -> None:
-        """Store the manifest, its references and the tag in one transaction; raises MissingReference,
-        TagImmutable when ``immutable`` and the tag already names another digest, or TagPreconditionFailed
-        when ``condition`` does not hold for the tag's current digest (checked in the same transaction, so
-        of two writers conditioned on the same digest only one can win). A tag already at ``record``'s
-        digest counts as moved (the change already happened: RFC 9110 13.1.1), whatever the condition."""
-        ...
-
-    def get_manifest(self, repository: str, reference: str) -> ManifestRecord | None:
-        """By tag or by digest string."""
-        ...
-
-    def delete_manifest(self, repository: str, digest: Digest) -> bool: ...
-    def delete_tag(self, repository: str, tag: str) -> bool: ...
-    def list_tags(self, repository: str, last: str | None, limit: int | None) -> Sequence[str]: ...
-    def referrers(
-        self,
-        repository: str,
-        subject: Digest,
-        artifact_type: str | None,
-        last: Digest | None = None,
-        limit: int | None = None,
-    ) -> Sequence[ReferrerRecord]:
-        """Sorted by digest; paged: up to ``limit`` (None: all) whose digest sorts after ``last``."""
-        ...
-
-    def record_pull(self, repository: str, digest: Digest, when: float) -> None: ...
-
-    # upload sessions
-    def create_upload(self, session: UploadSession, limits: UploadLimits | None = None) -> None:
-        """Record a new session; with ``limits``, counted and inserted in one write transaction (so
-        concurrent workers cannot overshoot), UploadLimitReached when the repository or the user is full."""
-        ...
-
-    def get_upload(self, session_id: str) -> UploadSession | None: ...
-    def update_upload(self, session_id: str, size: int, when: float) -> None: ...
-    def delete_upload(self, session_id: str) -> None: ...
-    def expired_uploads(self, older_than: float) -> Sequence[UploadSession]: ...

@@ -122,6 +122,8 @@ class BlobCheck:
 class FilesystemBlobStore:
     """Complete blobs at ``blobs/<alg>/<xx>/<hex>``, mode 0444, never rewritten in place."""
 
+    remote = False  # local files: GET sends them with sendfile(2), HEAD stats them
+
     def __init__(self, paths: StorePaths, *, thread_min: int = THREAD_MIN) -> None:
         self.paths = paths
         self.thread_min = thread_min
@@ -135,6 +137,20 @@ class FilesystemBlobStore:
     def local_path(self, digest: Digest) -> Path | None:
         path = self.paths.blob(digest)
         return path if path.is_file() else None
+
+    def redirect_url(self, digest: Digest) -> str | None:
+        """Never: local blobs are served by this process."""
+        return None
+
+    def read_small(self, digest: Digest, limit: int) -> bytes | None:
+        """The whole blob when it has at most ``limit`` bytes (blocking); None when absent or larger.
+        Not verified here: the caller checks the digest."""
+        try:
+            with open(self.paths.blob(digest), "rb") as blob:
+                data = blob.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        return data if len(data) <= limit else None
 
     async def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes ``[start, end)`` (end exclusive, None = to the end); BlobUnknown if absent."""
@@ -336,6 +352,13 @@ class FilesystemUploadStore:
             return True
         finally:
             os.close(fd)
+
+    def last_modified(self, session_id: str) -> float | None:
+        """When the session's directory last changed (its data file was created or replaced), or None."""
+        try:
+            return os.stat(self.paths.upload_dir(session_id)).st_mtime
+        except (FileNotFoundError, ValueError):
+            return None
 
     def session_ids(self) -> list[str]:
         """Ids with data on disk, sorted: a janitor discards those metadata no longer knows."""

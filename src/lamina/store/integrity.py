@@ -17,6 +17,10 @@ Quarantine (``ROOT/quarantine/``): the corrupt file (or a manifest's bytes) move
 (or out of the database), beside ``<name>.json``, a note saying what it was, why it was moved, when,
 and which repositories, manifests and tags it affected. Its links go in the same transaction, so the
 registry answers ``BLOB_UNKNOWN`` for it and a client pushes it again.
+
+Where the bytes are is a :class:`BlobPlace`: :class:`LocalBlobPlace` (files under the root, this
+module) or :class:`lamina.store.s3integrity.S3BlobPlace` (objects in S3, quarantined inside the bucket);
+fsck and verification on read call the same five repairs on either.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lamina.oci import Digest, parse_digest
 
@@ -37,6 +41,8 @@ from .roles import Repairs, VerificationRecords
 from .views import Snapshot
 
 __all__ = [
+    "BlobPlace",
+    "LocalBlobPlace",
     "Snapshot",
     "drop_links",
     "fix_link_size",
@@ -183,3 +189,47 @@ def forget_stale_checks(records: VerificationRecords, paths: StorePaths) -> int:
     """Drop the verification records of blobs whose file is gone (collected by GC); how many. A file
     published again later has another identity and is re-hashed anyway: this only keeps the table small."""
     return records.forget_checks(lambda digest: not paths.blob(parse_digest(digest)).exists())
+
+
+# -- where the bytes are: one interface for fsck's and verify's repairs --------------------------------
+
+class BlobPlace(Protocol):
+    """The repairs that touch blob bytes, for one kind of blob store; each re-checks its problem inside
+    the repair's write transaction (under the exclusive GC gate) and does nothing when it went away.
+    Quarantine targets are returned as text (a path, or ``s3://BUCKET/KEY``)."""
+
+    def quarantine_blob(self, repairs: Repairs, digest: Digest, identity: FileIdentity, reason: str,
+                        details: dict[str, Any] | None = None) -> str | None: ...
+    def drop_links(self, repairs: Repairs, digest: Digest) -> list[str]: ...
+    def fix_link_size(self, repairs: Repairs, digest: Digest, identity: FileIdentity) -> int: ...
+    def relink(self, repairs: Repairs, repository: str, manifest: str, digest: Digest, size: int) -> bool: ...
+    def quarantine_manifest(self, repairs: Repairs, repository: str, digest: str, reason: str) -> str | None: ...
+    def forget_stale_checks(self, records: VerificationRecords) -> int: ...
+
+
+class LocalBlobPlace:
+    """Blob files under the root (``blobs/``), quarantined to ``ROOT/quarantine/``."""
+
+    def __init__(self, paths: StorePaths) -> None:
+        self.paths = paths
+
+    def quarantine_blob(self, repairs: Repairs, digest: Digest, identity: FileIdentity, reason: str,
+                        details: dict[str, Any] | None = None) -> str | None:
+        target = quarantine_blob(repairs, self.paths, digest, identity, reason, details)
+        return None if target is None else str(target)
+
+    def drop_links(self, repairs: Repairs, digest: Digest) -> list[str]:
+        return drop_links(repairs, self.paths, digest)
+
+    def fix_link_size(self, repairs: Repairs, digest: Digest, identity: FileIdentity) -> int:
+        return fix_link_size(repairs, self.paths, digest, identity)
+
+    def relink(self, repairs: Repairs, repository: str, manifest: str, digest: Digest, size: int) -> bool:
+        return relink(repairs, self.paths, repository, manifest, digest, size)
+
+    def quarantine_manifest(self, repairs: Repairs, repository: str, digest: str, reason: str) -> str | None:
+        target = quarantine_manifest(repairs, self.paths, repository, digest, reason)
+        return None if target is None else str(target)
+
+    def forget_stale_checks(self, records: VerificationRecords) -> int:
+        return forget_stale_checks(records, self.paths)

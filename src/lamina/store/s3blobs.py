@@ -11,6 +11,10 @@ its last piece is held back until the hash matches: bytes that changed inside th
 handed out complete (the response breaks off and the client, which checks digests, retries or fails).
 A client can also fetch the object itself: :meth:`S3BlobStore.redirect_url` presigns a GET (SigV4,
 valid :data:`PRESIGN_SECONDS`), which the registry answers as a 307 when the ``redirect`` option is on.
+
+An object's identity (:func:`object_identity`, what verification records and fsck's repairs compare) is
+its ETag, size and ``LastModified``: S3 replaces an object whole, and a replacement with other bytes has
+another ETag (the MD5 of the body, or of the part MD5s for a multipart upload).
 """
 
 from __future__ import annotations
@@ -18,19 +22,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lamina.oci import Digest, DigestError, parse_digest
 
 from .base import BlobUnknown, StoreError
+from .filesystem import FileIdentity
 from .s3client import S3Client, content_md5, is_missing
 
-__all__ = ["PRESIGN_SECONDS", "READ_CHUNK", "S3BlobStore"]
+__all__ = ["PRESIGN_SECONDS", "READ_CHUNK", "CorruptObject", "S3BlobStore", "object_identity"]
 
 READ_CHUNK = 1 << 20
 PRESIGN_SECONDS = 1200  # 20 minutes, as CNCF distribution's S3 driver
+
+
+def object_identity(etag: str, size: int, modified: datetime) -> FileIdentity:
+    """A blob object's identity in :class:`FileIdentity`'s four integers: 56 bits of the ETag's SHA-256 in
+    place of the inode, the size, ``LastModified`` in ns as the mtime, 0 as the ctime."""
+    tag = int.from_bytes(hashlib.sha256(etag.strip('"').encode()).digest()[:7], "big")
+    return FileIdentity(tag, size, int(modified.timestamp()) * 1_000_000_000, 0)
+
+
+class CorruptObject(StoreError):
+    """A whole-blob read whose bytes do not hash to the digest (raised after the last piece was withheld)."""
+
+    def __init__(self, digest: Digest, actual: str, identity: FileIdentity) -> None:
+        super().__init__(f"blob {digest} in S3 hashes to {actual}: not served; delete it and push it again")
+        self.digest, self.actual, self.identity = digest, actual, identity
 
 
 class S3BlobStore:
@@ -53,6 +74,16 @@ class S3BlobStore:
                 return None
             raise
         return int(head["ContentLength"])
+
+    def identity(self, digest: Digest) -> FileIdentity | None:
+        """The object's identity (:func:`object_identity`) from a HEAD; None when it is absent."""
+        try:
+            head = self.client.s3.head_object(Bucket=self.location.bucket, Key=self.key(digest))
+        except Exception as exc:
+            if is_missing(exc):
+                return None
+            raise
+        return object_identity(str(head["ETag"]), int(head["ContentLength"]), head["LastModified"])
 
     def local_path(self, digest: Digest) -> Path | None:
         return None
@@ -84,8 +115,13 @@ class S3BlobStore:
             data = bytes(body.read(limit + 1))
         return data if len(data) <= limit else None
 
-    async def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Yield bytes ``[start, end)`` (end exclusive, None: to the end); BlobUnknown if absent."""
+    async def read(
+        self, digest: Digest, start: int = 0, end: int | None = None,
+        *, verified: Callable[[FileIdentity], None] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` (end exclusive, None: to the end); BlobUnknown if absent. A whole
+        read that hashed right calls ``verified`` with the object's identity before its last piece; one that
+        did not raises :class:`CorruptObject` instead of yielding it."""
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"byte range {start}-{end} is outside blob {digest}: not a range")
         if end is not None and end == start:
@@ -124,11 +160,12 @@ class S3BlobStore:
                 held = block
             if received != total:
                 raise StoreError(f"blob {digest}: S3 sent {received} of {total} bytes")
-            if hasher is not None and hasher.hexdigest() != digest.encoded:
-                raise StoreError(
-                    f"blob {digest} in S3 hashes to {digest.algorithm}:{hasher.hexdigest()}: not served; "
-                    "delete it and push it again"
-                )
+            if hasher is not None:
+                identity = object_identity(str(response.get("ETag", "")), total, response["LastModified"])
+                if hasher.hexdigest() != digest.encoded:
+                    raise CorruptObject(digest, f"{digest.algorithm}:{hasher.hexdigest()}", identity)
+                if verified is not None:
+                    verified(identity)
             if held is not None:
                 yield held
         finally:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -92,8 +92,10 @@ def sweep(
     dry_run: bool = False,
     now: float | None = None,
     batch: int = 64,
+    before_batch: Callable[[], None] | None = None,
 ) -> SweepResult:
-    """Run phases 1 and 2; ``stored`` lists the blob store's digests."""
+    """Run phases 1 and 2; ``stored`` lists the blob store's digests. ``before_batch`` runs before each
+    batch of deletions and may raise to stop them (GC's lease check: :mod:`lamina.store.leases`)."""
     cutoff = (time.time() if now is None else now) - grace_seconds
     garbage = gc.collect_garbage(cutoff, delete_untagged=delete_untagged, commit=not dry_run)
     result = SweepResult(untagged=garbage.untagged, links=garbage.links)
@@ -108,6 +110,8 @@ def sweep(
         result.blobs = [(str(digest), size) for digest, size in candidates]
         return result
     for start in range(0, len(candidates), batch):
+        if before_batch is not None:
+            before_batch()
         with gc.sweep_guard() as is_live:
             for digest, _ in candidates[start:start + batch]:
                 if is_live(str(digest)):

@@ -189,3 +189,30 @@ def test_migrate_refuses_a_target_holding_another_registry(make_cluster: MakeClu
                             timeout=10).status_code == 200
     not_a_root = migrate(tmp_path / "nowhere", cluster.config_file())
     assert not_a_root.returncode == 2 and "not an embedded registry root" in not_a_root.stderr
+
+
+def test_a_corrupt_source_blob_is_reported_and_never_copied(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    """A blob file whose bytes changed on disk: S3's commit re-hashes it and refuses it, the manifest using
+    it cannot be stored without it, both are named, the exit status is 1; the rest is copied."""
+    source = start_lamina(tmp_path / "embedded")
+    bad_layer, good_layer = os.urandom(300_000), os.urandom(200_000)
+    try:
+        push_image(source.url, "corrupt/app", "bad", [bad_layer])
+        good = push_image(source.url, "corrupt/other", "good", [good_layer])
+    finally:
+        source.stop()
+    digest = sha256(bad_layer)
+    path = source.root / "blobs" / "sha256" / digest[7:9] / digest[7:]
+    path.chmod(0o644)
+    path.write_bytes(b"x" * len(bad_layer))  # same size, other bytes: a disk that decayed
+    cluster = make_cluster(replicas=0)
+    done = migrate(source.root, cluster.config_file())
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED ")]
+    assert any(line.startswith(f"FAILED blob {digest}:") and "hash" in line for line in failed), failed
+    assert any(line.startswith("FAILED manifest corrupt/app@") for line in failed), failed
+    assert "2 FAILURE(S)" in done.stdout.splitlines()[-1]
+    replica = cluster.start_replica()
+    assert requests.get(f"{replica.url}/v2/corrupt/app/blobs/{digest}", timeout=10).status_code == 404
+    got = requests.get(f"{replica.url}/v2/corrupt/other/manifests/good", headers=ACCEPT, timeout=10)
+    assert got.status_code == 200 and sha256(got.content) == good

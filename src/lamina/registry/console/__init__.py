@@ -83,12 +83,8 @@ def _read_small_blob(storage: Storage, digest: str) -> bytes | None:
         parsed = parse_digest(digest)
     except ValueError:
         return None
-    size = storage.blobs.size(parsed)
-    path = storage.blobs.local_path(parsed)
-    if size is None or size > _CONFIG_CAP or path is None:
-        return None
-    data = path.read_bytes()
-    return data if parsed.verify(data) else None
+    data = storage.blobs.read_small(parsed, _CONFIG_CAP)  # a local file or an S3 object
+    return data if data is not None and parsed.verify(data) else None
 
 
 def _cache_counts(storage: Storage, digest: str) -> tuple[int, int] | None:

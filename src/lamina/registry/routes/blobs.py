@@ -2,7 +2,10 @@
 
 A blob is visible in a repository only when it is linked there (pushed or mounted into it). GET is
 zero-copy: ``web.FileResponse`` (with :mod:`.zerocopy` under uvloop) uses sendfile(2) and answers
-``Range`` with 206 (or 416) itself.
+``Range`` with 206 (or 416) itself. With S3 blobs (``blobs = "s3://..."``) HEAD answers from metadata and
+GET is a 307 to a presigned URL of the object (``redirect=false``: streamed from S3, ``Range`` honoured,
+a whole blob hashed on the way, :mod:`lamina.store.s3blobs`; verification on read as
+:mod:`lamina.registry.verify` says for S3).
 DELETE unlinks the blob from the repository; the bytes are reclaimed by garbage collection. A blob that
 a manifest of the repository names (its config or a layer, directly or as a child of an index) is
 refused with 405 UNSUPPORTED, checked in the unlink's own write transaction: deleting it would leave the
@@ -12,7 +15,9 @@ delete a registry does not allow; delete the manifests first, then the blob.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -26,6 +31,8 @@ from .zerocopy import BlobFileResponse
 
 __all__ = ["delete", "get", "head"]
 
+log = logging.getLogger("lamina.registry")
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -34,7 +41,9 @@ def _linked_size(request: web.Request) -> tuple[str, Digest, int]:
     digest = digest_param(request.match_info["digest"])
     store = storage(request)
     size = store.metadata.linked_blob_size(name, digest)
-    if size is None or store.blobs.size(digest) is None:
+    # remote blobs (S3): answered from metadata alone, no request to the store (a link exists only after
+    # the upload was verified and written; GC unlinks before it deletes)
+    if size is None or (not store.blobs.remote and store.blobs.size(digest) is None):
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {name}",
                             detail={"digest": str(digest)})
     return name, digest, size
@@ -59,6 +68,11 @@ async def head(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.StreamResponse:
     _, digest, size = _linked_size(request)
     store = storage(request)
+    if store.blobs.remote:  # S3: a presigned redirect (the client checks the digest), or streamed and hashed
+        url = store.blobs.redirect_url(digest)
+        if url is not None:
+            return web.Response(status=307, headers={**_headers(digest), "Location": url, "Content-Length": "0"})
+        return await _stream(request, digest, size)
     await request.app[VERIFIER].ensure(store, offload(request), digest)  # verify_on_read (..verify)
     path = store.blobs.local_path(digest)
     if path is not None:
@@ -89,12 +103,30 @@ async def _stream(request: web.Request, digest: Digest, size: int) -> web.Stream
                                 headers={"Content-Range": f"bytes */{size}"})
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    store, verifier = storage(request), request.app[VERIFIER]
+    chunks: AsyncIterator[bytes]
+    if store.blobs.remote:  # verify_on_read (..verify): a whole read is hashed on the way, a range first
+        whole = start == 0 and end == size
+        await verifier.ensure(store, offload(request), digest, hashed_on_the_way=whole)
+        chunks = verifier.stream(store, offload(request), digest, start, end)
+    else:
+        chunks = store.blobs.read(digest, start, end)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "application/octet-stream"
     response.content_length = end - start
     await response.prepare(request)
-    async for chunk in storage(request).blobs.read(digest, start, end):
-        await response.write(chunk)
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except ConnectionResetError:  # the client went away
+        raise
+    except Exception as exc:
+        # the status and headers are out: an error answer would be written into the body (completing the
+        # blob's length with the error's bytes), so the connection is cut and the client gets a short body
+        log.warning("GET %s broken off after the headers: %s", request.path, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     await response.write_eof()
     return response
 

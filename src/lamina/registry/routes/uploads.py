@@ -154,7 +154,7 @@ async def _try_mount(request: web.Request, name: str, digest: Digest, source: st
     else:
         holders = store.metadata.repositories_with_blob(digest, 1)
         size = store.metadata.linked_blob_size(holders[0], digest) if holders else None
-    if size is None or store.blobs.size(digest) is None:
+    if size is None or await _blob_size(request, store, digest) is None:
         return False
     try:
         await offload(request).run(store.metadata.link_blob, name, digest, size, _present(store, digest))
@@ -249,6 +249,13 @@ async def _commit(request: web.Request, name: str, session_id: str, digest: Dige
         ) from None
 
 
+async def _blob_size(request: web.Request, store: Storage, digest: Digest) -> int | None:
+    """A stat for local blobs; a remote store (S3) is asked from a thread, off the event loop."""
+    if store.blobs.remote:
+        return await offload(request).run(store.blobs.size, digest)
+    return store.blobs.size(digest)
+
+
 def _present(store: Storage, digest: Digest) -> Callable[[], bool]:
     """For ``link_blob``: checked under the metadata write lock, the one GC sweeps files under."""
     return lambda: store.blobs.size(digest) is not None
@@ -262,13 +269,16 @@ def _drop_session(store: Storage, session_id: str) -> None:
 async def patch(request: web.Request) -> web.Response:
     name, session = _session(request)
     store = storage(request)
-    size = await _append(request, store, session.id, _current_size(store, session))
+    size = await _append(request, store, session.id, await _current_size(request, store, session))
     await offload(request).run(store.metadata.update_upload, session.id, size, time.time())
     return web.Response(status=202, headers=_session_headers(name, session.id, size))
 
 
-def _current_size(store: Storage, session: UploadSession) -> int:
-    size = store.uploads.current_size(session.id)
+async def _current_size(request: web.Request, store: Storage, session: UploadSession) -> int:
+    if store.blobs.remote:  # the session's state is an object in S3: read it off the event loop
+        size = await offload(request).run(store.uploads.current_size, session.id)
+    else:
+        size = store.uploads.current_size(session.id)
     if size is None:
         raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload session {session.id!r} has no data on disk",
                             detail={"session": session.id})
@@ -280,7 +290,7 @@ async def finish(request: web.Request) -> web.Response:
     name, session = _session(request)
     store = storage(request)
     digest = digest_param(request.query.get("digest"))
-    offset = _current_size(store, session)
+    offset = await _current_size(request, store, session)
     if request.content_length or request.headers.get("Content-Range") or request.body_exists:
         await _append(request, store, session.id, offset)
     await _commit(request, name, session.id, digest)
@@ -289,7 +299,7 @@ async def finish(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     name, session = _session(request)
-    size = _current_size(storage(request), session)
+    size = await _current_size(request, storage(request), session)
     return web.Response(status=204, headers=_session_headers(name, session.id, size))
 
 
