@@ -24,12 +24,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from .credentials import Credentials
 from .errors import Unauthorized
 from .scopes import ScopeSet, pull_scope, push_scope
-from .tokens import Token, fetch_token
+from .tokens import Send, Token, fetch_token
 
 __all__ = ["Authenticator", "Challenge", "Verdict", "parse_challenge", "pull_scope", "push_scope"]
 
@@ -81,10 +79,9 @@ class _Fetch:
 class Authenticator:
     """Per-registry auth state: the challenge (realm, service), the scopes wanted and the current token."""
 
-    def __init__(self, registry: str, session_getter: Callable[[], aiohttp.ClientSession],
-                 credentials: CredentialGetter) -> None:
+    def __init__(self, registry: str, send: Send, credentials: CredentialGetter) -> None:
         self._registry = registry
-        self._session = session_getter
+        self._send = send
         self._credentials = credentials
         self._challenge: Challenge | None = None
         self._wanted = ScopeSet()
@@ -223,6 +220,6 @@ class Authenticator:
     async def _ask(self, challenge: Challenge, scopes: ScopeSet, creds: Credentials | None) -> Token:
         self.token_requests += 1
         return await fetch_token(
-            self._session(), registry=self._registry, realm=challenge.params["realm"],
+            self._send, registry=self._registry, realm=challenge.params["realm"],
             service=challenge.params.get("service"), scopes=scopes, creds=creds,
         )

@@ -6,6 +6,12 @@ renames it only after the check, so a mismatch or a crash never leaves a half fi
 ``push_blob`` asks HEAD first, then tries the cross-repository mounts the caller offers, and only then
 uploads: one monolithic PUT for small blobs, Content-Range PATCH chunks streamed from the file for
 large ones (ECR-style strictness), always following ``Location`` exactly as the registry sent it.
+
+A client remembers which blobs it has seen in which repository (a HEAD or GET answered 200, a push or a
+mount that succeeded): :meth:`BlobOps.has_blob` and ``push_blob`` ask the registry only about the others,
+so a fully cached build checks each layer once, not once for the cache and again for the push. A blob
+deleted from the registry during the build is then noticed by the manifest PUT (``MANIFEST_BLOB_UNKNOWN``)
+instead of the HEAD, as it would be if it went between the HEAD and the PUT.
 """
 
 from __future__ import annotations
@@ -16,13 +22,12 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import aiohttp
-from yarl import URL
-
 from ..oci import Digest, parse_digest
 from .auth import pull_scope, push_scope
 from .errors import DigestMismatch, RegistryError, RegistryUnreachable, TransferInterrupted
+from .http11 import Answer, BodyError
 from .session import Body, TransferKind, Transport
+from .urls import URL
 
 __all__ = ["BlobOps", "PushOutcome"]
 
@@ -61,6 +66,15 @@ class BlobOps:
     transport: Transport
     monolithic_limit: int = 16 << 20
     chunk_size: int = 32 << 20
+    _present: set[tuple[str, str]]  # (repository, digest) seen there by this client
+
+    def _seen(self, repo: str, digest: Digest) -> None:
+        self._present.add((repo, str(digest)))
+
+    async def has_blob(self, repo: str, digest: Digest | str) -> bool:
+        """True if ``repo`` holds the blob: known from this client's earlier answers, else asked with HEAD."""
+        digest = parse_digest(str(digest))
+        return (repo, str(digest)) in self._present or await self.head_blob(repo, digest) is not None
 
     def _blob_path(self, repo: str, digest: Digest) -> str:
         return f"/v2/{repo}/blobs/{digest}"
@@ -73,9 +87,11 @@ class BlobOps:
             obj=f"blob {digest}", ok=(200, 404), follow_redirects=True,
         ) as resp:
             if resp.status == 404:
+                self._present.discard((repo, str(digest)))
                 return None
             length = resp.headers.get("Content-Length")
-            return int(length) if length and length.isdigit() else -1
+        self._seen(repo, digest)
+        return int(length) if length and length.isdigit() else -1
 
     async def get_blob(
         self, repo: str, digest: Digest | str, *, size: int | None = None, kind: TransferKind = "layer",
@@ -107,12 +123,13 @@ class BlobOps:
         if actual != str(digest) or (size is not None and count != size):
             raise DigestMismatch(str(digest), actual, registry=self.transport.registry, repository=repo, obj=obj,
                                  detail=f"{count} bytes" + (f", expected {size}" if size is not None else ""))
+        self._seen(repo, digest)
 
-    async def _chunks(self, resp: aiohttp.ClientResponse, repo: str, obj: str) -> AsyncIterator[bytes]:
+    async def _chunks(self, resp: Answer, repo: str, obj: str) -> AsyncIterator[bytes]:
         try:
-            async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+            async for chunk in resp.iter_chunked(_READ_CHUNK):
                 yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except BodyError as exc:
             raise TransferInterrupted(None, "UNREACHABLE", f"download broke off: {exc or type(exc).__name__}",
                                       registry=self.transport.registry, repository=repo, obj=obj) from None
 
@@ -186,7 +203,7 @@ class BlobOps:
                 raise RegistryError(None, "SIZE_INVALID", f"file {os.fspath(source)} has {actual_size} bytes, "
                                     f"the descriptor says {size}", registry=self.transport.registry,
                                     repository=repo, obj=obj)
-        if await self.head_blob(repo, digest) is not None:
+        if await self.has_blob(repo, digest):
             return PushOutcome.EXISTS
         location: URL | None = None
         candidates = [r for r in dict.fromkeys(mount_from) if r != repo]
@@ -199,6 +216,7 @@ class BlobOps:
             except RegistryError:
                 continue  # source gone, not ours to read, or mounts unsupported: try the next, then upload
             if location is None:
+                self._seen(repo, digest)
                 return PushOutcome.MOUNTED
             if i < len(candidates) - 1:
                 await self._cancel(location, repo)
@@ -207,6 +225,7 @@ class BlobOps:
         for _ in range(self.transport.retry.attempts):
             try:
                 await self._upload(repo, digest, size, source, kind, location, progress)
+                self._seen(repo, digest)
                 return PushOutcome.UPLOADED
             except RegistryError as exc:
                 if not _retriable(exc):
@@ -231,6 +250,7 @@ class BlobOps:
             except RegistryError:
                 continue
             if location is None:
+                self._seen(repo, digest)
                 return True
             await self._cancel(location, repo)
         return False
@@ -246,7 +266,7 @@ class BlobOps:
                 return None
             return self._location(resp, repo, obj)
 
-    def _location(self, resp: aiohttp.ClientResponse, repo: str, obj: str) -> URL:
+    def _location(self, resp: Answer, repo: str, obj: str) -> URL:
         value = resp.headers.get("Location")
         if not value:
             raise RegistryError(resp.status, "NO_LOCATION", "upload response has no Location header",

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from .blobs import BlobOps
 from .credentials import Credentials, CredentialStore
 from .manifests import ManifestOps
 from .session import RetryPolicy, TransferStats, Transport
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["ClientPool", "RegistryClient"]
 
@@ -25,8 +27,9 @@ class RegistryClient(BlobOps, ManifestOps):
 
     ``insecure``: None = plain HTTP only for loopback hosts and ``$LAMINA_INSECURE_REGISTRIES``; True/False
     force HTTP/HTTPS. ``credentials``: a :class:`CredentialStore` (default: docker's config.json, read
-    lazily) or fixed :class:`Credentials` (``Credentials()`` = anonymous). ``session``: share an aiohttp
-    session (the caller closes it). Blobs up to ``monolithic_limit`` bytes go in one PUT, larger ones in
+    lazily) or fixed :class:`Credentials` (``Credentials()`` = anonymous). ``session``: send every request
+    through this aiohttp session (the caller closes it) instead of lamina's own HTTP/1.1 client. Blobs up
+    to ``monolithic_limit`` bytes go in one PUT, larger ones in
     ``chunk_size`` PATCHes. Use as ``async with``, or call :meth:`close`.
     """
 
@@ -42,6 +45,7 @@ class RegistryClient(BlobOps, ManifestOps):
         monolithic_limit: int | None = None,
         chunk_size: int | None = None,
     ) -> None:
+        self._present = set()
         self.transport = Transport(
             registry, insecure=insecure, credentials=credentials, retry=retry, session=session,
             connections_per_host=connections_per_host,

@@ -13,14 +13,13 @@ import json
 import re
 from typing import NamedTuple
 
-import aiohttp
-from yarl import URL
-
 from ..oci import Descriptor, Digest, DigestError, FormatError, ImageIndex, digest_of, parse_digest, parse_manifest
 from ..oci import mediatypes as mt
 from .auth import pull_scope, push_scope
 from .errors import DigestMismatch, NotFound, RegistryError
+from .http11 import Answer
 from .session import Transport
+from .urls import URL
 
 __all__ = ["ALL_MANIFEST_TYPES", "FetchedManifest", "ManifestInfo", "ManifestOps"]
 
@@ -63,11 +62,11 @@ def _media_type(content_type: str | None, data: bytes | None) -> str:
     return declared if isinstance(declared, str) else served
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_limited(resp: Answer, limit: int) -> bytes:
     """The whole body, but never more than ``limit`` bytes in memory (StreamReader.read(n) may return less)."""
     parts: list[bytes] = []
     total = 0
-    async for chunk in resp.content.iter_chunked(1 << 16):
+    async for chunk in resp.iter_chunked(1 << 16):
         parts.append(chunk)
         total += len(chunk)
         if total >= limit:
@@ -218,7 +217,7 @@ class ManifestOps:
         for _ in range(100_000):
             async with self.transport.request("GET", url, scopes=[pull_scope(repo)], repository=repo,
                                               obj="tag list", params=params) as resp:
-                doc = await resp.json(content_type=None)
+                doc = await resp.json()
                 link = resp.headers.get("Link")
                 base = resp.url
             page = doc.get("tags") if isinstance(doc, dict) else None

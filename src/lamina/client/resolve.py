@@ -22,31 +22,24 @@ from ..oci import (
     Platform,
     parse_manifest,
 )
+from ..oci import normalize_platform as oci_normalize_platform
 from .client import RegistryClient
 from .errors import NoMatchingPlatform, RegistryError
 from .manifests import FetchedManifest
 
 __all__ = ["ResolvedImage", "normalize_platform", "resolve_image", "resolve_platform", "select_platform"]
 
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386", "armhf": "arm",
-                 "armel": "arm"}
 _DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7", "amd64": "v1"}
 
 
 def normalize_platform(platform: Platform) -> tuple[str, str, str | None]:
-    """(os, architecture, variant) in containerd's normal form."""
-    arch = platform.architecture.lower()
-    variant = platform.variant.lower() if platform.variant else None
-    if arch == "armhf" and variant is None:
-        variant = "v7"
-    if arch == "armel" and variant is None:
-        variant = "v6"
-    arch = _ARCH_ALIASES.get(arch, arch)
+    """(os, architecture, variant) to match with: containerd's normal form (:func:`lamina.oci.normalize_platform`)
+    with the architecture's default variant written out, so ``arm64`` and ``arm64/v8`` compare equal."""
+    normal = oci_normalize_platform(platform)
+    variant = normal.variant
     if variant is not None and variant.isdigit():
-        variant = f"v{variant}"
-    if variant is None:
-        variant = _DEFAULT_VARIANT.get(arch)
-    return platform.os.lower(), arch, variant
+        variant = f"v{variant}"  # "linux/amd64/2" as an index may spell it
+    return normal.os, normal.architecture, variant or _DEFAULT_VARIANT.get(normal.architecture)
 
 
 def _variant_number(variant: str | None) -> int | None:

@@ -1,7 +1,11 @@
 """The HTTP transport under every registry call: scheme choice, auth, retries, redirects, transfer counters.
 
-One :class:`Transport` per registry host, over one aiohttp session whose pool allows 16 connections per
-host. ``https`` always, except for loopback hosts (unless they have a docker ``certs.d`` directory) and
+One :class:`Transport` per registry host, over lamina's own HTTP/1.1 client (:mod:`lamina.client.http11`:
+asyncio streams, keep-alive, 16 requests in flight per origin; no aiohttp import and no TLS context for a
+plain-HTTP registry, which is most of a fresh process's start-up on a fully cached build). aiohttp
+(:mod:`lamina.client.aiohttp_backend`) carries the requests to origins behind a proxy from the
+environment, and every request of a client given an aiohttp session. ``https`` always, except for
+loopback hosts (unless they have a docker ``certs.d`` directory) and
 registries the caller (or ``LAMINA_INSECURE_REGISTRIES=host:port,...``) marks insecure; the certificates
 an https registry is checked with, and those presented to it, come from :mod:`lamina.client.tls`.
 Requests that are safe to repeat are retried with exponential backoff and full jitter on connection
@@ -21,15 +25,19 @@ import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
-
-import aiohttp
-from yarl import URL
+from typing import TYPE_CHECKING, Literal
 
 from .auth import Authenticator, Verdict
 from .credentials import CredentialError, Credentials, CredentialStore
-from .errors import RegistryError, RegistryUnreachable, Unauthorized, error_from_response
+from .errors import RegistryError, RegistryUnreachable, TransferInterrupted, Unauthorized, error_from_response
+from .http11 import Answer, BodyError, ConnectError, HTTPClient, HTTPError, RequestBody, TLSError
 from .tls import has_certs_dir, ssl_for
+from .urls import URL
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from .aiohttp_backend import AiohttpBackend
 
 __all__ = [
     "INSECURE_ENV",
@@ -71,11 +79,9 @@ def insecure_registries_from_env() -> frozenset[str]:
     return frozenset(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _tls_reason(exc: aiohttp.ClientSSLError, target: URL) -> str:
+def _tls_reason(exc: TLSError, target: URL) -> str:
     """The TLS failure in one line, with what to do about it."""
-    certificate = isinstance(exc, aiohttp.ClientConnectorCertificateError)
-    cause: BaseException = exc.certificate_error if certificate else exc.os_error  # type: ignore[attr-defined]
-    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+    certificate, reason = exc.certificate, exc.reason
     authority = target.host if target.explicit_port is None else f"{target.host}:{target.port}"
     if certificate:
         return (f"the registry's TLS certificate does not verify ({reason}); if a private CA signed it, put the "
@@ -132,7 +138,7 @@ def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
 
 
 class Transport:
-    """HTTP to one registry host; owns (or borrows) the aiohttp session and the auth state."""
+    """HTTP to one registry host; owns its HTTP client (or borrows an aiohttp session) and the auth state."""
 
     def __init__(
         self,
@@ -143,7 +149,8 @@ class Transport:
         retry: RetryPolicy | None = None,
         session: aiohttp.ClientSession | None = None,
         connections_per_host: int = 16,
-        timeout: aiohttp.ClientTimeout | None = None,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 300.0,
     ) -> None:
         self.registry = registry
         if insecure is None:  # auto: loopback (without certs.d) or listed in the environment; True/False force it
@@ -153,13 +160,16 @@ class Transport:
         self.base_url = URL(f"{scheme}://{api_host(registry)}")
         self.retry = retry or RetryPolicy()
         self.stats = TransferStats()
-        self._own_session = session is None
-        self._session = session
         self._limit = connections_per_host
-        self._timeout = timeout or aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+        self._timeouts = (connect_timeout, read_timeout)
+        self._http: HTTPClient | None = None
+        self._aiohttp: AiohttpBackend | None = None
+        self._borrowed = session  # every request through the caller's aiohttp session (left open)
+        self._trust_env = not is_loopback(registry)  # HTTP(S)_PROXY/NO_PROXY as docker, except for loopback
+        self._proxied: dict[tuple[str | None, str | None, int | None], bool] = {}
         self._creds_source = credentials
         self._creds_task: asyncio.Task[Credentials | None] | None = None
-        self.auth = Authenticator(registry, self.session, self._credentials)
+        self.auth = Authenticator(registry, self.send, self._credentials)
 
     async def _credentials(self) -> Credentials | None:
         """The credentials for this registry, looked up once (a helper runs once however many requests
@@ -179,24 +189,46 @@ class Transport:
         except CredentialError as exc:  # callers that turn RegistryError into a warning get this one too
             raise Unauthorized(None, "CREDENTIALS", " ".join(str(exc).split()), registry=self.registry) from None
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=4 * self._limit, limit_per_host=self._limit)
-            # HTTP(S)_PROXY/NO_PROXY are honoured as docker does, except for loopback registries.
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=False,
-                trust_env=not is_loopback(self.registry),
-            )
-            self._own_session = True
-        return self._session
+    def _via_aiohttp(self, url: URL) -> bool:
+        if self._borrowed is not None:
+            return True
+        if not self._trust_env:
+            return False
+        origin = _origin(url)
+        known = self._proxied.get(origin)
+        if known is None:
+            from .aiohttp_backend import proxied
+
+            known = self._proxied[origin] = proxied(url)
+        return known
+
+    async def send(self, method: str, url: URL, headers: Mapping[str, str] | None = None,
+                   body: RequestBody = None) -> Answer:
+        """One HTTP exchange, no retry, auth or redirect (those are :meth:`request`'s): the answer once its
+        head has arrived, to be released by the caller. Raises :class:`~lamina.client.http11.HTTPError`."""
+        if self._via_aiohttp(url):
+            if self._aiohttp is None:
+                from .aiohttp_backend import AiohttpBackend
+
+                self._aiohttp = AiohttpBackend(self._borrowed, limit_per_host=self._limit,
+                                               connect_timeout=self._timeouts[0], read_timeout=self._timeouts[1])
+            return await self._aiohttp.request(method, url, headers=headers, body=body, ssl_context=ssl_for(url))
+        if self._http is None:
+            from lamina import __version__
+
+            self._http = HTTPClient(limit_per_host=self._limit, connect_timeout=self._timeouts[0],
+                                    read_timeout=self._timeouts[1], user_agent=f"lamina/{__version__}")
+        return await self._http.request(method, url, headers=headers, body=body, ssl_context=ssl_for(url))
 
     async def close(self) -> None:
         await self.auth.close()
         if self._creds_task is not None and not self._creds_task.done():
             self._creds_task.cancel()
             await asyncio.gather(self._creds_task, return_exceptions=True)
-        if self._own_session and self._session is not None and not self._session.closed:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
+        if self._aiohttp is not None:
+            await self._aiohttp.close()
 
     def url(self, path: str) -> URL:
         return self.base_url.join(URL(path))
@@ -221,7 +253,7 @@ class Transport:
         body: Body = None,
         retry: bool = True,
         follow_redirects: bool = False,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Answer]:
         """Send one logical request and yield the response whose status is in ``ok``; raise typed errors.
 
         ``body`` is bytes or a factory of fresh async iterables, so a retry can resend it.
@@ -243,14 +275,13 @@ class Transport:
             data = body() if callable(body) else body
             self.stats.requests += 1
             try:
-                resp = await self.session().request(method, target, headers=hdrs, data=data, allow_redirects=False,
-                                                    ssl=ssl_for(target))
-            except aiohttp.ClientSSLError as exc:  # a certificate will not verify better on a retry
+                resp = await self.send(method, target, hdrs, data)
+            except TLSError as exc:  # a certificate will not verify better on a retry
                 raise RegistryUnreachable(
                     None, "TLS_ERROR", f"{method} {target.human_repr()}: {_tls_reason(exc, target)}",
                     registry=self.registry, repository=repository, obj=obj,
                 ) from None
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            except ConnectError as exc:
                 if retry and attempt < self.retry.attempts:
                     self.stats.retries += 1
                     await asyncio.sleep(self.retry.delay(attempt))
@@ -260,7 +291,7 @@ class Transport:
                     None, "UNREACHABLE", f"{method} {target.human_repr()} failed after {attempt} attempt(s): {reason}",
                     registry=self.registry, repository=repository, obj=obj,
                 ) from None
-            except aiohttp.ClientError as exc:  # malformed answers, bad URLs: not worth a retry
+            except (HTTPError, ValueError) as exc:  # malformed answers, bad URLs: not worth a retry
                 raise RegistryError(
                     None, "PROTOCOL_ERROR", f"{method} {target.human_repr()}: {exc or type(exc).__name__}",
                     registry=self.registry, repository=repository, obj=obj,
@@ -295,11 +326,16 @@ class Transport:
                 attempt -= 1
                 continue
             if status not in ok_set:
-                payload = await resp.read() if method != "HEAD" else b""
+                payload = await self._drain(resp) if method != "HEAD" else b""
                 resp.release()
                 raise error_from_response(status, payload, registry=self.registry, repository=repository, obj=obj)
             try:
                 yield resp
+            except BodyError as exc:  # the caller was reading the body when the connection broke
+                raise TransferInterrupted(
+                    None, "UNREACHABLE", f"{method} {target.human_repr()}: {exc}", registry=self.registry,
+                    repository=repository, obj=obj,
+                ) from None
             finally:
                 resp.release()
             return
@@ -322,11 +358,11 @@ class Transport:
         return min(max(seconds, 0.0), self.retry.max_retry_after)
 
     @staticmethod
-    async def _drain(resp: aiohttp.ClientResponse) -> bytes:
+    async def _drain(resp: Answer) -> bytes:
         """Read and release a response we will not hand out, so its connection returns to the pool."""
         try:
             return await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
+        except HTTPError:
             return b""
         finally:
             resp.release()

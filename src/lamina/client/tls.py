@@ -21,9 +21,8 @@ import os
 import ssl
 from pathlib import Path
 
-from yarl import URL
-
 from .errors import RegistryError
+from .urls import URL
 
 __all__ = ["CERTS_D_ENV", "DEFAULT_CERTS_D", "certs_dir", "has_certs_dir", "ssl_for"]
 

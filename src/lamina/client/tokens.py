@@ -11,21 +11,25 @@ of its lifetime (at most 30 s) before it runs out, then renewed.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-import aiohttp
-from yarl import URL
+from urllib.parse import urlencode
 
 from .credentials import Credentials
 from .errors import RegistryUnreachable, Unauthorized
+from .http11 import Answer, ConnectError, HTTPError, RequestBody, TLSError
 from .scopes import ScopeSet
-from .tls import ssl_for
+from .urls import URL
 
-__all__ = ["Token", "fetch_token", "token_lifetime"]
+__all__ = ["Send", "Token", "fetch_token", "token_lifetime"]
+
+# One HTTP exchange (method, url, headers, body) -> the answer: the registry transport's ``send``.
+Send = Callable[[str, URL, Mapping[str, str] | None, RequestBody], Awaitable[Answer]]
 
 DEFAULT_EXPIRY = 60.0  # the token spec's default when expires_in is missing
 MAX_RENEW_MARGIN = 30.0
@@ -70,7 +74,7 @@ def _basic(creds: Credentials) -> str:
 
 
 async def fetch_token(
-    session: aiohttp.ClientSession, *, registry: str, realm: str, service: str | None, scopes: ScopeSet,
+    send: Send, *, registry: str, realm: str, service: str | None, scopes: ScopeSet,
     creds: Credentials | None,
 ) -> Token:
     """Ask ``realm`` for a token covering ``scopes``; Unauthorized / RegistryUnreachable naming it on failure."""
@@ -84,8 +88,8 @@ async def fetch_token(
                 form["service"] = service
             if rendered:
                 form["scope"] = " ".join(rendered)
-            async with session.post(realm, data=form, ssl=ssl_for(URL(realm))) as resp:
-                doc = await _read(resp, registry, what)
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            doc = await _read(await send("POST", URL(realm), headers, urlencode(form).encode()), registry, what)
         else:
             params: list[tuple[str, str]] = [("service", service)] if service else []
             params.extend(("scope", s) for s in rendered)
@@ -93,11 +97,13 @@ async def fetch_token(
             if creds is not None and creds.has_basic:
                 params.append(("account", creds.username or ""))
                 headers["Authorization"] = _basic(creds)
-            async with session.get(realm, params=params, headers=headers, ssl=ssl_for(URL(realm))) as resp:
-                doc = await _read(resp, registry, what)
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        raise RegistryUnreachable(None, "UNREACHABLE", f"cannot get a {what}: {exc or type(exc).__name__}",
-                                  registry=registry) from None
+            doc = await _read(await send("GET", URL(realm).extend_query(params), headers, None), registry, what)
+    except TLSError as exc:
+        raise RegistryUnreachable(None, "TLS_ERROR", f"cannot get a {what}: {exc.reason}", registry=registry) from None
+    except ConnectError as exc:
+        raise RegistryUnreachable(None, "UNREACHABLE", f"cannot get a {what}: {exc}", registry=registry) from None
+    except HTTPError as exc:
+        raise Unauthorized(None, "UNAUTHORIZED", f"could not get a {what}: {exc}", registry=registry) from None
     token = doc.get("token") or doc.get("access_token")
     if not isinstance(token, str) or not token:
         raise Unauthorized(200, "UNAUTHORIZED", f"the answer to the {what} holds no token", registry=registry)
@@ -106,14 +112,17 @@ async def fetch_token(
     return Token(token, scopes, started + max(lifetime - margin, 1.0), started + lifetime)
 
 
-async def _read(resp: aiohttp.ClientResponse, registry: str, what: str) -> dict[str, Any]:
-    body = await resp.read()
+async def _read(resp: Answer, registry: str, what: str) -> dict[str, Any]:
+    try:
+        body = await resp.read()
+    finally:
+        resp.release()
     if resp.status != 200:
         text = " ".join(body[:200].decode("utf-8", "replace").split())
         raise Unauthorized(resp.status, "UNAUTHORIZED", f"could not get a {what}: {text or resp.reason}",
                            registry=registry)
     try:
-        doc = await resp.json(content_type=None)
+        doc = json.loads(body)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
