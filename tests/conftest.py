@@ -17,8 +17,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers.binaries import require_binary
+from helpers.ceph import ceph_rgw  # noqa: F401  (a session fixture: tests/store, tests/registry/s3)
 from helpers.ciskips import CiSkipGuard, ci_enabled
 from helpers.images import PushedImage, PushedIndex, busybox_image, make_busybox_rootfs, two_platform_index
+from helpers.pgfixture import postgres_server  # noqa: F401  (a session fixture: tests/store, tests/registry)
 from helpers.registries import (
     DISTRIBUTION_BINARY,
     RegistryProcess,

@@ -7,6 +7,7 @@ only parses the first word, so start-up stays fast and one program's imports nev
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -21,7 +22,18 @@ _PROGRAMS = {  # name -> ("module[:configure function]", summary); the function 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; ``argv`` None means this process's own command line (the ``lamina`` script)."""
+    if argv is None:
+        try:
+            return _main(sys.argv[1:])
+        finally:
+            # The process ends next: its final collection need not walk every object the imports made
+            # (measured: 10-20 ms of CPU of a fully cached `lamina build`, about a tenth of it).
+            gc.freeze()
+    return _main(list(argv))
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: lamina {{{','.join(_PROGRAMS)}}} ...\n")
         for name, (_, summary) in _PROGRAMS.items():

@@ -257,7 +257,7 @@ def test_token_expiring_mid_build_is_renewed(base: str, htpasswd: Path, docker_c
     assert f"WARNING: cache {cache} not found" in err  # the registry was asked (and a token fetched) up front
     assert _layers_in_registry(registry.host, "team/app:slow") == COPIES + 3
     ours = [json.loads(line) for line in registry.stderr_text(1 << 20).splitlines()
-            if line.startswith("{") and "aiohttp" in (json.loads(line).get("user_agent") or "")]
+            if line.startswith("{") and (json.loads(line).get("user_agent") or "").startswith("lamina/")]
     tokens = [i for i, entry in enumerate(ours) if entry["path"] == "/token"]
     assert len(tokens) == 2, ours  # one at the start, one renewal before the push; not one per request
     assert [e for e in ours[tokens[0]:] if e["status"] == 401] == []  # renewed before use: never refused

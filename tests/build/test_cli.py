@@ -33,8 +33,8 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     rc, err = _run(capsys, "--push", str(tmp_path))
     assert rc == 1 and err == "error: --push needs at least one -t REF\n"
-    rc, err = _run(capsys, "--platform", "amd64", str(tmp_path))
-    assert rc == 1 and "invalid platform 'amd64'" in err and err.count("\n") == 1
+    rc, err = _run(capsys, "--platform", "amd64/x/y/z", str(tmp_path))
+    assert rc == 1 and "invalid platform 'amd64/x/y/z'" in err and err.count("\n") == 1
     rc, err = _run(capsys, "--output", "type=oci", str(tmp_path))
     assert rc == 1 and "needs dest=PATH" in err
 

@@ -10,18 +10,32 @@ bytes. The objects per operation are::
     {"v": 1, "op": "image",   "manifest": "<manifest digest>", "platform": "linux/amd64"}
     {"v": 1, "op": "scratch", "platform": "linux/amd64"}
     {"v": 1, "op": "run",     "parent": K, "argv": [...], "env": [...], "user": U, "workdir": W,
-                              "network": N, "inline_files": [[path, content], ...], ["security": S]}
+                              "network": N, "inline_files": [[path, content], ...], ["security": S],
+                              ["mounts": [{<lamina.build.mounts.mount_key>, "input": I}, ...]]}
     {"v": 1, "op": "copy",    "parent": K, "add": bool, "sources": [...], "dest": D, "chown": C|null,
                               "chmod": M|null, "link": bool, "heredocs": [[name, content], ...],
-                              "from": null | {"stage": K2} | {"image": DIGEST}, "exclude": [...],
+                              "from": null | {"stage": K2} | {"image": DIGEST} | "stage-files",
+                              "exclude": [...],
                               "checksum": "sha256:..." | null, "content": "<checksum of what it reads>"}
     {"v": 1, "op": "workdir", "parent": K, "path": P, "user": U}
+    {"v": 1, "op": "merge",   "parent": K, "layer": L}
+
+(``"from": "stage-files"`` is ``COPY --from=<stage>``'s content key, ``content`` the checksum of the files
+it copies; the definition key (``{"stage": K2}``) is recorded as its alias, see :mod:`lamina.build.copykeys`.
+``COPY --link``, as BuildKit's MergeOp: the copy is keyed on the scratch key of the platform — its
+``parent`` is never the step below — so ``L`` and its one-layer result stay the same on any base; the
+step's key merges ``L`` onto the real parent. COPY's ``parents`` and ``keep_git_dir`` appear only when set.)
 
 (RUN's ``network`` is the effective mode, the build's ``--network`` already applied: ``default`` (the
 sandbox), ``none`` or ``host``; ``security`` appears only for ``insecure``, so the keys of ordinary steps
 are those of every earlier version, as BuildKit leaves default modes out of an ExecOp's digest.
+A RUN --mount's ``input`` is what it reads, as BuildKit keys an ExecOp's mount inputs: the content
+checksum of a bind's context (or named context) path, the key of a ``from=`` stage, the manifest digest
+of a ``from=`` image; ``null`` for a cache mount without ``from=``, a tmpfs, a secret or an ssh socket —
+a cache directory's content, a secret's value and a socket's agent never enter a key.
 COPY's ``content`` is ``lamina.build.filecopy.copy_checksum``: names, modes, bytes of exactly the
-selected context files, URL digests, heredocs; ``null`` for ``--from``, whose source key stands in.
+selected context files, URL digests, git commits, heredocs; ``null`` for ``--from=<image>`` and for the
+definition key of ``--from=<stage>``, whose source key stands in.
 The USER in effect does not change what COPY writes, so it is not in the key.)
 
 ``parent`` is the key of the step below (the base image key for the first step of a stage); ``FROM
@@ -35,9 +49,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from lamina.build.ops import CopyStep, MetaStep, RunStep, Step, WorkdirStep
+from lamina.build.mounts import mount_key
+from lamina.build.ops import CopyStep, MetaStep, RunExtras, RunStep, Step, WorkdirStep
 from lamina.oci import Digest, Platform
 
 __all__ = [
@@ -47,6 +63,7 @@ __all__ = [
     "encode",
     "image_inputs",
     "key_of",
+    "merge_inputs",
     "run_inputs",
     "scratch_inputs",
     "step_inputs",
@@ -74,7 +91,8 @@ def scratch_inputs(platform: Platform) -> Inputs:
     return {"v": VERSION, "op": "scratch", "platform": str(platform)}
 
 
-def run_inputs(step: RunStep, parent: Digest) -> Inputs:
+def run_inputs(step: RunStep, parent: Digest, *, mounts: Sequence[str | None] = ()) -> Inputs:
+    """``mounts``: per RUN --mount, the identity of what it reads (see the module docstring)."""
     inputs: Inputs = {
         "v": VERSION,
         "op": "run",
@@ -88,6 +106,12 @@ def run_inputs(step: RunStep, parent: Digest) -> Inputs:
     }
     if step.security != "sandbox":
         inputs["security"] = step.security
+    if step.extras != RunExtras():  # --add-host/--ulimit/--shm-size, as in BuildKit's ExecOp meta; only when set
+        inputs["extras"] = {"hosts": [list(h) for h in step.extras.hosts],
+                            "ulimits": [list(u) for u in step.extras.ulimits], "shm_size": step.extras.shm_size}
+    if step.mounts:  # present only with mounts, so the keys of other RUNs are those of earlier versions
+        reads = list(mounts) or [None] * len(step.mounts)
+        inputs["mounts"] = [{**mount_key(m), "input": r} for m, r in zip(step.mounts, reads, strict=True)]
     return inputs
 
 
@@ -105,7 +129,7 @@ def copy_inputs(
         source = {"stage": str(source_stage)}
     elif source_image is not None:
         source = {"image": str(source_image)}
-    return {
+    inputs: Inputs = {
         "v": VERSION,
         "op": "copy",
         "parent": str(parent),
@@ -121,6 +145,16 @@ def copy_inputs(
         "checksum": step.checksum,
         "content": content,
     }
+    if step.parents:  # present only when set, so the keys of other COPYs are those of earlier versions
+        inputs["parents"] = True
+    if step.keep_git_dir:
+        inputs["keep_git_dir"] = True
+    return inputs
+
+
+def merge_inputs(parent: Digest, layer: Digest) -> Inputs:
+    """``COPY --link``: the link layer (keyed on scratch, see :func:`copy_inputs`) merged onto ``parent``."""
+    return {"v": VERSION, "op": "merge", "parent": str(parent), "layer": str(layer)}
 
 
 def workdir_inputs(step: WorkdirStep, parent: Digest) -> Inputs:
@@ -131,6 +165,7 @@ def step_inputs(
     step: Step,
     parent: Digest,
     *,
+    mounts: Sequence[str | None] = (),
     content: str | None = None,
     source_stage: Digest | None = None,
     source_image: Digest | None = None,
@@ -139,7 +174,7 @@ def step_inputs(
     if isinstance(step, MetaStep):
         return None
     if isinstance(step, RunStep):
-        return run_inputs(step, parent)
+        return run_inputs(step, parent, mounts=mounts)
     if isinstance(step, CopyStep):
         return copy_inputs(step, parent, content=content, source_stage=source_stage, source_image=source_image)
     if isinstance(step, WorkdirStep):
@@ -176,9 +211,22 @@ def describe_difference(old: Inputs, new: Inputs) -> str:
         return "copied files changed in the context"
     if old.get("from") != new.get("from"):
         return "COPY --from source changed"
+    old_mounts, new_mounts = old.get("mounts") or [], new.get("mounts") or []
+    if old_mounts != new_mounts:
+        if not (isinstance(old_mounts, list) and isinstance(new_mounts, list)):  # fingerprints: one hash each
+            return "RUN --mount options or what they read changed"
+
+        def spec(mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{k: v for k, v in m.items() if k != "input"} for m in mounts]
+
+        if spec(old_mounts) == spec(new_mounts):
+            return "what a RUN --mount reads changed (bound files or a from= source)"
+        return "RUN --mount options changed"
     for name, default in (("network", "default"), ("security", "sandbox")):
         if old.get("op") == "run" and old.get(name, default) != new.get(name, default):
             return f"{name} mode changed ({old.get(name, default)} -> {new.get(name, default)})"
+    if old.get("extras") != new.get("extras"):
+        return "--add-host, --ulimit or --shm-size changed"
     for name in sorted(old.keys() | new.keys()):
         if old.get(name) != new.get(name):
             return f"{name} changed"

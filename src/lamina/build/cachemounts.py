@@ -21,6 +21,9 @@ renamed into place, so a crash never leaves a half-made cache.
 The seam for the remote cache (issue 10): :meth:`CacheMountStore.entries` lists what is stored,
 :meth:`~CacheMountStore.write_tar` streams an instance as a tar, and a :class:`CacheMountSource` given to
 the store is asked lazily, only when a RUN needs a key that has no instance yet, for a tar to start from.
+``used`` names the caches this store's RUNs mounted, :meth:`~CacheMountStore.last_used` tells which instance
+was mounted last and :meth:`~CacheMountStore.reading` holds one shared-locked while an exporter reads it
+(:mod:`lamina.build.cache.mountsync`).
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ class CacheMountStore:
     def __init__(self, root: Path, source: CacheMountSource | None = None) -> None:
         self.root = Path(root)
         self.source = source
+        self.used: dict[str, str] = {}  # key -> cache id of every cache a RUN mounted (what the remote cache exports)
 
     def acquire(
         self,
@@ -142,6 +146,7 @@ class CacheMountStore:
         Blocking: call it in a thread. ``timeout`` (seconds) bounds the wait of ``locked``; ``cancelled``
         ends it early (the build failed or was interrupted meanwhile)."""
         key = cache_key(cache_id, seed)
+        self.used[key] = cache_id
         directory = self.root / key
         directory.mkdir(parents=True, exist_ok=True)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -181,6 +186,23 @@ class CacheMountStore:
             for n in self._instances(directory):
                 out.append(CacheMountEntry(str(meta["id"]), directory.name, n, directory / str(n)))
         return out
+
+    def last_used(self, entry: CacheMountEntry) -> float:
+        """When a RUN last mounted the instance (its lock file's mtime; 0 if never)."""
+        try:
+            return (entry.path.parent / f"{entry.instance}.lock").stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    @contextlib.contextmanager
+    def reading(self, entry: CacheMountEntry) -> Iterator[Path]:
+        """Hold the instance shared-locked while it is read (no ``private``/``locked`` RUN writes into it)."""
+        fd = os.open(entry.path.parent / f"{entry.instance}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield entry.path
+        finally:
+            os.close(fd)
 
     def write_tar(self, entry: CacheMountEntry, fileobj: IO[bytes]) -> None:
         """Stream the instance as an uncompressed tar (sorted, numeric owners) into ``fileobj``. Shared-locked

@@ -4,8 +4,10 @@
 [,compression=gzip|zstd|uncompressed][,compression-level=N][,force-compression=true|false][,ignore-error=true|false]``,
 ``type=local,dest=DIR[,tag=T]``, ``type=inline``; registry and local exports also take lamina's
 ``merge=true|false`` (default true: add to the records already there, see docs/cache.md),
-``max-size=SIZE`` (bytes of layers kept: ``500MB``, ``2GiB``, ``1048576``) and ``max-age=DURATION``
-(records unused for longer are dropped: ``72h``, ``7d``, ``1h30m``). ``--cache-from type=registry,ref=R``,
+``max-size=SIZE`` (bytes of layers kept: ``500MB``, ``2GiB``, ``1048576``), ``max-age=DURATION``
+(records unused for longer are dropped: ``72h``, ``7d``, ``1h30m``), ``cache-mounts=true|false`` (default
+true: the contents of the RUN cache mounts the build used go along, see :mod:`lamina.build.cache.mountsync`)
+and ``cache-mounts-max-size=SIZE`` (default 512MiB per cache mount). ``--cache-from type=registry,ref=R``,
 ``type=local,src=DIR[,tag=T|digest=sha256:...]``, or the bare shorthand ``REG/REPO:TAG`` (= type=registry).
 Defaults are current BuildKit's: ``mode=min``, ``image-manifest=true``, ``oci-mediatypes=true``,
 ``compression=gzip``, ``tag=latest`` for local layouts. Every error names the offending value.
@@ -22,6 +24,9 @@ from lamina.oci import DigestError, ReferenceError, parse_digest, parse_referenc
 __all__ = [
     "CacheFrom", "CacheOptionError", "CacheTo", "parse_cache_from", "parse_cache_to", "parse_duration", "parse_size",
 ]
+
+
+CACHE_MOUNTS_MAX_SIZE = 512 * 1024**2  # cache-mounts-max-size's default: 512MiB per cache mount
 
 
 class CacheOptionError(ValueError):
@@ -44,6 +49,8 @@ class CacheTo:
     merge: bool = True  # registry / local: union with the cache already there (False: replace it)
     max_size: int | None = None  # bytes of layer blobs the merged cache may keep
     max_age: timedelta | None = None  # records unused for longer are dropped
+    cache_mounts: bool = True  # registry / local: RUN --mount=type=cache contents as extra blobs (lamina's)
+    cache_mounts_max_size: int = CACHE_MOUNTS_MAX_SIZE  # a cache mount larger than this is not exported
 
     @property
     def label(self) -> str:
@@ -141,6 +148,25 @@ def _retention(fields: dict[str, str], kind: str, text: str, flag: str) -> tuple
     return merge, max_size, max_age
 
 
+def _cache_mounts(fields: dict[str, str], kind: str, text: str, flag: str) -> tuple[bool, int]:
+    """``cache-mounts=true|false`` and ``cache-mounts-max-size=SIZE`` (lamina's; registry and local exports)."""
+    if kind == "inline":
+        for key in ("cache-mounts", "cache-mounts-max-size"):
+            if key in fields:
+                raise CacheOptionError(f"invalid {flag} {text!r}: {key} applies to type=registry and type=local only")
+    enabled = _bool(fields, "cache-mounts", True, text, flag)  # type=inline carries none (its finalize)
+    size_text = fields.pop("cache-mounts-max-size", None)
+    if size_text is None:
+        return enabled, CACHE_MOUNTS_MAX_SIZE
+    size = parse_size(size_text)
+    if not size:
+        raise CacheOptionError(
+            f"invalid {flag} {text!r}: cache-mounts-max-size must be a positive size like 512MiB or 2GB, "
+            f"got {size_text!r}"
+        )
+    return enabled, size
+
+
 def _check_ref(ref: str | None, text: str, flag: str) -> str:
     if not ref:
         raise CacheOptionError(f"invalid {flag} {text!r}: type=registry needs ref=REGISTRY/REPOSITORY[:TAG]")
@@ -185,6 +211,7 @@ def parse_cache_to(text: str) -> CacheTo:
     force = _bool(fields, "force-compression", False, text, flag)
     ignore = _bool(fields, "ignore-error", False, text, flag)
     merge, max_size, max_age = _retention(fields, kind, text, flag)
+    mounts, mounts_max = _cache_mounts(fields, kind, text, flag)
     ref = dest = None
     tag = "latest"
     if kind == "registry":
@@ -196,7 +223,8 @@ def parse_cache_to(text: str) -> CacheTo:
         tag = fields.pop("tag", "latest") or "latest"
     _no_leftovers(fields, text, flag)
     return CacheTo(
-        kind, ref, dest, tag, mode, image_manifest, oci, compression, level, force, ignore, merge, max_size, max_age
+        kind, ref, dest, tag, mode, image_manifest, oci, compression, level, force, ignore, merge, max_size, max_age,
+        cache_mounts=mounts, cache_mounts_max_size=mounts_max,
     )
 
 

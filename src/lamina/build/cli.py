@@ -6,6 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lamina.build.refusedflags import add_refused_flags, check_refused_flags
+
+if TYPE_CHECKING:
+    from lamina.oci import Platform
 
 __all__ = ["configure"]
 
@@ -30,15 +36,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-arg", dest="build_args", action="append", type=_key_value, default=[],
                         metavar="K=V", help="set a build-time variable")
     parser.add_argument("--target", metavar="STAGE", help="build this stage (default: the last)")
-    parser.add_argument("--platform", default="linux/amd64", metavar="OS/ARCH",
-                        help="target platform (default linux/amd64)")
+    parser.add_argument("--platform", dest="platforms", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
+                        help="target platform(s), comma-separated or repeated: one image each, in one OCI index "
+                        "when several (default: the host's)")
     parser.add_argument("--push", action="store_true", help="push the image to every -t reference")
     parser.add_argument("--output", "-o", dest="outputs", action="append", default=[], metavar="SPEC",
-                        help="type=registry | type=oci,dest=FILE.tar | type=local,dest=DIR")
+                        help="type=registry | type=oci,dest=FILE.tar | type=docker[,dest=FILE.tar] | "
+                        "type=local,dest=DIR (repeatable)")
     parser.add_argument("--no-cache", action="store_true", help="do not use the cache (results are still stored)")
     parser.add_argument("--label", dest="labels", action="append", type=_key_value, default=[], metavar="K=V",
                         help="set an image label")
-    parser.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
+    parser.add_argument("--progress", choices=("auto", "plain", "tty", "quiet"), default="auto",
+                        help="progress output on stderr (default auto: tty on a terminal, else plain)")
+    parser.add_argument("-q", "--quiet", dest="progress", action="store_const", const="quiet",
+                        help="no progress output (= --progress quiet); the image digest still goes to stdout")
     parser.add_argument("--root", type=Path, metavar="STATE_DIR",
                         help="state directory (default: the per-user data directory)")
     parser.add_argument("--network", choices=("default", "host", "none"), default="default",
@@ -59,7 +70,48 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "[,oci-mediatypes=..][,ignore-error=..] | type=local,dest=DIR[,tag=T] | type=inline")
     parser.add_argument("--explain-cache", action="store_true",
                         help="print, at the end, a table of every step: CACHED from where, or MISS and why")
+    _buildx_conveniences(parser)
+    add_refused_flags(parser)
     parser.set_defaults(func=run)
+
+
+def _buildx_conveniences(parser: argparse.ArgumentParser) -> None:
+    """buildx's flags for CI scripts and named contexts (see docs/build.md)."""
+    parser.add_argument("--load", action="store_true",
+                        help="shorthand for --output type=docker: the image goes to `docker load` (the docker CLI "
+                        "in PATH)")
+    parser.add_argument("--iidfile", type=Path, metavar="FILE",
+                        help="write the image ID (config digest; index digest for several platforms) to FILE")
+    parser.add_argument("--metadata-file", dest="metadata_file", type=Path, metavar="FILE",
+                        help="write buildx's build metadata (containerimage.digest, ...) to FILE as JSON")
+    parser.add_argument("--annotation", dest="annotations", action="append", default=[],
+                        metavar="[TYPE[,TYPE][[PLATFORM]]:]K=V",
+                        help="add an annotation to the manifest (TYPE manifest, the default), its descriptor "
+                        "(manifest-descriptor), the index or its descriptor (index, index-descriptor)")
+    parser.add_argument("--pull", action="store_true",
+                        help="always resolve base images at their registry: never fall back to the local record "
+                        "of an earlier resolution when the registry is unreachable")
+    parser.add_argument("--no-cache-filter", dest="no_cache_filter", action="append", default=[], metavar="STAGE",
+                        help="do not use the cache for the stages of these names (comma-separated; repeatable)")
+    parser.add_argument("--add-host", dest="add_hosts", action="append", default=[], metavar="HOST:IP",
+                        help="add a line to every RUN container's /etc/hosts (HOST:IP or HOST=IP; repeatable)")
+    parser.add_argument("--ulimit", dest="ulimits", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                        help="an rlimit of every RUN container (nofile, nproc, core, stack, ...; -1 = unlimited)")
+    parser.add_argument("--shm-size", dest="shm_size", metavar="SIZE",
+                        help="size of every RUN container's /dev/shm (e.g. 128m; default 64m)")
+    parser.add_argument("--build-context", dest="build_contexts", action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="a named context: NAME=DIR | NAME=docker-image://REF | "
+                        "NAME=oci-layout://PATH[:TAG|@DIGEST], used by FROM NAME, COPY --from=NAME and "
+                        "RUN --mount from=NAME")
+    parser.add_argument("--secret", dest="secrets", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
+                        help="a secret for RUN --mount=type=secret,id=ID (buildx forms: id=ID,src=FILE, "
+                        "id=ID,env=VAR, type=file|env); read only by the RUNs that mount it, kept out of "
+                        "layers, keys, logs and the state directory (repeatable)")
+    parser.add_argument("--ssh", dest="ssh", action="append", default=[], metavar="default|ID[=SOCKET|KEY,...]",
+                        help="an ssh agent for RUN --mount=type=ssh: default/ID alone forwards $SSH_AUTH_SOCK, "
+                        "ID=SOCKET another agent, ID=KEYFILE[,KEYFILE] keys loaded into a private ssh-agent "
+                        "(repeatable)")
 
 
 def _read_dockerfile(args: argparse.Namespace, context: Path) -> tuple[str, str, Path]:
@@ -70,6 +122,18 @@ def _read_dockerfile(args: argparse.Namespace, context: Path) -> tuple[str, str,
         return path.read_text(encoding="utf-8"), path.name, path.parent
     except FileNotFoundError:
         raise ValueError(f"Dockerfile not found: {path}") from None
+
+
+def _platforms(values: list[str]) -> tuple[Platform, ...]:
+    """``--platform`` values (each a comma-separated list), normalised as containerd does; default: the host."""
+    from lamina.oci import host_platform, parse_platforms
+
+    if not values:
+        return (host_platform(),)
+    found: list[Platform] = []
+    for value in values:
+        found.extend(p for p in parse_platforms(value) if p not in found)
+    return tuple(found)
 
 
 def _epoch() -> int | None:
@@ -84,14 +148,19 @@ def _epoch() -> int | None:
 def run(args: argparse.Namespace) -> int:
     import asyncio  # here, not at the top: `lamina build --help` and flag errors need no event loop
 
+    from lamina.build.annotations import parse_annotations
     from lamina.build.builder import BuildRequest, build
+    from lamina.build.buildmeta import check_iidfile, remove_stale, with_load, write_build_metadata
     from lamina.build.cacheopts import parse_cache_from, parse_cache_to
     from lamina.build.entitlements import parse_allow
     from lamina.build.exporter import parse_output
+    from lamina.build.namedcontexts import parse_build_contexts, parse_stage_filter
     from lamina.build.progress import make_progress
-    from lamina.oci import Platform
+    from lamina.build.runextras import parse_run_extras
+    from lamina.build.secrets import parse_secret, parse_ssh
 
     try:
+        check_refused_flags(args)
         context = Path(args.context)
         if not context.is_dir():
             raise ValueError(f"build context {context} is not a directory")
@@ -104,9 +173,9 @@ def run(args: argparse.Namespace) -> int:
             tags=tuple(args.tags),
             build_args=dict(args.build_args),
             target=args.target,
-            platform=Platform.from_string(args.platform),
+            platforms=_platforms(args.platforms),
             push=args.push,
-            outputs=tuple(parse_output(o) for o in args.outputs),
+            outputs=with_load([parse_output(o) for o in args.outputs], args.load),
             no_cache=args.no_cache,
             labels=dict(args.labels),
             root=args.root,
@@ -117,14 +186,24 @@ def run(args: argparse.Namespace) -> int:
             compression=args.compression,
             cache_from=tuple(parse_cache_from(c) for c in args.cache_from),
             cache_to=tuple(parse_cache_to(c) for c in args.cache_to),
+            annotations=parse_annotations(args.annotations),
+            pull=args.pull,
+            no_cache_filter=parse_stage_filter(args.no_cache_filter),
+            named_contexts=parse_build_contexts(args.build_contexts),
+            run_extras=parse_run_extras(args.add_hosts, args.ulimits, args.shm_size),
+            secrets=tuple(parse_secret(s) for s in args.secrets),
+            ssh=tuple(parse_ssh(s) for s in args.ssh),
         )
         if request.push and not request.tags:
             raise ValueError("--push needs at least one -t REF")
+        check_iidfile(args.iidfile, request.outputs, push=request.push)
+        remove_stale(args.iidfile)
         progress = make_progress(args.progress)
         try:
             result = asyncio.run(build(request, progress))
         finally:
             progress.close()
+        write_build_metadata(request, result, iidfile=args.iidfile, metadata_file=args.metadata_file)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # every failure is one clear line, exit 1
@@ -135,5 +214,6 @@ def run(args: argparse.Namespace) -> int:
         from lamina.build.explain import explain_table
 
         print(explain_table(result.steps), file=sys.stderr)
-    print(result.digest)
+    if not any(output.get("dest") == "-" for output in request.outputs):  # stdout carries that tarball alone
+        print(result.digest)
     return 0

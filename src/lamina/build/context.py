@@ -349,9 +349,11 @@ class SourceTree:
             _digest_cache[key] = digest
         return digest
 
-    def _record(self, name: str, entry: Entry) -> bytes:
+    def _record(self, name: str, entry: Entry, owners: bool = False) -> bytes:
         perm = stat.S_IMODE(entry.st.st_mode)
         bname = os.fsencode(name)
+        if owners:
+            bname += b" %d:%d" % (entry.st.st_uid, entry.st.st_gid)
         if entry.is_file:
             return b"f %o %s %s\0" % (perm, bname, self.digest_of(entry).encode())
         if entry.is_dir:
@@ -363,9 +365,11 @@ class SourceTree:
         return b"o %o %o %s\0" % (stat.S_IFMT(entry.st.st_mode), perm, bname)
 
     def checksum(
-        self, sources: Sequence[str], *, follow_links: bool = True, exclude: Sequence[str] | PatternMatcher = ()
+        self, sources: Sequence[str], *, follow_links: bool = True, exclude: Sequence[str] | PatternMatcher = (),
+        owners: bool = False,
     ) -> str:
-        """``sha256:<hex>`` over exactly what ``sources`` select (see the module docstring)."""
+        """``sha256:<hex>`` over exactly what ``sources`` select (see the module docstring); ``owners`` adds
+        each entry's uid:gid (a stage's files keep theirs when copied, so they are content there)."""
         matcher = exclude if isinstance(exclude, PatternMatcher) else PatternMatcher(exclude)
         h = hashlib.sha256()
         for source in sources:
@@ -375,9 +379,9 @@ class SourceTree:
                 h.update(b"select %s\0" % os.fsencode(item.rel))
                 if item.entry.is_dir:
                     for rel, entry in self.walk(item.entry, matcher or None):
-                        h.update(self._record(rel, entry))
+                        h.update(self._record(rel, entry, owners))
                 else:
-                    h.update(self._record("", item.entry))
+                    h.update(self._record("", item.entry, owners))
         return "sha256:" + h.hexdigest()
 
 

@@ -7,6 +7,9 @@ stage is built ``FROM`` it, or when a needed stage has a ``COPY --from`` it that
 step after a miss always misses). A ``COPY --from=builder`` that hits needs only ``builder``'s key — so
 a fully cached multi-stage build, as ``--cache-to mode=min`` exports it, never re-runs the builder
 stage (BuildKit behaves the same way). Checksums and keys are memoised for the solver to reuse.
+A ``COPY --from`` whose definition key hits continues from the content key its record names
+(:mod:`lamina.build.copykeys`), as the solver does; one that misses keeps the definition key here,
+which is sound (a pure function of the inputs) for the stages that read this one.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from lamina.build import cachekey
+from lamina.build import cachekey, copykeys
 from lamina.build.images import ImageSource
-from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, StageBase, Step
+from lamina.build.mounts import BindMount, CacheMount, MountFrom
+from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, RunStep, StageBase, Step
 from lamina.oci import Digest
 
 __all__ = ["Demand"]
@@ -32,8 +36,12 @@ class Demand:
         has: Callable[[Digest], bool],
         *,
         no_cache: bool = False,
+        mount_checksum: Callable[[MountFrom, str], str] | None = None,
+        chain_key: Callable[[Digest], Digest | None] | None = None,
     ) -> None:
         self.graph = graph
+        self._chain_key = chain_key  # a hit's key: a COPY --from definition key answers with its content key
+        self._mount_checksum = mount_checksum  # blocking: a RUN --mount bind's context content
         self.images = images
         self._checksum = checksum  # blocking: runs in a thread
         self._has = has  # is there a cache hit for this key (in any importer)?
@@ -57,6 +65,36 @@ class Demand:
             image = await self.images.resolve(step.from_image, self.graph.stage(stage_index).platform)
             return {"source_image": image.manifest_digest}
         return {"content": await self.checksum(step)}
+
+    async def step_extra(self, stage_index: int, step: Step) -> dict[str, Any]:
+        """The extra key inputs of a COPY (:meth:`copy_inputs`) or of a RUN with mounts (:meth:`mount_inputs`)."""
+        if isinstance(step, CopyStep):
+            return await self.copy_inputs(stage_index, step)
+        if isinstance(step, RunStep) and step.mounts:
+            return {"mounts": await self.mount_inputs(stage_index, step)}
+        return {}
+
+    async def mount_inputs(self, stage_index: int, step: RunStep) -> list[str | None]:
+        """Per RUN --mount, what it reads (see lamina.build.cachekey): a bind's context checksum, a ``from=``
+        stage's key or image's digest; None for what never enters a key (cache content, secrets, sockets)."""
+        out: list[str | None] = []
+        for mount in step.mounts:
+            if not isinstance(mount, (BindMount, CacheMount)):
+                out.append(None)
+                continue
+            origin = mount.origin
+            if origin.stage is not None:
+                out.append(str(await self.stage_key(origin.stage)))
+            elif origin.image == "scratch":
+                out.append("scratch")
+            elif origin.image is not None:
+                image = await self.images.resolve(origin.image, self.graph.stage(stage_index).platform)
+                out.append(str(image.manifest_digest))
+            elif (origin.context is not None or isinstance(mount, BindMount)) and self._mount_checksum is not None:
+                out.append(await asyncio.to_thread(self._mount_checksum, origin, mount.source))
+            else:
+                out.append(None)
+        return out
 
     async def base_key(self, index: int) -> Digest:
         task = self._bases.get(index)
@@ -87,10 +125,18 @@ class Demand:
         for step in self.graph.stage(index).steps:
             if isinstance(step, MetaStep):
                 continue
-            extra = await self.copy_inputs(index, step) if isinstance(step, CopyStep) else {}
-            inputs = cachekey.step_inputs(step, key, **extra)
-            assert inputs is not None
+            extra = await self.step_extra(index, step)
+            parent = key
+            inputs, link = copykeys.step_inputs(step, parent, self.graph.stage(index).platform, **extra)
             key = cachekey.key_of(inputs)
+            if isinstance(step, CopyStep) and step.from_stage is not None and self._chain_key is not None \
+                    and not self.no_cache:  # a miss keeps the definition key (sound, if less often hit)
+                resolved = self._chain_key(key)
+                if resolved is None and link is not None:  # --link: the link layer's content key, merged
+                    layer = self._chain_key(cachekey.key_of(link))
+                    if layer is not None and layer != cachekey.key_of(link):
+                        resolved = cachekey.key_of(cachekey.merge_inputs(parent, layer))
+                key = resolved or key
             out.append((step, key))
         return out
 
@@ -115,4 +161,7 @@ class Demand:
                 missed = missed or not self._has(key)
                 if missed and isinstance(step, CopyStep) and step.from_stage is not None:
                     todo.append(step.from_stage)
+                if missed and isinstance(step, RunStep):  # a RUN that executes mounts its from= stages
+                    todo.extend(m.origin.stage for m in step.mounts
+                                if isinstance(m, (BindMount, CacheMount)) and m.origin.stage is not None)
         return needed

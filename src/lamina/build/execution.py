@@ -15,7 +15,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,11 +24,14 @@ from lamina.build.context import BuildContext, ContextError
 from lamina.build.filecopy import CopyError, Downloads, apply_copy, copy_checksum
 from lamina.build.imageconfig import epoch_time
 from lamina.build.images import ImageSource
+from lamina.build.mounts import MountFrom, MountSources
 from lamina.build.ops import CopyStep, RunStep, WorkdirStep
+from lamina.build.secrets import BuildSecrets, SshAgents
 from lamina.build.state import BuildState
-from lamina.oci import Descriptor
+from lamina.oci import Descriptor, Platform, host_platform
 
 if TYPE_CHECKING:  # the worker (runc, overlay, tar, zstd) is imported on first use: a cached build never needs it
+    from lamina.build.cachemounts import CacheMountSource, CacheMountStore
     from lamina.build.worker.executor import RuncExecutor
     from lamina.build.worker.layerstore import LayerStore
     from lamina.build.worker.runtime_spec import Mount
@@ -70,10 +73,18 @@ class StepExecutor:
         compression: str = "gzip",
         source_date_epoch: int | None = None,
         runtime: str = "runc",
+        named_contexts: Mapping[str, BuildContext] | None = None,
+        secrets: BuildSecrets | None = None,
+        ssh: SshAgents | None = None,
+        cache_mount_source: CacheMountSource | None = None,
     ) -> None:
+        self.cache_mount_source = cache_mount_source  # the remote cache's cache-mount contents (issue 10)
+        self.secrets = secrets or BuildSecrets()  # --secret: read only when a RUN that mounts one executes
+        self.ssh = ssh or SshAgents()  # --ssh: agents started at the first RUN that mounts one
         self.state = state
         self.images = images
         self.context = context
+        self.named_contexts = dict(named_contexts or {})  # --build-context NAME=DIR, for COPY --from=NAME
         self.compression = compression
         self.source_date_epoch = source_date_epoch
         self._runtime_name = runtime
@@ -87,6 +98,7 @@ class StepExecutor:
     async def aclose(self) -> None:
         """:meth:`close`, then wait until every RUN sandbox network is torn down (none outlives the build)."""
         self.close()
+        await self.ssh.aclose()  # the private ssh agents die with the build
         if self._networks is not None:
             await self._networks.aclose()
 
@@ -96,7 +108,8 @@ class StepExecutor:
 
         First, once per build, the snapshots (and their overlay mounts) of builds that died are removed.
         """
-        from lamina.build.worker.snapshot import cleanup_stale_snapshots, detect_snapshotter
+        from lamina.build.worker.copydiff import detect_snapshotter
+        from lamina.build.worker.snapshot import cleanup_stale_snapshots
 
         cleanup_stale_snapshots(self.state.root)
         return detect_snapshotter(self.state.root)
@@ -149,11 +162,31 @@ class StepExecutor:
 
     # -- steps ---------------------------------------------------------------------------------------
 
-    async def run(self, step: RunStep, lowers: list[Path], *, output: Output) -> LayerRef:
+    async def run(
+        self,
+        step: RunStep,
+        lowers: list[Path],
+        *,
+        output: Output,
+        platform: Platform | None = None,
+        mounts: MountSources | None = None,
+    ) -> LayerRef:
+        """Run ``step`` on ``lowers``; a ``platform`` the host does not run natively goes through QEMU
+        user emulation (binfmt_misc), checked before anything is mounted. ``mounts``: what the step's
+        ``RUN --mount`` s read (the solver's :class:`~lamina.build.mountprep.MountSources`)."""
+        from lamina.build.mountprep import MountError, RunMounts
         from lamina.build.worker.executor import RunFailed
+        from lamina.build.worker.runmounts import mount_stubs, runc_mounts
         from lamina.build.worker.runtime_spec import RunSpec
         from lamina.build.worker.users import resolve_in_root
 
+        if platform is not None:
+            from lamina.build.worker.emulation import EmulationUnavailable, check_emulation
+
+            try:
+                check_emulation(platform, host_platform())
+            except EmulationUnavailable as exc:
+                raise ExecutionError(str(exc)) from None
         runtime = self.runtime  # a missing runtime binary fails here, before anything is mounted
 
         def on_output(_stream: str, line: str) -> None:
@@ -161,25 +194,28 @@ class StepExecutor:
 
         async def execute(rootfs: Path) -> None:
             user = _user_of(rootfs, step.user)
-            env = (*step.env, *step.proxy_env)
+            env = (*step.env, *step.proxy_env, *(f"{k}={v}" for k, v in prepared.env.items()))
             if not any(item.startswith("HOME=") for item in env):  # as Docker: the user's passwd home
                 env = (*env, f"HOME={user.home}")
             spec = RunSpec(
                 argv=step.argv,
                 env=env,
-                mounts=self._inline_mounts(step, scratch),
+                mounts=(*self._inline_mounts(step, scratch), *runc_mounts(prepared.prepared)),
                 cwd=step.workdir or "/",
                 uid=user.uid,
                 gid=user.gid,
                 additional_gids=user.additional_gids,
                 network=_NETWORK_MODES[step.network],
                 security="insecure" if step.security == "insecure" else "sandbox",
+                ulimits=step.extras.ulimits,
+                extra_hosts=step.extras.hosts,
+                shm_size=step.extras.shm_size,
             )
             cwd = resolve_in_root(rootfs, step.workdir or "/")
             if not cwd.exists():
                 cwd.mkdir(parents=True, exist_ok=True)
             try:
-                await runtime.run(spec, rootfs, on_output)
+                await runtime.run(spec, rootfs, on_output, private=bool(prepared.env))
             except RunFailed as exc:
                 tail = "\n".join(f"  {line}" for line in exc.last_lines[-8:])
                 detail = f"; last output:\n{tail}" if tail else ""
@@ -187,9 +223,35 @@ class StepExecutor:
 
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.state.tmp_dir))
         try:
-            return await self._in_snapshot(lowers, execute)
+            prepared = RunMounts(step, mounts, view=self.snapshotter.view, store=lambda: self.cache_mounts,
+                                 context=self.context, named_contexts=self.named_contexts, secrets=self.secrets,
+                                 ssh=self.ssh, scratch=scratch)
+            try:
+                async with prepared:
+                    stubs = mount_stubs(prepared.prepared, [path for path, _ in step.inline_files])
+                    return await self._in_snapshot(lowers, execute, mountpoints=stubs)
+            except MountError as exc:
+                raise ExecutionError(str(exc)) from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    @functools.cached_property
+    def cache_mounts(self) -> CacheMountStore:
+        """RUN --mount=type=cache directories, kept in <root>/cachemounts between builds."""
+        from lamina.build.cachemounts import CacheMountStore
+
+        return CacheMountStore(self.state.root / "cachemounts", source=self.cache_mount_source)
+
+    def mount_checksum(self, origin: MountFrom, source: str) -> str:
+        """The content checksum of what a RUN --mount bind reads from the build context or a named context
+        (names, modes, bytes of the selected files after .dockerignore), for the RUN's cache key."""
+        tree = self.named_contexts.get(origin.context) if origin.context is not None else self.context
+        if tree is None:
+            raise ExecutionError(f"RUN --mount from={origin.context}: no build context of that name")
+        try:
+            return tree.checksum([source.lstrip("/") or "."])
+        except (OSError, ContextError) as exc:
+            raise ExecutionError(f"RUN --mount source {source}: {exc}") from None
 
     @staticmethod
     def _inline_mounts(step: RunStep, scratch: Path) -> tuple[Mount, ...]:
@@ -212,15 +274,14 @@ class StepExecutor:
         context_dir: Path,
         source_lowers: list[Path] | None,
     ) -> LayerRef:
-        from lamina.build.worker.users import resolve_user
+        from lamina.build.worker.users import resolve_chown
 
         def copy_into(rootfs: Path) -> None:
             def owner(spec: str) -> tuple[int, int]:
-                user = resolve_user(rootfs, spec)
-                return user.uid, user.gid
+                return resolve_chown(rootfs, spec)  # --chown=1234 is 1234:1234, as BuildKit's file op
 
             if source_lowers is None:
-                self._apply_copy(step, self.context.root, rootfs, owner, from_context=True)
+                self._apply_copy(step, self.source_tree(step).root, rootfs, owner, from_context=True)
                 return
             with self.snapshotter.view(source_lowers[::-1]) as source_root:
                 self._apply_copy(step, Path(source_root), rootfs, owner, from_context=False)
@@ -236,16 +297,16 @@ class StepExecutor:
                 step,
                 source_root=source_root,
                 rootfs=rootfs,
-                context_ignore=self.context.matcher if from_context else None,
+                context_ignore=self.source_tree(step).matcher if from_context else None,
                 resolve_owner=owner,
                 downloads=self.downloads,
-                source=self.context if from_context else None,
+                source=self.source_tree(step) if from_context else None,
             )
         except (OSError, ValueError, LookupError, ContextError, CopyError) as exc:
             raise ExecutionError(str(exc)) from None
 
     async def workdir(self, step: WorkdirStep, lowers: list[Path]) -> LayerRef:
-        from lamina.build.worker.users import resolve_in_root
+        from lamina.build.worker.users import resolve_chown, resolve_in_root
 
         def make(rootfs: Path) -> None:
             target = resolve_in_root(rootfs, step.path)
@@ -256,37 +317,67 @@ class StepExecutor:
                 missing.append(missing[-1].parent)
             target.mkdir(parents=True, mode=0o755)
             if step.user:
-                user = _user_of(rootfs, step.user)
+                uid, gid = resolve_chown(rootfs, step.user)  # BuildKit's Mkdir WithUser: USER 1234 -> 1234:1234
                 for path in missing:
-                    os.chown(path, user.uid, user.gid)
+                    os.chown(path, uid, gid)
 
         async def execute(rootfs: Path) -> None:
             await asyncio.to_thread(make, rootfs)
 
         return await self._in_snapshot(lowers, execute, run=False)
 
+    def source_tree(self, step: CopyStep) -> BuildContext:
+        """The files a context COPY reads: the build context, or the named directory context of ``--from``."""
+        if step.from_context is None:
+            return self.context
+        try:
+            return self.named_contexts[step.from_context]
+        except KeyError:
+            raise ExecutionError(f"no directory build context named {step.from_context!r}") from None
+
     def context_checksum(self, context_dir: Path, step: CopyStep) -> str:
         try:
-            return copy_checksum(step, self.context, downloads=self.downloads)
+            return copy_checksum(step, self.source_tree(step), downloads=self.downloads)
         except (OSError, ValueError, LookupError, ContextError, CopyError) as exc:
+            raise ExecutionError(str(exc)) from None
+
+    async def stage_checksum(self, step: CopyStep, layers: Sequence[LayerRef]) -> str:
+        """The checksum of what ``COPY --from=<stage>`` selects in that stage's result (owners included):
+        BuildKit's content-based cache key of the copy (see :mod:`lamina.build.copykeys`)."""
+        from lamina.build.context import SourceTree
+
+        lowers = await self.materialize(layers)
+
+        def compute() -> str:
+            with self.snapshotter.view(lowers[::-1]) as root:
+                return copy_checksum(step, SourceTree(Path(root), label="source stage"), owners=True)
+
+        try:
+            return await asyncio.to_thread(compute)
+        except (ValueError, LookupError, ContextError, CopyError) as exc:
             raise ExecutionError(str(exc)) from None
 
     # -- snapshot + layer ----------------------------------------------------------------------------
 
     async def _in_snapshot(
-        self, lowers: list[Path], execute: Callable[[Path], Awaitable[None]], *, run: bool = True
+        self,
+        lowers: list[Path],
+        execute: Callable[[Path], Awaitable[None]],
+        *,
+        run: bool = True,
+        mountpoints: Sequence[tuple[str, bool]] | None = None,
     ) -> LayerRef:
         """Mount ``lowers`` (bottom first) with a fresh upper, execute, write the upper as a layer.
 
         The upper dir is then adopted into the LayerStore under the new diffID, so the next step stacks
-        it as a lower without unpacking the blob again. RUN needs the runtime's mountpoints; COPY and
-        WORKDIR do not.
+        it as a lower without unpacking the blob again. RUN needs the stubs of its mountpoints kept out of
+        the layer (``mountpoints``, default the runtime's own; see worker.runmounts); COPY and WORKDIR none.
         """
         from lamina.build.worker.tarwrite import write_layer
 
         top_first = lowers[::-1]
-        mountpoints = {} if run else {"mountpoints": ()}
-        snapshot = self.snapshotter.prepare(top_first, **mountpoints)
+        stubs = {} if run and mountpoints is None else {"mountpoints": mountpoints if run else ()}
+        snapshot = self.snapshotter.prepare(top_first, **stubs)
         out_dir = self.state.content.ingest_path()  # private to this step: concurrent builds never collide
         try:
             async with _mounted(snapshot) as rootfs:
@@ -297,6 +388,7 @@ class StepExecutor:
                 out_dir,
                 compression=self.compression,  # type: ignore[arg-type]
                 source_date_epoch=self.source_date_epoch,
+                lowers=top_first,  # what the stack already holds stays out of the layer, as BuildKit's differ
             )
             try:
                 self.state.content.adopt(blob.path, blob.digest)  # write_layer hashed every byte it wrote

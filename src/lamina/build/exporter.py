@@ -13,8 +13,8 @@ import io
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_la
 if TYPE_CHECKING:  # tarfile is imported by write_oci_tar only: a pushed build never writes a tar
     import tarfile
 
-__all__ = ["ExportImage", "parse_output", "push_image", "write_local", "write_oci_tar"]
+__all__ = ["ExportImage", "insecure_output_registries", "parse_output", "push_image", "write_local", "write_oci_tar"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,14 @@ class ExportImage:
     layers: tuple[LayerRef, ...]
 
     @classmethod
-    def create(cls, config: ImageConfig, layers: Sequence[LayerRef]) -> ExportImage:
+    def create(
+        cls, config: ImageConfig, layers: Sequence[LayerRef], annotations: Mapping[str, str] | None = None
+    ) -> ExportImage:
+        """The image manifest of ``config`` and ``layers``; ``annotations`` (``--annotation manifest:``) go in it."""
         config_bytes = config.to_bytes()
         manifest = image_manifest(config_bytes, layers)
+        if annotations:
+            manifest = replace(manifest, annotations=dict(annotations))
         return cls(config, config_bytes, manifest.to_bytes(), tuple(layers))
 
     @property
@@ -50,9 +55,24 @@ class ExportImage:
         return digest_of(self.manifest_bytes)
 
 
+# the attributes each output type takes (buildx's others — compression, oci-mediatypes, annotation.*,
+# tar=false, ... — are refused, never ignored: --compression and --annotation are the flags for those)
+_OUTPUT_KEYS = {
+    "registry": {"name", "push", "registry.insecure"},
+    "image": {"name", "push", "registry.insecure"},
+    "oci": {"dest", "name", "tar"},
+    "docker": {"dest", "name"},
+    "local": {"dest"},
+    "tar": {"dest"},
+}
+
+
 def parse_output(text: str) -> dict[str, str]:
-    """``type=oci,dest=out.tar`` -> {"type": "oci", "dest": "out.tar"}; a bare path means type=local."""
+    """``type=oci,dest=out.tar`` -> {"type": "oci", "dest": "out.tar"}; a bare path means type=local,
+    and ``-`` means ``type=tar,dest=-`` (the root filesystem as a tar on stdout), as in buildx."""
     fields: dict[str, str] = {}
+    if text.strip() == "-":
+        return {"type": "tar", "dest": "-"}
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep:
@@ -61,26 +81,54 @@ def parse_output(text: str) -> dict[str, str]:
             raise ValueError(f"invalid --output {text!r}: expected key=value pairs")
         fields[key.strip()] = value.strip()
     kind = fields.get("type")
-    if kind not in ("registry", "oci", "local", "image"):
-        raise ValueError(f"invalid --output {text!r}: type must be registry, oci or local")
-    if kind in ("oci", "local") and not fields.get("dest"):
+    if kind not in _OUTPUT_KEYS:
+        raise ValueError(f"invalid --output {text!r}: type must be registry, oci, docker, tar or local")
+    unknown = sorted(set(fields) - _OUTPUT_KEYS[kind] - {"type"})
+    if unknown:
+        raise ValueError(
+            f"invalid --output {text!r}: type={kind} takes no {', '.join(unknown)} in lamina "
+            f"(it takes {', '.join(sorted(_OUTPUT_KEYS[kind]))}; see --compression and --annotation)"
+        )
+    if kind == "oci" and fields.get("tar", "true").lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"invalid --output {text!r}: tar={fields['tar']} is not a boolean")
+    if kind == "oci" and fields.get("tar", "").lower() in ("false", "0") and fields.get("dest") == "-":
+        raise ValueError(f"invalid --output {text!r}: tar=false writes a directory; stdout takes the tarball")
+    if kind in ("oci", "local", "tar") and not fields.get("dest"):
         raise ValueError(f"invalid --output {text!r}: type={kind} needs dest=PATH")
+    push = fields.get("push", "true" if kind == "registry" else "false").lower()
+    if kind in ("registry", "image") and push not in ("true", "1"):
+        raise ValueError(f"invalid --output {text!r}: lamina has no image store to keep an image that is not pushed; "
+                         "use type=registry (or push=true), type=oci or type=docker")
+    if kind == "local" and fields["dest"] == "-":
+        raise ValueError(f"invalid --output {text!r}: type=local writes a directory; use type=tar,dest=- for stdout")
     return fields
+
+
+def insecure_output_registries(outputs: Sequence[Mapping[str, str]], tags: Sequence[str]) -> frozenset[str]:
+    """Registries an output marks ``registry.insecure=true`` (BuildKit's attribute): pushed to over plain HTTP,
+    as ``LAMINA_INSECURE_REGISTRIES`` lists them."""
+    hosts: set[str] = set()
+    for output in outputs:
+        if output.get("registry.insecure", "").lower() in ("true", "1"):
+            names = [n for n in output.get("name", "").split(";") if n] or list(tags)
+            hosts.update(parse_reference(name).registry for name in names)
+    return frozenset(hosts)
 
 
 async def push_image(
     pool: ClientPool, refs: Sequence[str], image: ExportImage, images: ImageSource, known: BlobSources
 ) -> Digest:
-    """Push blobs (concurrently) then the manifest under each ref; returns the manifest digest."""
+    """Push the layers and the config (all concurrently), then the manifest under each ref; returns the
+    manifest digest. The manifest goes last: a registry may refuse one whose blobs it does not hold."""
+    config_digest = digest_of(image.config_bytes)
     for ref in refs:
         reference = parse_reference(ref)
         client = pool.get(reference.registry)
         repo = reference.repository
         await asyncio.gather(
-            *(_push_layer(client, reference.registry, repo, layer, images, known) for layer in image.layers)
+            *(_push_layer(client, reference.registry, repo, layer, images, known) for layer in image.layers),
+            client.push_blob(repo, config_digest, len(image.config_bytes), image.config_bytes, kind="config"),
         )
-        config_digest = digest_of(image.config_bytes)
-        await client.push_blob(repo, config_digest, len(image.config_bytes), image.config_bytes, kind="config")
         await client.put_manifest(repo, reference.reference, image.manifest_bytes, mt.OCI_MANIFEST)
     return image.digest
 
@@ -94,7 +142,7 @@ async def _push_layer(
     candidates += known.sources(digest)
     mount_from = list(dict.fromkeys(r for host, r in map(split_repository, candidates) if host == registry))
     if layer.source is not None and (  # a lazy layer (base image, remote cache hit): never download what
-        await client.head_blob(repo, digest) is not None  # the target has or can mount from a sibling repo
+        await client.has_blob(repo, digest)  # the target has or can mount from a sibling repo
         or (mount_from and await client.mount_blob(repo, digest, mount_from))
     ):
         known.add_source(digest, f"{registry}/{repo}")
@@ -104,15 +152,27 @@ async def _push_layer(
     known.add_source(digest, f"{registry}/{repo}")
 
 
-async def write_oci_tar(dest: Path, image: ExportImage, images: ImageSource, *, ref_name: str | None) -> None:
-    """An OCI image layout as one tar (what ``docker buildx --output type=oci`` writes), atomically."""
+async def write_oci_tar(
+    dest: Path,
+    image: ExportImage,
+    images: ImageSource,
+    *,
+    ref_name: str | None,
+    descriptor_annotations: Mapping[str, str] | None = None,
+) -> None:
+    """An OCI image layout as one tar (what ``docker buildx --output type=oci`` writes), atomically.
+
+    ``descriptor_annotations`` (``--annotation manifest-descriptor:``) go on the manifest's index.json entry.
+    """
     paths = [await images.fetch(layer) for layer in image.layers]
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     os.close(fd)
-    annotations = {REF_NAME_ANNOTATION: ref_name} if ref_name else None
-    top = Descriptor(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), annotations=annotations)
+    annotations = dict(descriptor_annotations or {})
+    if ref_name:
+        annotations[REF_NAME_ANNOTATION] = ref_name
+    top = Descriptor(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), annotations=annotations or None)
 
     def write() -> None:
         import tarfile

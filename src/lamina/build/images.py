@@ -9,19 +9,29 @@ step must execute on top of it or an output needs them. Each image is resolved o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from lamina.build.cache.base import LayerRef
 from lamina.build.contentstore import ContentError, ContentStore
-from lamina.client import ClientPool, resolve_image
-from lamina.oci import Digest, ImageConfig, Platform, parse_reference
+from lamina.client import ClientPool, RegistryUnreachable, resolve_image
+from lamina.oci import Descriptor, Digest, ImageConfig, Platform, parse_reference
 
-__all__ = ["LAYOUT_SOURCE_PREFIX", "BlobSources", "ImageSource", "RegistryImages", "SourceImage"]
+__all__ = [
+    "LAYOUT_REF_PREFIX",
+    "LAYOUT_SOURCE_PREFIX",
+    "BlobSources",
+    "ImageSource",
+    "RegistryImages",
+    "ResolveRecords",
+    "SourceImage",
+    "source_image",
+]
 
 LAYOUT_SOURCE_PREFIX = "oci-layout:"  # a LayerRef.source naming a local OCI layout dir (--cache-from type=local)
+LAYOUT_REF_PREFIX = "oci-layout://"  # an image ref in a local OCI layout (--build-context NAME=oci-layout://...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +66,45 @@ def split_repository(source: str) -> tuple[str, str]:
     return host, repo
 
 
-class RegistryImages:
-    """ImageSource over the registry client; ``fetch`` makes a layer blob local in the content store."""
+def source_image(
+    ref: str, repository: str, manifest_digest: Digest, layers: Sequence[Descriptor], config: ImageConfig,
+    source: str,
+) -> SourceImage:
+    """An image's lazy layer chain: each layer with its diffID, its history time, and where its blob is."""
+    diff_ids = config.diff_ids
+    if len(layers) != len(diff_ids):
+        raise ValueError(
+            f"image {ref}: manifest has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids"
+        )
+    times = [h.created for h in config.history if not h.empty_layer]
+    if len(times) != len(layers):
+        times = [config.created] * len(layers)
+    refs = tuple(
+        LayerRef(descriptor, diff_id, created, source)
+        for descriptor, diff_id, created in zip(layers, diff_ids, times, strict=True)
+    )
+    return SourceImage(ref, repository, manifest_digest, config, refs)
 
-    def __init__(self, pool: ClientPool, content: ContentStore) -> None:
+
+class ResolveRecords(Protocol):
+    """The local record of base image resolutions (:class:`lamina.build.localimages.BaseRecords`)."""
+
+    def save(self, ref: str, platform: Platform, image: SourceImage, manifest: bytes, config: bytes) -> None: ...
+
+    def fallback(self, ref: str, platform: Platform, error: RegistryUnreachable) -> SourceImage: ...
+
+
+class RegistryImages:
+    """ImageSource over the registry client; ``fetch`` makes a layer blob local in the content store.
+
+    With ``records``, every resolution is recorded and a registry that cannot be reached falls back to
+    the last one (``--pull`` passes none: always the registry).
+    """
+
+    def __init__(self, pool: ClientPool, content: ContentStore, *, records: ResolveRecords | None = None) -> None:
         self.pool = pool
         self.content = content
+        self.records = records
         self._resolved: dict[tuple[str, str], asyncio.Task[SourceImage]] = {}
         self._fetching: dict[Digest, asyncio.Task[Path]] = {}
 
@@ -72,24 +115,23 @@ class RegistryImages:
         return await self._resolved[key]
 
     async def _resolve(self, ref: str, platform: Platform) -> SourceImage:
+        if ref.startswith(LAYOUT_REF_PREFIX):  # --build-context NAME=oci-layout://PATH[:TAG|@DIGEST]
+            from lamina.build.localimages import resolve_layout
+
+            return await asyncio.to_thread(resolve_layout, ref, platform)
         reference = parse_reference(ref)
         client = self.pool.get(reference.registry)
-        image = await resolve_image(client, reference.repository, reference.reference, platform)
-        layers = image.manifest.layers
-        diff_ids = image.config.diff_ids
-        if len(layers) != len(diff_ids):
-            raise ValueError(
-                f"image {ref}: manifest has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids"
-            )
-        times = [h.created for h in image.config.history if not h.empty_layer]
-        if len(times) != len(layers):
-            times = [image.config.created] * len(layers)
+        try:
+            image = await resolve_image(client, reference.repository, reference.reference, platform)
+        except RegistryUnreachable as exc:
+            if self.records is None:
+                raise
+            return self.records.fallback(ref, platform, exc)  # the last resolution, unless --pull
         source = f"{reference.registry}/{reference.repository}"
-        refs = tuple(
-            LayerRef(descriptor, diff_id, created, source)
-            for descriptor, diff_id, created in zip(layers, diff_ids, times, strict=True)
-        )
-        return SourceImage(ref, source, image.manifest_digest, image.config, refs)
+        resolved = source_image(ref, source, image.manifest_digest, image.manifest.layers, image.config, source)
+        if self.records is not None:
+            self.records.save(ref, platform, resolved, image.manifest_bytes, image.config_bytes)
+        return resolved
 
     async def fetch(self, layer: LayerRef) -> Path:
         digest = layer.descriptor.digest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lamina.build.mounts import RunMount
 from lamina.oci import ContainerConfig, Platform
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "BuildGraph",
     "CopyStep",
     "MetaStep",
+    "RunExtras",
     "RunStep",
     "Scratch",
     "Stage",
@@ -48,6 +50,16 @@ class StageBase:
 
 
 @dataclass(frozen=True, slots=True)
+class RunExtras:
+    """Build-wide settings of every RUN container from buildx flags; BuildKit keeps them in each ExecOp's
+    meta, so they are part of a RUN's cache key (the builder sets them on each RunStep)."""
+
+    hosts: tuple[tuple[str, str], ...] = ()  # --add-host: (hostname, IP) lines appended to /etc/hosts
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: ("RLIMIT_NOFILE", soft, hard); -1 = unlimited
+    shm_size: int | None = None  # --shm-size: bytes of /dev/shm (default: the runtime's 64 MiB)
+
+
+@dataclass(frozen=True, slots=True)
 class RunStep:
     """``RUN``: execute ``argv`` in a container on the current root filesystem; its changes form a layer."""
 
@@ -64,6 +76,10 @@ class RunStep:
     # (absolute path, content): files the executor provides read-only, mode 0755, for this RUN only;
     # BuildKit runs a ``RUN <<EOF`` whose body starts with ``#!`` as /dev/pipes/EOF this way. Part of the key.
     inline_files: tuple[tuple[str, str], ...] = ()
+    # RUN --mount values (cache, bind, tmpfs, secret, ssh; lamina.build.mounts), in Dockerfile order. Their
+    # specs are part of the key, never a secret's value or a cache directory's content.
+    mounts: tuple[RunMount, ...] = ()
+    extras: RunExtras = field(default_factory=RunExtras)  # --add-host, --ulimit, --shm-size (part of the key)
     line: int = 0
     created_by: str = ""
     shown: str = ""  # the instruction as written (first line), for progress and error lines as BuildKit shows it
@@ -82,10 +98,15 @@ class CopyStep:
     dest: str
     from_stage: int | None = None  # COPY --from=<stage>
     from_image: str | None = None  # COPY --from=<image ref>
+    from_context: str | None = None  # COPY --from=<name of a --build-context NAME=DIR>: files from that dir
     chown: str | None = None  # "user[:group]" as written (expanded), resolved in the destination rootfs
-    chmod: str | None = None  # octal, e.g. "755"
+    chmod: str | None = None  # octal ("755") or symbolic ("u+x,g-w"), applied to each source's mode
+    # COPY --link as BuildKit merges it: the layer is made on an empty root and keyed without the parent;
+    # the frontend sets it only when BuildKit links (no --chmod, no --chown by name)
     link: bool = False
-    is_add: bool = False  # ADD: auto-extract local tar archives, fetch URLs
+    parents: bool = False  # COPY --parents: each source lands at DEST/<its path> (after a "/./" pivot)
+    is_add: bool = False  # ADD: auto-extract local tar archives, fetch URLs, clone git repositories
+    keep_git_dir: bool = False  # ADD --keep-git-dir: a git source keeps its .git directory
     heredocs: tuple[tuple[str, str], ...] = ()
     exclude: tuple[str, ...] = ()  # --exclude patterns (dockerignore syntax), matched against source paths
     checksum: str | None = None  # ADD --checksum=sha256:...: the expected digest of the one URL source

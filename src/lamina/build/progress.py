@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Protocol, TextIO
 
-__all__ = ["PlainProgress", "Progress", "TtyProgress", "make_progress"]
+__all__ = ["PlainProgress", "Progress", "QuietProgress", "TtyProgress", "make_progress"]
 
 
 class Progress(Protocol):
@@ -158,13 +158,44 @@ class TtyProgress:
         self._live.stop()
 
 
+class QuietProgress:
+    """``--progress quiet`` (buildx's, and ``-q``): nothing while building; a failure is still the CLI's one
+    ``error:`` line (with the failed RUN's last output lines), and the digest still goes to stdout."""
+
+    def start(self, vertex: int, name: str) -> None:
+        pass
+
+    def cached(self, vertex: int, origin: str) -> None:
+        pass
+
+    def miss(self, vertex: int, reason: str) -> None:
+        pass
+
+    def log(self, vertex: int, data: bytes) -> None:
+        pass
+
+    def done(self, vertex: int) -> None:
+        pass
+
+    def error(self, vertex: int, message: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def make_progress(mode: str, stream: TextIO | None = None) -> Progress:
-    """``plain``, ``tty`` or ``auto`` (tty when the stream is a terminal)."""
+    """``plain``, ``tty``, ``quiet`` or ``auto`` (tty when the stream is a terminal)."""
     stream = stream or sys.stderr
+    if mode == "quiet":
+        return QuietProgress()
     if mode == "auto":
         mode = "tty" if stream.isatty() else "plain"
     if mode == "tty":
         return TtyProgress(stream)
     if mode == "plain":
         return PlainProgress(stream)
-    raise ValueError(f"invalid --progress {mode!r}: expected auto, plain or tty")
+    raise ValueError(f"invalid --progress {mode!r}: expected auto, plain, tty or quiet")

@@ -24,13 +24,14 @@ stands, so a cache export never names a layer found gone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from lamina.build import cachekey
+from lamina.build import cachekey, copykeys
 from lamina.build.cache.base import (
     BlobVerifier,
     CachedResult,
@@ -41,10 +42,12 @@ from lamina.build.cache.base import (
     MissExplainer,
     utc_now,
 )
+from lamina.build.copyrecords import CopyRecords
 from lamina.build.demand import Demand
 from lamina.build.execution import StepExecutor
 from lamina.build.imageconfig import StepOutcome, build_image_config
 from lamina.build.images import ImageSource, SourceImage
+from lamina.build.mounts import MountFrom, MountSources
 from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, RunStep, Scratch, Stage, StageBase, Step
 from lamina.build.progress import Progress
 from lamina.build.state import BuildState
@@ -78,6 +81,8 @@ class SolveOptions:
     compression: str = "gzip"
     labels: dict[str, str] = field(default_factory=dict)
     dockerfile_name: str = "Dockerfile"
+    platform_label: str | None = None  # "linux/arm64": names steps "[linux/arm64 stage 2/3]" (several platforms)
+    no_cache_stages: frozenset[int] = frozenset()  # --no-cache-filter: these stages run without the cache
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ class StepReport:
     seconds: float
 
 
-class Solver:
+class Solver(CopyRecords):
     def __init__(
         self,
         graph: BuildGraph,
@@ -118,6 +123,8 @@ class Solver:
         options: SolveOptions,
         importers: Sequence[CacheImporter] = (),
         exporters: Sequence[CacheExporter] = (),
+        vertices: Iterator[int] | None = None,
+        memo: dict[Digest, CachedResult] | None = None,
     ) -> None:
         self.graph = graph
         self.state = state
@@ -130,10 +137,16 @@ class Solver:
         self.exporters: list[CacheExporter] = [state.cache, *exporters]
         self._tasks: dict[int, asyncio.Task[StageResult]] = {}
         self._vertex = 0
+        self._vertices = vertices if vertices is not None else itertools.count(1)  # shared by a build's solvers
+        # results executed in this build by key, shared by the solvers of a multi-platform build: a step
+        # identical in two platforms' graphs (a FROM --platform=$BUILDPLATFORM stage) executes once, --no-cache too
+        self.memo: dict[Digest, CachedResult] = memo if memo is not None else {}
         self.reports: list[StepReport] = []
         self.demand = Demand(
             graph, images, lambda step: executor.context_checksum(context_dir, step),
             lambda key: self._lookup(key) is not None, no_cache=options.no_cache,
+            mount_checksum=executor.mount_checksum,
+            chain_key=self._chain_key,
         )
         self._bad_blobs: set[Digest] = set()  # cached blobs found unreadable during this build
         # (blob, source) pairs found gone from one cache ref: the same blob from another ref still hits
@@ -207,7 +220,8 @@ class Solver:
             needed = await self.demand.needed()  # a COPY --from that hits needs only its source's key
         except Exception:
             needed = {stage.index for stage in self.graph.stages}  # solving reports the error with its line
-        for index in sorted(needed):
+        needed = {*needed, *(s.index for s in self.graph.stages if s.index in self.options.no_cache_stages)}
+        for index in sorted(needed):  # a --no-cache-filter stage always runs, as BuildKit's ignore-cache vertices do
             self._task(index)
         try:
             result = await self._task(self.graph.target)
@@ -238,13 +252,20 @@ class Solver:
                             self._emit(exporter, partial(exporter.link, parent, base_inputs, slot=base_slot))
                 missed = False
                 for step, key in await self.demand.step_keys(stage.index):
-                    extra = await self.demand.copy_inputs(stage.index, step) if isinstance(step, CopyStep) else {}
-                    inputs = cachekey.step_inputs(step, parent, **extra)
-                    assert inputs is not None
+                    extra = await self.demand.step_extra(stage.index, step)
+                    inputs, link = copykeys.step_inputs(step, parent, stage.platform, **extra)
                     hit = None if missed else self._lookup(key)  # nothing after a miss is a hit
                     missed = hit is None
                     if hit is not None:
                         self._note_hit(hit)
+                    if isinstance(step, CopyStep) and cachekey.key_of(inputs) != key:  # COPY --from, content key
+                        definition, alias = cachekey.key_of(inputs), copykeys.alias_inputs(inputs, key)
+                        for exporter in self.exporters:  # its definition key, an alias, as the solving build wrote
+                            if hit is not None and (exporter is not self.state.cache or hit.origin != "local"):
+                                self._emit(exporter, partial(exporter.add, definition, alias, hit, slot=str(parent)))
+                            elif hit is None and isinstance(exporter, CacheLinker):
+                                self._emit(exporter, partial(exporter.link, definition, alias, slot=str(parent)))
+                        inputs = self._content_record(step, parent, link)
                     for exporter in self.exporters:
                         if hit is not None and (exporter is not self.state.cache or hit.origin != "local"):
                             self._emit(exporter, partial(exporter.add, key, inputs, hit, slot=str(parent)))
@@ -262,14 +283,17 @@ class Solver:
         return task
 
     def _next_vertex(self) -> int:
-        self._vertex += 1
+        self._vertex = next(self._vertices)
         return self._vertex
 
     def _where(self, line: int) -> str:
-        return f"{self.options.dockerfile_name}:{line}" if line else self.options.dockerfile_name
+        """``Dockerfile:12`` (``Dockerfile:12 [linux/arm64]`` in a multi-platform build): where an error is."""
+        where = f"{self.options.dockerfile_name}:{line}" if line else self.options.dockerfile_name
+        return f"{where} [{self.options.platform_label}]" if self.options.platform_label else where
 
     def _label(self, stage: Stage) -> str:
-        return stage.name or f"stage-{stage.index}"
+        name = stage.name or f"stage-{stage.index}"
+        return f"{self.options.platform_label} {name}" if self.options.platform_label else name
 
     async def _solve_stage(self, stage: Stage) -> StageResult:
         """Solve a stage; if cached layers it relied on turn out unreadable, solve it again without them
@@ -358,10 +382,11 @@ class Solver:
         """The key inputs and the source description of a COPY: context, earlier stage or image."""
         if step.from_stage is not None:  # the key only: the stage's result is awaited if this step executes
             try:
-                return await self.demand.copy_inputs(stage.index, step), None
+                extra = await self.demand.copy_inputs(stage.index, step)  # by the source's definition key
             except Exception:
                 await self._task(step.from_stage)  # the source stage reports its own error, with its line
                 raise
+            return extra, None
         if step.from_image is not None:
             image = await self.images.resolve(step.from_image, stage.platform)
             return {"source_image": image.manifest_digest}, image
@@ -385,30 +410,66 @@ class Solver:
         try:
             if isinstance(step, CopyStep):
                 extra, source = await self._source_for_copy(stage, step)
+            elif isinstance(step, RunStep) and step.mounts:
+                extra = await self.demand.step_extra(stage.index, step)
         except BuildError:
             raise  # the source stage failed and said so
         except Exception as exc:  # a missing source, an unreachable --from image, ...
             raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
-        inputs = cachekey.step_inputs(step, parent, **extra)
-        assert inputs is not None
+        inputs, link = copykeys.step_inputs(step, parent, stage.platform, **extra)
         key = cachekey.key_of(inputs)
         slot = str(parent)
-        hit = None if self.options.no_cache else self._lookup(key)
+        hit = self.memo.get(key) or (None if self._no_cache(stage) else self._lookup(key))
         if hit is not None:
             self._note_hit(hit)
-            for exporter in self.exporters:
-                if exporter is not self.state.cache or hit.origin != "local":  # remote hits become local records too
-                    self._emit(exporter, partial(exporter.add, key, inputs, hit, slot=slot))
+            if hit.key != key:  # COPY --from's definition key, an alias of its content key (lamina.build.copykeys)
+                assert isinstance(step, CopyStep)
+                self._add_hit(hit.key, self._content_record(step, parent, link), hit, slot)
+                inputs = copykeys.alias_inputs(inputs, hit.key)
+            self._add_hit(key, inputs, hit, slot)
             self.progress.cached(vertex, hit.origin)
             self._report(vertex, name, key, True, hit.origin, None, started)
-            return key, hit.layers, False
-        reason = self._explain(slot, inputs, upstream)
-        if reason:
-            self.progress.miss(vertex, reason)
+            return hit.key, hit.layers, False
+        link_hit = None if link is None or self._no_cache(stage) else self._lookup(cachekey.key_of(link))
+        if link_hit is not None:  # COPY --link: the layer made on an empty root, merged onto this parent
+            assert isinstance(step, CopyStep) and link is not None
+            self._note_hit(link_hit)
+            merged = self._record_link(step, parent, key, inputs, [link], link_hit, layers)
+            self.progress.cached(vertex, link_hit.origin)
+            self._report(vertex, name, merged, True, link_hit.origin, None, started)
+            return merged, (*layers, link_hit.layers[-1]), False
+        content: tuple[Digest, dict[str, Any]] | None = None  # COPY --from=<stage>: keyed by the copied files
+        definitions = [(key, inputs)]  # the definition keys recorded as aliases of the content key
         if isinstance(step, CopyStep) and step.from_stage is not None:
             source = await self._task(step.from_stage)  # raises BuildError if that stage failed
+            base = parent if link is None else copykeys.scratch_key(stage.platform)  # --link: keyed on scratch
+            content = await self._content_key(vertex, step, base, source)
+            if source.key != extra["source_stage"]:  # predicted before a content key inside it was known:
+                actual = copykeys.step_inputs(step, parent, stage.platform, source_stage=source.key)
+                definitions.append((cachekey.key_of(actual[0]), actual[1] or actual[0]))  # a later build's guess
+            chit = self.memo.get(content[0]) or (None if self._no_cache(stage) else self._lookup(content[0]))
+            if chit is not None and link is not None:  # the link layer, by the files it copies
+                self._note_hit(chit)
+                links = [link, *(given for _, given in definitions[1:])]
+                merged = self._record_link(step, parent, key, inputs, links, chit, layers)
+                self.progress.cached(vertex, chit.origin)
+                self._report(vertex, name, merged, True, chit.origin, None, started)
+                return merged, (*layers, chit.layers[-1]), False
+            if chit is not None:  # the stage changed, the files it gives did not: a hit, as in BuildKit
+                self._note_hit(chit)
+                self._add_hit(content[0], content[1], chit, slot)
+                for definition, given in definitions:
+                    self._add_hit(definition, copykeys.alias_inputs(given, content[0]),
+                                  replace(chit, origin="this build"), slot)
+                self.progress.cached(vertex, chit.origin)
+                self._report(vertex, name, content[0], True, chit.origin, None, started)
+                return content[0], chit.layers, False
+        reason = "--no-cache-filter" if stage.index in self.options.no_cache_stages else \
+            self._explain(slot, inputs, upstream)
+        if reason:
+            self.progress.miss(vertex, reason)
         try:
-            layer = await self._execute(stage, step, layers, source, vertex)
+            layer = await self._execute(stage, step, () if link is not None else layers, source, vertex)
         except _Unavailable as exc:
             stale = self._stale(layers, source)
             if stale:
@@ -418,12 +479,45 @@ class Solver:
         except Exception as exc:  # the step failed, or materialising its parent did (mount, pull, unpack)
             raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
         chain = (*layers, layer)
-        result = CachedResult(key, chain, layer.created or utc_now(), "local")
+        created = layer.created or utc_now()
+        if link is not None:  # COPY --link: the one layer under its base-independent key (copykeys), merged
+            assert isinstance(step, CopyStep)
+            made = CachedResult(content[0] if content else cachekey.key_of(link), (layer,), created, "this build")
+            links = [link, *(given for _, given in definitions[1:])]
+            key = self._record_link(step, parent, key, inputs, links, made, layers)
+            self.memo[key] = CachedResult(key, chain, created, "this build")
+            self.progress.done(vertex)
+            self._report(vertex, name, key, False, None, reason, started)
+            return key, chain, True
+        if content is not None:  # the definition keys are recorded as aliases of the content key
+            alias = CachedResult(content[0], chain, created, "this build")
+            for definition, given in definitions:
+                self._add_hit(definition, copykeys.alias_inputs(given, content[0]), alias, slot)
+            key, inputs = content
+        result = CachedResult(key, chain, created, "local")
+        self.memo[key] = replace(result, origin="this build")
         for exporter in self.exporters:
             self._emit(exporter, partial(exporter.add, key, inputs, result, slot=slot))
         self.progress.done(vertex)
         self._report(vertex, name, key, False, None, reason, started)
         return key, chain, True
+
+    async def _content_key(
+        self, vertex: int, step: CopyStep, parent: Digest, source: StageResult
+    ) -> tuple[Digest, dict[str, Any]]:
+        """The content key of ``COPY --from=<stage>`` (the checksum of the files it selects in the solved stage)
+        and the inputs its record keeps."""
+        try:
+            checksum = await self.executor.stage_checksum(step, source.layers)
+        except Exception as exc:
+            stale = self._stale((), source)
+            if stale:
+                self.progress.miss(vertex, f"cached layers of the source stage unreadable: {exc}")
+                raise _StaleCache(stale, str(exc)) from exc
+            raise self._fail(vertex, step, str(exc) or type(exc).__name__) from exc
+        # recorded without the checksum: a later hit through the alias cannot know it, and both record the same
+        return cachekey.key_of(copykeys.content_inputs(step, parent, checksum)), \
+            copykeys.content_inputs(step, parent, None)
 
     def _fail(self, vertex: int, step: Step, detail: str) -> BuildError:
         message = f"{self._where(step.line)}: {step.shown or step.created_by}: {detail}"
@@ -454,6 +548,10 @@ class Solver:
             and not self.state.content.has(layer.descriptor.digest)
         }
 
+    def _no_cache(self, stage: Stage) -> bool:
+        """--no-cache, or --no-cache-filter naming this stage: its steps never hit a cache."""
+        return self.options.no_cache or stage.index in self.options.no_cache_stages
+
     def _explain(self, slot: str, inputs: dict[str, Any], upstream: str | None) -> str | None:
         if self.options.no_cache:
             return "--no-cache"
@@ -482,7 +580,8 @@ class Solver:
         except Exception as exc:
             raise _Unavailable(str(exc) or type(exc).__name__) from exc
         if isinstance(step, RunStep):
-            return await self.executor.run(step, lowers, output=output)
+            sources = await self._mount_sources(stage, step) if step.mounts else None
+            return await self.executor.run(step, lowers, output=output, platform=stage.platform, mounts=sources)
         if isinstance(step, CopyStep):
             source_lowers: list[Path] | None = None
             if source is not None:
@@ -492,3 +591,25 @@ class Solver:
                     raise _Unavailable(str(exc) or type(exc).__name__) from exc
             return await self.executor.copy(step, lowers, context_dir=self.context_dir, source_lowers=source_lowers)
         return await self.executor.workdir(step, lowers)
+
+    async def _mount_sources(self, stage: Stage, step: RunStep) -> MountSources:
+        """What a RUN's mounts read: the materialised layers of each ``from=`` stage or image, and each
+        mount's key input (a cache mount's seed identity)."""
+        lowers: dict[MountFrom, list[Path]] = {}
+        for mount in step.mounts:
+            origin = getattr(mount, "origin", None)
+            if origin is None or origin in lowers or (origin.stage is None and origin.image is None):
+                continue
+            if origin.stage is not None:
+                layers = (await self._task(origin.stage)).layers  # raises BuildError if that stage failed
+            elif origin.image == "scratch":  # from=scratch: an empty root, as BuildKit's llb.Scratch()
+                layers = ()
+            else:
+                assert origin.image is not None
+                layers = (await self.images.resolve(origin.image, stage.platform)).layers
+            try:
+                lowers[origin] = await self.executor.materialize(layers)
+            except Exception as exc:
+                raise _Unavailable(str(exc) or type(exc).__name__) from exc
+        return MountSources(lowers, tuple(await self.demand.mount_inputs(stage.index, step)))
+

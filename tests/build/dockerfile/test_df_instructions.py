@@ -74,8 +74,8 @@ def test_run_heredocs(build: Build) -> None:
 
 
 def test_run_unsupported_flags(build: Build) -> None:
-    with pytest.raises(DockerfileError, match=r"^Dockerfile:2: RUN --mount is not supported"):
-        build("FROM busybox\nRUN --mount=type=cache,target=/x true\n")
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:2: RUN --device is not supported"):
+        build("FROM busybox\nRUN --device=/dev/fuse true\n")
     with pytest.raises(DockerfileError, match="unsupported network mode"):
         build("FROM busybox\nRUN --network=bridge true\n")
     with pytest.raises(DockerfileError, match=r"^Dockerfile:2: RUN: unsupported security mode 'privileged'"):
@@ -217,7 +217,7 @@ def test_copy_flags_and_dest(build: Build) -> None:
         "/app/sub/",
         "1:2",
         "755",
-        True,
+        False,  # BuildKit merges --link layers only without --chmod
     )
     assert first.created_by == "COPY --chown=1:2 --chmod=755 a b* sub/ # buildkit"
     assert [c.dest for c in copies[1:4]] == ["/app/", "/app/rel", "/abs/"]
@@ -225,7 +225,7 @@ def test_copy_flags_and_dest(build: Build) -> None:
     add = copies[5]
     assert add.is_add and add.exclude == ("*.md",) and add.sources == ("https://example.com/f.tar.gz", "archive.tar")
     assert add.created_by == "ADD https://example.com/f.tar.gz archive.tar /opt/ # buildkit"
-    with pytest.raises(DockerfileError, match="invalid chmod parameter"):
+    with pytest.raises(DockerfileError, match="invalid --chmod=999"):
         build("FROM busybox\nCOPY --chmod=999 a /b\n")
     with pytest.raises(DockerfileError, match="Destination could not be determined"):
         build("FROM busybox\nCOPY a\n")

@@ -130,7 +130,7 @@ def test_from_platform_flag() -> None:
         ("FROM busybox AS\n", "Dockerfile:1: FROM requires either one or three arguments"),
         ("FROM\n", "Dockerfile:1: FROM requires either one or three arguments"),
         ("FROM missing:1\n", "Dockerfile:1: FROM missing:1: missing:1: not found"),
-        ("FROM --platform=linux busybox\n", "Dockerfile:1: FROM --platform: invalid platform 'linux'"),
+        ("FROM --platform=linux/amd46 busybox\n", "Dockerfile:1: FROM --platform: invalid platform 'linux/amd46'"),
         ("ARG P\nFROM --platform=$P busybox\n", "Dockerfile:2: empty platform value from expression $P"),
     ],
 )
@@ -147,6 +147,8 @@ def test_bad_trigger_names_the_from_line() -> None:
     assert str(err.value).startswith("Dockerfile:3: ONBUILD trigger 'RUNN make': unknown instruction: RUNN")
 
 
-def test_syntax_directive_is_ignored_with_a_note(build: Build) -> None:
+def test_syntax_directive_names_the_builtin_frontend_in_a_note(build: Build) -> None:
     graph = build("# syntax=docker/dockerfile:1\nFROM busybox\n")
-    assert graph.warnings == ("# syntax=docker/dockerfile:1 ignored: lamina uses its built-in Dockerfile frontend",)
+    assert graph.warnings == (
+        "# syntax=docker/dockerfile:1: using lamina's built-in Dockerfile frontend (BuildKit's Dockerfile 1.x syntax)",
+    )

@@ -109,12 +109,13 @@ class BlobVerifier(Protocol):
 @runtime_checkable
 class CacheExporter(Protocol):
     """A sink for results as steps finish — executed *and* cache hits, so ``mode=max`` can export every
-    step — and ``finalize(target)`` publishes them once the build's final result is known (``mode=min``
-    keeps only ``target``'s chain). ``inputs`` (with its ``parent`` key) links each record to its input."""
+    step — and ``finalize(target, *more)`` publishes them once the build's final results are known (one per
+    platform; ``mode=min`` keeps only their chains). ``inputs`` (with its ``parent`` key) links each record
+    to its input."""
 
     def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None: ...
 
-    async def finalize(self, target: CachedResult) -> None: ...
+    async def finalize(self, target: CachedResult, *more: CachedResult) -> None: ...
 
 
 @runtime_checkable

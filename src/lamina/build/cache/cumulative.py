@@ -12,7 +12,9 @@ the export to write:
   current cache's results whose blobs its manifest does not list (they could not be imported);
 - the manifest lists the blobs the kept records use: this build's with its own descriptors, the
   others as the current manifest described them (the blobs are already in the target), and the input
-  fingerprints of both (this build's win).
+  fingerprints of both (this build's win);
+- and the RUN cache mounts' packs (:func:`lamina.build.cache.mountsync.carry_packs`): this build's, and
+  with ``merge=true`` the other caches' the target holds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lamina.build.cache.graph import CacheExport, assemble, layer_media_type
+from lamina.build.cache.mountsync import carry_packs
 from lamina.build.cacheopts import CacheTo
 from lamina.oci import CacheConfig, Descriptor, Digest
 from lamina.oci.cachemerge import merge, prune, refresh, result_keys, touch
@@ -70,7 +73,8 @@ def combine(ours: CacheExport, current: CurrentCache, spec: CacheTo, now: dateti
             media_type = layer_media_type(desc.media_type, spec.oci_mediatypes)
             descriptors.append(Descriptor(media_type, desc.digest, desc.size, annotations=desc.annotations))
     layers = tuple(ref for digest, ref in sorted(own.items()) if digest in kept)
-    return assemble(config, layers, tuple(descriptors), prints,
+    pack_refs, packs = carry_packs(ours, current.layers, spec, now)  # RUN cache mounts (lamina.build.cache.mountsync)
+    return assemble(config, (*layers, *pack_refs), (*descriptors, *packs), prints,
                     image_manifest=spec.image_manifest, oci_mediatypes=spec.oci_mediatypes)
 
 

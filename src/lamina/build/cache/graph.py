@@ -20,13 +20,14 @@ image manifest with an empty ``layers`` array, so the caller skips the export wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lamina.build.cache.base import CachedResult, LayerRef
 from lamina.build.cache.fingerprint import INPUTS_ANNOTATION, fingerprint
 from lamina.build.cache.fingerprint import encode as encode_prints
+from lamina.build.copykeys import ALIAS_FIELD, ALIAS_SELECTOR
 from lamina.oci import (
     CacheConfig,
     CacheInput,
@@ -86,7 +87,8 @@ class RecordGraph:
         self.nodes[key] = _Node(dict(inputs), result)
 
     def links(self, key: Digest) -> list[list[Digest]]:
-        """The input groups of ``key``: [[parent]] and, for ``COPY --from=<stage>``, [[source stage]]."""
+        """The input groups of ``key``: [[parent]] and, for ``COPY --from=<stage>``, [[source stage]]; for a
+        ``COPY --link`` merge, [[parent], [link layer]] as BuildKit's MergeOp records its two inputs."""
         node = self.nodes.get(key)
         if node is None:
             return []
@@ -97,6 +99,8 @@ class RecordGraph:
         source = node.inputs.get("from")
         if isinstance(source, dict) and source.get("stage"):
             groups.append([parse_digest(source["stage"])])
+        if node.inputs.get("op") == "merge" and node.inputs.get("layer"):
+            groups.append([parse_digest(node.inputs["layer"])])
         return groups
 
 
@@ -143,21 +147,33 @@ def _main_chain(graph: RecordGraph, target: Digest) -> set[Digest]:
     key: Digest | None = target
     while key is not None and key in graph.nodes and key not in chain:
         chain.add(key)
-        parent = graph.nodes[key].inputs.get("parent")
+        inputs = graph.nodes[key].inputs
+        if inputs.get("op") == "merge" and inputs.get("layer"):  # a link layer keeps its result: other bases
+            chain.add(parse_digest(inputs["layer"]))            # find it when the merged step misses
+        parent = inputs.get("parent")
         key = parse_digest(parent) if parent else None
     return chain
 
 
 def plan_export(
-    graph: RecordGraph, target: Digest, *, mode: str, image_manifest: bool = True, oci_mediatypes: bool = True
+    graph: RecordGraph, target: Digest, *, mode: str, image_manifest: bool = True, oci_mediatypes: bool = True,
+    also: Sequence[Digest] = (),
 ) -> CacheExport | None:
-    """The cache export of ``target`` (see the module docstring); ``None`` when it would hold no layer."""
+    """The cache export of ``target`` (see the module docstring); ``None`` when it would hold no layer.
+
+    ``also``: the final results of the other platforms of a multi-platform build; ``mode=min`` keeps their
+    chains too, so one export holds every platform's records (as BuildKit's does)."""
     if mode == "max":
         with_results = set(graph.nodes)
         keys = _closure(graph, list(graph.nodes))
     else:
-        with_results = _main_chain(graph, target)
-        keys = _closure(graph, [target]) if target in graph.nodes else set()
+        targets = [t for t in (target, *also) if t in graph.nodes]
+        with_results = set().union(*(_main_chain(graph, t) for t in (target, *also)))
+        keys = _closure(graph, targets)
+    aliases = [k for k, n in graph.nodes.items() if n.inputs.get(ALIAS_FIELD) and k not in with_results
+               and parse_digest(n.inputs[ALIAS_FIELD]) in with_results]
+    with_results |= set(aliases)  # a COPY --from definition key stays with its content key: a warm build
+    keys |= _closure(graph, aliases)  # hits it without solving the source stage (lamina.build.copykeys)
     layer_index: dict[tuple[int, Digest], int] = {}  # (parent entry, blob) -> entry: one per chain prefix
     layers: list[CacheLayer] = []
     blobs: dict[Digest, LayerRef] = {}
@@ -185,6 +201,9 @@ def plan_export(
         inputs = tuple(
             tuple(CacheInput(record_index[k]) for k in group if k in record_index) for group in graph.links(key)
         )
+        alias = node.inputs.get(ALIAS_FIELD) if node is not None else None
+        if alias and parse_digest(alias) in record_index:
+            inputs = (*inputs, (CacheInput(record_index[parse_digest(alias)], ALIAS_SELECTOR),))
         records.append(CacheRecord(key, results, tuple(g for g in inputs if g)))
     if not blobs:
         return None

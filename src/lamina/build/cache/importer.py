@@ -26,6 +26,7 @@ from lamina.build.cache.base import CachedResult, LayerRef
 from lamina.build.cache.fingerprint import INPUTS_ANNOTATION, Fingerprints
 from lamina.build.cache.fingerprint import decode as decode_prints
 from lamina.build.cache.graph import CREATED_ANNOTATION, UNCOMPRESSED_ANNOTATION, layer_media_type
+from lamina.build.copykeys import ALIAS_SELECTOR
 from lamina.oci import (
     CacheConfig,
     Descriptor,
@@ -121,6 +122,7 @@ class ImportedCache:
         self._prints = Fingerprints(decode_prints((annotations or {}).get(INPUTS_ANNOTATION, "")))
         self.config = config
         self.source = source  # "host/repo" holding the blobs, or "oci-layout:/dir" for a local cache
+        self.layers = layers  # every blob the manifest lists (cache-mount packs too: lamina.build.cache.mountsync)
         self._blobs: dict[Digest, LayerRef] = {}
         for desc in layers:
             ref = _layer_ref(desc, source)
@@ -138,10 +140,15 @@ class ImportedCache:
         return len(self.config.records)
 
     def lookup(self, key: Digest) -> CachedResult | None:
+        """The first usable result of record ``key``; a ``COPY --from`` definition key's record (an input link
+        with selector ``ALIAS_SELECTOR``) answers with the content key it links to, which the chain continues
+        from (see :mod:`lamina.build.copykeys`)."""
         index = self._records.get(key)
         if index is None:
             return None
-        for result in self.config.records[index].results:
+        record = self.config.records[index]
+        key = self.alias(key) or key
+        for result in record.results:
             try:
                 chain = self.config.layer_chain(result.layer)
             except FormatError:
@@ -151,6 +158,17 @@ class ImportedCache:
                 continue
             layers = tuple(ref for ref in refs if ref is not None)
             return CachedResult(key, layers, result.created_at or layers[-1].created or "", self.name)
+        return None
+
+    def alias(self, key: Digest) -> Digest | None:
+        """The content key record ``key`` links to with selector ``ALIAS_SELECTOR``, with or without results."""
+        index = self._records.get(key)
+        if index is None:
+            return None
+        for group in self.config.records[index].inputs:
+            for item in group:
+                if item.selector == ALIAS_SELECTOR and 0 <= item.link < len(self.config.records):
+                    return self.config.records[item.link].digest
         return None
 
     def forget_blob(self, digest: Digest) -> None:

@@ -23,7 +23,10 @@ class InlineCacheExporter(RegistryCacheExporter):
 
     config_bytes: bytes | None = None
 
-    async def finalize(self, target: CachedResult) -> None:
+    async def finalize(self, target: CachedResult, *more: CachedResult) -> None:
+        """Plan the cache of one image (each platform's image of a multi-platform build embeds its own)."""
+        if more:
+            raise ValueError("an inline cache belongs to one image: finalize it once per platform's image")
         export = self.plan(target)
         if export is None:
             self.progress.message("inline cache skipped: nothing to export")

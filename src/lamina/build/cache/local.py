@@ -28,7 +28,8 @@ from typing import Any
 from lamina.build.cache.base import CachedResult, LayerRef, utc_now
 from lamina.build.cachekey import describe_difference
 from lamina.build.contentstore import ContentStore
-from lamina.oci import Digest
+from lamina.build.copykeys import ALIAS_FIELD
+from lamina.oci import Digest, DigestError, parse_digest
 
 __all__ = ["LocalCache"]
 
@@ -61,7 +62,10 @@ class LocalCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode: a commit is durable once the WAL is synced at checkpoint, not fsynced per
+        # statement (a fully cached build records every step and every pushed blob: one fsync each with
+        # FULL). A power cut can lose the last records, never corrupt the index: a lost record is a miss.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._db.executescript(_SCHEMA)
 
@@ -69,19 +73,25 @@ class LocalCache:
         self._db.close()
 
     def lookup(self, key: Digest) -> CachedResult | None:
+        """The result recorded under ``key``; its ``key`` is the content key when ``key`` is an alias
+        (a ``COPY --from`` definition key, see :mod:`lamina.build.copykeys`)."""
         with self._lock:
-            row = self._db.execute("SELECT layers, created_at FROM records WHERE key = ?", (str(key),)).fetchone()
+            row = self._db.execute(
+                "SELECT layers, created_at, inputs FROM records WHERE key = ?", (str(key),)
+            ).fetchone()
         if row is None:
             return None
         try:
             layers = tuple(LayerRef.parse(doc) for doc in json.loads(row[0]))
-        except (ValueError, KeyError, TypeError):
+            alias = json.loads(row[2]).get(ALIAS_FIELD)  # COPY --from's definition key: its content key
+            chain_key = parse_digest(alias) if alias else key
+        except (ValueError, KeyError, TypeError, AttributeError, DigestError):
             return None  # an unreadable record is a miss, never a failed build
         if any(layer.source is None and not self.content.has(layer.descriptor.digest) for layer in layers):
             return None
         with self._lock:
             self._db.execute("UPDATE records SET used_at = ? WHERE key = ?", (utc_now(), str(key)))
-        return CachedResult(key, layers, row[1], "local")
+        return CachedResult(chain_key, layers, row[1], "local")
 
     def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None:
         for layer in result.layers:
@@ -113,7 +123,7 @@ class LocalCache:
                 dropped += cursor.rowcount
         return dropped
 
-    async def finalize(self, target: CachedResult) -> None:
+    async def finalize(self, target: CachedResult, *more: CachedResult) -> None:
         return None  # every add() is already committed
 
     def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None:

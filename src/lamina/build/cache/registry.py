@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lamina.build.cache.base import CachedResult, LayerRef
 from lamina.build.cache.cumulative import NO_CACHE, CurrentCache, combine, missing_results
@@ -40,9 +40,12 @@ from lamina.build.cacheopts import CacheTo
 from lamina.build.images import BlobSources, ImageSource, split_repository
 from lamina.client import ClientPool, NotFound, PushOutcome, RegistryClient
 from lamina.client.errors import PreconditionFailed
-from lamina.oci import CacheConfig, Digest, FormatError, parse_reference
+from lamina.oci import CacheConfig, Descriptor, Digest, FormatError, ImageIndex, parse_manifest, parse_reference
 from lamina.oci import mediatypes as mt
-from lamina.oci.cachemerge import canonical
+from lamina.oci.cachemerge import canonical, merge
+
+if TYPE_CHECKING:
+    from lamina.build.cache.mountsync import CacheMountSync
 
 CONFLICT_RETRIES = 8  # 412 answers (another writer moved the tag) before the export gives up
 VERIFY_ROUNDS = 4  # re-read-and-merge rounds on a registry that ignores conditional PUTs
@@ -100,6 +103,10 @@ async def import_registry_cache(pool: ClientPool, ref: str, name: str | None = N
     client = pool.get(reference.registry)
     repo = reference.repository
     fetched = await client.get_manifest(repo, reference.reference)
+    images = _image_entries(fetched.data, fetched.media_type)
+    if images:
+        config, layers = await _import_inline_index(client, repo, images, ref)
+        return ImportedCache(name or ref, config, layers, f"{reference.registry}/{repo}")
     manifest = read_cache_manifest(fetched.data, fetched.media_type)
     raw = await client.fetch_blob(repo, manifest.config.digest, size=manifest.config.size, kind="config")
     layers = manifest.layers
@@ -107,6 +114,44 @@ async def import_registry_cache(pool: ClientPool, ref: str, name: str | None = N
         raw, layers = inline_config(raw, layers)
     return ImportedCache(name or ref, CacheConfig.parse(raw), layers, f"{reference.registry}/{repo}",
                          manifest.annotations)
+
+
+def _image_entries(data: bytes, media_type: str) -> tuple[Descriptor, ...]:
+    """The image manifests an image index lists (a multi-platform image); () for anything else."""
+    try:
+        doc = parse_manifest(data, media_type)
+    except FormatError:
+        return ()
+    if not isinstance(doc, ImageIndex) or any(d.media_type == mt.BUILDKIT_CACHE_CONFIG for d in doc.manifests):
+        return ()
+    return tuple(d for d in doc.manifests if d.media_type in (mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_V2))
+
+
+async def _import_inline_index(
+    client: RegistryClient, repo: str, entries: tuple[Descriptor, ...], ref: str
+) -> tuple[CacheConfig, tuple[Descriptor, ...]]:
+    """A multi-platform image built with ``--cache-to type=inline``: each platform's image embeds the records
+    of its own chain; as BuildKit's importer walks every manifest of the index, they are read and merged into
+    one cache that serves every platform. Images without an inline cache (attestations) are passed over."""
+    merged: CacheConfig | None = None
+    layers: dict[Digest, Descriptor] = {}
+    for entry in entries:
+        fetched = await client.get_manifest(repo, str(entry.digest))
+        manifest = read_cache_manifest(fetched.data, fetched.media_type)
+        if manifest.form != "inline":
+            continue
+        raw = await client.fetch_blob(repo, manifest.config.digest, size=manifest.config.size, kind="config")
+        try:
+            raw, annotated = inline_config(raw, manifest.layers)
+        except FormatError:
+            continue  # this platform's image carries no inline cache
+        part = CacheConfig.parse(raw)
+        merged = part if merged is None else merge(merged, part)
+        for desc in annotated:
+            layers.setdefault(desc.digest, desc)
+    if merged is None:
+        raise FormatError(f"{ref} is an image index whose images carry no inline cache")
+    return merged, tuple(layers.values())
 
 
 _COMPRESSIONS = {
@@ -147,6 +192,7 @@ class RegistryCacheExporter:
         self.progress = progress
         self.graph = RecordGraph()
         self.summary = ExportSummary(spec.label)
+        self.cache_mounts: CacheMountSync | None = None  # the build's RUN cache mounts, exported as packs
 
     def add(self, key: Digest, inputs: Mapping[str, Any], result: CachedResult, *, slot: str) -> None:
         self.graph.add(key, inputs, result)
@@ -154,22 +200,25 @@ class RegistryCacheExporter:
     def link(self, key: Digest, inputs: Mapping[str, Any], *, slot: str) -> None:
         self.graph.add(key, inputs, None)
 
-    def plan(self, target: CachedResult) -> CacheExport | None:
+    def plan(self, target: CachedResult, *more: CachedResult) -> CacheExport | None:
+        """The export of the build's final result(s): ``more`` are the other platforms' (one export for all)."""
         export = plan_export(
             self.graph, target.key, mode=self.spec.mode, image_manifest=self.spec.image_manifest,
-            oci_mediatypes=self.spec.oci_mediatypes,
+            oci_mediatypes=self.spec.oci_mediatypes, also=tuple(result.key for result in more),
         )
         if export is not None:
             check_compression(export, self.spec)
         return export
 
-    async def finalize(self, target: CachedResult) -> None:
+    async def finalize(self, target: CachedResult, *more: CachedResult) -> None:
         started = time.monotonic()
         try:
-            export = self.plan(target)
+            export = self.plan(target, *more)
             if export is None:
                 self.summary.skipped = "nothing to export (no layer in the build's cache records)"
             else:
+                if self.cache_mounts is not None:
+                    export = await self.cache_mounts.attach(export, self.spec)
                 await self.write(export)
         except Exception as exc:
             message = f"exporting cache to {self.spec.label}: {exc}"
@@ -287,7 +336,7 @@ class RegistryCacheExporter:
     async def _push_layer(self, client: RegistryClient, registry: str, repo: str, layer: LayerRef) -> str:
         digest = layer.descriptor.digest
         home = f"{registry}/{repo}"
-        if await client.head_blob(repo, digest) is not None:
+        if await client.has_blob(repo, digest):  # the image push may have just made it present
             self.known.add_source(digest, home)
             return str(PushOutcome.EXISTS)
         candidates = ([layer.source] if layer.source else []) + self.known.sources(digest)

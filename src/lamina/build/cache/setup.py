@@ -41,7 +41,7 @@ def _registry_exists(pool: ClientPool, source: str) -> BlobExists:
     host, repo = split_repository(source)
 
     async def exists(digest: Digest) -> bool:
-        return await pool.get(host).head_blob(repo, digest) is not None
+        return await pool.get(host).has_blob(repo, digest)  # the image push asks the client again: no 2nd HEAD
 
     return exists
 

@@ -11,19 +11,32 @@ image's config (fetched through ``resolve_base``), an earlier stage's final stat
 from __future__ import annotations
 
 import copy
-import platform as _host
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from lamina.build.namedcontexts import DirContext, NamedContext
 from lamina.build.ops import BaseImage, BuildGraph, Scratch, Stage, StageBase
-from lamina.oci import ContainerConfig, FormatError, ImageConfig, Platform
+from lamina.oci import (
+    ContainerConfig,
+    FormatError,
+    ImageConfig,
+    Platform,
+    format_platform,
+    host_platform,
+    normalize_platform,
+    parse_platform,
+)
 
+from .checks import check_directive
 from .dispatch import dispatch, onbuild_expression
 from .errors import DockerfileError, suggest
 from .lex import ExpansionError, Lexer
+from .named import replace_named_stages
 from .parse import Dockerfile, Instruction, flag_str, parse, parse_flags, parse_trigger
+from .runmount import mount_froms
 from .state import DEFAULT_PATH, Context, StageState
+from .syntax import check_syntax
 
 __all__ = ["PLATFORM_ARGS", "PROXY_ARGS", "ResolveBase", "convert", "host_platform"]
 
@@ -41,7 +54,6 @@ PLATFORM_ARGS = (
     "TARGETVARIANT",
 )
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386"}
 
 
 @dataclass
@@ -64,10 +76,13 @@ def convert(
     target: str | None = None,
     platform: Platform | str | None = None,
     build_platform: Platform | str | None = None,
+    named_contexts: Mapping[str, NamedContext] | None = None,
 ) -> BuildGraph:
     """Turn a Dockerfile into the graph the solver runs; raises DockerfileError naming the line."""
     df = dockerfile if isinstance(dockerfile, Dockerfile) else parse(dockerfile)
     args = dict(build_args or {})
+    frontend_note = check_syntax(df.directives.get("syntax"), args.get("BUILDKIT_SYNTAX"))  # before all else
+    check_directive(df.directives.get("check"))  # no build checks run: refuse what asks for them
     target_platform = _platform(platform) if platform else host_platform()
     builder_platform = _platform(build_platform) if build_platform else host_platform()
     meta, grouped = _split(df)
@@ -91,9 +106,12 @@ def convert(
         if stage.name is not None:
             names[stage.name] = index
         stages.append(stage)
-    ctx = Context(df.escape, global_args, args, _proxy_env(args), names, len(stages), declared)
-    if "syntax" in df.directives:
-        ctx.warnings.append(f"# syntax={df.directives['syntax']} ignored: lamina uses its built-in Dockerfile frontend")
+    contexts = dict(named_contexts or {})
+    replace_named_stages(stages, contexts)
+    ctx = Context(df.escape, global_args, args, _proxy_env(args), names, len(stages), declared, contexts=contexts,
+                  named_contexts={k: v for k, v in contexts.items() if isinstance(v, DirContext)})
+    if frontend_note:
+        ctx.warnings.append(frontend_note)
     target_index = _target(target, names, len(stages))
     needed = _resolve(stages, target_index, ctx, resolve_base)
     states: dict[int, StageState] = {}
@@ -117,33 +135,18 @@ def _predefined(name: str) -> bool:
     )
 
 
-def host_platform() -> Platform:
-    machine = _host.machine().lower()
-    return Platform(architecture=_ARCH_ALIASES.get(machine, machine), os="linux")
-
-
 def _platform(value: Platform | str) -> Platform:
-    if isinstance(value, Platform):
-        return value
-    plat = Platform.from_string(value.lower())
-    arch = _ARCH_ALIASES.get(plat.architecture, plat.architecture)
-    variant = plat.variant
-    if arch == "arm64" and variant == "v8":
-        variant = None
-    return Platform(architecture=arch, os=plat.os, variant=variant)
-
-
-def _format(plat: Platform) -> str:
-    return f"{plat.os}/{plat.architecture}" + (f"/{plat.variant}" if plat.variant else "")
+    """A platform normalised as BuildKit's frontend does (containerd's platforms.Parse + Normalize)."""
+    return normalize_platform(value) if isinstance(value, Platform) else parse_platform(value)
 
 
 def _platform_args(build: Platform, target: Platform, overrides: Mapping[str, str]) -> dict[str, str]:
     values = {
-        "BUILDPLATFORM": _format(build),
+        "BUILDPLATFORM": format_platform(build),
         "BUILDOS": build.os,
         "BUILDARCH": build.architecture,
         "BUILDVARIANT": build.variant or "",
-        "TARGETPLATFORM": _format(target),
+        "TARGETPLATFORM": format_platform(target),
         "TARGETOS": target.os,
         "TARGETARCH": target.architecture,
         "TARGETVARIANT": target.variant or "",
@@ -248,13 +251,15 @@ def _deps(stage: _Stage, ctx: Context) -> set[int]:
     if isinstance(stage.base, StageBase):
         out.add(stage.base.stage)
     for inst in (*stage.triggers, *stage.commands):
-        if inst.cmd != "COPY":
+        if inst.cmd not in ("COPY", "RUN"):
             continue
-        for raw in inst.flags:
+        for raw in inst.flags if inst.cmd == "COPY" else [f"--from={v}" for v in mount_froms(inst.flags)]:
             if raw.startswith("--from="):
                 value = raw[len("--from=") :]
                 if value.isdigit() and int(value) < stage.index:
                     out.add(int(value))
+                elif value in ctx.named_contexts or value.lower() in ctx.named_contexts:
+                    continue  # a directory context (replacing that stage, if one has the name): files, no stage
                 elif value.lower() in ctx.stage_index and ctx.stage_index[value.lower()] < stage.index:
                     out.add(ctx.stage_index[value.lower()])
     return out

@@ -113,10 +113,12 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
     if chmod is not None:
         _check_chmod(inst, chmod)
     from_stage, from_image = None, None
-    from_context = dir_context_for(ctx.contexts, flag_str(flags, "from"), st.platform) if flag_str(flags, "from") \
-        else None
-    if flag_str(flags, "from") and from_context is None:
-        from_stage, from_image = from_reference(inst, flag_str(flags, "from"), ctx, st.index)
+    source = flag_str(flags, "from")
+    from_context = dir_context_for(ctx.contexts, source, st.platform) if source else None
+    if source and from_context is None:
+        from_stage, from_image = from_reference(inst, source, ctx, st.index)
+        if from_stage is None:  # an image: a --build-context NAME::PLATFORM, then NAME, stands in for it
+            from_image = image_context_ref(ctx.contexts, source, st.platform) or from_image
     for src in paths:
         if not is_add and (src.startswith("http://") or src.startswith("https://")):
             raise DockerfileError(f"COPY {src}: source can't be a URL for COPY", inst.line)

@@ -20,6 +20,7 @@ from .golang import go_duration, go_quote_list, parse_go_duration
 from .lex import ExpansionError, Lexer
 from .parse import Instruction, flag_str, parse_flags, parse_heredoc
 from .paths import normalize_workdir
+from .runmount import run_mounts, ssh_auth_sock
 from .state import DEFAULT_SHELL, Context, StageState, as_written
 
 __all__ = ["dispatch", "onbuild_expression"]
@@ -128,9 +129,9 @@ def _run_history(st: StageState, argv: list[str]) -> str:
 
 def _run(st: StageState, inst: Instruction, ctx: Context) -> None:
     flags = parse_flags(inst, strings=("network", "security"), lists=("mount", "device"))
-    for unsupported in ("mount", "device"):
-        if flags[unsupported]:
-            raise DockerfileError(f"RUN --{unsupported} is not supported by lamina", inst.line)
+    if flags["device"]:
+        raise DockerfileError("RUN --device is not supported by lamina", inst.line)
+    mounts = run_mounts(st, inst, ctx, flags["mount"])  # type: ignore[arg-type]
     security = flag_str(flags, "security") or "sandbox"
     if security not in ("sandbox", "insecure"):
         raise DockerfileError(f"RUN: unsupported security mode {security!r} (sandbox, insecure)", inst.line)
@@ -156,16 +157,21 @@ def _run(st: StageState, inst: Instruction, ctx: Context) -> None:
         else:
             args = [args[0] + "".join(f"\n{doc.content}{doc.name}" for doc in inst.heredocs)]
     argv = args if inst.json else [*_shell(st), " ".join(args)]
+    env = dict(st.env)
+    ssh_sock = ssh_auth_sock(mounts)
+    if ssh_sock is not None and "SSH_AUTH_SOCK" not in env:  # LLB's exec op points it at the first socket
+        env["SSH_AUTH_SOCK"] = ssh_sock
     st.steps.append(
         RunStep(
             argv=tuple(argv),
-            env=tuple(f"{k}={v}" for k, v in st.env.items()),
+            env=tuple(f"{k}={v}" for k, v in env.items()),
             user=st.config.get("User") or "",
             workdir=st.config.get("WorkingDir") or "/",
             network=network,
             security=security,
             proxy_env=ctx.proxy_env,
             inline_files=inline,
+            mounts=mounts,
             line=inst.line,
             created_by=_run_history(st, argv),
             shown=as_written(inst),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from fractions import Fraction
 
 __all__ = ["go_duration", "go_quote", "go_quote_list", "parse_go_duration"]
 
@@ -93,6 +92,8 @@ def parse_go_duration(text: str) -> int:
         return 0
     if not body:
         raise ValueError(f"time: invalid duration {go_quote(text)}")
+    from fractions import Fraction  # here: exact sums (Go's), but only HEALTHCHECK durations need it at all
+
     total = Fraction(0)
     pos = 0
     while pos < len(body):

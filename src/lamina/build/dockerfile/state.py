@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamina.build.namedcontexts import NamedContext
 from lamina.build.ops import MetaStep, Step
 from lamina.oci import Platform
 
@@ -28,6 +29,10 @@ class Context:
     stage_index: dict[str, int]  # stage name -> index
     stage_count: int
     declared: set[str] = field(default_factory=set)  # ARG names seen (for the unused --build-arg warning)
+    # --build-context: every named context (``contexts``), and the directory ones by name (``named_contexts``:
+    # COPY --from and RUN --mount from= read files from those; image ones replace the reference instead)
+    contexts: dict[str, NamedContext] = field(default_factory=dict)
+    named_contexts: dict[str, NamedContext] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 

@@ -13,7 +13,7 @@ A RUN step, as the solver drives it::
 """
 
 from .compression import Compression, UnknownMediaType, compression_of, media_type_for, open_layer
-from .copydiff import CopySnapshotter
+from .copydiff import CopySnapshotter, detect_snapshotter
 from .executor import Executor, OutputCallback, RuncExecutor, RunFailed
 from .extract import LayerError, extract_layer, extract_layer_async
 from .layerstore import LayerStore
@@ -25,7 +25,6 @@ from .snapshot import (
     SnapshotError,
     Snapshotter,
     cleanup_stale_snapshots,
-    detect_snapshotter,
 )
 from .tarwrite import LayerBlob, write_layer
 from .users import ResolvedUser, UnknownUser, resolve_in_root, resolve_user

@@ -10,16 +10,19 @@ The network is prepared here, because only the worker knows it: ``network="sandb
 namespace served by slirp4netns (:mod:`.usernet`) for this one run, torn down afterwards (or, with a
 :class:`~.usernet.NetworkPool`, prepared during the previous run and torn down in the background), with a
 resolv.conf naming slirp4netns's DNS; ``"sandbox"`` and ``"none"`` get BuildKit's hosts file
-(localhost and ``buildkitsandbox``); ``"host"`` keeps the host's files.
+(localhost and ``buildkitsandbox``); ``"host"`` keeps the host's files. ``--add-host`` lines go after the
+hosts file of every mode, in a copy named by its content.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -83,20 +86,31 @@ class RuncExecutor:
         self.networks = networks
 
     async def run(
-        self, spec: RunSpec, rootfs: Path, on_output: OutputCallback | None = None, *, check: bool = True
+        self,
+        spec: RunSpec,
+        rootfs: Path,
+        on_output: OutputCallback | None = None,
+        *,
+        check: bool = True,
+        private: bool = False,
     ) -> int:
-        """Run ``spec`` with ``rootfs`` as /; return the exit code, or raise :class:`RunFailed` when ``check``."""
+        """Run ``spec`` with ``rootfs`` as /; return the exit code, or raise :class:`RunFailed` when ``check``.
+
+        ``private``: the spec holds secrets (a ``RUN --mount=type=secret,env=``): its bundle is written to
+        a 0700 directory in /dev/shm instead of the state directory, and removed with the container."""
         spec = prepare_security(spec)  # the seccomp filter (loaded once per process) or insecure's devices
         async with self._network(spec) as networked:
-            return await self._run(networked, rootfs, on_output, check=check)
+            return await self._run(networked, rootfs, on_output, check=check, private=private)
 
     @contextlib.asynccontextmanager
     async def _network(self, spec: RunSpec) -> AsyncIterator[RunSpec]:
         """``spec`` with its network prepared: a sandbox namespace for this run, or the generated files."""
         if spec.network == "host":
-            yield spec
+            yield replace(spec, hosts_file=self._extra_hosts_file(spec, host=True)) if spec.extra_hosts else spec
             return
         hosts, resolv = self._files()
+        if spec.extra_hosts:
+            hosts = self._extra_hosts_file(spec, host=False)
         if spec.network == "none":
             yield replace(spec, hosts_file=hosts)
             return
@@ -113,6 +127,22 @@ class RuncExecutor:
         finally:
             self.networks.retire(net)
 
+    def _extra_hosts_file(self, spec: RunSpec, *, host: bool) -> str:
+        """The hosts file plus ``--add-host`` lines (``IP<TAB>HOST``, BuildKit's form), named by its content so
+        builds sharing the state directory with other ``--add-host`` values never overwrite each other's."""
+        base = HOSTS_FILE
+        if host:  # the host's own file, as the host network's runs see it without --add-host
+            base = Path("/etc/hosts").read_text(encoding="utf-8", errors="replace") if Path("/etc/hosts").is_file() \
+                else ""
+            base += "" if not base or base.endswith("\n") else "\n"
+        text = base + "".join(f"{ip}\t{name}\n" for name, ip in spec.extra_hosts)
+        directory = self.state_dir / "network"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"hosts-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        if not path.is_file():
+            _replace_file(path, text)
+        return str(path)
+
     def _files(self) -> tuple[str, str]:
         """The hosts file and resolv.conf of own-namespace runs, written once per executor."""
         if self._network_files is None:
@@ -128,9 +158,15 @@ class RuncExecutor:
             self._network_files = (str(hosts), str(resolv))
         return self._network_files
 
-    async def _run(self, spec: RunSpec, rootfs: Path, on_output: OutputCallback | None, *, check: bool) -> int:
+    async def _run(
+        self, spec: RunSpec, rootfs: Path, on_output: OutputCallback | None, *, check: bool, private: bool = False
+    ) -> int:
         container_id = f"lamina-{os.urandom(8).hex()}"
-        bundle = self._bundles / container_id
+        if private:
+            shm = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
+            bundle = Path(tempfile.mkdtemp(prefix="lamina-bundle-", dir=shm)) / container_id
+        else:
+            bundle = self._bundles / container_id
         bundle.mkdir(parents=True)
         self._runtime_root.mkdir(parents=True, exist_ok=True)
         # The container's own cgroup, named like it (so never shared), under runc's cgroup; runc delete removes it.
@@ -165,7 +201,7 @@ class RuncExecutor:
                 raise
         finally:
             await self._delete(container_id)
-            shutil.rmtree(bundle, ignore_errors=True)
+            shutil.rmtree(bundle.parent if private else bundle, ignore_errors=True)
         if check and code != 0:
             raise RunFailed(code, last.lines(), spec.argv)
         return code

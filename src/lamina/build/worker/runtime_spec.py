@@ -73,6 +73,9 @@ class RunSpec:
     netns_path: str | None = None
     mounts: tuple[Mount, ...] = ()
     rlimits: tuple[tuple[str, int, int], ...] = field(default=_DEFAULT_RLIMITS)  # (name, soft, hard)
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: replace the rlimits of the same name, or add one
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # --add-host (hostname, IP): "IP\tHOST" lines after the hosts file
+    shm_size: int | None = None  # --shm-size in bytes; None: 64 MiB, as BuildKit and Docker
     # Files bound read-only into the container; for sandbox/none the RuncExecutor puts its generated ones here.
     hosts_file: str = "/etc/hosts"
     resolv_conf: str = "/etc/resolv.conf"
@@ -127,6 +130,14 @@ def _rlimits(requested: tuple[tuple[str, int, int], ...], host: dict[str, tuple[
             soft = host_hard if soft < 0 else min(soft, hard)
         out.append({"type": name, "hard": hard, "soft": soft})
     return out
+
+
+def _with_ulimits(
+    rlimits: tuple[tuple[str, int, int], ...], ulimits: tuple[tuple[str, int, int], ...]
+) -> tuple[tuple[str, int, int], ...]:
+    """The default rlimits with each ``--ulimit`` replacing the one of its name (Docker's and BuildKit's rule)."""
+    wanted = {name for name, _, _ in ulimits}
+    return (*(r for r in rlimits if r[0] not in wanted), *ulimits)
 
 
 def _with_path(env: tuple[str, ...]) -> list[str]:
@@ -184,7 +195,8 @@ def runtime_config(
             "destination": "/dev/shm",
             "type": "tmpfs",
             "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            "options": ["nosuid", "noexec", "nodev", "mode=1777",
+                        f"size={spec.shm_size}" if spec.shm_size else "size=65536k"],
         },
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
         _sysfs(spec.network),
@@ -203,7 +215,7 @@ def runtime_config(
             "args": list(spec.argv),
             "env": _with_path(spec.env),
             "cwd": spec.cwd,
-            "rlimits": _rlimits(spec.rlimits, limits),
+            "rlimits": _rlimits(_with_ulimits(spec.rlimits, spec.ulimits), limits),
         },
         "root": {"path": os.fspath(rootfs), "readonly": False},
         "hostname": spec.hostname,

@@ -5,7 +5,8 @@
 the ``with`` its ``upper`` holds the step's changes in overlay format (whiteouts as 0/0 char devices,
 replaced dirs opaque) ready for :func:`write_layer` or :meth:`LayerStore.adopt`; ``discard()`` removes
 what is left. The overlay implementation mounts the kernel's overlayfs (containerd's snapshotter
-model); the copying one (copydiff.py) is the fallback where overlay cannot be mounted.
+model); the copying one (copydiff.py, with ``detect_snapshotter``) is the fallback where overlay cannot
+be mounted.
 
 Mountpoints: runc creates missing mountpoints in the rootfs. BuildKit removes afterwards the stubs of
 /etc/hosts, /etc/resolv.conf and the RUN's own mounts (with the parents they needed) but keeps /proc,
@@ -42,7 +43,6 @@ __all__ = [
     "SnapshotError",
     "Snapshotter",
     "cleanup_stale_snapshots",
-    "detect_snapshotter",
     "lookup_in_stack",
     "process_alive",
 ]
@@ -362,30 +362,3 @@ class OverlaySnapshotter:
         if result.returncode != 0:
             message = result.stderr.strip() or f"mount exited {result.returncode}"
             raise SnapshotError(f"overlay mount of {len(shorts)} layers failed: {message}")
-
-
-def detect_snapshotter(root: str | os.PathLike[str]) -> Snapshotter:
-    """An overlay snapshotter if a test mount under ``root`` works with options that keep upper dirs
-    complete, else the copying one."""
-    from .copydiff import CopySnapshotter
-
-    base = Path(root)
-    probe = base / "snapshots" / f".probe-{os.urandom(4).hex()}"
-    try:
-        (probe / "lower").mkdir(parents=True)
-        (probe / "lower" / "x").write_bytes(b"")
-        # Without redirect_dir=off a renamed lower directory would reach the layer as an empty redirect.
-        for options in (_OVERLAY_OPTIONS, "index=off,redirect_dir=off", "redirect_dir=off"):
-            snapshotter = OverlaySnapshotter(base, options=options)
-            try:
-                with snapshotter.prepare([probe / "lower"], mountpoints=()) as snap:
-                    os.unlink(snap.rootfs / "x")
-                ok = _is_whiteout(os.lstat(snap.upper / "x"))
-                snap.discard()
-            except OSError:
-                continue
-            if ok:
-                return snapshotter
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-    return CopySnapshotter(base)
