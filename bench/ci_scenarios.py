@@ -11,6 +11,10 @@ CI job pays it. Per project (a copy of ``bench/corpus/NAME`` in a temporary dire
 - ``source``: the project with ``NAME.source.patch`` applied, ``--cache-from``, image pushed;
 - ``dependency``: the project with ``NAME.dependency.patch`` applied, ``--cache-from``, image pushed.
 
+Lamina's cold export carries the contents of the RUN cache mounts (``docker-init-python``'s apt and pip
+caches), which the changed builds' RUNs get back on their empty states; ``--no-cache-mounts`` exports
+without them (``cache-mounts=false``), as a runner with BuildKit's local-only cache mounts starts.
+
 The base image is Debian bookworm made with debootstrap (``bench/_debian.py``); RUN steps reach the
 public package mirrors (deb.debian.org, PyPI, npm), so the changed and cold figures move with the
 mirrors' speed. With ``buildah`` installed the same builds run with ``buildah build --layers --runtime runc
@@ -140,8 +144,10 @@ class Lamina:
 
     name = "lamina"
 
-    def __init__(self, work: Path, registry: RegistryProcess, base: str, logs: Path | None) -> None:
+    def __init__(self, work: Path, registry: RegistryProcess, base: str, logs: Path | None,
+                 cache_mounts: bool = True) -> None:
         self.work, self.registry, self.base, self.logs = work, registry, base, logs
+        self.cache_mounts = cache_mounts  # False: the cold export leaves RUN cache mounts out (cache-mounts=false)
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         self.env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")  # an installed wheel has its .pyc files
         self.count = 0
@@ -150,7 +156,8 @@ class Lamina:
         host = self.registry.host
         cache = f"{host}/corpus/{project}:cache"
         args = ["--build-arg", f"BASE={self.base}", "-t", f"{host}/corpus/{project}:{case}", "--push"]
-        args += ["--cache-to", f"type=registry,ref={cache},mode=max"] if case == "cold" else ["--cache-from", cache]
+        export = f"type=registry,ref={cache},mode=max" + ("" if self.cache_mounts else ",cache-mounts=false")
+        args += ["--cache-to", export] if case == "cold" else ["--cache-from", cache]
         self.count += 1
         state = self.work / f"state-{self.count}"
         argv = [sys.executable, "-m", "lamina.cli", "build", "--progress", "plain", "--root", str(state), *args,
@@ -276,6 +283,9 @@ def main() -> int:
     parser.add_argument("--warm-runs", type=int, default=5, help="times the warm build is timed (best, median)")
     parser.add_argument("--no-buildah", action="store_true", help="skip the buildah comparison")
     parser.add_argument("--buildah-driver", default="overlay", help="buildah's storage driver (overlay or vfs)")
+    parser.add_argument("--no-cache-mounts", action="store_true",
+                        help="lamina's cold export without its RUN cache mounts (cache-mounts=false): what the "
+                             "source and dependency builds cost when a fresh runner's cache mounts start empty")
     parser.add_argument("--rootfs", type=Path, default=DEFAULT_ROOTFS, help="where the debootstrap tree is kept")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON after the table")
     parser.add_argument("--logs", type=Path, help="keep every build's output in this directory")
@@ -292,7 +302,7 @@ def main() -> int:
         try:
             base = push_debian_base(rootfs, registry.host, work)
             log = AccessLog(registry.log_path)
-            builders: list[Lamina | Buildah] = [Lamina(work, registry, base, args.logs)]
+            builders: list[Lamina | Buildah] = [Lamina(work, registry, base, args.logs, not args.no_cache_mounts)]
             if not args.no_buildah and shutil.which("buildah"):
                 builders.append(Buildah(work, registry, base, args.buildah_driver, args.logs))
             for project in projects:

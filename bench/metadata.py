@@ -81,7 +81,6 @@ def main() -> None:
             storage.close()
             if args.postgres:
                 from helpers.postgres import scratch_database
-
                 from lamina.store.postgres import PostgresMetadataStore
 
                 with scratch_database(args.postgres) as url:

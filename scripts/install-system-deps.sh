@@ -6,7 +6,9 @@ set -euo pipefail
 
 PACKAGES=(runc skopeo docker-registry busybox-static umoci buildah podman curl ca-certificates chromium
           slirp4netns passt golang-github-containers-common iproute2 apache2-utils
-          golang-docker-credential-helpers pass gnupg debootstrap)
+          golang-docker-credential-helpers pass gnupg debootstrap openssh-client
+          qemu-user-static binfmt-support git patch
+          ceph-mon ceph-osd radosgw ceph-common postgresql-15 haproxy)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -16,7 +18,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
+  exec bash "$(dirname "$0")/setup-emulation.sh"  # binfmt_misc + QEMU, test .debs
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,3 +30,4 @@ echo "lamina: installing system packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+bash "$(dirname "$0")/setup-emulation.sh"  # binfmt_misc + QEMU, test .debs (idempotent)
