@@ -77,8 +77,10 @@ def test_legacy_and_daemon_flags_are_refused(argv: list[str], tmp_path: Path,
     assert rc == 2 and err.startswith(f"error: {argv[0]} is not supported by lamina: ") and err.count("\n") == 1
 
 
-def test_rm_and_force_rm_ask_for_what_lamina_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["build", "--rm", "--force-rm", str(tmp_path)])  # accepted: fails on the missing Dockerfile
+def test_rm_force_rm_and_call_build_ask_for_what_lamina_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["build", "--rm", "--force-rm", "--call", "build", str(tmp_path)])  # accepted: no Dockerfile here
     assert rc == 1 and "Dockerfile not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # --rm=false asks to keep containers: the parser refuses it
         main(["build", "--rm=false", str(tmp_path)])
@@ -180,3 +182,26 @@ def test_env_epoch_reaches_arg_and_cache_namespaces_keep_caches_apart(
         assert (out / "epoch").read_text() == "1234\n"  # the environment's value, as buildx passes it
         seen.append((out / "seen").read_text())
     assert seen == ["", "", "mark\n"]  # namespace b has its own cache; a finds what a left
+
+
+def test_platform_local_and_cacheonly_output_as_buildx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lamina.build.cli import _platforms
+    from lamina.oci import host_platform
+
+    assert _platforms(["local"]) == (host_platform(),)
+    assert _platforms(["local,linux/arm64"])[1] == Platform("arm64", "linux")
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nCOPY f /f\n")
+    (tmp_path / "ctx" / "f").write_text("data\n")
+    rc = main(["build", "--root", str(tmp_path / "state"), "--output", "type=cacheonly", "--platform", "local",
+               str(tmp_path / "ctx")])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.startswith("sha256:"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx", "state"]  # nothing exported
+
+
+def test_add_url_credential_secrets_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    rc = main(["build", "--secret", "id=HTTP_AUTH_TOKEN_example.com,env=HOME", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "lamina's ADD sends no credentials to a URL" in err and err.count("\n") == 1
