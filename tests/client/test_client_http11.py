@@ -39,7 +39,11 @@ async def client() -> AsyncIterator[HTTPClient]:
     await c.close()
 
 
-async def test_keep_alive_reuses_one_connection_and_no_tls_context(serve_app: ServeApp, client: HTTPClient) -> None:
+async def test_keep_alive_reuses_one_connection_and_no_tls_context(
+    serve_app: ServeApp, client: HTTPClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http11, "_default_context", None)  # an earlier test's https request may have made it
+
     async def hello(request: web.Request) -> web.Response:
         return web.Response(body=b"x" * 100_000, headers={"X-Twice": "a"})
 

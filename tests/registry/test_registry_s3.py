@@ -205,21 +205,6 @@ async def test_the_janitor_expires_s3_sessions_and_orphans(make_client, ceph_rgw
     assert storage.uploads.current_size("orphan") is None
 
 
-def test_fsck_refuses_a_registry_with_s3_blobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """fsck reads root/blobs only: on an S3 registry it would see every blob missing (and --repair would
-    drop their links), so it refuses in one line instead."""
-    import argparse
-
-    from lamina.registry.fsckcli import fsck_command
-
-    config = tmp_path / "registry.toml"
-    config.write_text('blobs = "s3://bucket/prefix?endpoint=http://127.0.0.1:9"\n')
-    args = argparse.Namespace(config=config, root=tmp_path / "root", repair=True, json=False)
-    assert fsck_command(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "keeps them in S3" in err and "s3://bucket/prefix" in err
-
-
 def test_a_replica_killed_mid_patch_loses_nothing_committed(
     tmp_path_factory: pytest.TempPathFactory, ceph_rgw: CephRgw
 ) -> None:

@@ -92,6 +92,7 @@ class Migration:
         self.parallel = parallel
         self.progress = progress
         self.result = MigrateResult()
+        self.failed_blobs: set[str] = set()  # digests not copied: their links and manifests are not either
 
     # -- the marker ---------------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class Migration:
             await target.uploads.commit(session, digest)  # re-hashed as it streamed: ValueError on mismatch
         except (ValueError, StoreError, OSError) as exc:
             await asyncio.to_thread(target.uploads.discard, session)
+            self.failed_blobs.add(str(digest))
             self.result.failures.append(f"blob {digest}: {exc}")
             self.progress(f"migrate: blob {index}/{total} {digest} NOT copied: {exc}")
             return
@@ -252,10 +254,9 @@ class Migration:
         for digest, holders in snapshot.links.items():
             sizes[digest] = holders[0][1]
         await self._copy_blobs(sizes)
-        failed = {line.split()[1] for line in self.result.failures}
         self.progress(f"migrate: linking blobs in {len({r for h in snapshot.links.values() for r, _ in h})} "
                       "repositories")
-        await asyncio.to_thread(self._copy_links, snapshot.links, failed)
+        await asyncio.to_thread(self._copy_links, snapshot.links, self.failed_blobs)
         repositories = sorted({repository for repository, _ in snapshot.manifests}
                               | {r for h in snapshot.links.values() for r, _ in h})
         self.result.repositories = len(repositories)
