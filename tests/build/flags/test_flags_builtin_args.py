@@ -50,7 +50,6 @@ def test_inline_cache_and_booleans() -> None:
 
 
 @pytest.mark.parametrize(("arg", "message"), [
-    ("BUILDKIT_SANDBOX_HOSTNAME=box", "--build-arg BUILDKIT_SANDBOX_HOSTNAME is not supported by lamina"),
     ("BUILDKIT_BUILD_NAME=nightly", "--build-arg BUILDKIT_BUILD_NAME is not supported by lamina"),
     ("BUILDKIT_MULTI_PLATFORM=1", "--build-arg BUILDKIT_MULTI_PLATFORM=1 is not supported by lamina"),
     ("BUILDKIT_CONTEXT_KEEP_GIT_DIR=true", "--build-arg BUILDKIT_CONTEXT_KEEP_GIT_DIR=true is not supported"),
@@ -63,6 +62,13 @@ def test_unsupported_builtin_args_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "state").exists()  # refused before any work
+
+
+def test_a_bad_sandbox_hostname_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    rc = main(["build", "--build-arg", "BUILDKIT_SANDBOX_HOSTNAME=bad/name", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "invalid --build-arg BUILDKIT_SANDBOX_HOSTNAME='bad/name'" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("argv", [
@@ -205,3 +211,24 @@ def test_add_url_credential_secrets_are_refused(tmp_path: Path, capsys: pytest.C
     rc = main(["build", "--secret", "id=HTTP_AUTH_TOKEN_example.com,env=HOME", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "lamina's ADD sends no credentials to a URL" in err and err.count("\n") == 1
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not _RUNC, reason="needs root and runc")
+def test_sandbox_hostname_names_the_container_and_keys_the_run(
+    lamina_registry: RegistryProcess, busybox_rootfs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = busybox_image(lamina_registry, name="builtin/busybox", rootfs=busybox_rootfs).reference
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {base}\nRUN hostname > /h && head -1 /etc/hosts > /hosts\n")
+    outs = []
+    for extra in (["--build-arg", "BUILDKIT_SANDBOX_HOSTNAME=lamina-box"], []):
+        out = tmp_path / f"out{len(outs)}"
+        rc = main(["build", "--progress", "plain", "--root", str(tmp_path / "state"), *extra,
+                   "--output", f"type=local,dest={out}", str(tmp_path / "ctx")])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert "CACHED" not in err  # the hostname is part of the RUN's key: neither build hits the other
+        outs.append(((out / "h").read_text(), (out / "hosts").read_text()))
+    assert outs == [("lamina-box\n", "127.0.0.1\tlocalhost lamina-box\n"),
+                    ("buildkitsandbox\n", "127.0.0.1\tlocalhost buildkitsandbox\n")]
