@@ -13,8 +13,10 @@ or refuses it in one line; none is accepted and dropped:
 - ``BUILDKIT_DOCKERFILE_CHECK``: the ``# check=`` directive's value, replacing the directive
   (:mod:`lamina.build.dockerfile.checks`).
 - ``BUILDKIT_SYNTAX``: replaces the ``# syntax=`` directive (:mod:`lamina.build.dockerfile.syntax`).
+- ``BUILDKIT_SANDBOX_HOSTNAME``: the hostname of every RUN container (and its hosts file), part of each
+  RUN's cache key as in BuildKit's ExecOp (:mod:`lamina.build.runextras`).
 - ``BUILDKIT_MULTI_PLATFORM`` and ``BUILDKIT_CONTEXT_KEEP_GIT_DIR``: false is what lamina does (accepted);
-  true is refused. ``BUILDKIT_SANDBOX_HOSTNAME`` and ``BUILDKIT_BUILD_NAME`` are refused.
+  true is refused. ``BUILDKIT_BUILD_NAME`` is refused.
 
 Any other ``BUILDKIT_*`` name is an ordinary build arg (an ``ARG`` may declare it), warned about when no
 ``ARG`` consumes it.
@@ -49,7 +51,6 @@ _TRUE_REFUSED = {
     "BUILDKIT_CONTEXT_KEEP_GIT_DIR": "it applies to git build contexts, which lamina does not take",
 }
 _REFUSED = {
-    "BUILDKIT_SANDBOX_HOSTNAME": "RUN containers are always named buildkitsandbox in lamina",
     "BUILDKIT_BUILD_NAME": "lamina keeps no build history to name the build in",
 }
 
@@ -64,6 +65,7 @@ class BuiltinArgs:
 
     source_date_epoch: int | None = None
     inline_cache: bool = False
+    hostname: str | None = None  # BUILDKIT_SANDBOX_HOSTNAME
 
 
 def _bool(name: str, value: str) -> bool:
@@ -94,4 +96,5 @@ def builtin_args(build_args: Mapping[str, str], environ: Mapping[str, str]) -> t
             raise ValueError(f"invalid SOURCE_DATE_EPOCH {text!r}: expected seconds since 1970")
         epoch = int(text)
     inline = "BUILDKIT_INLINE_CACHE" in args and _bool("BUILDKIT_INLINE_CACHE", args["BUILDKIT_INLINE_CACHE"])
-    return args, BuiltinArgs(source_date_epoch=epoch, inline_cache=inline)
+    return args, BuiltinArgs(source_date_epoch=epoch, inline_cache=inline,
+                             hostname=args.get("BUILDKIT_SANDBOX_HOSTNAME"))
