@@ -232,3 +232,14 @@ def test_sandbox_hostname_names_the_container_and_keys_the_run(
         outs.append(((out / "h").read_text(), (out / "hosts").read_text()))
     assert outs == [("lamina-box\n", "127.0.0.1\tlocalhost lamina-box\n"),
                     ("buildkitsandbox\n", "127.0.0.1\tlocalhost buildkitsandbox\n")]
+
+
+def test_build_policies_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    rc = main(["build", "--policy", "log-level=debug", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --policy is not supported by lamina: ") and err.count("\n") == 1
+    (tmp_path / "Dockerfile.rego").write_text("package docker\n")
+    rc = main(["build", "--root", str(tmp_path / "state"), str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Dockerfile.rego: lamina evaluates no build policies" in err and err.count("\n") == 1
