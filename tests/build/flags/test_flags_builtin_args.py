@@ -243,3 +243,15 @@ def test_build_policies_are_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     rc = main(["build", "--root", str(tmp_path / "state"), str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "Dockerfile.rego: lamina evaluates no build policies" in err and err.count("\n") == 1
+
+
+def test_a_tag_without_an_output_is_said_to_go_nowhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nCOPY f /f\n")
+    (tmp_path / "ctx" / "f").write_text("data\n")
+    for extra, warned in ((["-t", "example.com/app:1"], True), (["-t", "example.com/app:1", "-o", "type=cacheonly"],
+                                                               True), ([], False)):
+        rc = main(["build", "--progress", "plain", "--root", str(tmp_path / "state"), *extra, str(tmp_path / "ctx")])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert ("WARNING: no output for -t example.com/app:1: lamina has no image store" in err) is warned
