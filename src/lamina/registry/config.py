@@ -17,26 +17,26 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .limits import LimitsError, LimitSettings, parse_limits
+from .settingerror import ConfigError
 
 if TYPE_CHECKING:
     from .ops import OpsSettings
 
 __all__ = ["ConfigError", "RegistryConfig", "load_config", "parse_listen"]
 
+
+def _default_ops() -> OpsSettings:
+    # Imported on use, not to dodge a cycle (ops never imports this module: an import-linter contract),
+    # but because the sections' parsers live beside their jobs (gc, lifecycle: the storage and web layers,
+    # ~0.6 s of imports) that the CLI's start and --help never need.
+    from .ops import OpsSettings
+
+    return OpsSettings()
+
 MiB = 1 << 20
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _LEGACY_POLICIES = ("accept", "reject")
 _VERIFY_MODES = ("off", "first", "always")  # lamina.registry.verify
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message names the key and the value."""
-
-
-def _default_ops() -> OpsSettings:
-    from .ops import OpsSettings  # ops imports this module: import on use
-
-    return OpsSettings()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.store import S3BlobStore, SqliteMetadataStore, Storage
+from lamina.store import Storage
 from lamina.store.leases import Lease
 from lamina.store.sweep import FilesystemSweepBlobs, SweepBlobs, SweepResult, sweep
 
-from .config import ConfigError
-from .services import Offloader, repeat_until_stopped
+from .background import Offloader, repeat_until_stopped
+from .settingerror import ConfigError
 
 __all__ = ["GcBusy", "GcSettings", "format_report", "gc_forever", "parse_gc", "run_gc", "sweep_blobs"]
 
@@ -72,6 +72,8 @@ def gc_lock(storage: Storage) -> Iterator[Lease]:
     """The registry's ``gc`` lease, held for the block; GcBusy when another process or replica has it."""
     with storage.metadata.maintenance_lease("gc") as lease:
         if not lease.held:
+            from lamina.store import SqliteMetadataStore  # settings parsing imports this module: keep it light
+
             local = isinstance(storage.metadata, SqliteMetadataStore)
             where = storage.paths.root if local else "this registry (another process or replica holds the gc lease)"
             raise GcBusy(f"another garbage collection is running on {where}")
@@ -80,6 +82,8 @@ def gc_lock(storage: Storage) -> Iterator[Lease]:
 
 def sweep_blobs(storage: Storage) -> SweepBlobs:
     """Phase 2's view of the blob backend: files under the root, or S3 objects."""
+    from lamina.store import S3BlobStore
+
     if isinstance(storage.blobs, S3BlobStore):
         from lamina.store.s3sweep import S3SweepBlobs
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .config import ConfigError
+from .settingerror import ConfigError
 
 __all__ = ["compile_glob", "matches_any", "string_list"]
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError
 from .errors import ErrorCode, RegistryError
 from .globs import matches_any, string_list
+from .settingerror import ConfigError
 
 __all__ = ["ImmutableTagRule", "is_immutable", "parse_immutable_tags", "tag_immutable_error"]
 

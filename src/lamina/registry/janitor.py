@@ -18,7 +18,7 @@ import time
 
 from lamina.store import Storage
 
-from .services import Offloader, repeat_until_stopped
+from .background import Offloader, repeat_until_stopped
 
 __all__ = ["TMP_MAX_AGE_SECONDS", "expire_uploads", "expire_uploads_forever", "expire_uploads_once", "sweep_temp_files"]
 

@@ -33,10 +33,10 @@ from typing import Any
 from lamina.store import Storage
 from lamina.store.views import ManifestInfo, repository_bytes
 
+from .background import Offloader, repeat_until_stopped
 from .cacheprune import CachePrune, prune_cache_tag
-from .config import ConfigError
 from .globs import matches_any, string_list
-from .services import Offloader, repeat_until_stopped
+from .settingerror import ConfigError
 
 __all__ = [
     "Expiry",

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError
 from .gc import GcSettings, parse_gc
 from .immutability import ImmutableTagRule, parse_immutable_tags
 from .lifecycle import LifecycleSettings, parse_lifecycle
+from .settingerror import ConfigError
 
 if TYPE_CHECKING:
     from aiohttp import web

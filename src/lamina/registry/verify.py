@@ -56,8 +56,8 @@ from lamina.store.s3blobs import CorruptObject, S3BlobStore
 from lamina.store.s3check import S3CheckBlobs
 from lamina.store.s3integrity import S3BlobPlace
 
+from .background import Offloader
 from .errors import ErrorCode, RegistryError
-from .services import Offloader
 
 __all__ = ["VERIFIER", "VERIFY_MODES", "BlobVerifier"]
 

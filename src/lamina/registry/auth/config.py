@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
 from ..globs import string_list
+from ..settingerror import ConfigError
 from .limits import LoginLimits
 
 __all__ = ["ACTIONS", "AccessRule", "AuthConfig", "TokenSettings", "parse_auth"]

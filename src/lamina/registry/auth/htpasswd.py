@@ -22,7 +22,7 @@ from pathlib import Path
 
 import bcrypt
 
-from ..config import ConfigError
+from ..settingerror import ConfigError
 
 __all__ = ["Htpasswd"]
 

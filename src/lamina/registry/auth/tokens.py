@@ -23,7 +23,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from ..config import ConfigError
+from ..settingerror import ConfigError
 from .cert import signing_certificate, x5c_chain
 
 __all__ = ["Grant", "TokenError", "TokenIssuer", "TokenVerifier", "load_or_create_key"]
