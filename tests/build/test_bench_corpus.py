@@ -15,9 +15,10 @@ from lamina.build.dockerfile import convert
 from lamina.oci import ContainerConfig, ImageConfig, Platform
 
 CORPUS = Path(__file__).resolve().parents[2] / "bench" / "corpus"
-PROJECTS = ("python-web", "node-api", "c-multistage", "docker-init-python")
+PROJECTS = ("python-web", "node-api", "c-multistage", "docker-init-python", "docker-init-node")
 DEPENDENCY_FILES = {"python-web": {"requirements.txt"}, "node-api": {"package.json", "package-lock.json"},
-                    "c-multistage": {"Dockerfile"}, "docker-init-python": {"requirements.txt"}}
+                    "c-multistage": {"Dockerfile"}, "docker-init-python": {"requirements.txt"},
+                    "docker-init-node": {"package.json", "package-lock.json"}}
 
 
 def _resolve(ref: str, platform: Platform) -> ImageConfig:
@@ -47,3 +48,16 @@ def test_dockerfile_converts_and_patches_apply(project: str, tmp_path: Path) -> 
         graph = convert((tree / "Dockerfile").read_text(), resolve_base=_resolve, platform="linux/amd64",
                         build_platform="linux/amd64", build_args={"BASE": "registry.test/bench/debian:bookworm"})
         assert graph.stages
+
+
+def test_docker_init_go_cross_compiles_on_the_build_platform(tmp_path: Path) -> None:
+    """bench/docker_init.py builds docker-init-go for linux/amd64,linux/arm64 on an amd64 host: its ``build``
+    stage (``FROM --platform=$BUILDPLATFORM``) must stay on the build platform, only ``final`` is arm64."""
+    if shutil.which("patch") is None:
+        pytest.fail("the corpus needs patch(1): scripts/install-system-deps.sh installs it")
+    assert _changed("docker-init-go", "source", tmp_path / "source") == {"main.go"}
+    for tree in (CORPUS / "docker-init-go", tmp_path / "source"):
+        graph = convert((tree / "Dockerfile").read_text(), resolve_base=_resolve, platform="linux/arm64",
+                        build_platform="linux/amd64", build_args={"BASE": "registry.test/bench/debian:bookworm"})
+        platforms = {stage.name: stage.platform.architecture for stage in graph.stages}
+        assert platforms == {"build": "amd64", "final": "arm64"}
