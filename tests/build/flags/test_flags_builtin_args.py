@@ -255,3 +255,22 @@ def test_a_tag_without_an_output_is_said_to_go_nowhere(tmp_path: Path, capsys: p
         err = capsys.readouterr().err
         assert rc == 0, err
         assert ("WARNING: no output for -t example.com/app:1: lamina has no image store" in err) is warned
+
+
+def test_buildkit_progress_environment_sets_the_default_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nCOPY f /f\n")
+    (tmp_path / "ctx" / "f").write_text("data\n")
+    argv = ["build", "--root", str(tmp_path / "state"), str(tmp_path / "ctx")]
+    monkeypatch.setenv("BUILDKIT_PROGRESS", "quiet")
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*argv[:1], "--progress", "plain", *argv[1:]]) == 0  # the flag wins
+    assert "COPY f /f" in capsys.readouterr().err
+    monkeypatch.setenv("BUILDKIT_PROGRESS", "rawjson")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: BUILDKIT_PROGRESS=rawjson: expected one of auto, plain, tty, quiet") and \
+        err.count("\n") == 1
