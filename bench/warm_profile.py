@@ -49,11 +49,19 @@ RUN cat /app/src/*.py > /app/bundle.py
 CMD ["sh", "-c", "wc -c /app/bundle.py"]
 """
 # Run as `python -c`: the clock readings of each phase on stderr; main() as the `lamina` script calls it.
+# The imports happen as in `lamina build` (main() without argv): with the collector paused and the imports
+# frozen after it (lamina.gcpause), in a tree that has the pause.
 _PROCESS = """\
-import sys, time
+import contextlib, sys, time
 t0 = time.time()
 from lamina.cli import main
-import lamina.build.builder, lamina.build.cli, lamina.build.cache.setup
+try:
+    from lamina.gcpause import collector_paused, own_process
+except ImportError:  # a tree from before the pause
+    collector_paused, own_process = contextlib.nullcontext, lambda: None
+own_process()
+with collector_paused():
+    import lamina.build.builder, lamina.build.cli, lamina.build.cache.setup
 t1 = time.time()
 sys.argv[0] = "lamina"
 rc = main()
