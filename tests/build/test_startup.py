@@ -52,7 +52,9 @@ print(gc.isenabled(), gc.get_freeze_count() > 1000)
 # Never needed when every step is a cache hit and the image is pushed (to a plain-HTTP loopback registry:
 # lamina's HTTP/1.1 client, no aiohttp, no yarl; email.* is ADD <url>'s header parsing, fractions Go durations;
 # the RUN --mount parser, the mount types and csv only for a RUN with --mount; difflib only for an error's
-# "did you mean"; platformdirs only for the default state directory, and the tests pass --root).
+# "did you mean"; platformdirs only for the default state directory, and the tests pass --root; the cache
+# export's merge (cumulative, cachemerge) only for --cache-to or a multi-part inline cache; the token client
+# only at a Bearer challenge, which the tests' plain registry never sends).
 _NOT_ON_CACHED_PATH = (
     "aiohttp",
     "yarl",
@@ -69,6 +71,9 @@ _NOT_ON_CACHED_PATH = (
     "csv",
     "difflib",
     "platformdirs",
+    "lamina.build.cache.cumulative",
+    "lamina.oci.cachemerge",
+    "lamina.client.tokens",
 )
 
 
