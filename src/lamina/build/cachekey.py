@@ -24,7 +24,8 @@ bytes. The objects per operation are::
 it copies; the definition key (``{"stage": K2}``) is recorded as its alias, see :mod:`lamina.build.copykeys`.
 ``COPY --link``, as BuildKit's MergeOp: the copy is keyed on the scratch key of the platform — its
 ``parent`` is never the step below — so ``L`` and its one-layer result stay the same on any base; the
-step's key merges ``L`` onto the real parent. COPY's ``parents`` and ``keep_git_dir`` appear only when set.)
+step's key merges ``L`` onto the real parent. COPY's ``parents``, ``keep_git_dir`` and ``unpack`` appear only
+when set.)
 
 (RUN's ``network`` is the effective mode, the build's ``--network`` already applied: ``default`` (the
 sandbox), ``none`` or ``host``; ``security`` appears only for ``insecure``, so the keys of ordinary steps
@@ -52,7 +53,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from lamina.build.mounts import mount_key
 from lamina.build.ops import CopyStep, MetaStep, RunExtras, RunStep, Step, WorkdirStep
 from lamina.oci import Digest, Platform
 
@@ -109,7 +109,11 @@ def run_inputs(step: RunStep, parent: Digest, *, mounts: Sequence[str | None] = 
     if step.extras != RunExtras():  # --add-host/--ulimit/--shm-size, as in BuildKit's ExecOp meta; only when set
         inputs["extras"] = {"hosts": [list(h) for h in step.extras.hosts],
                             "ulimits": [list(u) for u in step.extras.ulimits], "shm_size": step.extras.shm_size}
+        if step.extras.hostname is not None:  # BUILDKIT_SANDBOX_HOSTNAME; absent otherwise (earlier keys hold)
+            inputs["extras"]["hostname"] = step.extras.hostname
     if step.mounts:  # present only with mounts, so the keys of other RUNs are those of earlier versions
+        from lamina.build.mounts import mount_key
+
         reads = list(mounts) or [None] * len(step.mounts)
         inputs["mounts"] = [{**mount_key(m), "input": r} for m, r in zip(step.mounts, reads, strict=True)]
     return inputs
@@ -149,6 +153,8 @@ def copy_inputs(
         inputs["parents"] = True
     if step.keep_git_dir:
         inputs["keep_git_dir"] = True
+    if step.unpack is not None:  # ADD --unpack=true|false; absent when not given, as above
+        inputs["unpack"] = step.unpack
     return inputs
 
 

@@ -8,14 +8,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lamina.build.refusedflags import add_refused_flags, check_refused_flags
+from lamina.build.refusedflags import RefusedFlag, add_refused_flags, check_refused_flags
+from lamina.gcpause import collector_paused
 
 if TYPE_CHECKING:
+    from lamina.build.cacheopts import CacheTo
     from lamina.oci import Platform
 
 __all__ = ["configure"]
 
 RUNTIMES = ("runc", "crun")  # OCI runtimes RUN steps can use; each binary is the Debian package of its name
+PROGRESS_MODES = ("auto", "plain", "tty", "quiet")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -46,8 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not use the cache (results are still stored)")
     parser.add_argument("--label", dest="labels", action="append", type=_key_value, default=[], metavar="K=V",
                         help="set an image label")
-    parser.add_argument("--progress", choices=("auto", "plain", "tty", "quiet"), default="auto",
-                        help="progress output on stderr (default auto: tty on a terminal, else plain)")
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default=None,
+                        help="progress output on stderr (default $BUILDKIT_PROGRESS, else auto: tty on a terminal, "
+                        "else plain)")
     parser.add_argument("-q", "--quiet", dest="progress", action="store_const", const="quiet",
                         help="no progress output (= --progress quiet); the image digest still goes to stdout")
     parser.add_argument("--root", type=Path, metavar="STATE_DIR",
@@ -125,33 +129,50 @@ def _read_dockerfile(args: argparse.Namespace, context: Path) -> tuple[str, str,
 
 
 def _platforms(values: list[str]) -> tuple[Platform, ...]:
-    """``--platform`` values (each a comma-separated list), normalised as containerd does; default: the host."""
+    """``--platform`` values (each a comma-separated list), normalised as containerd does; ``local`` and the
+    default are the host's."""
     from lamina.oci import host_platform, parse_platforms
 
     if not values:
         return (host_platform(),)
     found: list[Platform] = []
     for value in values:
-        found.extend(p for p in parse_platforms(value) if p not in found)
+        for item in value.split(","):  # buildx's "local" is the host's platform
+            parsed = [host_platform()] if item.strip() == "local" else parse_platforms(item)
+            found.extend(p for p in parsed if p not in found)
     return tuple(found)
 
 
-def _epoch() -> int | None:
-    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not value:
-        return None
-    if not value.isdigit():
-        raise ValueError(f"invalid SOURCE_DATE_EPOCH {value!r}: expected seconds since 1970")
-    return int(value)
+def _progress_mode(flag: str | None) -> str:
+    """``--progress``, else ``$BUILDKIT_PROGRESS`` as buildx reads it, else ``auto``."""
+    if flag is not None:
+        return flag
+    env = os.environ.get("BUILDKIT_PROGRESS", "").strip()
+    if env and env not in PROGRESS_MODES:
+        raise ValueError(f"BUILDKIT_PROGRESS={env}: expected one of {', '.join(PROGRESS_MODES)}")
+    return env or "auto"
+
+
+def _cache_to(specs: list[str], *, inline: bool) -> tuple[CacheTo, ...]:
+    """``--cache-to`` values; ``--build-arg BUILDKIT_INLINE_CACHE=1`` adds ``type=inline``, as buildx does."""
+    from lamina.build.cacheopts import parse_cache_to
+
+    exports = [parse_cache_to(spec) for spec in specs]
+    if inline and not any(export.type == "inline" for export in exports):
+        exports.append(parse_cache_to("type=inline"))
+    return tuple(exports)
 
 
 def run(args: argparse.Namespace) -> int:
+    with collector_paused():  # the builder's modules (and asyncio): nothing to collect yet, see lamina.gcpause
+        import lamina.build.builder  # noqa: F401
     import asyncio  # here, not at the top: `lamina build --help` and flag errors need no event loop
 
     from lamina.build.annotations import parse_annotations
     from lamina.build.builder import BuildRequest, build
     from lamina.build.buildmeta import check_iidfile, remove_stale, with_load, write_build_metadata
-    from lamina.build.cacheopts import parse_cache_from, parse_cache_to
+    from lamina.build.builtinargs import BuildArgRefused, builtin_args
+    from lamina.build.cacheopts import parse_cache_from
     from lamina.build.entitlements import parse_allow
     from lamina.build.exporter import parse_output
     from lamina.build.namedcontexts import parse_build_contexts, parse_stage_filter
@@ -161,36 +182,42 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_refused_flags(args)
+        build_args, builtin = builtin_args(dict(args.build_args), os.environ)  # BUILDKIT_*, SOURCE_DATE_EPOCH
         context = Path(args.context)
         if not context.is_dir():
             raise ValueError(f"build context {context} is not a directory")
         dockerfile, name, dockerfile_dir = _read_dockerfile(args, context)
+        if args.file != "-" and (dockerfile_dir / f"{name}.rego").is_file():  # buildx loads it as a build policy
+            raise RefusedFlag(f"{dockerfile_dir / name}.rego: lamina evaluates no build policies (buildx's "
+                              "Dockerfile.rego); move the file away to build without it")
         request = BuildRequest(
             context_dir=context.resolve(),
             dockerfile=dockerfile,
             dockerfile_name=name,
             dockerfile_dir=dockerfile_dir.resolve(),
             tags=tuple(args.tags),
-            build_args=dict(args.build_args),
+            build_args=build_args,
             target=args.target,
             platforms=_platforms(args.platforms),
             push=args.push,
-            outputs=with_load([parse_output(o) for o in args.outputs], args.load),
+            # type=cacheonly (buildx): build into the local state and any --cache-to, export no image, which
+            # is what a build without an output does
+            outputs=with_load([parse_output(o) for o in args.outputs if o.strip() != "type=cacheonly"], args.load),
             no_cache=args.no_cache,
             labels=dict(args.labels),
             root=args.root,
             network=args.network,
             allow=parse_allow(args.allow),
             runtime=args.runtime,
-            source_date_epoch=_epoch(),
+            source_date_epoch=builtin.source_date_epoch,
             compression=args.compression,
             cache_from=tuple(parse_cache_from(c) for c in args.cache_from),
-            cache_to=tuple(parse_cache_to(c) for c in args.cache_to),
+            cache_to=_cache_to(args.cache_to, inline=builtin.inline_cache),
             annotations=parse_annotations(args.annotations),
             pull=args.pull,
             no_cache_filter=parse_stage_filter(args.no_cache_filter),
             named_contexts=parse_build_contexts(args.build_contexts),
-            run_extras=parse_run_extras(args.add_hosts, args.ulimits, args.shm_size),
+            run_extras=parse_run_extras(args.add_hosts, args.ulimits, args.shm_size, builtin.hostname),
             secrets=tuple(parse_secret(s) for s in args.secrets),
             ssh=tuple(parse_ssh(s) for s in args.ssh),
         )
@@ -198,7 +225,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--push needs at least one -t REF")
         check_iidfile(args.iidfile, request.outputs, push=request.push)
         remove_stale(args.iidfile)
-        progress = make_progress(args.progress)
+        progress = make_progress(_progress_mode(args.progress))
+        if request.tags and not request.push and not request.outputs:  # buildx's docker-container driver warns too
+            progress.message(f"WARNING: no output for -t {', '.join(request.tags)}: lamina has no image store, so "
+                             "the image is kept in the state directory only; use --push, --load or --output to "
+                             "export it")
         try:
             result = asyncio.run(build(request, progress))
         finally:
@@ -206,6 +237,9 @@ def run(args: argparse.Namespace) -> int:
         write_build_metadata(request, result, iidfile=args.iidfile, metadata_file=args.metadata_file)
     except KeyboardInterrupt:
         raise
+    except (RefusedFlag, BuildArgRefused) as exc:  # a flag lamina does not implement: a usage error, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # every failure is one clear line, exit 1
         message = str(exc) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

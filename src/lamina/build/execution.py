@@ -24,7 +24,6 @@ from lamina.build.context import BuildContext, ContextError
 from lamina.build.filecopy import CopyError, Downloads, apply_copy, copy_checksum
 from lamina.build.imageconfig import epoch_time
 from lamina.build.images import ImageSource
-from lamina.build.mounts import MountFrom, MountSources
 from lamina.build.ops import CopyStep, RunStep, WorkdirStep
 from lamina.build.secrets import BuildSecrets, SshAgents
 from lamina.build.state import BuildState
@@ -32,6 +31,7 @@ from lamina.oci import Descriptor, Platform, host_platform
 
 if TYPE_CHECKING:  # the worker (runc, overlay, tar, zstd) is imported on first use: a cached build never needs it
     from lamina.build.cachemounts import CacheMountSource, CacheMountStore
+    from lamina.build.mounts import MountFrom, MountSources
     from lamina.build.worker.executor import RuncExecutor
     from lamina.build.worker.layerstore import LayerStore
     from lamina.build.worker.runtime_spec import Mount
@@ -210,6 +210,7 @@ class StepExecutor:
                 ulimits=step.extras.ulimits,
                 extra_hosts=step.extras.hosts,
                 shm_size=step.extras.shm_size,
+                hostname=step.extras.hostname or "buildkitsandbox",
             )
             cwd = resolve_in_root(rootfs, step.workdir or "/")
             if not cwd.exists():

@@ -11,9 +11,12 @@ function of it); ``line`` and ``created_by`` are for messages and image history 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from lamina.build.mounts import RunMount
 from lamina.oci import ContainerConfig, Platform
+
+if TYPE_CHECKING:  # the mount types are loaded by the RUN --mount parser, when a RUN has mounts
+    from lamina.build.mounts import RunMount
 
 __all__ = [
     "BaseImage",
@@ -57,6 +60,7 @@ class RunExtras:
     hosts: tuple[tuple[str, str], ...] = ()  # --add-host: (hostname, IP) lines appended to /etc/hosts
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: ("RLIMIT_NOFILE", soft, hard); -1 = unlimited
     shm_size: int | None = None  # --shm-size: bytes of /dev/shm (default: the runtime's 64 MiB)
+    hostname: str | None = None  # --build-arg BUILDKIT_SANDBOX_HOSTNAME (default: buildkitsandbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +111,12 @@ class CopyStep:
     parents: bool = False  # COPY --parents: each source lands at DEST/<its path> (after a "/./" pivot)
     is_add: bool = False  # ADD: auto-extract local tar archives, fetch URLs, clone git repositories
     keep_git_dir: bool = False  # ADD --keep-git-dir: a git source keeps its .git directory
+    # ADD --unpack: True unpacks a URL's archive too, False copies a local archive as it is; None: the
+    # default (local archives unpacked, downloads not)
+    unpack: bool | None = None
     heredocs: tuple[tuple[str, str], ...] = ()
     exclude: tuple[str, ...] = ()  # --exclude patterns (dockerignore syntax), matched against source paths
-    checksum: str | None = None  # ADD --checksum=sha256:...: the expected digest of the one URL source
+    checksum: str | None = None  # ADD --checksum: sha256:... of the one URL source, or a git commit (prefix)
     user: str = ""  # the USER in effect (files are owned by root unless --chown, as Docker does)
     workdir: str = "/"
     line: int = 0

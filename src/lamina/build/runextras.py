@@ -9,8 +9,10 @@ passes them to BuildKit (the ``add-hosts``, ``ulimit`` and ``shm-size`` frontend
   same name. A value above this process's own hard limit cannot be granted and is refused.
 - ``--shm-size SIZE`` (``64m``, ``1g``, bytes; binary units, as Docker's RAMInBytes): the size of the
   container's ``/dev/shm`` (default 64 MiB).
+- ``--build-arg BUILDKIT_SANDBOX_HOSTNAME=NAME``: the container's hostname, also in its hosts file
+  (default ``buildkitsandbox``), as BuildKit's ExecOp hostname.
 
-BuildKit keeps all three in each ExecOp's meta, so they are part of every RUN's cache key; lamina puts
+BuildKit keeps all of them in each ExecOp's meta, so they are part of every RUN's cache key; lamina puts
 them on each :class:`~lamina.build.ops.RunStep` (``extras``) before solving, for the same effect.
 """
 
@@ -106,9 +108,14 @@ def parse_shm_size(value: str | None) -> int | None:
     return size
 
 
-def parse_run_extras(add_hosts: Sequence[str], ulimits: Sequence[str], shm_size: str | None) -> RunExtras:
+def parse_run_extras(
+    add_hosts: Sequence[str], ulimits: Sequence[str], shm_size: str | None, hostname: str | None = None
+) -> RunExtras:
+    if hostname is not None and (len(hostname) > 64 or not _HOSTNAME.match(hostname)):
+        raise ValueError(f"invalid --build-arg BUILDKIT_SANDBOX_HOSTNAME={hostname!r}: expected a host name "
+                         "(letters, digits, '-', '.', '_'; at most 64 characters)")
     return RunExtras(parse_add_hosts(add_hosts) if add_hosts else (), parse_ulimits(ulimits) if ulimits else (),
-                     parse_shm_size(shm_size))
+                     parse_shm_size(shm_size), hostname)
 
 
 def apply_run_extras(graph: BuildGraph, extras: RunExtras) -> BuildGraph:

@@ -76,6 +76,10 @@ def parse_secret(text: str) -> SecretSpec:
     secret_id = fields.get("id", "")
     if not secret_id:
         raise SecretError(f"--secret {text}: the secret needs an id (id=NAME)")
+    if secret_id.startswith(("HTTP_AUTH_TOKEN_", "HTTP_AUTH_HEADER_")):  # BuildKit: credentials of ADD <url>
+        raise SecretError(f"--secret {text}: lamina's ADD sends no credentials to a URL (BuildKit's "
+                          "HTTP_AUTH_TOKEN_<host>/HTTP_AUTH_HEADER_<host> secrets); download it in a RUN with "
+                          "--mount=type=secret under another id instead")
     env, src = fields.get("env"), fields.get("src")
     if kind == "env" and not env:
         env, src = src or secret_id, None

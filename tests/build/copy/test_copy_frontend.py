@@ -51,7 +51,9 @@ def test_add_git_sources_and_keep_git_dir() -> None:
     ("COPY --chmod=u+q a /b\n", "invalid --chmod=u+q"),
     ("ADD --keep-git-dir a.tar /b/\n", "--keep-git-dir needs a git repository source"),
     ("ADD git@example.com:x.git#main other.txt /b/\n", "must be the only source"),
-    ("ADD --checksum=sha256:" + "0" * 64 + " https://example.com/x.git /b/\n", "pin the commit in the URL"),
+    ("ADD --checksum=sha256:" + "0" * 64 + " https://example.com/x.git /b/\n", "it is the commit hash"),
+    ("ADD --unpack https://example.com/x.git /b/\n", "a repository is never an archive"),
+    ("ADD --unpack=maybe a.tar /b/\n", "expecting boolean value for flag --unpack"),
 ])
 def test_refused_combinations_are_one_line(body: str, words: str) -> None:
     with pytest.raises(DockerfileError) as info:

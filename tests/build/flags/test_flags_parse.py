@@ -201,7 +201,7 @@ def test_unimplemented_buildx_flags_are_refused_in_one_line(
 ) -> None:
     rc = main(["build", *argv, str(tmp_path)])
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert rc == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err  # a usage error
 
 
 def test_no_attestation_is_what_lamina_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

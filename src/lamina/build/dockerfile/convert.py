@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from lamina.build.builtinargs import BUILTIN_ARGS
 from lamina.build.namedcontexts import DirContext, NamedContext
 from lamina.build.ops import BaseImage, BuildGraph, Scratch, Stage, StageBase
 from lamina.oci import (
@@ -34,7 +35,6 @@ from .errors import DockerfileError, suggest
 from .lex import ExpansionError, Lexer
 from .named import replace_named_stages
 from .parse import Dockerfile, Instruction, flag_str, parse, parse_flags, parse_trigger
-from .runmount import mount_froms
 from .state import DEFAULT_PATH, Context, StageState
 from .syntax import check_syntax
 
@@ -82,7 +82,9 @@ def convert(
     df = dockerfile if isinstance(dockerfile, Dockerfile) else parse(dockerfile)
     args = dict(build_args or {})
     frontend_note = check_syntax(df.directives.get("syntax"), args.get("BUILDKIT_SYNTAX"))  # before all else
-    check_directive(df.directives.get("check"))  # no build checks run: refuse what asks for them
+    # no build checks run: refuse what asks for them (the build arg replaces the directive, as in BuildKit)
+    check_directive(args.get("BUILDKIT_DOCKERFILE_CHECK") or df.directives.get("check"),
+                    "--build-arg BUILDKIT_DOCKERFILE_CHECK" if args.get("BUILDKIT_DOCKERFILE_CHECK") else "# check")
     target_platform = _platform(platform) if platform else host_platform()
     builder_platform = _platform(build_platform) if build_platform else host_platform()
     meta, grouped = _split(df)
@@ -90,6 +92,7 @@ def convert(
     declared: set[str] = set()
     lexer = Lexer(escape=df.escape)
     for inst in meta:
+        parse_flags(inst)  # ARG defines no flag: BuildKit rejects any
         for raw in inst.args:
             key, has_default, default = raw.partition("=")
             if not key:
@@ -126,13 +129,9 @@ def convert(
 
 
 def _predefined(name: str) -> bool:
-    """Build args BuildKit consumes without an ARG: proxies, platform ARGs, SOURCE_DATE_EPOCH, BUILDKIT_*."""
-    return (
-        name.upper() in PROXY_ARGS
-        or name in PLATFORM_ARGS
-        or name == "SOURCE_DATE_EPOCH"
-        or name.startswith("BUILDKIT_")
-    )
+    """Build args BuildKit consumes without an ARG: proxies, platform ARGs, its built-in ones (BUILDKIT_SYNTAX,
+    SOURCE_DATE_EPOCH, ...: :mod:`lamina.build.builtinargs`); another BUILDKIT_* name is an ordinary arg."""
+    return name.upper() in PROXY_ARGS or name in PLATFORM_ARGS or name in BUILTIN_ARGS
 
 
 def _platform(value: Platform | str) -> Platform:
@@ -246,6 +245,15 @@ def _target(target: str | None, names: Mapping[str, int], count: int) -> int:
     raise DockerfileError(f"target stage {target!r} could not be found{suggest(target, names)} (stages: {listed})")
 
 
+def _mount_froms(flags: tuple[str, ...]) -> list[str]:
+    """A RUN's ``--mount`` ``from=`` values as ``--from=`` flags (the mount parser loads for mounts only)."""
+    if not any(flag.startswith("--mount=") for flag in flags):
+        return []
+    from .runmount import mount_froms
+
+    return [f"--from={value}" for value in mount_froms(flags)]
+
+
 def _deps(stage: _Stage, ctx: Context) -> set[int]:
     out: set[int] = set()
     if isinstance(stage.base, StageBase):
@@ -253,7 +261,7 @@ def _deps(stage: _Stage, ctx: Context) -> set[int]:
     for inst in (*stage.triggers, *stage.commands):
         if inst.cmd not in ("COPY", "RUN"):
             continue
-        for raw in inst.flags if inst.cmd == "COPY" else [f"--from={v}" for v in mount_froms(inst.flags)]:
+        for raw in inst.flags if inst.cmd == "COPY" else _mount_froms(inst.flags):
             if raw.startswith("--from="):
                 value = raw[len("--from=") :]
                 if value.isdigit() and int(value) < stage.index:

@@ -8,6 +8,8 @@ trailing ``/``; the history text lists the flags and sources as BuildKit writes 
 
 from __future__ import annotations
 
+import re
+
 from lamina.build.filecopy.git import parse_git_source
 from lamina.build.filecopy.modes import ChmodError, parse_chmod
 from lamina.build.ops import CopyStep
@@ -21,6 +23,8 @@ from .paths import normalize_dest
 from .state import Context, StageState, as_written
 
 __all__ = ["copy_step", "from_reference"]
+
+_COMMIT_PREFIX = re.compile(r"^[0-9a-f]{1,40}$")
 
 
 def from_reference(inst: Instruction, value: str, ctx: Context, current: int) -> tuple[int | None, str | None]:
@@ -78,7 +82,7 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
     is_add = inst.cmd == "ADD"
     if is_add:
         flags = parse_flags(
-            inst, strings=("chown", "chmod", "checksum"), bools=("link", "keep-git-dir"), lists=("exclude",)
+            inst, strings=("chown", "chmod", "checksum"), bools=("link", "keep-git-dir", "unpack"), lists=("exclude",)
         )
     else:
         flags = parse_flags(inst, strings=("from", "chown", "chmod"), bools=("link", "parents"), lists=("exclude",))
@@ -132,15 +136,21 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
     if checksum is not None:
         if len(paths) != 1 or inline:
             raise DockerfileError("ADD --checksum can't be specified for multiple sources", inst.line)
-        if gits:
-            raise DockerfileError(f"ADD --checksum with a git repository ({gits[0]}) is not supported by lamina; "
-                                  "pin the commit in the URL instead (#<commit>)", inst.line)
-        if not paths[0].startswith(("http://", "https://")):
-            raise DockerfileError("ADD --checksum requires an HTTP(S) source", inst.line)
-        try:
-            parse_digest(checksum)
-        except DigestError as exc:
-            raise DockerfileError(f"ADD --checksum={checksum}: {exc}", inst.line) from None
+        if gits:  # BuildKit: the commit hash, in full or a prefix of it
+            if not _COMMIT_PREFIX.match(checksum):
+                raise DockerfileError(f"ADD --checksum={checksum}: for a git repository it is the commit hash "
+                                      "(or a prefix of it)", inst.line)
+        elif not paths[0].startswith(("http://", "https://")):
+            raise DockerfileError("ADD --checksum requires an HTTP(S) or git source", inst.line)
+        else:
+            try:
+                parse_digest(checksum)
+            except DigestError as exc:
+                raise DockerfileError(f"ADD --checksum={checksum}: {exc}", inst.line) from None
+    unpack = flags.get("unpack")
+    if unpack is not None and gits:
+        raise DockerfileError(f"ADD --unpack with a git repository ({gits[0]}): a repository is never an archive",
+                              inst.line)
     exclude = flags.get("exclude") or []
     assert isinstance(exclude, list)
     words = [inst.cmd]  # BuildKit's history text: --parents, --chown, --chmod; never --link or --exclude
@@ -165,6 +175,7 @@ def copy_step(st: StageState, inst: Instruction, ctx: Context) -> CopyStep:
         parents=bool(flags.get("parents")),
         is_add=is_add,
         keep_git_dir=bool(flags.get("keep-git-dir")),
+        unpack=unpack if isinstance(unpack, bool) else None,
         heredocs=tuple(inline),
         exclude=tuple(exclude),
         checksum=checksum,

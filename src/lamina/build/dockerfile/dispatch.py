@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.build.ops import RunStep, WorkdirStep
 
@@ -20,8 +20,10 @@ from .golang import go_duration, go_quote_list, parse_go_duration
 from .lex import ExpansionError, Lexer
 from .parse import Instruction, flag_str, parse_flags, parse_heredoc
 from .paths import normalize_workdir
-from .runmount import run_mounts, ssh_auth_sock
 from .state import DEFAULT_SHELL, Context, StageState, as_written
+
+if TYPE_CHECKING:
+    from lamina.build.mounts import RunMount
 
 __all__ = ["dispatch", "onbuild_expression"]
 
@@ -131,7 +133,13 @@ def _run(st: StageState, inst: Instruction, ctx: Context) -> None:
     flags = parse_flags(inst, strings=("network", "security"), lists=("mount", "device"))
     if flags["device"]:
         raise DockerfileError("RUN --device is not supported by lamina", inst.line)
-    mounts = run_mounts(st, inst, ctx, flags["mount"])  # type: ignore[arg-type]
+    mounts: tuple[RunMount, ...] = ()
+    ssh_sock: str | None = None
+    if flags["mount"]:  # the --mount parser and the mount types are loaded for a RUN that has mounts only
+        from .runmount import run_mounts, ssh_auth_sock
+
+        mounts = run_mounts(st, inst, ctx, flags["mount"])  # type: ignore[arg-type]
+        ssh_sock = ssh_auth_sock(mounts)
     security = flag_str(flags, "security") or "sandbox"
     if security not in ("sandbox", "insecure"):
         raise DockerfileError(f"RUN: unsupported security mode {security!r} (sandbox, insecure)", inst.line)
@@ -158,7 +166,6 @@ def _run(st: StageState, inst: Instruction, ctx: Context) -> None:
             args = [args[0] + "".join(f"\n{doc.content}{doc.name}" for doc in inst.heredocs)]
     argv = args if inst.json else [*_shell(st), " ".join(args)]
     env = dict(st.env)
-    ssh_sock = ssh_auth_sock(mounts)
     if ssh_sock is not None and "SSH_AUTH_SOCK" not in env:  # LLB's exec op points it at the first socket
         env["SSH_AUTH_SOCK"] = ssh_sock
     st.steps.append(
@@ -217,6 +224,9 @@ def _healthcheck(st: StageState, inst: Instruction, ctx: Context) -> None:
     if kind == "NONE":
         if len(inst.args) != 1:
             raise DockerfileError("HEALTHCHECK NONE takes no arguments", inst.line)
+        if inst.flags:  # BuildKit parses no flag for NONE and drops them; lamina refuses instead
+            raise DockerfileError(f"HEALTHCHECK NONE takes no flags ({' '.join(inst.flags)}): they belong to "
+                                  "HEALTHCHECK CMD; remove them", inst.line)
         health = {"Test": ["NONE"]}
     elif kind == "CMD":
         names = ("interval", "timeout", "start-period", "start-interval", "retries")

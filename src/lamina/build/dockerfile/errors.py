@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 __all__ = ["DockerfileError", "suggest"]
@@ -24,6 +23,8 @@ class DockerfileError(Exception):
 
 def suggest(word: str, options: Iterable[str]) -> str:
     """`` (did you mean X?)`` for the closest option, or "" when nothing is close (as BuildKit's suggest)."""
+    import difflib  # here: only a failing build asks for a suggestion
+
     match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     if not match:
         match = difflib.get_close_matches(word.upper(), list(options), n=1, cutoff=0.6)

@@ -13,6 +13,9 @@ target as written; a secret's id is ``source`` or ``id`` or else the target's ba
 ``default``, its socket ``/run/buildkit/ssh_agent.<n>`` (n counts the RUN's ssh mounts), mode 0600, and
 the RUN gets ``SSH_AUTH_SOCK`` pointing at the first one unless it sets that itself.
 
+``--build-arg BUILDKIT_CACHE_MOUNT_NS=NS`` puts every cache id in that namespace (``NS/ID``), as BuildKit's
+converter does (``cacheIDNamespace + "/" + id``).
+
 Combinations BuildKit would silently ignore (``from``/``source`` on tmpfs, ``id`` on a bind, ``from`` on
 ssh) are refused here, so nothing written in a Dockerfile is accepted and dropped.
 """
@@ -20,6 +23,7 @@ ssh) are refused here, so nothing written in a Dockerfile is accepted and droppe
 from __future__ import annotations
 
 import csv
+import dataclasses
 import posixpath
 import re
 from collections.abc import Callable, Sequence
@@ -356,7 +360,12 @@ def run_mounts(st: StageState, inst: Instruction, ctx: Context, values: Sequence
         return mount_from(inst, value, ctx, st)
 
     try:
-        return parse_mounts(values, expand=lambda word: st.expand(ctx, word), resolve_from=resolve,
-                            workdir=st.config.get("WorkingDir") or "/")
+        mounts = parse_mounts(values, expand=lambda word: st.expand(ctx, word), resolve_from=resolve,
+                              workdir=st.config.get("WorkingDir") or "/")
     except MountSyntaxError as exc:
         raise DockerfileError(f"RUN {exc}", inst.line) from None
+    namespace = ctx.build_args.get("BUILDKIT_CACHE_MOUNT_NS", "")
+    if not namespace:
+        return mounts
+    return tuple(dataclasses.replace(m, id=f"{namespace}/{m.id}") if isinstance(m, CacheMount) else m
+                 for m in mounts)

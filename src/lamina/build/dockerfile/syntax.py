@@ -6,7 +6,8 @@ pinned ``:1.N``, ``:1.N.M``, a ``-labs`` channel, a ``@sha256:`` digest, the ``d
 all of these name releases of the Dockerfile frontend that lamina builds in, so lamina uses its own and
 says so once. Any other frontend image would change what the file means (a different syntax, or not a
 Dockerfile at all), and lamina cannot run it: that is a one-line error naming the image, never a
-silent fallback.
+silent fallback. ``--build-arg BUILDKIT_SYNTAX=dockerfile.v0`` names BuildKit's built-in frontend: the
+directive is then not looked at, as in BuildKit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .errors import DockerfileError
 __all__ = ["BUILTIN_FRONTEND", "check_syntax"]
 
 BUILTIN_FRONTEND = "docker/dockerfile:1"
+_BUILTIN_NAME = "dockerfile.v0"  # BuildKit's name of its built-in Dockerfile frontend
 _REPOSITORIES = {"docker/dockerfile", "docker.io/docker/dockerfile", "index.docker.io/docker/dockerfile"}
 # 1, 1.7, 1.7.1, each optionally -labs (or the older -experimental); and the moving tags of the 1.x line
 _TAG = re.compile(r"^(?:1(?:\.\d+){0,2}(?:-labs|-experimental)?|latest|labs|experimental)$")
@@ -41,7 +43,7 @@ def check_syntax(directive: str | None, build_arg: str | None = None) -> str | N
 
     ``build_arg`` is ``--build-arg BUILDKIT_SYNTAX=IMAGE``, which BuildKit lets override the directive."""
     image = (build_arg if build_arg else directive or "").strip()
-    if not image:
+    if not image or (build_arg and image == _BUILTIN_NAME):
         return None
     source = "--build-arg BUILDKIT_SYNTAX" if build_arg else "# syntax"
     if not _is_builtin(image):

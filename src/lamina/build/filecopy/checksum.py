@@ -70,7 +70,7 @@ def _hash_sources(
             git = parse_git_source(source) if step.is_add else None
             if git is not None:  # keyed by the commit the ref resolves to, as BuildKit keys a git source
                 assert downloads is not None
-                commit = downloads.git.resolve(git)
+                commit = downloads.git.verified(git, checksum)  # ADD --checksum=<commit or a prefix>
                 h.update(b"git %s %s %s %d\0" % (git.remote.encode(), commit.encode(), git.subdir.encode(),
                                                  step.keep_git_dir))
             elif is_url(source):

@@ -13,8 +13,9 @@
   (only directories that the copy re-creates or copies over take the source's).
 - ADD: a local tar archive (any compression, detected by content) is unpacked into the destination,
   its entries keeping the archive's owners and modes (``--chown``/``--chmod`` apply to the created
-  destination only, as in BuildKit); an http(s) URL is downloaded (mode 0600, Last-Modified mtime,
-  ``--checksum`` verified) and never unpacked; a git repository (:mod:`.git`) is checked out and its
+  destination only, as in BuildKit), unless ``--unpack=false``; an http(s) URL is downloaded (mode 0600,
+  Last-Modified mtime, ``--checksum`` verified) and unpacked only with ``--unpack=true`` (then, when it is
+  an archive, into the destination directory); a git repository (:mod:`.git`) is checked out and its
   tree copied into the destination. Wildcards matching nothing are allowed (BuildKit's
   ``AllowEmptyWildcard``); a plain source that does not exist is an error naming it.
 """
@@ -176,6 +177,7 @@ class _Copier:
                 if len(self.step.sources) + len(self.step.heredocs) > 1:
                     raise CopyError(f"ADD {src}: a git repository must be the only source of its ADD")
                 assert self.downloads is not None
+                self.downloads.git.verified(git, self.checksum)  # ADD --checksum=<commit prefix>
                 root = self.downloads.git.checkout(git, keep_git_dir=self.step.keep_git_dir)
                 self.source = SourceTree(root, label=f"git repository {git.remote}")
                 items.extend(self.source.select("."))  # the tree's contents go into the destination
@@ -265,7 +267,7 @@ class _Copier:
         src_is_dir = isinstance(item, Selected) and item.entry.is_dir
         st_dest = self.root.lstat(dest_rel)
         dest_is_dir = st_dest is not None and stat.S_ISDIR(st_dest.st_mode)
-        if self.step.is_add and isinstance(item, Selected) and item.entry.is_file and self._unpack(item, dest_rel):
+        if self._unpack(item, dest_rel):
             return
         if src_is_dir:
             assert isinstance(item, Selected)
@@ -283,16 +285,26 @@ class _Copier:
             else:
                 self._write_inline(item, dfd, name, self.root.display(target))
 
-    def _unpack(self, item: Selected, dest_rel: str) -> bool:
+    def _unpack(self, item: _Item, dest_rel: str) -> bool:
+        """ADD: unpack ``item`` into the directory ``dest_rel`` if it is a tar archive — a context file unless
+        ``--unpack=false``, a download only with ``--unpack=true`` (BuildKit's defaults) — and say whether it was."""
+        if not self.step.is_add or self.step.unpack is False:
+            return False
+        if isinstance(item, Selected):
+            if not item.entry.is_file:
+                return False
+            fd, what = self._tree().open_file(item.entry), item.source
+        elif item.path is not None and self.step.unpack:
+            fd, what = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC), item.name
+        else:
+            return False
         from lamina.build.filecopy.archive import extract_archive, is_archive  # tar + codecs: only ADD needs them
 
-        tree = self._tree()
-        fd = tree.open_file(item.entry)
         with open(fd, "rb") as raw:
             if not is_archive(raw):
                 return False
             self._mkdir_all(dest_rel)
-            extract_archive(raw, RootFS(self.root.root / dest_rel if dest_rel else self.root.root), what=item.source)
+            extract_archive(raw, RootFS(self.root.root / dest_rel if dest_rel else self.root.root), what=what)
         return True
 
     def _copy_tree(self, item: Selected, dest_rel: str) -> None:

@@ -115,6 +115,15 @@ class GitCheckouts:
             self._commits[(git.remote, git.ref)] = commit
         return commit
 
+    def verified(self, git: GitSource, checksum: str | None) -> str:
+        """:meth:`resolve`, and ``ADD --checksum`` checked as BuildKit checks a git source's: the commit must
+        start with it (a full hash or a prefix)."""
+        commit = self.resolve(git)
+        if checksum is not None and not commit.startswith(checksum):
+            raise CopyError(f"ADD {git.source}: --checksum={checksum} does not match commit {commit} "
+                            f"(ref {git.ref or 'HEAD'})")
+        return commit
+
     def checkout(self, git: GitSource, *, keep_git_dir: bool) -> Path:
         """The directory to copy from: the commit's tree (its ``subdir``), ``.git`` kept only if asked."""
         commit = self.resolve(git)

@@ -31,7 +31,14 @@ from typing import Protocol
 
 from .runtime_spec import RunSpec, runtime_config
 from .security_host import prepare_security
-from .usernet import HOSTS_FILE, NetworkPool, cleanup_stale_namespaces, resolv_conf_text, sandbox_network
+from .usernet import (
+    HOSTS_FILE,
+    NetworkPool,
+    cleanup_stale_namespaces,
+    hosts_file_text,
+    resolv_conf_text,
+    sandbox_network,
+)
 
 __all__ = ["Executor", "OutputCallback", "RunFailed", "RuncExecutor"]
 
@@ -109,7 +116,7 @@ class RuncExecutor:
             yield replace(spec, hosts_file=self._extra_hosts_file(spec, host=True)) if spec.extra_hosts else spec
             return
         hosts, resolv = self._files()
-        if spec.extra_hosts:
+        if spec.extra_hosts or spec.hostname != "buildkitsandbox":
             hosts = self._extra_hosts_file(spec, host=False)
         if spec.network == "none":
             yield replace(spec, hosts_file=hosts)
@@ -128,9 +135,10 @@ class RuncExecutor:
             self.networks.retire(net)
 
     def _extra_hosts_file(self, spec: RunSpec, *, host: bool) -> str:
-        """The hosts file plus ``--add-host`` lines (``IP<TAB>HOST``, BuildKit's form), named by its content so
-        builds sharing the state directory with other ``--add-host`` values never overwrite each other's."""
-        base = HOSTS_FILE
+        """The hosts file (naming the spec's hostname) plus ``--add-host`` lines (``IP<TAB>HOST``, BuildKit's
+        form), named by its content so builds sharing the state directory with other values never overwrite
+        each other's."""
+        base = hosts_file_text(spec.hostname)
         if host:  # the host's own file, as the host network's runs see it without --add-host
             base = Path("/etc/hosts").read_text(encoding="utf-8", errors="replace") if Path("/etc/hosts").is_file() \
                 else ""

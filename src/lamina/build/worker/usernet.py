@@ -44,6 +44,7 @@ __all__ = [
     "NetworkPool",
     "SandboxNetwork",
     "cleanup_stale_namespaces",
+    "hosts_file_text",
     "open_network",
     "resolv_conf_text",
     "sandbox_network",
@@ -55,6 +56,11 @@ GUEST_ADDRESS = "10.0.2.100"
 MTU = 65520  # slirp4netns's maximum: fewer, larger segments through the user-mode stack
 # BuildKit's executor/oci/hosts.go default hosts file: localhost, and the sandbox's hostname.
 HOSTS_FILE = "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def hosts_file_text(hostname: str) -> str:
+    """:data:`HOSTS_FILE` for a sandbox of another hostname (BUILDKIT_SANDBOX_HOSTNAME)."""
+    return HOSTS_FILE.replace("buildkitsandbox", hostname, 1)
 
 _PREFIX = "lamina-"
 _NAME = re.compile(r"^lamina-(\d+)-[0-9a-f]+$")
