@@ -18,7 +18,8 @@ Per project, every build a fresh ``lamina build`` process against a lamina regis
 - ``run``: the pushed image (each platform of it) copied out with ``skopeo``, unpacked with ``umoci`` and
   run with ``runc`` (arm64 through the kernel's binfmt_misc QEMU); an HTTP GET from inside the container's
   network namespace (``nsenter``) must get the app's answer, the app must run as the image's unprivileged
-  user, and the secrets' files must be in no layer;
+  user, and the secrets' files must be in no layer; after all builds, a random token in the secrets must be in
+  no build's output and no file of the states, the registry or the unpacked images;
 - ``cached``: another empty state with ``--cache-from`` the cold build's cache: every step must be cached;
 - ``dependency`` (Python, Node): the project's ``.dependency.patch`` applied, built on the cold build's
   state: pip (``Using cached``) and npm (``cache hit``/``revalidated``/``updated``/``stale``) must find the
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -55,8 +57,10 @@ from helpers.registries import start_lamina
 CORPUS = Path(__file__).resolve().parent / "corpus"
 HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # pip and npm configuration, passed as secrets; proxy-ca is mounted at /run/secrets/proxy-ca.
-PIP_CONF = "[global]\ncert = /run/secrets/proxy-ca\n"
-NPMRC = "cafile=/run/secrets/proxy-ca\nloglevel=http\n"  # loglevel: npm names each fetch a cache hit or not
+# Each begins with a comment holding the session's random token, as a private index's token would be
+# there: the token must be in no layer, no state or registry file and no log line.
+PIP_CONF = "# {token}\n[global]\ncert = /run/secrets/proxy-ca\n"
+NPMRC = "# {token}\ncafile=/run/secrets/proxy-ca\nloglevel=http\n"  # loglevel: npm names each fetch a cache hit or not
 _GET = """
 import sys, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -117,9 +121,14 @@ class Session:
         self.registry = start_lamina(work / "registry")
         self.host = self.registry.host
         self.base = push_debian_index(rootfses, self.host, work, "docker-init/debian:bookworm", host_cas=False)
-        (work / "pip.conf").write_text(PIP_CONF)
-        (work / "npmrc").write_text(NPMRC)
-        self.secret_src = {"pipconf": work / "pip.conf", "npmrc": work / "npmrc", "proxy-ca": HOST_BUNDLE}
+        self.token = f"lamina-secret-{secrets.token_hex(16)}"
+        self.secret_dir = work / "secrets"
+        self.secret_dir.mkdir()
+        (self.secret_dir / "pip.conf").write_text(PIP_CONF.format(token=self.token))
+        (self.secret_dir / "npmrc").write_text(NPMRC.format(token=self.token))
+        self.secret_src = {"pipconf": self.secret_dir / "pip.conf", "npmrc": self.secret_dir / "npmrc",
+                           "proxy-ca": HOST_BUNDLE}
+        self.logged: list[str] = []  # every build's output
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         self.env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
 
@@ -135,6 +144,7 @@ class Session:
         started = time.perf_counter()
         proc = subprocess.run([*argv, str(context)], env=self.env, capture_output=True, text=True, check=False)
         took = time.perf_counter() - started
+        self.logged.append(proc.stderr)
         if self.logs is not None:
             self.logs.mkdir(parents=True, exist_ok=True)
             (self.logs / f"{name}-{case}.log").write_text(proc.stderr)
@@ -258,9 +268,21 @@ def run_project(session: Session, name: str, project: Project) -> Result:
         reused = sum(proc.stderr.count(marker) for marker in project.reused)
         fetched = sum(proc.stderr.count(marker) for marker in project.fetched)
         result.check(proc.returncode == 0 and reused > 0,
-                     f"dependency added, same state ({took:.1f} s): {reused} package(s) found in "
-                     f"{project.cache_target}, {fetched} fetched from the index")
+                     f"dependency added, same state ({took:.1f} s): {reused} download(s) found in "
+                     f"{project.cache_target}, {fetched} not")
     return result
+
+
+def check_no_leak(session: Session, result: Result) -> None:
+    """The secrets' token in no build's output and no file of the session (states, registry, unpacked images)."""
+    logged = sum(log.count(session.token) for log in session.logged)
+    result.check(logged == 0, f"the secrets' token in no build output ({logged} found)")
+    found = _run(["grep", "-r", "-l", "-F", "-a", "--no-messages", session.token, str(session.work)], timeout=600)
+    hits = found.stdout.splitlines()
+    leaked = [line for line in hits if not line.startswith(f"{session.secret_dir}/")]
+    # the secrets' own files are found: the search works
+    result.check(len(hits) - len(leaked) == 2 and not leaked,
+                 f"the secrets' token in no state, registry or image file ({', '.join(leaked[:3]) or 'none'})")
 
 
 def main() -> int:
@@ -284,6 +306,8 @@ def main() -> int:
             for name in names:
                 print(f"{name} ({PROJECTS[name].directory}, {','.join(PROJECTS[name].platforms)})", file=sys.stderr)
                 results[name] = run_project(session, name, PROJECTS[name])
+                if PROJECTS[name].secrets:
+                    check_no_leak(session, results[name])
         finally:
             session.registry.stop()
     cases = ["cold", "run amd64", "run arm64", "cached", "dependency"]
