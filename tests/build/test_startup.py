@@ -54,7 +54,8 @@ print(gc.isenabled(), gc.get_freeze_count() > 1000)
 # the RUN --mount parser, the mount types and csv only for a RUN with --mount; difflib only for an error's
 # "did you mean"; platformdirs only for the default state directory, and the tests pass --root; the cache
 # export's merge (cumulative, cachemerge) only for --cache-to or a multi-part inline cache; the token client
-# only at a Bearer challenge, which the tests' plain registry never sends).
+# only at a Bearer challenge, which the tests' plain registry never sends; the cache-mount link to the remote
+# caches only for a build with a RUN --mount or a --cache-to).
 _NOT_ON_CACHED_PATH = (
     "aiohttp",
     "yarl",
@@ -74,6 +75,7 @@ _NOT_ON_CACHED_PATH = (
     "lamina.build.cache.cumulative",
     "lamina.oci.cachemerge",
     "lamina.client.tokens",
+    "lamina.build.cache.mountsync",
 )
 
 
