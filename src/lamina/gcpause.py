@@ -7,7 +7,7 @@ generation: the first collections after it walk all of it again (young, then mid
 ``lamina`` process itself (:func:`own_process`), a pause therefore ends with :func:`gc.freeze`, which moves
 those objects to the permanent generation that collections never visit (what CPython's documentation
 advises for start-up). Measured on a fully cached ``lamina build``: 58 collections and 7-14 ms of CPU
-before, 2 collections and well under 1 ms after. Reference counting frees everything else at once as
+before, 8 collections and about 1 ms after. Reference counting frees everything else at once as
 before, and the collector runs as before once the block ends.
 
 A program that calls ``lamina.cli.main(argv)`` in its own process (the tests) gets the pause but no
