@@ -1,10 +1,20 @@
-"""``/metrics`` (Prometheus text format 0.0.4), ``/healthz`` and structured JSON access logs.
+"""``/metrics`` (Prometheus text format 0.0.4, written by prometheus_client), ``/healthz`` and structured JSON
+access logs.
 
-Why snapshot files: the server runs N worker processes behind one port, and a scrape lands on any one
-of them. Each worker keeps its counters in memory and writes them to ``ROOT/run/metrics/<pid>.json``
-(atomically, at most every second and on every scrape); the worker that answers a scrape sums the
-files of live workers. Storage figures (bytes, repositories, open upload sessions) come from the
-metadata database at scrape time, so they are the same whoever answers.
+Summed across workers: under ``lamina registry serve`` every worker records into prometheus_client's
+multiprocess files in ``ROOT/run/metrics`` (:mod:`lamina.registry.metricsdir`) and the worker that answers a
+scrape merges the files of all of them. An app served in-process with no such directory (the test client)
+keeps its metrics in its own ``CollectorRegistry``. Storage figures (bytes, repositories, open upload
+sessions) are not recorded by anyone: they are read from the metadata store at scrape time, so they are the
+same whoever answers and no dead worker can leave one behind.
+
+Label cardinality stays bounded: ``route`` is the route's pattern (``/v2/{name}/blobs/{digest}``, never the
+path), ``method`` one of the HTTP methods the registry knows (else ``other``), ``status`` an HTTP status.
+
+The answer is always the 0.0.4 text format, never OpenMetrics: the counter
+``lamina_http_request_duration_seconds_total`` (kept for existing dashboards; it is the histogram's ``_sum``
+by route, computed at scrape time) and the histogram ``lamina_http_request_duration_seconds`` are distinct
+series in 0.0.4 but would be one family name in OpenMetrics.
 """
 
 from __future__ import annotations
@@ -15,125 +25,216 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from lamina.store import Storage
+from .metricsdir import MULTIPROC_ENV
 
-__all__ = ["METRICS", "Metrics", "healthz", "metrics_handler", "response_hook", "timing_middleware"]
+if TYPE_CHECKING:
+    from lamina.store.sweep import SweepResult
+
+    from .lifecycle import LifecycleResult
+
+__all__ = [
+    "BLOB_BYTES_BUCKETS",
+    "LATENCY_BUCKETS",
+    "METRICS",
+    "Metrics",
+    "healthz",
+    "metrics_handler",
+    "response_hook",
+    "timing_middleware",
+]
 
 access_log = logging.getLogger("lamina.registry.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Key = tuple[str, tuple[tuple[str, str], ...]]
 
-HELP = {
-    "lamina_http_requests_total": ("counter", "HTTP requests by route pattern, method and status."),
-    "lamina_http_request_bytes_total": ("counter", "Request body bytes received, by route pattern."),
-    "lamina_http_response_bytes_total": ("counter", "Response body bytes sent, by route pattern."),
-    "lamina_http_request_duration_seconds_total": ("counter", "Time spent answering requests, by route pattern."),
-    "lamina_upload_sessions_started_total": ("counter", "Blob upload sessions started."),
-    "lamina_gc_runs_total": ("counter", "Garbage collections completed in the server (not the CLI)."),
-    "lamina_gc_bytes_freed_total": ("counter", "Blob bytes deleted by garbage collection."),
-    "lamina_gc_blobs_deleted_total": ("counter", "Blobs deleted by garbage collection."),
-    "lamina_lifecycle_manifests_expired_total": ("counter", "Manifests removed by lifecycle rules."),
-    "lamina_lifecycle_cache_tags_pruned_total": ("counter", "Cache tags rewritten without stale records."),
-    "lamina_storage_bytes": ("gauge", "Bytes of distinct blobs linked into any repository."),
-    "lamina_storage_blobs": ("gauge", "Distinct blobs linked into any repository."),
-    "lamina_repositories": ("gauge", "Repositories."),
-    "lamina_manifests": ("gauge", "Manifests, all repositories."),
-    "lamina_upload_sessions_open": ("gauge", "Upload sessions started and not yet finished or expired."),
+# Request latency: 1 ms (a manifest or HEAD from cache) to 60 s (a large blob upload), about 2.5x apart.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Blob bytes per request: 1 KiB (a config blob) to 16 GiB, 4x apart.
+BLOB_BYTES_BUCKETS = tuple(float(1024 * 4**n) for n in range(13))
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+DURATION = "lamina_http_request_duration_seconds"
+
+STORAGE_HELP = {
+    "storage_bytes": "Bytes of distinct blobs linked into any repository.",
+    "storage_blobs": "Distinct blobs linked into any repository.",
+    "repositories": "Repositories.",
+    "manifests": "Manifests, all repositories.",
+    "upload_sessions_open": "Upload sessions started and not yet finished or expired.",
 }
 
 
+class _RequestSeries:
+    """The children of one (route, method, status): ``labels()`` resolved once, not on every request."""
+
+    __slots__ = ("blob_bytes", "bytes_in", "bytes_out", "duration", "requests")
+
+    def __init__(self, metrics: Metrics, route: str, method: str, status: int) -> None:
+        self.requests = metrics.requests.labels(route, method, str(status))
+        self.bytes_in = metrics.request_bytes.labels(route)
+        self.bytes_out = metrics.response_bytes.labels(route)
+        self.duration = metrics.duration.labels(method, route, f"{status // 100}xx")
+        self.blob_bytes = metrics.blob_bytes.labels(method, route) if "/blobs/" in route else None
+
+
 class Metrics:
+    """The registry's metrics, recorded with prometheus_client.
+
+    In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set by ``lamina registry serve``, which must equal
+    ``directory``) the metric objects write this worker's files and a scrape reads every worker's; otherwise
+    they live in this object's own registry."""
+
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.values: dict[Key, float] = defaultdict(float)
-        self._written = 0.0
-        self._dirty = False
+        shared = os.environ.get(MULTIPROC_ENV)
+        self.directory: Path | None = None
+        registry: CollectorRegistry | None = None
+        if shared is None:
+            registry = CollectorRegistry()
+            self._source: CollectorRegistry | MultiProcessCollector = registry
+        else:
+            if Path(shared) != directory:
+                raise RuntimeError(f"{MULTIPROC_ENV}={shared} is not this registry's metrics directory {directory}")
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError(f"prometheus_client was imported before {MULTIPROC_ENV} was set: "
+                                   "call lamina.registry.metricsdir.prepare_metrics_directory first")
+            self.directory = directory
+            self._source = MultiProcessCollector(None, path=shared)
+        r = registry
+        self.requests = Counter("lamina_http_requests", "HTTP requests by route pattern, method and status.",
+                                ("route", "method", "status"), registry=r)
+        self.request_bytes = Counter("lamina_http_request_bytes", "Request body bytes received, by route pattern.",
+                                     ("route",), registry=r)
+        self.response_bytes = Counter("lamina_http_response_bytes", "Response body bytes sent, by route pattern.",
+                                      ("route",), registry=r)
+        self.duration = Histogram(
+            DURATION, "Time from the request's arrival to its response's headers (a body sent after them, e.g. a "
+            "blob GET's, is not included), by method, route pattern and status class.",
+            ("method", "route", "status_class"), buckets=LATENCY_BUCKETS, registry=r)
+        self.blob_bytes = Histogram(
+            "lamina_http_blob_bytes", "Blob bytes per successful request: received by an upload POST, PATCH or "
+            "PUT, sent by a blob GET; by method and route pattern.",
+            ("method", "route"), buckets=BLOB_BYTES_BUCKETS, registry=r)
+        self.workers = Gauge("lamina_workers", "Live worker processes serving this registry.",
+                             multiprocess_mode="livesum", registry=r)
+        self.workers.set(1)
+        self.uploads_started = Counter("lamina_upload_sessions_started", "Blob upload sessions started.",
+                                       registry=r)
+        self.gc_runs = Counter("lamina_gc_runs", "Garbage collections completed in the server (not the CLI).",
+                               registry=r)
+        self.gc_bytes = Counter("lamina_gc_bytes_freed", "Blob bytes deleted by garbage collection.", registry=r)
+        self.gc_blobs = Counter("lamina_gc_blobs_deleted", "Blobs deleted by garbage collection.", registry=r)
+        self.expired = Counter("lamina_lifecycle_manifests_expired", "Manifests removed by lifecycle rules.",
+                               registry=r)
+        self.pruned = Counter("lamina_lifecycle_cache_tags_pruned", "Cache tags rewritten without stale records.",
+                              registry=r)
+        self._series: dict[tuple[str, str, int], _RequestSeries] = {}
 
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        self.values[(name, tuple(sorted(labels.items())))] += amount
-        self._dirty = True
+    def observe(self, route: str, method: str, status: int, bytes_in: int, bytes_out: int, seconds: float) -> None:
+        """Count one answered request."""
+        method = method if method in METHODS else "other"
+        series = self._series.get((route, method, status))
+        if series is None:
+            series = self._series[(route, method, status)] = _RequestSeries(self, route, method, status)
+        series.requests.inc()
+        if bytes_in:
+            series.bytes_in.inc(bytes_in)
+        if bytes_out:
+            series.bytes_out.inc(bytes_out)
+        series.duration.observe(seconds)
+        if series.blob_bytes is not None and status < 300:  # not an error's body
+            blob = bytes_out if method == "GET" else bytes_in
+            if blob:
+                series.blob_bytes.observe(blob)
+        if method == "POST" and status == 202 and route.endswith(("/blobs/uploads/", "/blobs/uploads")):
+            self.uploads_started.inc()
 
-    def flush(self, force: bool = False) -> None:
-        """Write this process's counters for the other workers (atomic rename), at most once a second."""
-        now = time.monotonic()
-        if not self._dirty or (not force and now - self._written < 1.0):
+    def count_gc(self, result: SweepResult) -> None:
+        self.gc_runs.inc()
+        self.gc_bytes.inc(result.bytes_freed)
+        self.gc_blobs.inc(len(result.blobs))
+
+    def count_lifecycle(self, result: LifecycleResult) -> None:
+        self.expired.inc(len(result.expired))
+        self.pruned.inc(len(result.pruned))
+
+    def _forget_dead_workers(self) -> None:
+        """Drop the per-process gauges of workers that died without the supervisor seeing it (SIGKILL)."""
+        if self.directory is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        rows = [[name, list(map(list, labels)), value] for (name, labels), value in self.values.items()]
-        target = self.directory / f"{os.getpid()}.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows))
-        os.replace(tmp, target)
-        self._written, self._dirty = now, False
-
-    def merged(self) -> dict[Key, float]:
-        """Counters of every live worker (this one's from memory)."""
-        self.flush(force=True)
-        total: dict[Key, float] = defaultdict(float)
-        for key, value in self.values.items():
-            total[key] += value
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.directory):
-                stem, _, suffix = entry.name.partition(".")
-                if suffix != "json" or not stem.isdigit() or int(stem) == os.getpid():
+                if not entry.name.startswith("gauge_live") or not entry.name.endswith(".db"):
+                    continue
+                pid = entry.name[:-3].rpartition("_")[2]
+                if not pid.isdigit():
                     continue
                 try:
-                    os.kill(int(stem), 0)
+                    os.kill(int(pid), 0)
                 except ProcessLookupError:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                    continue
+                    mark_process_dead(int(pid), str(self.directory))
                 except PermissionError:
                     pass
-                try:
-                    rows = json.loads(Path(entry.path).read_text())
-                except (OSError, ValueError):
-                    continue
-                for name, labels, value in rows:
-                    total[(name, tuple(tuple(pair) for pair in labels))] += value
-        return total
+
+    def render(self, storage_totals: dict[str, int]) -> bytes:
+        """The text every worker answers: all live and dead workers' counters and histograms, live workers'
+        gauges, and the storage gauges given (read from the metadata store by the caller)."""
+        self._forget_dead_workers()
+        return generate_latest(_Exposition(self._source, storage_totals))
+
+
+class _Exposition:
+    """A prometheus_client collector: the recorded families (without OpenMetrics' ``_created`` samples), the
+    legacy duration counter derived from the histogram, and the storage gauges."""
+
+    def __init__(self, source: CollectorRegistry | MultiProcessCollector, storage_totals: dict[str, int]) -> None:
+        self.source = source
+        self.storage_totals = storage_totals
+
+    def collect(self) -> Iterator[Metric]:
+        families = sorted(self.source.collect(), key=lambda family: family.name)
+        for family in families:
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+            if family.name == DURATION:
+                yield _duration_counter(family)
+        for name, value in sorted(self.storage_totals.items()):
+            yield GaugeMetricFamily(f"lamina_{name}", STORAGE_HELP.get(name, name), value=float(value))
+
+
+def _duration_counter(histogram: Metric) -> Metric:
+    """``lamina_http_request_duration_seconds_total{route}``: the histogram's ``_sum`` added up by route."""
+    by_route: dict[str, float] = defaultdict(float)
+    for sample in histogram.samples:
+        if sample.name == DURATION + "_sum":
+            by_route[sample.labels["route"]] += sample.value
+    family = CounterMetricFamily(DURATION, "Time spent answering requests, by route pattern (the sum of the "
+                                 "histogram lamina_http_request_duration_seconds).", labels=("route",))
+    for route, total in sorted(by_route.items()):
+        family.add_metric((route,), total)
+    return family
 
 
 METRICS = web.AppKey("metrics", Metrics)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _storage_gauges(storage: Storage) -> dict[str, float]:
-    totals = storage.metadata.storage_totals()
-    return {f"lamina_{name}": float(value) for name, value in totals.items()}
-
-
-def render(counters: dict[Key, float], gauges: dict[str, float]) -> str:
-    by_name: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = defaultdict(list)
-    for (name, labels), value in counters.items():
-        by_name[name].append((labels, value))
-    for name, value in gauges.items():
-        by_name[name].append(((), value))
-    lines: list[str] = []
-    for name in sorted(set(HELP) | set(by_name)):
-        kind, text = HELP.get(name, ("untyped", name))
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        samples = by_name.get(name) or ([((), 0.0)] if kind == "counter" and not name.startswith("lamina_http") else [])
-        for labels, value in sorted(samples):
-            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
-    return "\n".join(lines) + "\n"
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
     from .services import OFFLOAD, STORAGE
 
-    gauges = await request.app[OFFLOAD].run(_storage_gauges, request.app[STORAGE])
-    text = render(request.app[METRICS].merged(), gauges)
-    return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    metrics, storage = request.app[METRICS], request.app[STORAGE]
+
+    def scrape() -> bytes:  # the store's query and the files' merge, off the event loop
+        return metrics.render(storage.metadata.storage_totals())
+
+    body = await request.app[OFFLOAD].run(scrape)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -202,13 +303,7 @@ def response_hook(with_access_log: bool) -> Callable[[web.Request, web.StreamRes
         bytes_out = (response.content_length or 0) if request.method != "HEAD" else 0
         metrics = request.app.get(METRICS)
         if metrics is not None:
-            metrics.inc("lamina_http_requests_total", route=route, method=request.method, status=str(status))
-            metrics.inc("lamina_http_request_bytes_total", bytes_in, route=route)
-            metrics.inc("lamina_http_response_bytes_total", bytes_out, route=route)
-            metrics.inc("lamina_http_request_duration_seconds_total", elapsed, route=route)
-            if route.endswith("/blobs/uploads/") and request.method == "POST" and status == 202:
-                metrics.inc("lamina_upload_sessions_started_total")
-            metrics.flush()
+            metrics.observe(route, request.method, status, bytes_in, bytes_out, elapsed)
         if with_access_log:
             from .auth.middleware import IDENTITY
 
