@@ -15,7 +15,6 @@ accept it. The file is written beside ``dest`` and renamed into place.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import shutil
@@ -26,13 +25,14 @@ from typing import TYPE_CHECKING
 
 from lamina.build.exporter import ExportImage
 from lamina.build.images import ImageSource
+from lamina.build.layouttar import LayoutTar, write_layout_tar
 from lamina.build.rootfstar import STDOUT, copy_to_stdout
-from lamina.oci import Descriptor, Digest, digest_of, parse_reference
+from lamina.oci import Descriptor, digest_of, parse_reference
 from lamina.oci import mediatypes as mt
 from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
 
 if TYPE_CHECKING:
-    import tarfile
+    pass
 
 __all__ = ["IMAGE_NAME_ANNOTATION", "docker_names", "export_docker", "write_docker_tar"]
 
@@ -85,10 +85,6 @@ async def write_docker_tar(
 ) -> None:
     """Write the docker-archive tarball of ``image`` to ``dest`` atomically (layers fetched if lazy)."""
     paths = [await images.fetch(layer) for layer in image.layers]
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
     entries, repo_tags = _manifest_entries(image, names, descriptor_annotations or {})
     config_digest = digest_of(image.config_bytes)
     docker_manifest = [{
@@ -97,45 +93,18 @@ async def write_docker_tar(
         "Layers": [blob_path(layer.descriptor.digest) for layer in image.layers],
     }]
 
-    def write() -> None:
-        import tarfile
+    def fill(tar: LayoutTar) -> None:
+        tar.add_directory("blobs")
+        tar.add_directory("blobs/sha256")
+        tar.add_blob_bytes(image.digest, image.manifest_bytes)
+        tar.add_blob_bytes(config_digest, image.config_bytes)
+        for layer, path in zip(image.layers, paths, strict=True):
+            tar.add_blob_file(layer.descriptor.digest, layer.descriptor.size, path)
+        tar.add_bytes("oci-layout", oci_layout_json())
+        tar.add_bytes("index.json", index_json(entries))
+        tar.add_bytes("manifest.json", json.dumps(docker_manifest, separators=(",", ":")).encode())
 
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for directory in ("blobs", "blobs/sha256"):
-                info = tarfile.TarInfo(directory)
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            _add_bytes(tar, blob_path(image.digest), image.manifest_bytes)
-            _add_bytes(tar, blob_path(config_digest), image.config_bytes)
-            seen: set[Digest] = set()
-            for layer, path in zip(image.layers, paths, strict=True):
-                if layer.descriptor.digest in seen:
-                    continue
-                seen.add(layer.descriptor.digest)
-                info = tarfile.TarInfo(blob_path(layer.descriptor.digest))
-                info.size = layer.descriptor.size
-                info.mode = 0o444
-                with open(path, "rb") as fh:
-                    tar.addfile(info, fh)
-            _add_bytes(tar, "oci-layout", oci_layout_json())
-            _add_bytes(tar, "index.json", index_json(entries))
-            _add_bytes(tar, "manifest.json", json.dumps(docker_manifest, separators=(",", ":")).encode())
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-
-    try:
-        await asyncio.to_thread(write)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tar.tarinfo(name)
-    info.size = len(data)
-    info.mode = 0o444
-    tar.addfile(info, io.BytesIO(data))
+    await write_layout_tar(dest, fill)
 
 
 async def export_docker(

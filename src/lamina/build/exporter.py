@@ -9,10 +9,7 @@ manifest once per tag. The tarball and the directory need the bytes, so they fet
 from __future__ import annotations
 
 import asyncio
-import io
-import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,19 +18,22 @@ from typing import TYPE_CHECKING, Any
 from lamina.build.cache.base import LayerRef
 from lamina.build.imageconfig import image_manifest
 from lamina.build.images import BlobSources, ImageSource, split_repository
+from lamina.build.layouttar import LayoutTar, write_layout_tar
 from lamina.client import ClientPool, RegistryClient
 from lamina.oci import Descriptor, Digest, ImageConfig, digest_of, parse_reference
 from lamina.oci import mediatypes as mt
-from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
+from lamina.oci.layout import REF_NAME_ANNOTATION, index_json, oci_layout_json
 
 if TYPE_CHECKING:  # tarfile is imported by write_oci_tar only: a pushed build never writes a tar
-    import tarfile
+    pass
 
 __all__ = ["ExportImage", "insecure_output_registries", "parse_output", "push_image", "write_local", "write_oci_tar"]
 
 
 @dataclass(frozen=True)
 class ExportImage:
+    """An image ready to export: its config and manifest bytes (digests fixed) and its lazy layer chain."""
+
     config: ImageConfig
     config_bytes: bytes
     manifest_bytes: bytes
@@ -165,48 +165,20 @@ async def write_oci_tar(
     ``descriptor_annotations`` (``--annotation manifest-descriptor:``) go on the manifest's index.json entry.
     """
     paths = [await images.fetch(layer) for layer in image.layers]
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
     annotations = dict(descriptor_annotations or {})
     if ref_name:
         annotations[REF_NAME_ANNOTATION] = ref_name
     top = Descriptor(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), annotations=annotations or None)
 
-    def write() -> None:
-        import tarfile
+    def fill(tar: LayoutTar) -> None:
+        tar.add_bytes("oci-layout", oci_layout_json())
+        tar.add_bytes("index.json", index_json([top]))
+        tar.add_blob_bytes(image.digest, image.manifest_bytes)
+        tar.add_blob_bytes(digest_of(image.config_bytes), image.config_bytes)
+        for layer, path in zip(image.layers, paths, strict=True):
+            tar.add_blob_file(layer.descriptor.digest, layer.descriptor.size, path)
 
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, "oci-layout", oci_layout_json())
-            _add_bytes(tar, "index.json", index_json([top]))
-            _add_bytes(tar, blob_path(image.digest), image.manifest_bytes)
-            _add_bytes(tar, blob_path(digest_of(image.config_bytes)), image.config_bytes)
-            seen: set[Digest] = set()
-            for layer, path in zip(image.layers, paths, strict=True):
-                if layer.descriptor.digest in seen:
-                    continue
-                seen.add(layer.descriptor.digest)
-                info = tarfile.TarInfo(blob_path(layer.descriptor.digest))
-                info.size = layer.descriptor.size
-                info.mode = 0o444
-                with open(path, "rb") as fh:
-                    tar.addfile(info, fh)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-
-    try:
-        await asyncio.to_thread(write)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tar.tarinfo(name)  # TarFile.tarinfo is TarInfo: no module-level tarfile import
-    info.size = len(data)
-    info.mode = 0o444
-    tar.addfile(info, io.BytesIO(data))
+    await write_layout_tar(dest, fill)
 
 
 async def write_local(dest: Path, lowers_top_first: Sequence[Path], view: Callable[..., Any]) -> None:

@@ -18,10 +18,6 @@ A single-platform build keeps the plain image manifest (no index), as BuildKit d
 
 from __future__ import annotations
 
-import asyncio
-import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +25,7 @@ from pathlib import Path
 from lamina.build.execution import StepExecutor
 from lamina.build.exporter import ExportImage, push_image, write_local
 from lamina.build.images import BlobSources, ImageSource
+from lamina.build.layouttar import LayoutTar, write_layout_tar
 from lamina.build.progress import Progress
 from lamina.client import ClientPool
 from lamina.oci import (
@@ -43,7 +40,7 @@ from lamina.oci import (
     parse_reference,
 )
 from lamina.oci import mediatypes as mt
-from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
+from lamina.oci.layout import REF_NAME_ANNOTATION, index_json, oci_layout_json
 
 __all__ = ["ExportIndex", "PlatformImage", "base_platform_warning", "check_outputs", "export_index", "platform_dir",
            "push_index", "write_oci_index_tar"]
@@ -51,6 +48,8 @@ __all__ = ["ExportIndex", "PlatformImage", "base_platform_warning", "check_outpu
 
 @dataclass(frozen=True)
 class PlatformImage:
+    """One platform's image of a build, with the annotations of its index entry."""
+
     platform: Platform  # the target platform the image was built for
     image: ExportImage
     descriptor_annotations: Mapping[str, str] | None = None  # on its index entry (--annotation manifest-descriptor:)
@@ -69,6 +68,8 @@ def _descriptor_platform(image: ExportImage) -> Platform:
 
 @dataclass(frozen=True)
 class ExportIndex:
+    """The OCI image index of a multi-platform build: its images in ``--platform`` order and its bytes."""
+
     images: tuple[PlatformImage, ...]
     index_bytes: bytes
 
@@ -109,57 +110,27 @@ async def write_oci_index_tar(
 ) -> None:
     """An OCI image layout tar holding the index and every platform's image, written atomically;
     ``descriptor_annotations`` (``--annotation index-descriptor:``) go on the index's index.json entry."""
-    import tarfile
-
-    layers: dict[Digest, Path] = {}
+    layers: dict[Digest, tuple[int, Path]] = {}
     for item in index.images:
         for layer in item.image.layers:
             if layer.descriptor.digest not in layers:
-                layers[layer.descriptor.digest] = await images.fetch(layer)
-    sizes = {layer.descriptor.digest: layer.descriptor.size for item in index.images for layer in item.image.layers}
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
+                layers[layer.descriptor.digest] = (layer.descriptor.size, await images.fetch(layer))
     annotations = dict(descriptor_annotations or {})
     if ref_name:
         annotations[REF_NAME_ANNOTATION] = ref_name
     top = Descriptor(mt.OCI_INDEX, index.digest, len(index.index_bytes), annotations=annotations or None)
 
-    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode = len(data), 0o444
-        tar.addfile(info, io.BytesIO(data))
+    def fill(tar: LayoutTar) -> None:
+        tar.add_bytes("oci-layout", oci_layout_json())
+        tar.add_bytes("index.json", index_json([top]))
+        tar.add_blob_bytes(index.digest, index.index_bytes)
+        for item in index.images:
+            tar.add_blob_bytes(item.image.digest, item.image.manifest_bytes)
+            tar.add_blob_bytes(digest_of(item.image.config_bytes), item.image.config_bytes)
+        for digest, (size, path) in layers.items():
+            tar.add_blob_file(digest, size, path)
 
-    def write() -> None:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            add(tar, "oci-layout", oci_layout_json())
-            add(tar, "index.json", index_json([top]))
-            add(tar, blob_path(index.digest), index.index_bytes)
-            written: set[Digest] = set()
-            for item in index.images:
-                image = item.image
-                for digest, data in ((image.digest, image.manifest_bytes),
-                                     (digest_of(image.config_bytes), image.config_bytes)):
-                    if digest not in written:
-                        written.add(digest)
-                        add(tar, blob_path(digest), data)
-            for digest, path in layers.items():
-                if digest in written:
-                    continue
-                written.add(digest)
-                info = tarfile.TarInfo(blob_path(digest))
-                info.size, info.mode = sizes[digest], 0o444
-                with open(path, "rb") as fh:
-                    tar.addfile(info, fh)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-
-    try:
-        await asyncio.to_thread(write)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    await write_layout_tar(dest, fill)
 
 
 def base_platform_warning(ref: str, config: ImageConfig, platform: Platform) -> str | None:
