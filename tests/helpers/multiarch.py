@@ -24,7 +24,7 @@ from lamina.oci import mediatypes as mt
 
 from .images import DEFAULT_PATH, Blob, Image, Layer, PushedIndex, _finish_layer, image_manifest, push_layout
 from .images import write_layout as write_image_layout
-from .parity_base import BASE_CREATED, BASE_ENTRIES_FILE, TAR_TYPES, TEXT_FILES
+from .parity_base import BASE_CREATED, TEXT_FILES, recorded_base_tar
 
 __all__ = ["ARCHITECTURES", "DEB_DIR", "busybox_from_deb", "busybox_multi_index", "push_busybox_multi"]
 
@@ -77,25 +77,8 @@ def busybox_from_deb(architecture: str, deb_dir: Path = DEB_DIR) -> bytes:
 
 def busybox_layer(binary: bytes) -> Layer:
     """The corpus base's entries in order (ustar, uid/gid 0, no owner names) with ``binary`` as /bin/busybox."""
-    recorded = json.loads(BASE_ENTRIES_FILE.read_text())
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for entry in recorded["entries"]:
-            info = tarfile.TarInfo(entry["name"].rstrip("/"))
-            info.type = TAR_TYPES[entry["type"]]
-            info.mode = int(entry["mode"], 8)
-            info.uid, info.gid = entry["uid"], entry["gid"]
-            info.uname = info.gname = ""
-            info.mtime = 1_700_000_000
-            if entry["type"] == "symlink":
-                info.linkname = entry["linkname"]
-            if entry["type"] == "file":
-                data = binary if entry["name"] == "bin/busybox" else TEXT_FILES[entry["name"]]
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            else:
-                tar.addfile(info)
-    return _finish_layer(buf.getvalue(), mt.OCI_LAYER_GZIP)
+    tar = recorded_base_tar(lambda name, _sha: binary if name == "bin/busybox" else TEXT_FILES[name])
+    return _finish_layer(tar, mt.OCI_LAYER_GZIP)
 
 
 def _config(layer: Layer, architecture: str) -> Blob:

@@ -81,9 +81,10 @@ def _content(name: str, want_sha256: str) -> bytes:
     return data
 
 
-def busybox_base_layer() -> Layer:
-    """The base layer: the recorded entries in the recorded order, POSIX ustar headers, uid/gid 0,
-    no uname/gname, a fixed mtime (the corpus ignores mtimes), the tar padded as Python's tarfile pads."""
+def recorded_base_tar(content: Callable[[str, str], bytes]) -> bytes:
+    """The base layer's tar: the recorded entries in the recorded order, POSIX ustar headers, uid/gid 0,
+    no uname/gname, a fixed mtime (the corpus ignores mtimes), the tar padded as Python's tarfile pads;
+    ``content(name, sha256)`` gives each regular file's bytes."""
     recorded = json.loads(BASE_ENTRIES_FILE.read_text())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -97,14 +98,20 @@ def busybox_base_layer() -> Layer:
             if entry["type"] == "symlink":
                 info.linkname = entry["linkname"]
             if entry["type"] == "file":
-                data = _content(entry["name"], entry["sha256"])
+                data = content(entry["name"], entry["sha256"])
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
             else:
                 tar.addfile(info)
-    raw = buf.getvalue()
-    if len(raw) != recorded["tar_size"]:
-        raise AssertionError(f"base layer tar is {len(raw)} bytes, the corpus's {recorded['tar_size']}")
+    return buf.getvalue()
+
+
+def busybox_base_layer() -> Layer:
+    """The corpus's base layer, byte for byte the size BuildKit's corpus recorded."""
+    raw = recorded_base_tar(_content)
+    expected = json.loads(BASE_ENTRIES_FILE.read_text())["tar_size"]
+    if len(raw) != expected:
+        raise AssertionError(f"base layer tar is {len(raw)} bytes, the corpus's {expected}")
     return _finish_layer(raw, mt.OCI_LAYER_GZIP)
 
 
