@@ -30,6 +30,7 @@ import pytest
 from aiohttp import web
 
 from helpers.binaries import require_binary
+from helpers.buildcli import build as _build
 from helpers.images import busybox_image
 from helpers.registries import DISTRIBUTION_BINARY, RegistryProcess, start_distribution
 from helpers.token_issuer import TokenIssuer, serve
@@ -115,11 +116,6 @@ def _context(path: Path, base: str, run_extra: str = "") -> Path:
     (path / "Dockerfile").write_text("\n".join(lines) + "\n")
     return path
 
-
-def _build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args: str) -> tuple[int, str, str]:
-    rc = main(["build", "--progress", "plain", "--root", str(root), *args, str(context)])
-    out, err = capsys.readouterr()
-    return rc, out.strip(), err
 
 
 def _step_status(err: str) -> dict[str, str]:

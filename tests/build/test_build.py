@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.buildcli import build as _build
+from helpers.buildcli import make_context as _context
 from helpers.images import busybox_image, skopeo, two_platform_index
 from helpers.registries import RegistryProcess
-from lamina.cli import main
 
 pytestmark = [pytest.mark.root]
 
@@ -35,19 +36,6 @@ def base(lamina_registry: RegistryProcess, busybox_rootfs: Path) -> str:
     return busybox_image(lamina_registry, name="build/busybox", rootfs=busybox_rootfs).reference
 
 
-def _context(path: Path, dockerfile: str, files: dict[str, str]) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "Dockerfile").write_text(dockerfile)
-    for name, text in files.items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-    return path
-
-
-def _build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args: str) -> tuple[int, str, str]:
-    rc = main(["build", "--progress", "plain", "--root", str(root), *args, str(context)])
-    out, err = capsys.readouterr()
-    return rc, out.strip(), err
 
 
 def _mounts_under(root: Path) -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from helpers.binaries import require_binary
+from helpers.buildcli import build as _build
+from helpers.buildcli import make_context as _context
 from helpers.images import PushedImage, skopeo
 from helpers.registries import RegistryProcess
 from lamina.cli import main
@@ -27,18 +29,6 @@ if os.geteuid() != 0:
     pytest.skip("needs root (overlay mounts for COPY)", allow_module_level=True)
 
 
-def _context(path: Path, dockerfile: str, files: dict[str, str]) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "Dockerfile").write_text(dockerfile)
-    for name, text in files.items():
-        (path / name).write_text(text)
-    return path
-
-
-def _build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args: str) -> tuple[int, str, str]:
-    rc = main(["build", "--progress", "plain", "--root", str(root), *args, str(context)])
-    out, err = capsys.readouterr()
-    return rc, out.strip(), err
 
 
 def _raw(ref: str) -> dict[str, object]:

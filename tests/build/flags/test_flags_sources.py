@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.buildcli import build as _build
+from helpers.buildcli import make_context as _context
 from helpers.images import PushedImage, busybox_image, image_manifest, layer_from_dir, skopeo, write_layout
 from helpers.registries import RegistryProcess
-from lamina.cli import main
 
 pytestmark = [pytest.mark.root]
 
@@ -22,18 +23,6 @@ if os.geteuid() != 0 or shutil.which("runc") is None:
     pytest.skip("needs root and runc (overlay mounts, containers)", allow_module_level=True)
 
 
-def _context(path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "Dockerfile").write_text(dockerfile)
-    for name, text in (files or {}).items():
-        (path / name).write_text(text)
-    return path
-
-
-def _build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args: str) -> tuple[int, str, str]:
-    rc = main(["build", "--progress", "plain", "--root", str(root), *args, str(context)])
-    out, err = capsys.readouterr()
-    return rc, out.strip(), err
 
 
 def _ran(err: str, marker: str) -> bool:

@@ -9,26 +9,6 @@ import re
 import tarfile
 from pathlib import Path
 
-import pytest
-
-from lamina.cli import main
-
-
-def make_context(path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "Dockerfile").write_text(dockerfile)
-    for name, text in (files or {}).items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-    return path
-
-
-def build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args: str) -> tuple[int, str, str]:
-    """``lamina build --progress plain --root ROOT ARGS CONTEXT``: (exit code, stdout, stderr)."""
-    rc = main(["build", "--progress", "plain", "--root", str(root), *args, str(context)])
-    out, err = capsys.readouterr()
-    return rc, out.strip(), err
-
 
 def cached_steps(err: str) -> dict[str, bool]:
     """Each step as written (FROM aside) -> whether it was CACHED, from plain progress output."""

@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mount_helpers import build, cached_steps, layer_names, make_context
+from mount_helpers import cached_steps, layer_names
 
+from helpers.buildcli import build, make_context
 from helpers.images import busybox_image
 from helpers.registries import RegistryProcess
 

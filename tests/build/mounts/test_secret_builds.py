@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from mount_helpers import build, cached_steps, make_context, oci_blobs
+from mount_helpers import cached_steps, oci_blobs
 
+from helpers.buildcli import build, make_context
 from helpers.images import busybox_image
 from helpers.registries import RegistryProcess
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.buildcli import build as _build
 from helpers.images import busybox_image, skopeo
 from helpers.multiarch import push_busybox_multi
 from helpers.registries import RegistryProcess
-from lamina.cli import main
 from lamina.oci import host_platform
 
 pytestmark = [pytest.mark.root]
@@ -52,11 +52,6 @@ def _context(path: Path, dockerfile: str) -> Path:
     (path / "hello.txt").write_text("hello\n")
     return path
 
-
-def _build(capsys: pytest.CaptureFixture[str], context: Path, root: Path, *args: str) -> tuple[int, str, str]:
-    rc = main(["build", "--progress", "plain", "--root", str(root), *args, str(context)])
-    out, err = capsys.readouterr()
-    return rc, out.strip(), err
 
 
 def _status(err: str, name: str) -> list[str]:
