@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from opstools import OpsClient
@@ -83,9 +85,16 @@ async def test_every_family_parses_with_its_type_and_buckets(make_ops_client: Op
     client = await make_ops_client()
     await push_image(client, "t/app", "v1", layers=[b"z" * 100])
     assert (await client.get("/v2/t/app/manifests/v1")).status == 200
+    assert (await client.get(f"/v2/t/app/blobs/{await push_blob(client, 't/app', b'w' * 10)}")).status == 200
     await scrape(client)  # counts /metrics itself for the next one
     text = await scrape(client)
     found = families(text)
+    # docs/registry.md's table lists exactly the series names a scrape has (counters with their _total)
+    exposed = {f"{name}_total" if kind == "counter" else name for name, kind in found}
+    docs = (Path(__file__).parents[3] / "docs" / "registry.md").read_text()
+    section = docs.split("## Metrics: `/metrics`", 1)[1].split("\n## ", 1)[0]
+    table = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `lamina_")]
+    assert set(re.findall(r"`(lamina_\w+)`", "".join(table))) == exposed
     counters = ("lamina_http_requests", "lamina_http_request_bytes", "lamina_http_response_bytes",
                 "lamina_http_request_duration_seconds", "lamina_upload_sessions_started", "lamina_gc_runs",
                 "lamina_gc_bytes_freed", "lamina_gc_blobs_deleted", "lamina_lifecycle_manifests_expired",
