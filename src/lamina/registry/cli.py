@@ -101,9 +101,9 @@ def serve_command(args: argparse.Namespace) -> int:
         from .auth.audit import configure_audit_log
 
         configure_audit_log()  # one bare JSON line per refused request, whatever the log level
-    import shutil
+    from .metricsdir import prepare_metrics_directory
 
-    shutil.rmtree(config.root / "run" / "metrics", ignore_errors=True)  # a previous run's workers' counters
+    prepare_metrics_directory(config.root)  # the workers' shared metrics, before prometheus_client is imported
     scheme, skopeo_tls = ("http", "--dest-tls-verify=false")
     if config.tls_cert is not None:
         scheme, skopeo_tls = ("https", "--dest-cert-dir DIR-WITH-ca.crt")
@@ -174,6 +174,7 @@ def _supervise(config: RegistryConfig) -> int:
     import dataclasses
 
     from . import app  # noqa: F401 - import once before forking: workers share the loaded modules
+    from .metricsdir import worker_exited
 
     children: list[int] = []
     for index in range(config.workers):
@@ -206,6 +207,7 @@ def _supervise(config: RegistryConfig) -> int:
         except ChildProcessError:
             break
         remaining.discard(pid)
+        worker_exited(pid)  # its per-process gauges leave /metrics; its counters stay in the sums
         code = os.waitstatus_to_exitcode(wait_status)
         if code not in (0, -signal.SIGTERM, -signal.SIGINT):
             status = 1

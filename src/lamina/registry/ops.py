@@ -21,11 +21,8 @@ from .settingerror import ConfigError
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from lamina.store.sweep import SweepResult
-
     from .auth.config import AuthConfig
     from .config import RegistryConfig
-    from .lifecycle import LifecycleResult
 
 __all__ = ["OPS_KEYS", "OpsSettings", "configure_access_log", "exposure_warning", "install", "parse_ops_setting"]
 
@@ -92,9 +89,10 @@ def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> N
     from .auth import AUTH, AuthService
     from .auth.middleware import auth_middleware, token_endpoint
     from .metrics import METRICS, Metrics, healthz, metrics_handler, response_hook, timing_middleware
+    from .metricsdir import metrics_directory
     from .services import OFFLOAD, STORAGE
 
-    app[METRICS] = Metrics(config.root.absolute() / "run" / "metrics")
+    app[METRICS] = Metrics(metrics_directory(config.root))
     app.middlewares.insert(0, timing_middleware)
     app.on_response_prepare.append(response_hook(ops.access_log))
     if ops.auth is not None:
@@ -115,19 +113,7 @@ def install(app: web.Application, config: RegistryConfig, ops: OpsSettings) -> N
             from .gc import gc_forever
             from .lifecycle import lifecycle_forever
 
-            metrics = app[METRICS]
-
-            def gc_done(result: SweepResult) -> None:
-                metrics.inc("lamina_gc_runs_total")
-                metrics.inc("lamina_gc_bytes_freed_total", result.bytes_freed)
-                metrics.inc("lamina_gc_blobs_deleted_total", len(result.blobs))
-                metrics.flush(force=True)
-
-            def lifecycle_done(result: LifecycleResult) -> None:
-                metrics.inc("lamina_lifecycle_manifests_expired_total", len(result.expired))
-                metrics.inc("lamina_lifecycle_cache_tags_pruned_total", len(result.pruned))
-                metrics.flush(force=True)
-
+            gc_done, lifecycle_done = app[METRICS].count_gc, app[METRICS].count_lifecycle
             stop = asyncio.Event()
             storage, offload = app[STORAGE], app[OFFLOAD]
             tasks = []

@@ -22,7 +22,8 @@
                                        affected (registry.fsck, store.integrity)
       gc.lock                          flock held by the one garbage collection running (registry.gc)
       auth/token-signing-key.pem       the token endpoint's EC key, created once (registry.auth.tokens)
-      run/metrics/<pid>.json           each live worker's counters, summed by /metrics (registry.metrics)
+      run/metrics/<type>_<pid>.db      each worker's metrics (prometheus_client's multiprocess files),
+                                       summed by /metrics (registry.metrics, registry.metricsdir)
 
 Everything that becomes visible (a blob) is first written elsewhere on the same filesystem and then
 renamed into place, so a reader sees either no file or the whole verified file. Session ids are
