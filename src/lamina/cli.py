@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from lamina import __version__
+from lamina.gcpause import collector_paused, own_process
 
 _PROGRAMS = {  # name -> ("module[:configure function]", summary); the function defaults to `configure`
     "registry": ("lamina.registry.cli", "run an OCI distribution-spec registry"),
@@ -24,6 +25,7 @@ _PROGRAMS = {  # name -> ("module[:configure function]", summary); the function 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; ``argv`` None means this process's own command line (the ``lamina`` script)."""
     if argv is None:
+        own_process()  # start-up's objects are frozen after each import pause (see lamina.gcpause)
         try:
             return _main(sys.argv[1:])
         finally:
@@ -47,10 +49,11 @@ def _main(argv: list[str]) -> int:
         print(f"lamina: unknown command {argv[0]!r} (expected one of: {', '.join(_PROGRAMS)})", file=sys.stderr)
         return 2
     module_name, _, configure = program[0].partition(":")
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"lamina {argv[0]}", description=program[1])
-    getattr(module, configure or "configure")(parser)
-    args = parser.parse_args(argv[1:])
+    with collector_paused():  # start-up: nothing to collect yet (see lamina.gcpause)
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"lamina {argv[0]}", description=program[1])
+        getattr(module, configure or "configure")(parser)
+        args = parser.parse_args(argv[1:])
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -29,6 +29,8 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Annotation:
+    """One ``--annotation [TYPE[,TYPE][[PLATFORM]]:]K=V`` for one level (manifest, index or a descriptor)."""
+
     kind: str  # one of ANNOTATION_TYPES
     key: str
     value: str

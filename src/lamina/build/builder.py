@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lamina.build.access import declare_access
 from lamina.build.annotations import Annotations
@@ -20,7 +21,6 @@ from lamina.build.buildmeta import image_names
 from lamina.build.cache.base import CachedResult, CacheExporter, CacheImporter
 from lamina.build.cache.importer import ImportedCache
 from lamina.build.cache.inline import InlineCacheExporter
-from lamina.build.cache.mountsync import CacheMountSync
 from lamina.build.cache.registry import ExportSummary
 from lamina.build.cache.setup import make_cache_exporters, resolve_cache_from
 from lamina.build.cacheopts import CacheFrom, CacheTo
@@ -35,7 +35,7 @@ from lamina.build.localimages import BaseRecords
 from lamina.build.multiplatform import ExportIndex, PlatformImage, base_platform_warning, check_outputs, export_index
 from lamina.build.namedcontexts import NamedContext, check_stage_filter, load_dir_contexts
 from lamina.build.ocidir import check_oci_dir_outputs, is_oci_dir, write_oci_dir
-from lamina.build.ops import RunExtras
+from lamina.build.ops import BuildGraph, RunExtras, RunStep
 from lamina.build.progress import Progress
 from lamina.build.rootfstar import STDOUT, check_stream_outputs, copy_to_stdout, write_rootfs_tar
 from lamina.build.runextras import apply_run_extras
@@ -45,11 +45,16 @@ from lamina.build.state import BuildState
 from lamina.client import ClientPool, TransferStats, insecure_registries_from_env
 from lamina.oci import Digest, ImageConfig, Platform, format_platform, host_platform, parse_reference
 
+if TYPE_CHECKING:
+    from lamina.build.cache.mountsync import CacheMountSync
+
 __all__ = ["BuildRequest", "BuildResult", "build"]
 
 
 @dataclass(frozen=True)
 class BuildRequest:
+    """Everything ``lamina build`` was asked (the Dockerfile text and the buildx flags), parsed and checked."""
+
     context_dir: Path
     dockerfile: str  # the Dockerfile text
     dockerfile_name: str = "Dockerfile"  # for messages ("Dockerfile:12: ...") and Dockerfile.dockerignore
@@ -87,6 +92,8 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What a build made: the image (or index) digest and bytes, each step's report, pushes and transfers."""
+
     digest: Digest  # the image manifest digest
     config: ImageConfig
     manifest: bytes
@@ -125,7 +132,6 @@ async def build(
         )
         cache_exporters = make_cache_exporters(request.cache_to, pool, images, state.cache, progress)
         loop = asyncio.get_running_loop()
-        mount_sync = CacheMountSync(images, state.content, progress, loop)  # RUN cache mounts <-> remote caches
 
         base_warnings: list[str] = []
 
@@ -157,6 +163,7 @@ async def build(
         dockerfile_path = request.dockerfile_dir / request.dockerfile_name if request.dockerfile_dir else None
         context = BuildContext.load(request.context_dir, dockerfile_path)
         no_cache_stages = check_stage_filter(request.no_cache_filter, request.dockerfile, graph)
+        mount_sync = _mount_sync(graphs, bool(cache_exporters), images, state, progress, loop)
         executor = StepExecutor(
             state,
             images,
@@ -170,10 +177,11 @@ async def build(
             cache_mount_source=mount_sync,
         )
         cache_importers = [*importers, *await imports]
-        mount_sync.caches = [c for c in cache_importers if isinstance(c, ImportedCache)]
-        mount_sync.store_of = lambda: executor.cache_mounts
-        for cache_exporter in cache_exporters:
-            cache_exporter.cache_mounts = mount_sync
+        if mount_sync is not None:
+            mount_sync.caches = [c for c in cache_importers if isinstance(c, ImportedCache)]
+            mount_sync.store_of = lambda: executor.cache_mounts
+            for cache_exporter in cache_exporters:
+                cache_exporter.cache_mounts = mount_sync
         vertices, memo = itertools.count(1), {}  # shared: one numbering, and a step two platforms share runs once
         solvers = [
             Solver(
@@ -238,6 +246,23 @@ async def build(
             await asyncio.gather(imports, return_exceptions=True)
         await pool.close()
         state.close()
+
+
+def _mount_sync(
+    graphs: Sequence[BuildGraph], exporting: bool, images: RegistryImages, state: BuildState, progress: Progress,
+    loop: asyncio.AbstractEventLoop,
+) -> CacheMountSync | None:
+    """The link between RUN cache mounts and the remote caches (:mod:`lamina.build.cache.mountsync`) for a
+    build that may move cache-mount contents: one with a RUN that has mounts (imported on its first run) or a
+    ``--cache-to`` (exported, or carried over from the imported caches). None for any other build, which
+    then never loads that module."""
+    has_mounts = any(isinstance(step, RunStep) and step.mounts
+                     for graph in graphs for stage in graph.stages for step in stage.steps)
+    if not (has_mounts or exporting):
+        return None
+    from lamina.build.cache.mountsync import CacheMountSync
+
+    return CacheMountSync(images, state.content, progress, loop)
 
 
 def _with_labels(config: ImageConfig, labels: dict[str, str]) -> ImageConfig:

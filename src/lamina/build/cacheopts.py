@@ -35,6 +35,8 @@ class CacheOptionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class CacheTo:
+    """One ``--cache-to`` (buildx's cache exporter attributes): where the cache goes and what it holds."""
+
     type: str  # registry | local | inline
     ref: str | None = None  # type=registry
     dest: str | None = None  # type=local
@@ -59,6 +61,8 @@ class CacheTo:
 
 @dataclass(frozen=True, slots=True)
 class CacheFrom:
+    """One ``--cache-from`` (buildx's cache importer attributes): the registry ref or local layout to read."""
+
     type: str  # registry | local
     ref: str | None = None
     src: str | None = None

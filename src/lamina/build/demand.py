@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.build import cachekey, copykeys
 from lamina.build.images import ImageSource
-from lamina.build.mounts import BindMount, CacheMount, MountFrom
 from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, RunStep, StageBase, Step
 from lamina.oci import Digest
+
+if TYPE_CHECKING:
+    from lamina.build.mounts import MountFrom
 
 __all__ = ["Demand"]
 
@@ -77,6 +79,8 @@ class Demand:
     async def mount_inputs(self, stage_index: int, step: RunStep) -> list[str | None]:
         """Per RUN --mount, what it reads (see lamina.build.cachekey): a bind's context checksum, a ``from=``
         stage's key or image's digest; None for what never enters a key (cache content, secrets, sockets)."""
+        from lamina.build.mounts import BindMount, CacheMount  # only a RUN with mounts gets here
+
         out: list[str | None] = []
         for mount in step.mounts:
             if not isinstance(mount, (BindMount, CacheMount)):
@@ -161,7 +165,9 @@ class Demand:
                 missed = missed or not self._has(key)
                 if missed and isinstance(step, CopyStep) and step.from_stage is not None:
                     todo.append(step.from_stage)
-                if missed and isinstance(step, RunStep):  # a RUN that executes mounts its from= stages
+                if missed and isinstance(step, RunStep) and step.mounts:  # a RUN that executes mounts its
+                    from lamina.build.mounts import BindMount, CacheMount  # from= stages (loaded for mounts only)
+
                     todo.extend(m.origin.stage for m in step.mounts
                                 if isinstance(m, (BindMount, CacheMount)) and m.origin.stage is not None)
         return needed

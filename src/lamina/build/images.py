@@ -36,6 +36,8 @@ LAYOUT_REF_PREFIX = "oci-layout://"  # an image ref in a local OCI layout (--bui
 
 @dataclass(frozen=True, slots=True)
 class SourceImage:
+    """A resolved base image: its manifest digest and config, its layers, and the repository that holds them."""
+
     reference: str  # as written in the Dockerfile
     repository: str  # "host/repo": where its blobs live (lazy pulls, cross-repo mounts)
     manifest_digest: Digest

@@ -149,6 +149,8 @@ Step = RunStep | CopyStep | WorkdirStep | MetaStep
 
 @dataclass(frozen=True, slots=True)
 class Stage:
+    """One build stage: its base, target platform and steps (variables expanded, config computed)."""
+
     index: int
     name: str | None
     base: BaseImage | Scratch | StageBase

@@ -43,6 +43,8 @@ class SecretError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SecretSpec:
+    """One ``--secret``: its id and where its value is (a file or an environment variable)."""
+
     id: str
     file: str | None = None
     env: str | None = None
@@ -50,6 +52,8 @@ class SecretSpec:
 
 @dataclass(frozen=True, slots=True)
 class SshSpec:
+    """One ``--ssh``: its id and an agent socket or key files (none: ``$SSH_AUTH_SOCK``)."""
+
     id: str
     paths: tuple[str, ...] = ()
 

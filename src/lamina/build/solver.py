@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.build import cachekey, copykeys
 from lamina.build.cache.base import (
@@ -47,11 +47,13 @@ from lamina.build.demand import Demand
 from lamina.build.execution import StepExecutor
 from lamina.build.imageconfig import StepOutcome, build_image_config
 from lamina.build.images import ImageSource, SourceImage
-from lamina.build.mounts import MountFrom, MountSources
 from lamina.build.ops import BaseImage, BuildGraph, CopyStep, MetaStep, RunStep, Scratch, Stage, StageBase, Step
 from lamina.build.progress import Progress
 from lamina.build.state import BuildState
 from lamina.oci import Digest, ImageConfig, Platform
+
+if TYPE_CHECKING:
+    from lamina.build.mounts import MountFrom, MountSources
 
 __all__ = ["BuildError", "SolveOptions", "Solver", "StageResult"]
 
@@ -76,6 +78,8 @@ class _StaleCache(Exception):
 
 @dataclass(frozen=True)
 class SolveOptions:
+    """Build-wide settings the solver applies to every step (cache use, timestamps, compression, labels)."""
+
     no_cache: bool = False
     source_date_epoch: int | None = None
     compression: str = "gzip"
@@ -595,6 +599,8 @@ class Solver(CopyRecords):
     async def _mount_sources(self, stage: Stage, step: RunStep) -> MountSources:
         """What a RUN's mounts read: the materialised layers of each ``from=`` stage or image, and each
         mount's key input (a cache mount's seed identity)."""
+        from lamina.build.mounts import MountSources  # only a RUN with mounts gets here
+
         lowers: dict[MountFrom, list[Path]] = {}
         for mount in step.mounts:
             origin = getattr(mount, "origin", None)

@@ -23,8 +23,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 from lamina.build.cache.local import LocalCache
 from lamina.build.contentstore import ContentStore
 
@@ -36,6 +34,8 @@ class StateDirError(Exception):
 
 
 def default_root() -> Path:
+    import platformdirs  # here: a build given --root (CI's usual case) never needs it (~3 ms of imports)
+
     return Path(platformdirs.user_data_dir("lamina"))
 
 
@@ -54,6 +54,8 @@ def _private_root(root: Path) -> None:
 
 @dataclass
 class BuildState:
+    """An open state directory: its root, content store and local cache index (see the module docstring)."""
+
     root: Path
     content: ContentStore
     cache: LocalCache

@@ -23,11 +23,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .credentials import Credentials
 from .errors import Unauthorized
 from .scopes import ScopeSet, pull_scope, push_scope
-from .tokens import Send, Token, fetch_token
+
+if TYPE_CHECKING:  # the token client is loaded at the first Bearer challenge (a plain registry never sends one)
+    from .tokens import Send, Token
 
 __all__ = ["Authenticator", "Challenge", "Verdict", "parse_challenge", "pull_scope", "push_scope"]
 
@@ -36,6 +39,8 @@ _PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|(
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
+    """A ``WWW-Authenticate`` challenge (RFC 7235): its scheme and its auth-params (realm, service, scope)."""
+
     scheme: str  # lower case: "bearer" or "basic"
     params: dict[str, str] = field(default_factory=dict)
 
@@ -72,6 +77,8 @@ CredentialGetter = Callable[[], Awaitable[Credentials | None]]
 
 @dataclass(slots=True)
 class _Fetch:
+    """A token request in flight, shared by every request that needs the same scopes."""
+
     scopes: ScopeSet
     task: asyncio.Task[Token]
 
@@ -218,6 +225,8 @@ class Authenticator:
         return token
 
     async def _ask(self, challenge: Challenge, scopes: ScopeSet, creds: Credentials | None) -> Token:
+        from .tokens import fetch_token
+
         self.token_requests += 1
         return await fetch_token(
             self._send, registry=self._registry, realm=challenge.params["realm"],

@@ -33,6 +33,8 @@ class CredentialError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
+    """A registry login as docker's config.json or a credential helper gives it: user and password, or a token."""
+
     username: str | None = None
     password: str | None = None
     identity_token: str | None = None

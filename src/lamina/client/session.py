@@ -98,6 +98,8 @@ def api_host(registry: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """How transient failures are retried: attempts, exponential backoff bounds, the longest Retry-After obeyed."""
+
     attempts: int = 5
     base_delay: float = 0.25
     max_delay: float = 8.0

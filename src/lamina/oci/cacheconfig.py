@@ -46,6 +46,8 @@ def _int(value: Any, where: str, default: int = 0) -> int:
 
 @dataclass(frozen=True, slots=True)
 class CacheLayer:
+    """One ``layers`` entry of BuildKit's cacheconfig.v0: a blob and the index of its parent layer (-1: none)."""
+
     blob: Digest
     parent: int = -1
     annotations: Mapping[str, Any] | None = field(default=None, compare=False)
@@ -64,6 +66,8 @@ LAST_USED_FIELD = "lamina.lastUsedAt"
 
 @dataclass(frozen=True, slots=True)
 class CacheResult:
+    """One ``results`` entry of a cache record: the index of the top layer of its chain, and when it was made."""
+
     layer: int
     created_at: str | None = None
     last_used: str | None = None  # lamina's ``lamina.lastUsedAt``; BuildKit ignores it
@@ -79,6 +83,8 @@ class CacheResult:
 
 @dataclass(frozen=True, slots=True)
 class CacheInput:
+    """One ``inputs`` entry of a cache record: the index of the parent record, and the selector of that edge."""
+
     link: int
     selector: str = ""
 
@@ -92,6 +98,8 @@ class CacheInput:
 
 @dataclass(frozen=True, slots=True)
 class CacheRecord:
+    """One ``records`` entry of cacheconfig.v0: a cache key digest, its results and its inputs (per input index)."""
+
     digest: Digest
     results: tuple[CacheResult, ...] = ()
     inputs: tuple[tuple[CacheInput, ...], ...] = ()
@@ -108,6 +116,8 @@ class CacheRecord:
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
+    """BuildKit's cacheconfig.v0 document (``application/vnd.buildkit.cacheconfig.v0``): layers and records."""
+
     layers: tuple[CacheLayer, ...]
     records: tuple[CacheRecord, ...]
 

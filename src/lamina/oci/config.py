@@ -68,6 +68,8 @@ class ContainerConfig:
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
+    """One ``history`` entry of an OCI image config (image-spec config.md): how one layer, or none, was made."""
+
     created: str | None = None
     created_by: str | None = None
     comment: str | None = None
@@ -91,6 +93,8 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class ImageConfig:
+    """An OCI image configuration (image-spec config.md): platform, runtime ``config``, ``rootfs.diff_ids``, history."""
+
     architecture: str = "amd64"
     os: str = "linux"
     variant: str | None = None

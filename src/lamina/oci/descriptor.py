@@ -48,6 +48,8 @@ def _string_list(value: Any, where: str) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True, slots=True)
 class Platform:
+    """The ``platform`` of an image index entry (image-spec image-index.md): architecture, os and their details."""
+
     architecture: str
     os: str
     variant: str | None = None
@@ -93,6 +95,8 @@ class Platform:
 
 @dataclass(frozen=True, slots=True)
 class Descriptor:
+    """An OCI content descriptor (image-spec descriptor.md): media type, digest, size and the optional fields."""
+
     media_type: str
     digest: Digest
     size: int

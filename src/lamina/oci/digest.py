@@ -24,6 +24,7 @@ __all__ = [
 # The image-spec grammar: algorithm-component ([a-z0-9]+) joined by [+._-], then ':' and the encoding.
 _GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
+_LOWER_HEX = frozenset("0123456789abcdef")
 SUPPORTED_ALGORITHMS = frozenset(_HEX_LENGTH)
 
 
@@ -37,6 +38,8 @@ class DigestError(ValueError):
 
 @dataclass(frozen=True, slots=True, order=True)
 class Digest:
+    """A content digest ``algorithm:encoded`` (image-spec descriptor.md "Digests"); ordered, hashable."""
+
     algorithm: str
     encoded: str
 
@@ -68,7 +71,7 @@ def parse_digest(value: str) -> Digest:
     expected = _HEX_LENGTH.get(algorithm)
     if expected is None:
         raise DigestError(f"unsupported digest algorithm {algorithm!r} (use sha256)", unsupported=True)
-    if len(encoded) != expected or any(c not in "0123456789abcdef" for c in encoded):
+    if len(encoded) != expected or not _LOWER_HEX.issuperset(encoded):  # one C call, not a loop per character
         raise DigestError(f"invalid digest {value!r}: {algorithm} needs {expected} lowercase hex characters")
     return Digest(algorithm, encoded)
 

@@ -51,6 +51,8 @@ def canonical_json(value: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ImageManifest:
+    """An OCI image manifest or Docker schema 2 manifest (image-spec manifest.md): config and layers."""
+
     media_type: str | None
     config: Descriptor
     layers: tuple[Descriptor, ...]
@@ -86,6 +88,8 @@ class ImageManifest:
 
 @dataclass(frozen=True, slots=True)
 class ImageIndex:
+    """An OCI image index or Docker manifest list (image-spec image-index.md): the manifests it lists."""
+
     media_type: str | None
     manifests: tuple[Descriptor, ...]
     artifact_type: str | None = None

@@ -46,6 +46,8 @@ def is_valid_tag(tag: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Reference:
+    """An image reference ``registry/repository[:tag][@digest]``, normalised as the docker reference grammar does."""
+
     registry: str
     repository: str
     tag: str | None = None

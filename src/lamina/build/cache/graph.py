@@ -71,6 +71,8 @@ def layer_media_type(media_type: str, oci: bool) -> str:
 
 @dataclass
 class _Node:
+    """One reported cache key: its inputs document and its result (None: a link only)."""
+
     inputs: dict[str, Any]
     result: CachedResult | None  # None: a pure link (the step's key is known, its result is not)
 

@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lamina.build.cache.base import CachedResult, LayerRef
-from lamina.build.cache.cumulative import NO_CACHE, CurrentCache, combine, missing_results
 from lamina.build.cache.fingerprint import INPUTS_ANNOTATION
 from lamina.build.cache.fingerprint import decode as decode_prints
 from lamina.build.cache.graph import CacheExport, RecordGraph, plan_export
@@ -42,9 +41,9 @@ from lamina.client import ClientPool, NotFound, PushOutcome, RegistryClient
 from lamina.client.errors import PreconditionFailed
 from lamina.oci import CacheConfig, Descriptor, Digest, FormatError, ImageIndex, parse_manifest, parse_reference
 from lamina.oci import mediatypes as mt
-from lamina.oci.cachemerge import canonical, merge
 
 if TYPE_CHECKING:
+    from lamina.build.cache.cumulative import CurrentCache
     from lamina.build.cache.mountsync import CacheMountSync
 
 CONFLICT_RETRIES = 8  # 412 answers (another writer moved the tag) before the export gives up
@@ -146,7 +145,12 @@ async def _import_inline_index(
         except FormatError:
             continue  # this platform's image carries no inline cache
         part = CacheConfig.parse(raw)
-        merged = part if merged is None else merge(merged, part)
+        if merged is None:
+            merged = part
+        else:
+            from lamina.oci.cachemerge import merge  # the merge of caches is loaded when there is one to do
+
+            merged = merge(merged, part)
         for desc in annotated:
             layers.setdefault(desc.digest, desc)
     if merged is None:
@@ -230,6 +234,8 @@ class RegistryCacheExporter:
         self.progress.message(self.summary.line())
 
     async def write(self, export: CacheExport) -> None:
+        from lamina.build.cache.cumulative import NO_CACHE, combine  # exporting only: never on an import's path
+
         assert self.spec.ref is not None
         reference = parse_reference(self.spec.ref)
         client = self.pool.get(reference.registry)
@@ -286,6 +292,8 @@ class RegistryCacheExporter:
     ) -> tuple[CacheExport, Digest]:
         """Re-read the tag after a settle time (longer than another writer's read-to-write window) and merge
         again while this build's records are missing from it; at most VERIFY_ROUNDS rewrites."""
+        from lamina.build.cache.cumulative import combine, missing_results
+
         settle = min(3.0, max(0.1, 3 * took))
         for _ in range(VERIFY_ROUNDS + 1):
             await asyncio.sleep(settle + random.uniform(0, settle / 2))  # jitter: losers do not rewrite in step
@@ -316,6 +324,9 @@ class RegistryCacheExporter:
 
     async def read_current(self, client: RegistryClient, repo: str, tag: str) -> CurrentCache:
         """The cache the tag holds now; a tag holding something unreadable is replaced (with a warning)."""
+        from lamina.build.cache.cumulative import NO_CACHE, CurrentCache
+        from lamina.oci.cachemerge import canonical
+
         try:
             fetched = await client.get_manifest(repo, tag)
         except NotFound:

@@ -58,6 +58,8 @@ _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
 
 @dataclass
 class _Stage:
+    """A stage while it is converted: its FROM line resolved, its instructions not dispatched yet."""
+
     index: int
     name: str | None
     base: BaseImage | Scratch | StageBase

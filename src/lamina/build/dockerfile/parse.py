@@ -45,6 +45,8 @@ class Heredoc:
 
 @dataclass(frozen=True, slots=True)
 class Instruction:
+    """One Dockerfile instruction as parsed: command, arguments, flags, heredocs and its lines."""
+
     cmd: str  # upper case: "RUN", "COPY", ...
     args: tuple[str, ...]  # shell form: the rest of the line as one string for RUN/CMD/ENTRYPOINT/SHELL
     json: bool = False  # exec (JSON) form
@@ -58,6 +60,8 @@ class Instruction:
 
 @dataclass(frozen=True, slots=True)
 class Dockerfile:
+    """A parsed Dockerfile: its escape token, instructions and parser directives (``# syntax=``, ``# check=``)."""
+
     escape: str
     instructions: tuple[Instruction, ...]
     directives: Mapping[str, str] = field(default_factory=dict)  # lower-case name -> value

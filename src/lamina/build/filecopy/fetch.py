@@ -34,6 +34,8 @@ def is_url(source: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Download:
+    """One ``ADD <url>`` source fetched once per build: its bytes on disk, digest and file name."""
+
     url: str
     path: Path  # the downloaded bytes (owned by the Downloads that made it)
     digest: str  # "sha256:<hex>" of the content
