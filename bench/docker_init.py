@@ -22,10 +22,12 @@ Per project, every build a fresh ``lamina build`` process against a lamina regis
   no build's output and no file of the states, the registry or the unpacked images;
 - ``cached``: another empty state with ``--cache-from`` the cold build's cache: every step must be cached;
 - ``dependency`` (Python, Node): the project's ``.dependency.patch`` applied, built on the cold build's
-  state: pip (``Using cached``) and npm (``cache hit``/``revalidated``/``updated``/``stale``) must find the
-  packages of the cold build in the cache mount. The Python project depends on docopt, published as an
-  sdist only: pip builds its wheel and keeps it in the cache, whatever caching headers the index sends (a
-  proxy that strips them leaves pip's HTTP cache of downloaded wheels empty, so those are fetched again).
+  state, then again on an empty state with ``--cache-from`` the cold build's cache (whose export carries the
+  cache mounts' contents): both times pip (``Using cached``) and npm (``cache hit``/``revalidated``/
+  ``updated``/``stale``) must find the packages of the cold build in the cache mount. The Python project
+  depends on docopt, published as an sdist only: pip builds its wheel and keeps it in the cache, whatever
+  caching headers the index sends (a proxy that strips them leaves pip's HTTP cache of downloaded wheels
+  empty, so those are fetched again).
 
 Prints a line per build and a table of the times. Needs root, runc, skopeo, umoci, nsenter, ip, QEMU's
 binfmt_misc formats (``scripts/setup-emulation.sh``; debootstrap's arm64 second stage needs them too) and
@@ -263,13 +265,18 @@ def run_project(session: Session, name: str, project: Project) -> Result:
 
     if project.reused:
         changed = _context(project, work / f"ctx-{name}-dependency", "dependency")
-        proc, took = session.build(name, project, changed, state, "dependency", [])
-        result.seconds["dependency"] = took
-        reused = sum(proc.stderr.count(marker) for marker in project.reused)
-        fetched = sum(proc.stderr.count(marker) for marker in project.fetched)
-        result.check(proc.returncode == 0 and reused > 0,
-                     f"dependency added, same state ({took:.1f} s): {reused} download(s) found in "
-                     f"{project.cache_target}, {fetched} not")
+        remote = work / f"state-{name}-remote"
+        for case, where, build_state, cache in (("dependency", "same state", state, []),
+                                                ("dependency remote", "empty state, --cache-from", remote,
+                                                 ["--cache-from", cache_ref])):
+            proc, took = session.build(name, project, changed, build_state, case.replace(" ", "-"), cache)
+            result.seconds[case] = took
+            reused = sum(proc.stderr.count(marker) for marker in project.reused)
+            fetched = sum(proc.stderr.count(marker) for marker in project.fetched)
+            result.check(proc.returncode == 0 and reused > 0,
+                         f"dependency added, {where} ({took:.1f} s): {reused} download(s) found in "
+                         f"{project.cache_target}, {fetched} not")
+        shutil.rmtree(remote, ignore_errors=True)
     return result
 
 
@@ -310,7 +317,7 @@ def main() -> int:
                     check_no_leak(session, results[name])
         finally:
             session.registry.stop()
-    cases = ["cold", "run amd64", "run arm64", "cached", "dependency"]
+    cases = ["cold", "run amd64", "run arm64", "cached", "dependency", "dependency remote"]
     print("| project | " + " | ".join(cases) + " | checks |")
     print("|---|" + "---|" * len(cases) + "---|")
     for name, result in results.items():
