@@ -18,7 +18,8 @@ import pytest
 from worker_helpers import ROOT_ONLY, tree
 
 from lamina.build.worker import LayerBlob, LayerError, LayerStore, write_layer
-from lamina.build.worker.layerstore import FS_TOPDIR_FL, mark_top_directory
+from lamina.build.worker.placement import FS_TOPDIR_FL, mark_top_directory
+from lamina.build.worker.snapshot import OverlaySnapshotter
 
 pytestmark = ROOT_ONLY
 
@@ -149,8 +150,10 @@ def test_layers_dir_is_an_ext4_top_directory(tmp_path: Path, rootfs_dir: Path, b
     """On ext4 ``layers/`` gets FS_TOPDIR_FL (unpack dirs placed in uncrowded block groups); elsewhere nothing."""
     fstype = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True, check=True)
     store = LayerStore(tmp_path / "state")
+    snapshots = OverlaySnapshotter(tmp_path / "state").root / "snapshots"  # RUN/COPY uppers: the same hint
     if fstype.stdout.strip() == "ext2/ext3":  # what stat -f calls ext4 (one magic number for the family)
         assert _inode_flags(store.layers) & FS_TOPDIR_FL
+        assert _inode_flags(snapshots) & FS_TOPDIR_FL
         assert mark_top_directory(store.layers) is True  # already set: nothing to do
     else:
         assert mark_top_directory(store.layers) is False

@@ -11,14 +11,9 @@ out), so readers never need the lock; writers take it so two builds do not unpac
 twice. A RUN step's upper dir can be adopted directly (:meth:`LayerStore.adopt`): it already is the
 layer in overlay format, so the next step need not unpack the blob it just wrote.
 
-Unpacking is bound by file creation, and on ext4 without a journal (CI runners' scratch disks, this
-machine's) creating an inode scans past every inode of its block group freed in the last ~30 s
-(``find_inode_bit`` -> ``recently_deleted``): next to test suites that churn files, 300-600 us per file
-instead of ~20. ``layers/`` therefore carries ext4's "top of directory hierarchy" flag (``chattr +T``,
-``FS_TOPDIR_FL``), so the allocator (Orlov) places each unpack dir, and the files under it, in a block
-group of its own choosing with many free inodes instead of beside its churned parent: measured 591 -> 19
-us per file. It changes where inodes live, nothing of what is unpacked; other filesystems refuse the
-flag and are left as they are.
+Unpacking is bound by file creation: ``layers/`` carries ext4's "top of directory hierarchy" flag
+(:mod:`.placement`), so each unpack dir and its files land in an uncrowded block group; on no-journal
+ext4 beside file-churning jobs that took file creation from 591 to 19 us here.
 
 Nothing is fsync'ed: a layer dir becomes visible by one rename once its diffID checked out, so a killed
 build leaves only ``.tmp-unpack-*`` dirs (swept by :meth:`LayerStore.cleanup_partial`). The store is a
@@ -29,7 +24,6 @@ delay (~30 s) a renamed layer may hold truncated files, so a host that crashed s
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import fcntl
@@ -42,15 +36,12 @@ from typing import BinaryIO
 from lamina.oci import Digest, parse_digest
 
 from .extract import LayerError, extract_layer, extract_layer_async
+from .placement import mark_top_directory
 from .snapshot import process_alive
 
 __all__ = ["LayerStore"]
 
 _OVERLAY_BOOKKEEPING = ("trusted.overlay.origin", "trusted.overlay.impure", "trusted.overlay.nlink")
-# linux/fs.h: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (_IOR/_IOW('f', 1/2, long) on 64-bit) and FS_TOPDIR_FL.
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
-FS_TOPDIR_FL = 0x00020000
 
 
 def _as_digest(diff_id: Digest | str) -> Digest:
@@ -151,29 +142,6 @@ class LayerStore:
             pid = entry.name.rsplit("-", 2)[-2]
             if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
-
-
-def mark_top_directory(path: Path) -> bool:
-    """Set ext4's ``FS_TOPDIR_FL`` on ``path`` (see the module doc); False where the filesystem has no such flag.
-
-    Best effort by design: tmpfs, overlayfs, xfs and btrfs answer ENOTTY/EOPNOTSUPP/EINVAL, an unprivileged
-    user without the inode's ownership EPERM; the store works the same, only without the placement hint."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        flags = array.array("i", [0, 0])  # the kernel reads and writes an int; room for a long, whatever the ABI
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
-        if flags[0] & FS_TOPDIR_FL:
-            return True
-        flags[0] |= FS_TOPDIR_FL
-        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags, True)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _strip_bookkeeping(root: Path) -> None:
