@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from lamina.build.copykeys import ALIAS_FIELD
 from lamina.oci import Digest, DigestError, parse_digest
 
 __all__ = ["LocalCache"]
+
+_OPEN_TIMEOUT = 60.0  # seconds a build waits for another one holding the index
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -51,6 +54,33 @@ CREATE TABLE IF NOT EXISTS blob_sources (
 """
 
 
+def _open_index(path: Path) -> sqlite3.Connection:
+    """Open (or create) the index in WAL mode with its tables.
+
+    Two builds starting at once on a new state dir both switch the fresh file from rollback mode to WAL
+    and create the tables; SQLite answers one of them ``database is locked`` at once, without waiting on
+    the busy timeout (two connections escalating their locks in rollback mode: it refuses rather than
+    deadlock). That is only ever the set-up: retry it until the other one is done.
+    """
+    deadline = time.monotonic() + _OPEN_TIMEOUT
+    while True:
+        db = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit is durable once the WAL is synced at checkpoint, not fsynced per
+            # statement (a fully cached build records every step and every pushed blob: one fsync each
+            # with FULL). A power cut can lose the last records, never corrupt the index: a lost record
+            # is a miss.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 class LocalCache:
     """CacheImporter + CacheExporter + MissExplainer over the state dir's SQLite index."""
 
@@ -60,14 +90,7 @@ class LocalCache:
         self.path = Path(path)
         self.content = content
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit is durable once the WAL is synced at checkpoint, not fsynced per
-        # statement (a fully cached build records every step and every pushed blob: one fsync each with
-        # FULL). A power cut can lose the last records, never corrupt the index: a lost record is a miss.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = _open_index(self.path)
 
     def close(self) -> None:
         self._db.close()
