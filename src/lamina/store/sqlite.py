@@ -31,11 +31,12 @@ import contextlib
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from lamina.sqlitewal import switch_to_wal
 
 from .base import StoreError
 from .leases import Lease, file_lease
@@ -46,7 +47,7 @@ from .sqlmaintenance import MaintenanceQueries
 from .sqlrequests import RequestQueries
 from .statements import SQLITE, Compiled, compile_statements, ddl
 
-__all__ = ["SYNCHRONOUS_MODES", "SqliteMetadataStore", "switch_to_wal"]
+__all__ = ["SYNCHRONOUS_MODES", "SqliteMetadataStore"]
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -54,24 +55,6 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 T = TypeVar("T")
 _SQL = compile_statements(SQLITE)
 _TABLE_DDL, _INDEX_DDL = ddl(SQLITE)
-
-
-def switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
-    """Switch ``conn``'s database to WAL. SQLite answers "database is locked" at once, without its busy
-    handler, when another process is switching the same fresh file at that moment (several workers
-    opening a new root), so retry with backoff for up to ``timeout`` seconds; other errors propagate."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        try:
-            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 class SqliteMetadataStore(RequestQueries, MaintenanceQueries, LoginQueries):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from lamina.build.cachekey import describe_difference
 from lamina.build.contentstore import ContentStore
 from lamina.build.copykeys import ALIAS_FIELD
 from lamina.oci import Digest, DigestError, parse_digest
+from lamina.sqlitewal import switch_to_wal
 
 __all__ = ["LocalCache"]
 
@@ -55,30 +55,19 @@ CREATE TABLE IF NOT EXISTS blob_sources (
 
 
 def _open_index(path: Path) -> sqlite3.Connection:
-    """Open (or create) the index in WAL mode with its tables.
-
-    Two builds starting at once on a new state dir both switch the fresh file from rollback mode to WAL
-    and create the tables; SQLite answers one of them ``database is locked`` at once, without waiting on
-    the busy timeout (two connections escalating their locks in rollback mode: it refuses rather than
-    deadlock). That is only ever the set-up: retry it until the other one is done.
-    """
-    deadline = time.monotonic() + _OPEN_TIMEOUT
-    while True:
-        db = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit is durable once the WAL is synced at checkpoint, not fsynced per
-            # statement (a fully cached build records every step and every pushed blob: one fsync each
-            # with FULL). A power cut can lose the last records, never corrupt the index: a lost record
-            # is a miss.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            return db
-        except sqlite3.OperationalError as exc:
-            db.close()
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
+    """Open (or create) the index in WAL mode with its tables; two builds may create it at once."""
+    db = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
+    try:
+        switch_to_wal(db, _OPEN_TIMEOUT)
+        # NORMAL in WAL mode: a commit is durable once the WAL is synced at checkpoint, not fsynced per
+        # statement (a fully cached build records every step and every pushed blob: one fsync each with
+        # FULL). A power cut can lose the last records, never corrupt the index: a lost record is a miss.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 class LocalCache:
