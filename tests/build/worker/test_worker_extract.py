@@ -164,6 +164,50 @@ async def test_extract_while_chunks_arrive(tmp_path: Path, rootfs_dir: Path) -> 
     assert tree(tmp_path / "layer") == tree(rootfs_dir)
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+async def test_extract_from_uneven_chunks(tmp_path: Path, rootfs_dir: Path, compression: str) -> None:
+    """Chunks of every size around the decoders' reads (1 byte to over 1 MiB, empty ones too) give the same layer."""
+    blob = write_layer(rootfs_dir, tmp_path / "blobs", compression=compression)  # type: ignore[arg-type]
+    data = blob.path.read_bytes()
+    sizes = [1, 0, 3, 511, 4096, 65537, 131072, 1 << 20 | 5]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        offset, i = 0, 0
+        while offset < len(data):
+            size = sizes[i % len(sizes)]
+            i += 1
+            yield data[offset : offset + size]
+            offset += size
+
+    got = await extract_layer_async(chunks(), blob.media_type, tmp_path / "layer", expected_diff_id=blob.diff_id)
+    assert got == blob.diff_id
+    assert tree(tmp_path / "layer") == tree(rootfs_dir)
+
+
+async def test_chunk_pipe_reads(tmp_path: Path) -> None:
+    """The pipe's read(n), read(-1) and readinto across chunk boundaries return the bytes in order, b'' at the end."""
+    from lamina.build.worker.extract import _ChunkPipe
+
+    pieces = [b"abc", b"", b"defgh", b"i", b"jklmnopqrstuvwxyz"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    def consume(pipe: _ChunkPipe) -> list[bytes]:
+        got = [pipe.read(2), pipe.read(5), pipe.read(0)]
+        buffer = bytearray(4)
+        n = pipe.readinto(buffer)
+        got.append(bytes(buffer[:n]))
+        got.append(pipe.read(-1))
+        got.append(pipe.read(10))
+        return got
+
+    got = await asyncio.to_thread(consume, _ChunkPipe(chunks(), asyncio.get_running_loop()))
+    assert got == [b"ab", b"c", b"", b"defg", b"hijklmnopqrstuvwxyz", b""]
+    assert b"".join(got) == b"".join(pieces)
+
+
 async def test_async_extract_refuses_bad_diff_id(tmp_path: Path) -> None:
     blob, _ = build_tar(entry("a", data=b"1"))
 

@@ -318,12 +318,16 @@ def _checked(decoder: Producer) -> Iterator[bytes]:
 
 
 class _ChunkPipe:
-    """A blocking file object (read by the unpack thread) pulling chunks from an async iterator."""
+    """A blocking file object (read by the unpack thread) pulling chunks from an async iterator.
+
+    Reads are served from a memoryview of the current chunk, so each byte is copied once (into the
+    decoder's buffer), not once per read as concatenating and re-slicing a bytes buffer would."""
 
     def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self._chunks = chunks
         self._loop = loop
-        self._buffer = b""
+        self._view = memoryview(b"")
+        self._pos = 0
         self._eof = False
         self.cancelled = False
 
@@ -333,7 +337,7 @@ class _ChunkPipe:
                 return bytes(chunk)
         return b""
 
-    def _pull(self) -> None:
+    def _pull(self) -> bytes:
         future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
         while True:
             if self.cancelled:
@@ -344,23 +348,31 @@ class _ChunkPipe:
                 break
         if not chunk:
             self._eof = True
-        self._buffer += chunk
+        return chunk
+
+    def _fill(self) -> int:
+        """Bytes available in the current chunk, pulling the next one when it is used up (0: the end)."""
+        while self._pos >= len(self._view) and not self._eof:
+            self._view, self._pos = memoryview(self._pull()), 0
+        return len(self._view) - self._pos
 
     def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._buffer) < size):
-            self._pull()
-            if size > 0 and self._buffer:
-                break
         if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+            parts = [self._view[self._pos :].tobytes()]
+            self._view, self._pos = memoryview(b""), 0
+            while not self._eof:
+                parts.append(self._pull())
+            return b"".join(parts)
+        take = min(size, self._fill())
+        data = self._view[self._pos : self._pos + take].tobytes()
+        self._pos += take
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        take = min(len(buffer), self._fill())
+        buffer[:take] = self._view[self._pos : self._pos + take]
+        self._pos += take
+        return take
 
     def readable(self) -> bool:
         return True
