@@ -135,3 +135,19 @@ def test_builds_starting_at_once_all_open_a_new_index(tmp_path: Path) -> None:
             proc.join(60)
         assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
     assert errors.empty(), errors.get()
+
+
+def test_explain_compares_with_the_same_instruction_on_the_parent(tmp_path: Path) -> None:
+    """A stage's RUN and another stage's COPY --from both sit on the base image: the COPY's miss is never
+    explained by the RUN ("instruction changed (run -> copy)"), but by the COPY recorded there, or not
+    at all, so that the next explainer (a remote cache's fingerprints) is asked."""
+    store = ContentStore(tmp_path / "content")
+    cache = LocalCache(tmp_path / "cache.db", store)
+    layer = _layer(store, b"l")
+    run, copy = digest_of(b"run"), digest_of(b"copy")
+    cache.add(run, {"op": "run", "argv": ["apt-get"]}, CachedResult(run, (layer,), "t"), slot="base")
+    copy_inputs = {"op": "copy", "from": "stage-files", "content": "old", "dest": "/usr/local/bin/x"}
+    assert cache.explain("base", {**copy_inputs, "content": "new"}) is None
+    cache.add(copy, copy_inputs, CachedResult(copy, (layer,), "t"), slot="base")
+    cache.add(run, {"op": "run", "argv": ["apt-get"]}, CachedResult(run, (layer,), "t"), slot="base")  # used last
+    assert cache.explain("base", {**copy_inputs, "content": "new"}) == "copied files changed in the COPY --from source"

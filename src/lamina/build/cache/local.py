@@ -54,6 +54,14 @@ CREATE TABLE IF NOT EXISTS blob_sources (
 """
 
 
+def _loads(text: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _open_index(path: Path) -> sqlite3.Connection:
     """Open (or create) the index in WAL mode with its tables; two builds may create it at once."""
     db = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
@@ -139,14 +147,20 @@ class LocalCache:
         return None  # every add() is already committed
 
     def explain(self, slot: str, inputs: Mapping[str, Any]) -> str | None:
-        """Compare with the most recently used record in the same slot; ``None`` if there is none."""
+        """Compare with the most recently used record of the same instruction in the same slot (the
+        parent); ``None`` if there is none. Another instruction on the same parent (a stage's first RUN
+        and another stage's ``COPY --from`` both sit on the base image) explains nothing about this one,
+        so it is no answer, and the next explainer (a remote cache's fingerprints) is asked."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT inputs FROM records WHERE slot = ? ORDER BY used_at DESC LIMIT 1", (slot,)
-            ).fetchone()
-        if row is None:
+            rows = self._db.execute(
+                "SELECT inputs FROM records WHERE slot = ? ORDER BY used_at DESC LIMIT 64", (slot,)
+            ).fetchall()
+        op = inputs.get("op")
+        same = (doc for doc in (_loads(row[0]) for row in rows) if doc is not None and doc.get("op") == op)
+        old = next(same, None)
+        if old is None:
             return None
-        reason = describe_difference(json.loads(row[0]), dict(inputs))
+        reason = describe_difference(old, dict(inputs))
         if reason == "no difference":
             return "the cached result's layer blobs are missing from the local store"
         return reason
