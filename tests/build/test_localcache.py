@@ -146,7 +146,7 @@ def test_explain_compares_with_the_same_instruction_on_the_parent(tmp_path: Path
     layer = _layer(store, b"l")
     run, copy = digest_of(b"run"), digest_of(b"copy")
     cache.add(run, {"op": "run", "argv": ["apt-get"]}, CachedResult(run, (layer,), "t"), slot="base")
-    copy_inputs = {"op": "copy", "from": "stage-files", "content": "old", "dest": "/usr/local/bin/x"}
+    copy_inputs = {"op": "copy", "from": "stage-files", "content": "old", "dest": "/usr/local/bin/x"}  # content key
     assert cache.explain("base", {**copy_inputs, "content": "new"}) is None
     cache.add(copy, copy_inputs, CachedResult(copy, (layer,), "t"), slot="base")
     cache.add(run, {"op": "run", "argv": ["apt-get"]}, CachedResult(run, (layer,), "t"), slot="base")  # used last

@@ -214,7 +214,8 @@ def describe_difference(old: Inputs, new: Inputs) -> str:
     if old.get("content") != new.get("content") and all(
         old.get(k) == new.get(k) for k in ("sources", "dest", "from", "heredocs")
     ):
-        return "copied files changed in the " + ("context" if not new.get("from") else "COPY --from source")
+        where = "COPY --from source" if new.get("from") == "stage-files" else "context"  # content-keyed --from
+        return f"copied files changed in the {where}"
     if old.get("from") != new.get("from"):
         return "COPY --from source changed"
     old_mounts, new_mounts = old.get("mounts") or [], new.get("mounts") or []
