@@ -36,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from .placement import mark_top_directory
+
 __all__ = [
     "RUN_MOUNTPOINTS",
     "ActiveSnapshot",
@@ -297,6 +299,7 @@ class OverlaySnapshotter:
         self._links = self.root / "l"
         self._links.mkdir(parents=True, exist_ok=True)
         (self.root / "snapshots").mkdir(parents=True, exist_ok=True)
+        mark_top_directory(self.root / "snapshots")  # uppers (pip's, COPY's files) in uncrowded block groups
 
     def prepare(
         self, lowers: Sequence[Path], *, mountpoints: Sequence[tuple[str, bool]] = RUN_MOUNTPOINTS
