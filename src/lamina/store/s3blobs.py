@@ -66,23 +66,24 @@ class S3BlobStore:
     def key(self, digest: Digest) -> str:
         return self.location.key("blobs", digest.algorithm, digest.encoded)
 
-    def size(self, digest: Digest) -> int | None:
+    def _head(self, digest: Digest) -> dict[str, Any] | None:
+        """The object's HEAD answer; None when it is absent (other errors propagate)."""
         try:
-            head = self.client.s3.head_object(Bucket=self.location.bucket, Key=self.key(digest))
+            return self.client.s3.head_object(Bucket=self.location.bucket, Key=self.key(digest))
         except Exception as exc:
             if is_missing(exc):
                 return None
             raise
-        return int(head["ContentLength"])
+
+    def size(self, digest: Digest) -> int | None:
+        head = self._head(digest)
+        return None if head is None else int(head["ContentLength"])
 
     def identity(self, digest: Digest) -> FileIdentity | None:
         """The object's identity (:func:`object_identity`) from a HEAD; None when it is absent."""
-        try:
-            head = self.client.s3.head_object(Bucket=self.location.bucket, Key=self.key(digest))
-        except Exception as exc:
-            if is_missing(exc):
-                return None
-            raise
+        head = self._head(digest)
+        if head is None:
+            return None
         return object_identity(str(head["ETag"]), int(head["ContentLength"]), head["LastModified"])
 
     def local_path(self, digest: Digest) -> Path | None:

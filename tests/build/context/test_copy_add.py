@@ -11,10 +11,9 @@ import os
 import re
 import stat
 import tarfile
-import threading
 from collections.abc import Iterator
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,6 +21,7 @@ import pytest
 import zstandard
 from ctx_helpers import listing, make_tree
 
+from helpers.httpserve import serve_http
 from lamina.build.context import SourceTree
 from lamina.build.filecopy import CopyError, Downloads, apply_copy, copy_checksum
 from lamina.build.ops import CopyStep
@@ -112,20 +112,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
     _Handler.hits.clear()
     _Handler.files = {
         "/files/tool.tar.gz": (gzip.compress(_archive()), {"Last-Modified": formatdate(1_500_000_000, usegmt=True)}),
         "/dl?id=7": (b"disposition", {"Content-Disposition": 'attachment; filename="report.txt"'}),
         "/": (b"index", {}),
     }
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_http(_Handler) as url:
+        yield url
 
 
 def test_add_url_downloads_without_unpacking(tmp_path: Path, server: str) -> None:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from copy_helpers import make_context, ran, run_build, status_of
 from git_server import commit_files, git, git_daemon
 
+from helpers.httpserve import serve_http
 from helpers.images import busybox_image
 from helpers.registries import RegistryProcess
 from lamina.build.solver import BuildError
@@ -46,14 +46,8 @@ def base(lamina_registry: RegistryProcess, busybox_rootfs: Path) -> str:
 
 @pytest.fixture
 def http_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_http(_Files) as url:
+        yield url
 
 
 def test_add_git_is_cached_by_commit(base: str, tmp_path: Path) -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from git_server import commit_files, git, git_daemon
 
+from helpers.httpserve import serve_http
 from lamina.build.context import SourceTree
 from lamina.build.dockerfile import convert
 from lamina.build.filecopy import CopyError, Downloads, apply_copy, copy_checksum
@@ -48,14 +48,8 @@ class _Files(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_http(_Files) as url:
+        yield url
 
 
 def _add(tmp_path: Path, source: str, dest: str, **kw: object) -> Path:
