@@ -15,12 +15,16 @@ Lamina's cold export carries the contents of the RUN cache mounts (``docker-init
 caches), which the changed builds' RUNs get back on their empty states; ``--no-cache-mounts`` exports
 without them (``cache-mounts=false``), as a runner with BuildKit's local-only cache mounts starts.
 
-The base image is Debian bookworm made with debootstrap (``bench/_debian.py``); RUN steps reach the
-public package mirrors (deb.debian.org, PyPI, npm), so the changed and cold figures move with the
-mirrors' speed. With ``buildah`` installed the same builds run with ``buildah build --layers --runtime runc
+The base image is Debian bookworm made with debootstrap (``bench/_debian.py``); RUN steps reach the public
+package mirrors (deb.debian.org, PyPI, npm), so the changed and cold figures move with the mirrors' speed.
+With ``buildah`` installed the same builds run with ``buildah build --layers --runtime runc
 --cache-to/--cache-from`` (its own cache format, the same registry, fresh storage per build) followed by
-``buildah push``. The table shows lamina, buildah, BuildKit v0.32.2's figures from issue 10 (measured on
-projects of the same kind, not on this corpus) and lamina / BuildKit. Needs root, runc and the network.
+``buildah push``. Each build's state dir (and buildah's storage) is removed at the end of the run, not between
+builds: on ext4 without a journal (this kind of machine's ``/``), creating files within ~30 s of deleting many
+is several times slower (the inode allocator skips recently freed inodes), a cost a fresh CI runner does not
+pay and that would land on whichever build follows a big clean-up. The table shows lamina, buildah, BuildKit
+v0.32.2's figures from issue 10 (measured on projects of the same kind, not on this corpus) and lamina /
+BuildKit. Needs root, runc and the network.
 
     sudo .venv/bin/python bench/ci_scenarios.py [--projects python-web,c-multistage] [--no-buildah] [--json]
 """
@@ -166,7 +170,6 @@ class Lamina:
         started = time.perf_counter()
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - started
-        shutil.rmtree(state, ignore_errors=True)
         _keep_log(self.logs, f"lamina-{project}-{case}-{self.count}", proc.stderr)
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
@@ -215,7 +218,6 @@ class Buildah:
         _keep_log(self.logs, f"buildah-{project}-{case}-{self.count}", proc.stdout + proc.stderr)
         subprocess.run([*common, "rm", "--all"], capture_output=True, check=False)
         subprocess.run(["umount", "-R", str(store / "root")], capture_output=True, check=False)
-        shutil.rmtree(store, ignore_errors=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
             return Figure(note=f"failed: {tail[0][:160]}")
