@@ -20,9 +20,9 @@ from lamina.build.imageconfig import image_manifest
 from lamina.build.images import BlobSources, ImageSource, split_repository
 from lamina.build.layouttar import LayoutTar, write_layout_tar
 from lamina.client import ClientPool, RegistryClient
-from lamina.oci import Descriptor, Digest, ImageConfig, digest_of, parse_reference
+from lamina.oci import Digest, ImageConfig, digest_of, parse_reference
 from lamina.oci import mediatypes as mt
-from lamina.oci.layout import REF_NAME_ANNOTATION, index_json, oci_layout_json
+from lamina.oci.layout import index_entry, index_json, oci_layout_json
 
 if TYPE_CHECKING:  # tarfile is imported by write_oci_tar only: a pushed build never writes a tar
     pass
@@ -165,10 +165,8 @@ async def write_oci_tar(
     ``descriptor_annotations`` (``--annotation manifest-descriptor:``) go on the manifest's index.json entry.
     """
     paths = [await images.fetch(layer) for layer in image.layers]
-    annotations = dict(descriptor_annotations or {})
-    if ref_name:
-        annotations[REF_NAME_ANNOTATION] = ref_name
-    top = Descriptor(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), annotations=annotations or None)
+    top = index_entry(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), ref_name=ref_name,
+                      annotations=descriptor_annotations)
 
     def fill(tar: LayoutTar) -> None:
         tar.add_bytes("oci-layout", oci_layout_json())

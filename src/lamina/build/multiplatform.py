@@ -40,7 +40,7 @@ from lamina.oci import (
     parse_reference,
 )
 from lamina.oci import mediatypes as mt
-from lamina.oci.layout import REF_NAME_ANNOTATION, index_json, oci_layout_json
+from lamina.oci.layout import index_entry, index_json, oci_layout_json
 
 __all__ = ["ExportIndex", "PlatformImage", "base_platform_warning", "check_outputs", "export_index", "platform_dir",
            "push_index", "write_oci_index_tar"]
@@ -115,10 +115,8 @@ async def write_oci_index_tar(
         for layer in item.image.layers:
             if layer.descriptor.digest not in layers:
                 layers[layer.descriptor.digest] = (layer.descriptor.size, await images.fetch(layer))
-    annotations = dict(descriptor_annotations or {})
-    if ref_name:
-        annotations[REF_NAME_ANNOTATION] = ref_name
-    top = Descriptor(mt.OCI_INDEX, index.digest, len(index.index_bytes), annotations=annotations or None)
+    top = index_entry(mt.OCI_INDEX, index.digest, len(index.index_bytes), ref_name=ref_name,
+                      annotations=descriptor_annotations)
 
     def fill(tar: LayoutTar) -> None:
         tar.add_bytes("oci-layout", oci_layout_json())

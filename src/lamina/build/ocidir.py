@@ -20,9 +20,9 @@ from pathlib import Path
 
 from lamina.build.exporter import ExportImage
 from lamina.build.images import ImageSource
-from lamina.oci import Descriptor, digest_of
+from lamina.oci import digest_of
 from lamina.oci import mediatypes as mt
-from lamina.oci.layout import REF_NAME_ANNOTATION, blob_path, index_json, oci_layout_json
+from lamina.oci.layout import blob_path, index_entry, index_json, oci_layout_json
 
 __all__ = ["check_oci_dir_outputs", "is_oci_dir", "write_oci_dir"]
 
@@ -58,10 +58,8 @@ async def write_oci_dir(
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise ValueError(f"--output type=oci,dest={dest},tar=false: {dest} exists and is not a directory")
-    annotations = dict(descriptor_annotations or {})
-    if ref_name:
-        annotations[REF_NAME_ANNOTATION] = ref_name
-    top = Descriptor(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), annotations=annotations or None)
+    top = index_entry(mt.OCI_MANIFEST, image.digest, len(image.manifest_bytes), ref_name=ref_name,
+                      annotations=descriptor_annotations)
 
     def write() -> None:
         for layer, path in zip(image.layers, paths, strict=True):
