@@ -59,12 +59,17 @@ try:
     from lamina.gcpause import collector_paused, own_process
 except ImportError:  # a tree from before the pause
     collector_paused, own_process = contextlib.nullcontext, lambda: None
+try:
+    from lamina.dataclasscode import cached_dataclass_code
+except ImportError:  # a tree from before the kept dataclass code
+    cached_dataclass_code = contextlib.nullcontext
 own_process()
-with collector_paused():
-    import lamina.build.builder, lamina.build.cli, lamina.build.cache.setup
-t1 = time.time()
-sys.argv[0] = "lamina"
-rc = main()
+with cached_dataclass_code():  # as main() without argv: the imports inside it (main's own is then a no-op)
+    with collector_paused():
+        import lamina.build.builder, lamina.build.cli, lamina.build.cache.setup
+    t1 = time.time()
+    sys.argv[0] = "lamina"
+    rc = main()
 t2 = time.time()
 print(f"PHASES {t0!r} {t1!r} {t2!r}", file=sys.stderr)
 sys.exit(rc)
