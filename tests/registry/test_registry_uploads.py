@@ -288,6 +288,24 @@ async def test_expired_uploads_are_reclaimed(make_client) -> None:  # type: igno
     assert storage.uploads.current_size("orphan") is None
 
 
+async def test_fresh_data_is_never_taken_for_an_orphan(make_client) -> None:  # type: ignore[no-untyped-def]
+    """A session's data exists before its record: with an expiry shorter than that gap, the sweep must not
+    take an upload being started for a crash's leftover (the janitor test below raced it into a 500)."""
+    import time
+
+    from lamina.registry.janitor import ORPHAN_MIN_AGE_SECONDS, expire_uploads
+    from lamina.registry.services import STORAGE
+
+    client = await make_client()
+    storage = client.server.app[STORAGE]
+    storage.uploads.create("starting")
+    assert expire_uploads(storage, 0.001) == 0
+    assert storage.uploads.current_size("starting") == 0
+    later = time.time() + ORPHAN_MIN_AGE_SECONDS + 1
+    assert expire_uploads(storage, 0.001, now=later) == 1
+    assert storage.uploads.current_size("starting") is None
+
+
 async def test_janitor_task_runs_in_the_server(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(run_janitor=True, upload_expiry_seconds=0.001)
     start = await client.post("/v2/app/blobs/uploads/")

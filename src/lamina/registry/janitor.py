@@ -20,7 +20,14 @@ from lamina.store import Storage
 
 from .background import Offloader, repeat_until_stopped
 
-__all__ = ["TMP_MAX_AGE_SECONDS", "expire_uploads", "expire_uploads_forever", "expire_uploads_once", "sweep_temp_files"]
+__all__ = [
+    "ORPHAN_MIN_AGE_SECONDS",
+    "TMP_MAX_AGE_SECONDS",
+    "expire_uploads",
+    "expire_uploads_forever",
+    "expire_uploads_once",
+    "sweep_temp_files",
+]
 
 log = logging.getLogger("lamina.registry.janitor")
 
@@ -28,6 +35,11 @@ log = logging.getLogger("lamina.registry.janitor")
 # renamed within one call, milliseconds) and open_storage's probe; upload data never goes there (it
 # streams into uploads/<id>/). A file there an hour old was left by a writer that crashed.
 TMP_MAX_AGE_SECONDS = 3600.0
+# A session's data is created before its record (uploads.create, then metadata), so between the two a
+# starting upload looks orphaned. Data younger than this is never taken for a crash's leftover, whatever
+# upload_expiry_seconds says: with an expiry of a second or less the sweep otherwise removed the
+# directory of a POST in flight, which then failed with a 500 (seen in CI with an expiry of 1 ms).
+ORPHAN_MIN_AGE_SECONDS = 60.0
 
 
 def sweep_temp_files(storage: Storage, now: float | None = None) -> int:
@@ -37,7 +49,9 @@ def sweep_temp_files(storage: Storage, now: float | None = None) -> int:
 
 def expire_uploads(storage: Storage, expiry_seconds: float, now: float | None = None) -> int:
     """Delete every session idle for longer than ``expiry_seconds`` and orphaned data as old; return how many."""
-    cutoff = (time.time() if now is None else now) - expiry_seconds
+    now = time.time() if now is None else now
+    cutoff = now - expiry_seconds
+    orphan_cutoff = min(cutoff, now - ORPHAN_MIN_AGE_SECONDS)
     expired = 0
     for session in storage.metadata.expired_uploads(cutoff):
         if storage.uploads.discard_unless_busy(session.id):  # a PATCH still streaming into it keeps it
@@ -47,7 +61,7 @@ def expire_uploads(storage: Storage, expiry_seconds: float, now: float | None = 
     for session_id in storage.uploads.session_ids():
         with contextlib.suppress(FileNotFoundError, ValueError):
             modified = storage.uploads.last_modified(session_id)  # a local directory, or S3 objects
-            if modified is None or modified >= cutoff:
+            if modified is None or modified >= orphan_cutoff:
                 continue
             if storage.metadata.get_upload(session_id) is None:
                 storage.uploads.discard(session_id)
