@@ -48,10 +48,10 @@ _MAX_ENTRIES = 4096  # beyond this, a rewrite keeps only what the writing proces
 class _Cache:
     """Source text -> marshalled code, decoded only when used (a process uses a fraction of the file)."""
 
-    def __init__(self, path: Path | None, *, write: bool | None = None) -> None:
+    def __init__(self, path: Path, *, write: bool | None = None) -> None:
         self.path = path
         self.write = not sys.dont_write_bytecode if write is None else write
-        self.known: dict[str, bytes] = _load(path) if path is not None else {}
+        self.known: dict[str, bytes] = _load(path)
         self.used: set[str] = set()
         self.compiled = 0
 
@@ -69,7 +69,7 @@ class _Cache:
         return code
 
     def save(self) -> None:
-        if self.path is None or not self.compiled or not self.write:
+        if not self.compiled or not self.write:
             return
         keep = self.known if len(self.known) <= _MAX_ENTRIES else {t: self.known[t] for t in self.used}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}")

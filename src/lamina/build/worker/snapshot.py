@@ -298,12 +298,10 @@ class _OverlaySnapshot:
 class OverlaySnapshotter:
     """Kernel overlayfs: lowers are the unpacked layer dirs, each step gets a fresh upper and work dir."""
 
-    def __init__(
-        self, root: str | os.PathLike[str], *, options: str = _OVERLAY_OPTIONS, volatile: bool = True
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, options: str = _OVERLAY_OPTIONS) -> None:
         self.root = Path(root)
         self.options = options
-        self.volatile = volatile  # dropped for good after a kernel refuses it (before 5.10)
+        self.volatile = True  # dropped for good after a kernel refuses it (before 5.10)
         self._links = self.root / "l"
         self._links.mkdir(parents=True, exist_ok=True)
         (self.root / "snapshots").mkdir(parents=True, exist_ok=True)
